@@ -1,0 +1,392 @@
+"""The demo-world SIMULATOR: the world outside the product, for demos and tests only.
+
+It invents organizations, campaigns and leads; an outreach app that writes messages with
+several models of different (hidden) quality; recipients who open, click, reply
+(out-of-office auto-replies included), book and hold meetings and close deals with
+realistic rates and delays; and providers that behave like real ones: SendGrid posts each
+event about three times on average, late and out of order, Apple Mail Privacy Protection
+pre-fetches pixels (``sg_machine_open``), security scanners click every link within
+seconds of delivery, and a rare line arrives truncated.
+
+It writes only to the landing zone, in the formats real sources use, one file per source
+per simulated day (``sim-<seed>-<source>-<date>.jsonl``). Everything is deterministic in the
+seed: each message's fate comes from its own RNG, so writing more days later (a larger
+``end``) extends the same world, and days already written are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from flywheel_pipeline.core import landing as landing_zone
+
+SIMULATOR_TAG = "demo-world simulator"
+
+INDUSTRIES = ("saas", "fintech", "healthcare", "logistics", "manufacturing", "retail")
+ROLES = ("vp_sales", "head_of_growth", "cto", "founder", "sales_ops", "marketing_director")
+FIRST = ("Ada", "Ben", "Chloe", "Dmitri", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas",
+         "Kemi", "Luca", "Maya", "Nils", "Olga", "Priya", "Quinn", "Rosa", "Sam", "Tariq")
+LAST = ("Alvarez", "Brown", "Chen", "Dubois", "Eze", "Fischer", "Garcia", "Haddad", "Ivanova",
+        "Jensen", "Kim", "Lopez", "Moreau", "Novak", "Okafor", "Patel", "Rossi", "Schmidt")
+FRAMEWORKS = ("AIDA", "PAS", "BAB", "QVC")
+TONES = ("friendly", "formal", "direct")
+
+
+@dataclass(frozen=True)
+class SimModel:
+    model_id: str
+    model_version: str
+    quality: float  # hidden multiplier on engagement; the flywheel should discover it
+    share: float  # share of traffic in its active period
+    start_day: int = 0  # first simulated day (0-based) it sends
+    ab_group: str = "control"
+
+
+DEFAULT_MODELS: tuple[SimModel, ...] = (
+    SimModel("gpt-4o-mini-2024-07-18", "1.0.0", 1.00, 0.55, 0, "control"),
+    SimModel("gpt-4.1-mini-2025-04-14", "1.0.0", 1.12, 0.30, 0, "control"),
+    SimModel("ft:gpt-4o-mini-2024-07-18:acme::flywheel-v1", "1.1.0", 1.30, 0.15, 30, "challenger"),
+)
+
+
+@dataclass
+class SimConfig:
+    seed: int = 7
+    days: int = 90
+    end: date | None = None  # last simulated day is end - 1; default: today (UTC)
+    # Day 0 of the world (models' start_day counts from it). Default: the first day already
+    # written for this seed, else end - days; so extending a world keeps it the same world.
+    epoch: date | None = None
+    organizations: int = 3
+    leads_per_org: int = 800
+    messages_per_day: int = 120
+    models: tuple[SimModel, ...] = DEFAULT_MODELS
+    duplicate_mean_copies: float = 3.0
+    malformed_rate: float = 0.0005
+    crm_with_message_id: float = 0.5
+
+
+@dataclass
+class SimResult:
+    days_written: int = 0
+    days_skipped: int = 0
+    messages: int = 0
+    sendgrid_lines: int = 0
+    crm_lines: int = 0
+    reply_lines: int = 0
+    malformed_lines: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+def _utc(d: date) -> datetime:
+    return datetime.combine(d, time(0), tzinfo=timezone.utc)
+
+
+def _iso(ts: datetime) -> str:
+    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Lead:
+    lead_id: str
+    organization_id: str
+    first_name: str
+    last_name: str
+    email: str
+    company: str
+    industry: str
+    role: str
+    apple_mail: bool
+    has_scanner: bool
+    affinity: float
+
+
+def build_leads(cfg: SimConfig) -> list[Lead]:
+    rng = random.Random(f"{cfg.seed}:leads")
+    leads = []
+    for o in range(cfg.organizations):
+        org = f"org_{o + 1:02d}"
+        for i in range(cfg.leads_per_org):
+            first, last = rng.choice(FIRST), rng.choice(LAST)
+            company = f"{rng.choice(LAST)} {rng.choice(('Labs', 'Systems', 'Group', 'Logistics', 'Health'))}"
+            domain = company.lower().replace(" ", "") + ".example"
+            leads.append(Lead(
+                lead_id=f"{org}-lead-{i:05d}", organization_id=org, first_name=first, last_name=last,
+                email=f"{first.lower()}.{last.lower()}{i}@{domain}", company=company,
+                industry=rng.choice(INDUSTRIES), role=rng.choice(ROLES),
+                apple_mail=rng.random() < 0.45, has_scanner=rng.random() < 0.15,
+                affinity=rng.lognormvariate(0, 0.5)))
+    return leads
+
+
+def _pick_model(models: tuple[SimModel, ...], day: int, rng: random.Random) -> SimModel:
+    active = [m for m in models if m.start_day <= max(day, 0)]
+    total = sum(m.share for m in active)
+    x = rng.random() * total
+    for m in active:
+        x -= m.share
+        if x <= 0:
+            return m
+    return active[-1]
+
+
+REPLY_TEXTS = {
+    "meeting_request": ("Sounds interesting - let's set up a call. What time works next week?",
+                        "Happy to chat. Send me a calendar invite for Thursday."),
+    "interested": ("Interested, tell me more about pricing.", "This sounds good, can you send details?"),
+    "not_now": ("Not right now, maybe next quarter.", "Bad timing for us, circle back in a few months."),
+    "not_interested": ("Not interested, thanks.", "We already use a tool for this. No thanks."),
+    "unsubscribe_request": ("Please remove me from your list.", "Unsubscribe."),
+    "question": ("How is this different from what we have?",),
+}
+
+
+def _message_fate(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: datetime,
+                  links: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """Every record the outside world produces about one message: {source: [(posted_at, record)]}."""
+    rng = random.Random(f"{cfg.seed}:fate:{mid}")
+    q = model.quality * lead.affinity
+    out: dict[str, list[tuple[datetime, dict[str, Any]]]] = defaultdict(list)
+    seq = 0
+
+    def sg(event: str, ts: datetime, **extra: Any) -> None:
+        nonlocal seq
+        seq += 1
+        record = {"email": lead.email, "timestamp": int(ts.timestamp()), "event": event,
+                  "sg_event_id": f"sg-{mid}-{seq}", "sg_message_id": f"{mid}.filter0001",
+                  "message_id": mid, "organization_id": lead.organization_id, **extra}
+        copies = 1 + _poisson(rng, cfg.duplicate_mean_copies - 1)
+        for c in range(copies):
+            delay = timedelta(seconds=rng.uniform(1, 120)) if c == 0 else \
+                timedelta(seconds=rng.expovariate(1 / 7200) + rng.uniform(60, 600))
+            out["sendgrid"].append((ts + delay, record))
+
+    sg("processed", sent)
+    if rng.random() < 0.03:
+        kind = rng.choice(("bounce", "bounce", "blocked"))
+        sg("bounce", sent + timedelta(seconds=rng.uniform(2, 600)), type=kind,
+           reason="550 5.1.1 The email account that you tried to reach does not exist")
+        return out
+    delivered = sent + timedelta(seconds=rng.uniform(1, 30))
+    sg("delivered", delivered, response="250 OK")
+    if lead.apple_mail:  # Apple MPP pre-fetches the pixel for every message
+        sg("open", delivered + timedelta(seconds=rng.uniform(5, 900)), sg_machine_open=True)
+    if lead.has_scanner:  # a security gateway clicks every tracked link at once
+        at = delivered + timedelta(seconds=rng.uniform(0.5, 3))
+        for url in links:
+            sg("click", at, url=url, url_offset={"index": links.index(url), "type": "html"})
+    opened = rng.random() < min(0.9, 0.32 * q)
+    if not opened:
+        if rng.random() < 0.002:
+            sg("spamreport", delivered + timedelta(hours=rng.uniform(1, 48)))
+        return out
+    open_at = delivered + timedelta(minutes=rng.expovariate(1 / 600))
+    for k in range(1 + _poisson(rng, 0.7)):
+        sg("open", open_at + timedelta(minutes=30 * k * rng.random()), sg_machine_open=False)
+    if links and rng.random() < min(0.8, 0.22 * q):
+        url = rng.choice(links)
+        sg("click", open_at + timedelta(seconds=rng.uniform(20, 600)), url=url,
+           url_offset={"index": links.index(url), "type": "html"})
+    if rng.random() < 0.012:
+        sg("unsubscribe", open_at + timedelta(minutes=rng.uniform(1, 60)))
+        return out
+    if rng.random() < 0.003:
+        sg("spamreport", open_at + timedelta(minutes=rng.uniform(1, 60)))
+        return out
+    if rng.random() < 0.06:  # out-of-office auto-reply
+        at = delivered + timedelta(seconds=rng.uniform(5, 60))
+        out["replies"].append((at, _reply(lead, mid, at, rng, "auto", auto=True)))
+    if rng.random() >= min(0.95, 0.28 * q):
+        return out
+    reply_at = open_at + timedelta(hours=rng.expovariate(1 / 20))
+    p_pos = min(0.85, 0.42 * q)
+    r = rng.random()
+    if r < p_pos:
+        intent = rng.choice(("meeting_request", "interested"))
+    elif r < p_pos + 0.12:
+        intent = "question"
+    elif r < p_pos + 0.30:
+        intent = "not_now"
+    elif r < p_pos + 0.45:
+        intent = "unsubscribe_request"
+    else:
+        intent = "not_interested"
+    out["replies"].append((reply_at + timedelta(seconds=rng.uniform(1, 300)),
+                           _reply(lead, mid, reply_at, rng, intent)))
+    if intent not in ("meeting_request", "interested") or rng.random() >= min(0.9, 0.5 * q):
+        return out
+    booked = reply_at + timedelta(hours=rng.uniform(2, 72))
+    crm_ref = _crm_ref(cfg, rng, lead, mid)
+    out["crm"].append((booked, {"event_id": f"crm-{mid}-booked", "source": rng.choice(("hubspot", "pipedrive")),
+                                "type": "meeting_booked", **crm_ref, "occurred_at": _iso(booked)}))
+    if rng.random() >= 0.8:
+        return out
+    held = booked + timedelta(days=rng.uniform(1, 10))
+    out["crm"].append((held, {"event_id": f"crm-{mid}-held", "source": "hubspot",
+                              "type": "meeting_completed", **crm_ref, "occurred_at": _iso(held)}))
+    closes = rng.random() < min(0.8, 0.28 * q)
+    outcome_at = held + timedelta(days=rng.uniform(7, 60))
+    if closes:
+        value = round(min(250_000.0, rng.lognormvariate(math.log(18_000), 0.9)), 2)
+        out["crm"].append((outcome_at, {"event_id": f"crm-{mid}-won", "source": "pipedrive",
+                                        "type": "deal_closed", **crm_ref, "occurred_at": _iso(outcome_at),
+                                        "deal_value": value, "currency": "USD"}))
+    elif rng.random() < 0.5:
+        out["crm"].append((outcome_at, {"event_id": f"crm-{mid}-lost", "source": "pipedrive",
+                                        "type": "deal_lost", **crm_ref, "occurred_at": _iso(outcome_at)}))
+    return out
+
+
+def _crm_ref(cfg: SimConfig, rng: random.Random, lead: Lead, mid: str) -> dict[str, str]:
+    if rng.random() < cfg.crm_with_message_id:
+        return {"message_id": mid, "lead_id": lead.lead_id}
+    return {"lead_id": lead.lead_id} if rng.random() < 0.7 else {"email": lead.email}
+
+
+def _reply(lead: Lead, mid: str, at: datetime, rng: random.Random, intent: str,
+           auto: bool = False) -> dict[str, Any]:
+    if auto:
+        headers = rng.choice(({"Auto-Submitted": "auto-replied"}, {"X-Autoreply": "yes"},
+                              {"Precedence": "auto_reply"}))
+        subject, text = "Automatic reply: quick question", \
+            f"I am out of the office until next week. For urgent matters contact {lead.company} support."
+    else:
+        headers = {"In-Reply-To": f"<{mid}@outreach.example>"}
+        subject, text = "Re: quick question", rng.choice(REPLY_TEXTS[intent])
+    record = {"reply_id": f"reply-{mid}-{intent}", "received_at": _iso(at), "from_email": lead.email,
+              "subject": subject, "text": text, "headers": headers}
+    if rng.random() < 0.85:  # the rest must be attributed by the sender's address
+        record["message_id"] = mid
+    return record
+
+
+def _poisson(rng: random.Random, lam: float) -> int:
+    if lam <= 0:
+        return 0
+    limit, k, p = math.exp(-lam), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: datetime,
+             campaign: int, rng: random.Random) -> tuple[dict[str, Any], list[str]]:
+    framework, tone = rng.choice(FRAMEWORKS), rng.choice(TONES)
+    n_links = rng.choice((1, 2, 2, 3))
+    links = [f"https://{lead.organization_id}.example/l/{mid}/{k}?t={rng.getrandbits(32):08x}"
+             for k in range(n_links)]
+    task_type = "cold_email" if campaign < 2 else "follow_up"
+    system_prompt = ("You write concise, honest B2B outreach emails. Never invent facts. "
+                     f"Use the {framework} framework and a {tone} tone.")
+    user_prompt = (f"Write a {task_type.replace('_', ' ')} to {{{{first_name}}}}, {lead.role.replace('_', ' ')} "
+                   f"at a {lead.industry} company, about our outreach analytics product.")
+    body = (f"Hi {lead.first_name},\n\nTeams in {lead.industry} like {lead.company} use us to see which "
+            f"outreach actually books meetings. ({framework}/{tone}, {model.model_id})\n\n"
+            + "\n".join(f"- {url}" for url in links)
+            + "\n\nBest,\nJordan from Outreach Co")
+    prompt_tokens, completion_tokens = rng.randint(180, 420), rng.randint(90, 240)
+    record = {
+        "message_id": mid, "organization_id": lead.organization_id,
+        "campaign_id": f"{lead.organization_id}-camp-{campaign}", "lead_id": lead.lead_id,
+        "recipient_email": lead.email, "channel": "email", "sent_at": _iso(sent),
+        "model_id": model.model_id, "model_version": model.model_version, "ab_group": model.ab_group,
+        "task_type": task_type, "system_prompt": system_prompt, "user_prompt": user_prompt,
+        "subject": f"{lead.company}: quick question", "body": body, "framework": framework, "tone": tone,
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "cost_usd": round(prompt_tokens * 0.15e-6 + completion_tokens * 0.6e-6, 8),
+        "latency_ms": round(rng.uniform(400, 2500), 1),
+        "metadata": {"industry": lead.industry, "role": lead.role, "company": lead.company,
+                     "first_name": lead.first_name, "last_name": lead.last_name,
+                     "sender_name": "Jordan", "simulated": True},
+    }
+    return record, links
+
+
+def _existing_epoch(landing: Path, seed: int) -> date | None:
+    prefix = f"sim-{seed}-messages-"
+    days = [date.fromisoformat(f.name[len(prefix):-len(".jsonl")])
+            for f in landing_zone.list_files(landing, "messages") if f.name.startswith(prefix)]
+    return min(days) if days else None
+
+
+def simulate(landing: Path, cfg: SimConfig | None = None) -> SimResult:
+    """Write the simulated world's landing files for days [end - days, end)."""
+    cfg = cfg or SimConfig()
+    end = cfg.end or datetime.now(timezone.utc).date()
+    start = end - timedelta(days=cfg.days)
+    end_ts = _utc(end)
+    epoch = cfg.epoch or _existing_epoch(landing, cfg.seed) or start
+    leads = build_leads(cfg)
+    by_org: dict[str, list[Lead]] = defaultdict(list)
+    for lead in leads:
+        by_org[lead.organization_id].append(lead)
+    orgs = sorted(by_org)
+    # Records are filed by the day they are posted; records posted after `end` are the future.
+    posted: dict[str, dict[date, list[tuple[datetime, Any]]]] = {s: defaultdict(list) for s in landing_zone.SOURCES}
+    # Outcomes of a message can land up to ~90 days later; simulate from well before `start`
+    # so the first written days also carry late events of earlier messages.
+    history_start = start - timedelta(days=100)
+    day = history_start
+    while day < end:
+        day_index = (day - epoch).days
+        rng = random.Random(f"{cfg.seed}:day:{day.isoformat()}")
+        for n in range(cfg.messages_per_day):
+            lead = rng.choice(by_org[rng.choice(orgs)])
+            model = _pick_model(cfg.models, day_index, rng)
+            campaign = rng.randrange(3)
+            mid = f"msg-{day.strftime('%Y%m%d')}-{n:05d}"
+            sent = _utc(day) + timedelta(seconds=rng.uniform(8 * 3600, 18 * 3600))
+            record, links = _message(cfg, lead, model, mid, sent, campaign, rng)
+            posted["messages"][day].append((sent, record))
+            for source, items in _message_fate(cfg, lead, model, mid, sent, links).items():
+                for at, rec in items:
+                    if at < end_ts:
+                        posted[source][at.date()].append((at, rec))
+        day += timedelta(days=1)
+
+    result = SimResult()
+    day = start
+    while day < end:
+        for source in landing_zone.SOURCES:
+            name = f"sim-{cfg.seed}-{source}-{day.isoformat()}.jsonl"
+            target = landing / source / name
+            if target.exists():
+                result.days_skipped += source == "messages"
+                continue
+            rng = random.Random(f"{cfg.seed}:file:{name}")
+            items = posted[source].get(day, [])
+            if source == "sendgrid":  # providers batch and retry: order within a day is not time order
+                items = list(items)
+                rng.shuffle(items)
+            else:
+                items = sorted(items, key=lambda x: x[0])
+            lines: list[Any] = []
+            for _, rec in items:
+                if source == "sendgrid" and rng.random() < cfg.malformed_rate:
+                    text = json.dumps(rec)
+                    lines.append(text[: len(text) // 2])  # a truncated post, as seen in the wild
+                    result.malformed_lines += 1
+                else:
+                    lines.append(rec)
+            result.files.append(landing_zone.write_jsonl(landing, source, lines, name=name))
+            count = len(lines)
+            if source == "messages":
+                result.messages += count
+                result.days_written += 1
+            elif source == "sendgrid":
+                result.sendgrid_lines += count
+            elif source == "crm":
+                result.crm_lines += count
+            else:
+                result.reply_lines += count
+        day += timedelta(days=1)
+    return result

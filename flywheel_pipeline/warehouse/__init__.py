@@ -1,0 +1,1 @@
+"""The DuckDB warehouse: schema, ingestion from the landing zone, and outcome labelling (SQL)."""

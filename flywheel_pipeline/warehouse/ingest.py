@@ -1,0 +1,375 @@
+"""Exactly-once ingestion of landing files into the warehouse, in SQL.
+
+For each source, files not yet listed in ``landing_files`` are read by DuckDB in chunks
+(``read_text`` + split into numbered lines), parsed with DuckDB's JSON functions, and then,
+inside one transaction per chunk:
+
+* lines that cannot be parsed or attributed go to ``quarantine`` with the reason, the file
+  and the line number (one bad line never fails a file);
+* valid rows are de-duplicated on the source's key (first occurrence by file name and line
+  wins) and inserted with ``ON CONFLICT DO NOTHING``, so a key seen before is a duplicate;
+* the file is recorded in ``landing_files``, so it is never read again.
+
+A crash mid-chunk rolls the whole chunk back; the next run picks the files up again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from flywheel_pipeline.core import landing as landing_zone
+from flywheel_pipeline.core.label_policy import LabelPolicy
+from flywheel_pipeline.warehouse.schema import new_batch, transaction
+
+# ISO 8601 text -> UTC TIMESTAMP (offsets honoured, no offset read as UTC).
+_TS = "timezone('UTC', try_cast({expr} AS TIMESTAMPTZ))"
+
+
+def _parse_common(fields: dict[str, str]) -> str:
+    """Parse each line once: JSON validity, object check, and one ``json_transform`` into a
+    struct of the source's fields (scalars as text, so invalid values can be reported)."""
+    structure = json.dumps(fields)
+    return f"""
+    SELECT source_file, line_no, line,
+           CASE WHEN j IS NULL THEN 'malformed JSON'
+                WHEN json_type(j) <> 'OBJECT' THEN 'not a JSON object' END AS base_reason,
+           CASE WHEN json_type(j) = 'OBJECT' THEN json_transform(j, '{structure}') END AS r
+    FROM (SELECT source_file, line_no, line,
+                 CASE WHEN json_valid(line) THEN line::JSON END AS j FROM _lines)
+    """
+
+
+_V = "VARCHAR"
+MESSAGES_FIELDS = {k: _V for k in (
+    "message_id", "organization_id", "campaign_id", "lead_id", "recipient_email", "channel", "sent_at",
+    "model_id", "model_version", "ab_group", "task_type", "system_prompt", "user_prompt", "subject",
+    "body", "framework", "tone", "prompt_tokens", "input_tokens", "completion_tokens", "output_tokens",
+    "cost_usd", "latency_ms")} | {"metadata": "JSON"}
+
+MESSAGES_SQL = f"""
+WITH p AS ({_parse_common(MESSAGES_FIELDS)}),
+f AS (
+    SELECT source_file, line_no, line, base_reason,
+           r.message_id, r.organization_id, r.campaign_id, r.lead_id,
+           lower(trim(r.recipient_email)) AS recipient_email, r.channel,
+           {_TS.format(expr='r.sent_at')} AS sent_at, r.sent_at AS sent_at_text,
+           r.model_id, r.model_version, r.ab_group, r.task_type, r.system_prompt, r.user_prompt,
+           r.subject, r.body, r.framework, r.tone,
+           try_cast(coalesce(r.prompt_tokens, r.input_tokens) AS BIGINT) AS prompt_tokens,
+           try_cast(coalesce(r.completion_tokens, r.output_tokens) AS BIGINT) AS completion_tokens,
+           try_cast(r.cost_usd AS DOUBLE) AS cost_usd,
+           try_cast(r.latency_ms AS DOUBLE) AS latency_ms,
+           r.metadata
+    FROM p)
+SELECT *,
+       coalesce(base_reason,
+                CASE WHEN message_id IS NULL OR message_id = '' THEN 'missing message_id'
+                     WHEN organization_id IS NULL OR organization_id = '' THEN 'missing organization_id'
+                     WHEN lead_id IS NULL OR lead_id = '' THEN 'missing lead_id'
+                     WHEN sent_at_text IS NULL THEN 'missing sent_at'
+                     WHEN sent_at IS NULL THEN 'invalid sent_at: not an ISO 8601 timestamp' END) AS reason
+FROM f
+"""
+
+MESSAGES_INSERT = """
+INSERT INTO messages
+SELECT message_id, organization_id, campaign_id, lead_id, recipient_email, channel, sent_at,
+       model_id, model_version, ab_group, task_type, system_prompt, user_prompt, subject, body,
+       framework, tone, prompt_tokens, completion_tokens, cost_usd, latency_ms,
+       len(list_distinct(regexp_extract_all(coalesce(body, ''), 'https?://[^\\s<>"'')]+'))) AS tracked_links,
+       metadata, source_file, line_no, $batch_id
+FROM _valid
+ON CONFLICT DO NOTHING
+"""
+
+SENDGRID_FIELDS = {k: _V for k in ("sg_event_id", "message_id", "event", "timestamp", "email",
+                                   "sg_machine_open", "url", "type", "reason", "sg_message_id")}
+
+SENDGRID_SQL = f"""
+WITH p AS ({_parse_common(SENDGRID_FIELDS)}),
+f AS (
+    SELECT source_file, line_no, line, base_reason,
+           r.sg_event_id, r.message_id, lower(r.event) AS event,
+           try_cast(r.timestamp AS DOUBLE) AS ts_epoch, r.timestamp AS ts_text,
+           lower(trim(r.email)) AS email, try_cast(r.sg_machine_open AS BOOLEAN) AS machine_open,
+           r.url, r.type AS bounce_type, r.reason AS reason_text, r.sg_message_id
+    FROM p)
+SELECT *,
+       CASE WHEN ts_epoch IS NOT NULL AND ts_epoch BETWEEN 0 AND 32503680000
+            THEN timezone('UTC', to_timestamp(ts_epoch)) END AS occurred_at,
+       coalesce(base_reason,
+                CASE WHEN sg_event_id IS NULL OR sg_event_id = '' THEN 'missing sg_event_id'
+                     WHEN event IS NULL OR event = '' THEN 'missing event'
+                     WHEN ts_text IS NULL THEN 'missing timestamp'
+                     WHEN ts_epoch IS NULL OR NOT ts_epoch BETWEEN 0 AND 32503680000
+                         THEN 'invalid timestamp: not unix seconds'
+                     WHEN message_id IS NULL OR message_id = ''
+                         THEN 'unattributable: no message_id custom arg' END) AS reason
+FROM f
+"""
+
+SENDGRID_INSERT = """
+INSERT INTO email_events
+SELECT sg_event_id, message_id, event, occurred_at, email, machine_open, url, bounce_type,
+       reason_text, sg_message_id, source_file, line_no, $batch_id
+FROM _valid
+ON CONFLICT DO NOTHING
+"""
+
+CRM_TYPES = ("meeting_booked", "meeting_completed", "deal_closed", "deal_lost")
+
+CRM_FIELDS = {k: _V for k in ("event_id", "source", "type", "message_id", "lead_id", "email",
+                              "occurred_at", "deal_value", "currency")}
+
+CRM_SQL = f"""
+WITH p AS ({_parse_common(CRM_FIELDS)}),
+f AS (
+    SELECT source_file, line_no, line, base_reason,
+           r.event_id, r.source AS crm_source, lower(r.type) AS type,
+           nullif(r.message_id, '') AS given_message_id, nullif(r.lead_id, '') AS lead_id,
+           nullif(lower(trim(r.email)), '') AS email,
+           {_TS.format(expr='r.occurred_at')} AS occurred_at, r.occurred_at AS occurred_text,
+           try_cast(r.deal_value AS DOUBLE) AS deal_value, r.deal_value AS deal_value_text,
+           upper(r.currency) AS currency
+    FROM p)
+SELECT *,
+       coalesce(base_reason,
+                CASE WHEN event_id IS NULL OR event_id = '' THEN 'missing event_id'
+                     WHEN type IS NULL THEN 'missing type'
+                     WHEN type NOT IN {CRM_TYPES} THEN 'unknown type: ' || type
+                     WHEN occurred_text IS NULL THEN 'missing occurred_at'
+                     WHEN occurred_at IS NULL THEN 'invalid occurred_at: not an ISO 8601 timestamp'
+                     WHEN deal_value_text IS NOT NULL AND deal_value IS NULL THEN 'invalid deal_value'
+                     WHEN deal_value < 0 THEN 'invalid deal_value: negative'
+                     WHEN given_message_id IS NULL AND lead_id IS NULL AND email IS NULL
+                         THEN 'unattributable: no message_id, lead_id or email' END) AS reason
+FROM f
+"""
+
+CRM_INSERT = """
+INSERT INTO crm_events
+SELECT event_id, crm_source, type, given_message_id, lead_id, email, occurred_at, deal_value,
+       currency, given_message_id, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
+       CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id
+FROM _valid
+ON CONFLICT DO NOTHING
+"""
+
+REPLIES_FIELDS = {k: _V for k in ("reply_id", "message_id", "received_at", "from_email", "subject",
+                                  "text")} | {"headers": "JSON"}
+
+REPLIES_SQL = f"""
+WITH p AS ({_parse_common(REPLIES_FIELDS)}),
+f AS (
+    SELECT source_file, line_no, line, base_reason,
+           r.reply_id, nullif(r.message_id, '') AS given_message_id,
+           {_TS.format(expr='r.received_at')} AS received_at, r.received_at AS received_text,
+           nullif(lower(trim(r.from_email)), '') AS from_email, r.subject, r.text,
+           CASE WHEN json_type(r.headers) = 'OBJECT' THEN r.headers END AS headers,
+           json_type(r.headers) AS headers_type
+    FROM p)
+SELECT *,
+       coalesce(base_reason,
+                CASE WHEN reply_id IS NULL OR reply_id = '' THEN 'missing reply_id'
+                     WHEN received_text IS NULL THEN 'missing received_at'
+                     WHEN received_at IS NULL THEN 'invalid received_at: not an ISO 8601 timestamp'
+                     WHEN headers_type IS NOT NULL AND headers_type NOT IN ('OBJECT', 'NULL')
+                         THEN 'invalid headers: not an object'
+                     WHEN given_message_id IS NULL AND from_email IS NULL
+                         THEN 'unattributable: no message_id or from_email' END) AS reason
+FROM f
+"""
+
+REPLIES_INSERT = """
+INSERT INTO replies
+SELECT reply_id, given_message_id, received_at, from_email, subject, text, headers,
+       given_message_id, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
+       CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id
+FROM _valid
+ON CONFLICT DO NOTHING
+"""
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    source: str
+    table: str
+    key: str
+    parse_sql: str
+    insert_sql: str
+
+
+SPECS: dict[str, SourceSpec] = {
+    "messages": SourceSpec("messages", "messages", "message_id", MESSAGES_SQL, MESSAGES_INSERT),
+    "sendgrid": SourceSpec("sendgrid", "email_events", "sg_event_id", SENDGRID_SQL, SENDGRID_INSERT),
+    "crm": SourceSpec("crm", "crm_events", "event_id", CRM_SQL, CRM_INSERT),
+    "replies": SourceSpec("replies", "replies", "reply_id", REPLIES_SQL, REPLIES_INSERT),
+}
+
+
+@dataclass
+class IngestResult:
+    source: str
+    batch_ids: list[int] = field(default_factory=list)
+    files: int = 0
+    lines: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    changed_files: list[str] = field(default_factory=list)
+    attributed: int = 0
+    seconds: float = 0.0
+
+    def as_metadata(self) -> dict[str, object]:
+        return {
+            "files_ingested": self.files, "lines_read": self.lines, "rows_accepted": self.accepted,
+            "duplicates_skipped": self.duplicates, "lines_quarantined": self.quarantined,
+            "quarantine_reasons": dict(sorted(self.quarantine_reasons.items())),
+            "batch_ids": list(self.batch_ids), "seconds": round(self.seconds, 3),
+        }
+
+
+def pending_files(con: duckdb.DuckDBPyConnection, landing: Path, source: str
+                  ) -> tuple[list[landing_zone.LandingFile], list[str]]:
+    """Landing files not yet ingested, and names of ingested files whose size changed
+    (a broken immutability contract: reported, never re-read)."""
+    known = dict(con.execute("SELECT file_name, size_bytes FROM landing_files WHERE source = ?",
+                             [source]).fetchall())
+    new, changed = [], []
+    for f in landing_zone.list_files(landing, source):
+        if f.name not in known:
+            new.append(f)
+        elif known[f.name] != f.size_bytes:
+            changed.append(f.name)
+    return new, changed
+
+
+def _chunks(files: Sequence[landing_zone.LandingFile], max_bytes: int, max_files: int
+            ) -> list[list[landing_zone.LandingFile]]:
+    chunks: list[list[landing_zone.LandingFile]] = []
+    current: list[landing_zone.LandingFile] = []
+    size = 0
+    for f in files:
+        if current and (size + f.size_bytes > max_bytes or len(current) >= max_files):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(f)
+        size += f.size_bytes
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def ingest_source(con: duckdb.DuckDBPyConnection, landing: Path, source: str, *,
+                  chunk_bytes: int = 256 * 1024 * 1024, chunk_files: int = 200,
+                  progress: Callable[[str], None] | None = None) -> IngestResult:
+    """Ingest every new landing file of ``source``; safe to call any number of times."""
+    spec = SPECS[source]
+    started = time.perf_counter()
+    result = IngestResult(source)
+    files, result.changed_files = pending_files(con, landing, source)
+    chunks = _chunks(files, chunk_bytes, chunk_files)
+    for index, chunk in enumerate(chunks, 1):
+        _ingest_chunk(con, spec, chunk, result)
+        if progress:
+            progress(f"{source}: chunk {index}/{len(chunks)} ({len(chunk)} files), "
+                     f"{result.accepted} rows accepted so far")
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
+                  chunk: list[landing_zone.LandingFile], result: IngestResult) -> None:
+    paths = [str(f.path) for f in chunk]
+    with transaction(con):
+        batch_id = new_batch(con, "ingest", spec.source)
+        con.execute("""
+            CREATE OR REPLACE TEMP TABLE _lines AS
+            SELECT parse_filename(filename) AS source_file, i AS line_no,
+                   rtrim(lines[i], chr(13)) AS line
+            FROM (SELECT filename, string_split(content, chr(10)) AS lines FROM read_text(?)),
+                 range(1, len(lines) + 1) AS r(i)
+            WHERE trim(rtrim(lines[i], chr(13))) <> ''
+        """, [paths])
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _parsed AS {spec.parse_sql}")
+        con.execute("""
+            INSERT INTO quarantine
+            SELECT ?, source_file, line_no, reason, line, ?, now()::TIMESTAMP
+            FROM _parsed WHERE reason IS NOT NULL
+        """, [spec.source, batch_id])
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE _valid AS
+            SELECT * FROM _parsed WHERE reason IS NULL
+            QUALIFY row_number() OVER (PARTITION BY {spec.key} ORDER BY source_file, line_no) = 1
+        """)
+        lines, valid, quarantined = con.execute(
+            "SELECT count(*), count(*) FILTER (reason IS NULL), count(*) FILTER (reason IS NOT NULL) "
+            "FROM _parsed").fetchone()
+        inserted = con.execute(spec.insert_sql.replace("$batch_id", str(int(batch_id)))).fetchone()[0]
+        per_file = dict((name, (n, v)) for name, n, v in con.execute(
+            "SELECT source_file, count(*), count(*) FILTER (reason IS NULL) FROM _parsed GROUP BY 1"
+        ).fetchall())
+        for f in chunk:
+            n, v = per_file.get(f.name, (0, 0))
+            con.execute("INSERT INTO landing_files VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                        [spec.source, f.name, f.size_bytes, n, v, n - v, batch_id])
+        reasons = con.execute("SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1"
+                              ).fetchall()
+        con.execute("""UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, files = ?, lines = ?,
+                       accepted = ?, duplicates = ?, quarantined = ? WHERE batch_id = ?""",
+                    [len(chunk), lines, inserted, valid - inserted, quarantined, batch_id])
+        for temp in ("_lines", "_parsed", "_valid"):
+            con.execute(f"DROP TABLE IF EXISTS {temp}")
+    result.batch_ids.append(batch_id)
+    result.files += len(chunk)
+    result.lines += lines
+    result.accepted += inserted
+    result.duplicates += valid - inserted
+    result.quarantined += quarantined
+    for reason, count in reasons:
+        key = reason.split(":")[0] if reason.startswith("unknown type") else reason
+        result.quarantine_reasons[key] = result.quarantine_reasons.get(key, 0) + count
+
+
+def attribute_unlinked(con: duckdb.DuckDBPyConnection, table: str, policy: LabelPolicy) -> int:
+    """Attach CRM events / replies that carry no message_id to the latest message sent to
+    the same lead (CRM) or recipient email (both) at most ``attribution_window_days``
+    before the event. Rows that find no message yet stay unlinked and are retried on the
+    next ingestion (their message may simply not have landed yet)."""
+    if table == "crm_events":
+        ts, keys = "occurred_at", (("lead_id", "lead_id"), ("email", "recipient_email"))
+        pk = "event_id"
+    elif table == "replies":
+        ts, keys = "received_at", (("from_email", "recipient_email"),)
+        pk = "reply_id"
+    else:
+        raise ValueError(f"no attribution for table {table!r}")
+    total = 0
+    with transaction(con):
+        batch_id = new_batch(con, "attribution", table)
+        for column, message_column in keys:
+            changed = con.execute(f"""
+                UPDATE {table} AS t
+                SET message_id = a.message_id, attribution = '{column}', attributed_batch_id = {batch_id}
+                FROM (
+                    SELECT e.{pk} AS pk, m.message_id
+                    FROM (SELECT {pk}, {column}, {ts} FROM {table}
+                          WHERE message_id IS NULL AND {column} IS NOT NULL) e
+                    ASOF JOIN (SELECT message_id, {message_column} AS k, sent_at FROM messages
+                               WHERE {message_column} IS NOT NULL) m
+                      ON e.{column} = m.k AND e.{ts} >= m.sent_at
+                    WHERE e.{ts} - m.sent_at <= to_days({int(policy.attribution_window_days)})
+                ) a
+                WHERE t.{pk} = a.pk
+            """).fetchone()[0]
+            total += changed
+        con.execute("UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, accepted = ? "
+                    "WHERE batch_id = ?", [total, batch_id])
+    return total

@@ -1,0 +1,149 @@
+"""DuckDB connection and schema.
+
+All timestamps are stored as UTC ``TIMESTAMP`` values (ISO inputs with an offset are
+converted; inputs without one are read as UTC). ``batch_id`` on every loaded row names the
+ingestion batch that wrote it, which is how labelling finds new rows without scanning
+history (row groups carry min/max zone maps, so ``batch_id > x`` skips old data).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import duckdb
+
+SCHEMA_VERSION = 1
+
+DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS schema_info (
+        key VARCHAR PRIMARY KEY, value VARCHAR)""",
+    "CREATE SEQUENCE IF NOT EXISTS batch_id_seq START 1",
+    """CREATE TABLE IF NOT EXISTS ingest_batches (
+        batch_id BIGINT PRIMARY KEY, kind VARCHAR NOT NULL, source VARCHAR,
+        started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP,
+        files BIGINT, lines BIGINT, accepted BIGINT, duplicates BIGINT, quarantined BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS landing_files (
+        source VARCHAR NOT NULL, file_name VARCHAR NOT NULL, size_bytes BIGINT NOT NULL,
+        lines BIGINT NOT NULL, valid_lines BIGINT NOT NULL, quarantined BIGINT NOT NULL,
+        batch_id BIGINT NOT NULL, ingested_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (source, file_name))""",
+    """CREATE TABLE IF NOT EXISTS quarantine (
+        source VARCHAR NOT NULL, source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL,
+        reason VARCHAR NOT NULL, raw_line VARCHAR, batch_id BIGINT NOT NULL,
+        quarantined_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS messages (
+        message_id VARCHAR PRIMARY KEY, organization_id VARCHAR NOT NULL, campaign_id VARCHAR,
+        lead_id VARCHAR NOT NULL, recipient_email VARCHAR, channel VARCHAR,
+        sent_at TIMESTAMP NOT NULL, model_id VARCHAR, model_version VARCHAR, ab_group VARCHAR,
+        task_type VARCHAR, system_prompt VARCHAR, user_prompt VARCHAR, subject VARCHAR,
+        body VARCHAR, framework VARCHAR, tone VARCHAR, prompt_tokens BIGINT,
+        completion_tokens BIGINT, cost_usd DOUBLE, latency_ms DOUBLE, tracked_links INTEGER,
+        metadata JSON, source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL,
+        batch_id BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS email_events (
+        sg_event_id VARCHAR PRIMARY KEY, message_id VARCHAR, event VARCHAR NOT NULL,
+        occurred_at TIMESTAMP NOT NULL, email VARCHAR, machine_open BOOLEAN, url VARCHAR,
+        bounce_type VARCHAR, reason VARCHAR, sg_message_id VARCHAR,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS crm_events (
+        event_id VARCHAR PRIMARY KEY, source VARCHAR, type VARCHAR NOT NULL,
+        given_message_id VARCHAR, lead_id VARCHAR, email VARCHAR,
+        occurred_at TIMESTAMP NOT NULL, deal_value DOUBLE, currency VARCHAR,
+        message_id VARCHAR, attribution VARCHAR, attributed_batch_id BIGINT,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS replies (
+        reply_id VARCHAR PRIMARY KEY, given_message_id VARCHAR, received_at TIMESTAMP NOT NULL,
+        from_email VARCHAR, subject VARCHAR, text VARCHAR, headers JSON,
+        message_id VARCHAR, attribution VARCHAR, attributed_batch_id BIGINT,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS reply_intents (
+        reply_id VARCHAR PRIMARY KEY, message_id VARCHAR, received_at TIMESTAMP,
+        is_auto_reply BOOLEAN NOT NULL, auto_reply_reason VARCHAR, sentiment VARCHAR NOT NULL,
+        intent VARCHAR NOT NULL, confidence DOUBLE NOT NULL, classifier VARCHAR NOT NULL,
+        batch_id BIGINT NOT NULL)""",
+    # Per-message running aggregate of email events; every column merges with min/max/sum/
+    # list_concat, so new events fold in without rereading old ones.
+    """CREATE TABLE IF NOT EXISTS message_state (
+        message_id VARCHAR NOT NULL, events BIGINT NOT NULL,
+        delivered_first TIMESTAMP, delivered_last TIMESTAMP, bounce_last TIMESTAMP,
+        human_open_first TIMESTAMP, human_opens BIGINT NOT NULL, machine_opens BIGINT NOT NULL,
+        clicks STRUCT(ts TIMESTAMP, url VARCHAR)[], spam_first TIMESTAMP, unsub_first TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS outcome_labels (
+        message_id VARCHAR NOT NULL, organization_id VARCHAR, campaign_id VARCHAR,
+        lead_id VARCHAR, model_id VARCHAR, model_version VARCHAR, ab_group VARCHAR,
+        task_type VARCHAR, sent_at TIMESTAMP,
+        delivered BOOLEAN, bounced BOOLEAN, opened BOOLEAN, clicked BOOLEAN, replied BOOLEAN,
+        reply_sentiment VARCHAR, positive_reply BOOLEAN, meeting_booked BOOLEAN,
+        meeting_completed BOOLEAN, deal_closed BOOLEAN, deal_value DOUBLE, deal_lost BOOLEAN,
+        unsubscribed BOOLEAN, spam_reported BOOLEAN,
+        machine_opens BIGINT, scanner_clicks BIGINT, auto_replies BIGINT,
+        stage VARCHAR, quality_score DOUBLE, is_terminal BOOLEAN, is_mature BOOLEAN,
+        last_event_at TIMESTAMP, labelled_at TIMESTAMP, label_run_id BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS label_runs (
+        label_run_id BIGINT PRIMARY KEY, as_of TIMESTAMP NOT NULL, from_batch BIGINT NOT NULL,
+        to_batch BIGINT NOT NULL, full_relabel BOOLEAN NOT NULL, policy_fingerprint VARCHAR NOT NULL,
+        policy JSON NOT NULL, touched_messages BIGINT NOT NULL, folded_events BIGINT NOT NULL,
+        started_at TIMESTAMP NOT NULL, duration_s DOUBLE NOT NULL)""",
+)
+
+WAREHOUSE_TABLES = ("messages", "email_events", "crm_events", "replies", "reply_intents",
+                    "outcome_labels", "quarantine", "landing_files")
+
+
+def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
+            threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse (creating and migrating it unless read-only)."""
+    database = str(path)
+    if database != ":memory:" and not database.startswith("md:"):
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(database, read_only=read_only)
+    con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")
+    if memory_limit:
+        con.execute(f"SET memory_limit = '{_safe_setting(memory_limit)}'")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    if not read_only:
+        migrate(con)
+    return con
+
+
+def _safe_setting(value: str) -> str:
+    if not all(ch.isalnum() or ch in ".% " for ch in value):
+        raise ValueError(f"invalid setting value {value!r}")
+    return value
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    for statement in DDL:
+        con.execute(statement)
+    row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+    if row is None:
+        con.execute("INSERT INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+    elif int(row[0]) > SCHEMA_VERSION:
+        raise RuntimeError(f"warehouse schema version {row[0]} is newer than this code "
+                           f"({SCHEMA_VERSION}); upgrade flywheel_pipeline")
+
+
+@contextlib.contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
+
+
+def new_batch(con: duckdb.DuckDBPyConnection, kind: str, source: str | None = None) -> int:
+    batch_id = con.execute("SELECT nextval('batch_id_seq')").fetchone()[0]
+    con.execute("INSERT INTO ingest_batches (batch_id, kind, source, started_at) "
+                "VALUES (?, ?, ?, now()::TIMESTAMP)", [batch_id, kind, source])
+    return int(batch_id)
+
+
+def max_batch(con: duckdb.DuckDBPyConnection) -> int:
+    return int(con.execute("SELECT coalesce(max(batch_id), 0) FROM ingest_batches").fetchone()[0])
