@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make demo   set up .venv and run the demo flywheel on embedded defaults
+#   make test   set up .venv (with test extras) and run the whole test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export FLYWHEEL_HOME ?= $(CURDIR)/.flywheel
+
+.PHONY: demo test ui bench setup clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(BIN)/flywheel demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+ui: setup
+	$(BIN)/flywheel ui
+
+bench: setup
+	$(BIN)/python benchmarks/bench_labelling.py
+
+clean:
+	rm -rf $(VENV) .flywheel

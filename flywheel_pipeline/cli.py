@@ -1,0 +1,131 @@
+"""`flywheel` command line: demo, simulate, refresh, summary, ui."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from datetime import date
+
+from flywheel_pipeline import paths
+
+
+def _print(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from flywheel_pipeline.core.simulate import SIMULATOR_TAG, SimConfig, simulate
+
+    cfg = SimConfig(seed=args.seed, days=args.days, messages_per_day=args.messages_per_day,
+                    end=date.fromisoformat(args.end) if args.end else None)
+    _print(f"[{SIMULATOR_TAG}] writing {cfg.days} simulated days (seed {cfg.seed}) to {paths.landing_dir()}")
+    result = simulate(paths.landing_dir(), cfg)
+    _print(f"[{SIMULATOR_TAG}] {result.days_written} days written, {result.days_skipped} already present: "
+           f"{result.messages} messages, {result.sendgrid_lines} SendGrid lines (duplicates included, "
+           f"{result.malformed_lines} deliberately truncated), {result.crm_lines} CRM events, "
+           f"{result.reply_lines} replies")
+    return 0
+
+
+def run_refresh(full: bool = False, as_of: str | None = None, log_level: str = "INFO") -> bool:
+    """Materialize the refresh job through Dagster, recorded in the instance at DAGSTER_HOME."""
+    from flywheel_pipeline.instance import ensure_local_dagster_home
+
+    home = ensure_local_dagster_home()
+    import dagster as dg
+
+    from flywheel_pipeline.defs.automation import REFRESH_JOB_NAME
+    from flywheel_pipeline.definitions import defs
+
+    run_config = {"ops": {"outcome_labels": {"config": {"full_relabel": full, "as_of": as_of}}},
+                  "loggers": {"console": {"config": {"log_level": log_level}}}}
+    with dg.DagsterInstance.get() as instance:
+        result = defs.resolve_job_def(REFRESH_JOB_NAME).execute_in_process(
+            instance=instance, run_config=run_config, raise_on_error=False,
+            tags={"flywheel/trigger": "cli"})
+        _print(f"Dagster run {result.run_id} ({'succeeded' if result.success else 'FAILED'}), "
+               f"recorded in DAGSTER_HOME={home}")
+        if not result.success:
+            for event in result.all_events:
+                if event.is_failure and event.step_key:
+                    _print(f"  step {event.step_key} failed: {event.message}")
+    return result.success
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    return 0 if run_refresh(full=args.full, as_of=args.as_of) else 1
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from flywheel_pipeline.summary import print_summary
+
+    if not paths.warehouse_path().exists():
+        _print(f"no warehouse at {paths.warehouse_path()}: run `flywheel demo` or `flywheel refresh` first")
+        return 1
+    print_summary(paths.warehouse_path(), out=_print)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    _print(f"FLYWHEEL_HOME={paths.flywheel_home()}")
+    cmd_simulate(args)
+    _print("Materializing ingestion and outcome labels through Dagster ...")
+    if not run_refresh(full=False):
+        return 1
+    cmd_summary(args)
+    _print()
+    _print("Next: open the Dagster UI on this instance with")
+    _print(f"  DAGSTER_HOME={paths.dagster_home()} FLYWHEEL_HOME={paths.flywheel_home()} dagster dev")
+    _print("  (or `make ui`), then browse Assets -> outcome_labels for metadata and checks.")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from flywheel_pipeline.instance import ensure_local_dagster_home
+
+    ensure_local_dagster_home()
+    dagster = shutil.which("dagster") or os.path.join(os.path.dirname(sys.executable), "dagster")
+    argv = [dagster, "dev", "-m", "flywheel_pipeline.definitions", "--host", args.host, "--port", str(args.port)]
+    _print("exec " + " ".join(argv))
+    os.execv(argv[0], argv)
+    return 0  # pragma: no cover
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def sim_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--seed", type=int, default=7)
+        p.add_argument("--days", type=int, default=90, help="simulated days ending yesterday (default 90)")
+        p.add_argument("--messages-per-day", type=int, default=120)
+        p.add_argument("--end", help="first day NOT simulated (ISO date; default today, UTC)")
+
+    p = sub.add_parser("demo", help="simulate a world into the landing zone, refresh through Dagster, summarize")
+    sim_args(p)
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("simulate", help="write the demo-world simulator's landing files")
+    sim_args(p)
+    p.set_defaults(func=cmd_simulate)
+    p = sub.add_parser("refresh", help="ingest the landing zone and refresh labels through Dagster")
+    p.add_argument("--full", action="store_true", help="rebuild all labels from all events")
+    p.add_argument("--as-of", help="ISO 8601 time maturity is measured against (default now)")
+    p.set_defaults(func=cmd_refresh)
+    p = sub.add_parser("summary", help="print what the warehouse holds")
+    p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("ui", help="start `dagster dev` on the local instance")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=3000)
+    p.set_defaults(func=cmd_ui)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""The code location: assets, checks, jobs, sensors and schedules, with resources bound by
+environment (``FLYWHEEL_ENV=local`` (default) or ``production``)."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from flywheel_pipeline.defs.automation import daily_refresh_schedule, landing_sensor, refresh_job
+from flywheel_pipeline.defs.ingest import INGEST_ASSETS
+from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS, OUTCOME_CHECKS
+from flywheel_pipeline.defs.resources import local_resources, production_resources
+
+
+def build_definitions(environment: str | None = None) -> dg.Definitions:
+    environment = (environment or os.environ.get("FLYWHEEL_ENV") or "local").lower()
+    if environment == "local":
+        resources = local_resources()
+    elif environment == "production":
+        resources = production_resources()
+    else:
+        raise ValueError(f"FLYWHEEL_ENV must be 'local' or 'production', got {environment!r}")
+    return dg.Definitions(
+        assets=[*INGEST_ASSETS, *OUTCOME_ASSETS],
+        asset_checks=OUTCOME_CHECKS,
+        jobs=[refresh_job],
+        sensors=[landing_sensor],
+        schedules=[daily_refresh_schedule],
+        resources=resources,
+    )
+
+
+defs = build_definitions()
