@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from flywheel_pipeline.core import landing as landing_zone
+from flywheel_pipeline.core.label_policy import LabelPolicy
+from flywheel_pipeline.warehouse.ingest import attribute_unlinked, ingest_source
+from flywheel_pipeline.warehouse.labels import refresh_labels
+from flywheel_pipeline.warehouse.reply_intents import classify_new_replies
+from flywheel_pipeline.warehouse.schema import connect
+
+T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An isolated FLYWHEEL_HOME (and DAGSTER_HOME under it) for one test."""
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "fw"))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "fw" / "dagster"))
+    monkeypatch.delenv("FLYWHEEL_ENV", raising=False)
+    return tmp_path / "fw"
+
+
+@pytest.fixture
+def landing(tmp_path) -> Path:
+    return tmp_path / "landing"
+
+
+@pytest.fixture
+def con(tmp_path):
+    connection = connect(tmp_path / "warehouse.duckdb")
+    yield connection
+    connection.close()
+
+
+def iso(ts: datetime) -> str:
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def message(mid: str, *, lead: str = "lead-1", sent: datetime = T0, org: str = "org-1",
+            body: str = "Hi Ada, see https://x.example/a and https://x.example/b", **extra) -> dict:
+    return {"message_id": mid, "organization_id": org, "campaign_id": "camp-1", "lead_id": lead,
+            "recipient_email": f"{lead}@acme.example", "channel": "email", "sent_at": iso(sent),
+            "model_id": "model-a", "model_version": "1.0.0", "ab_group": "control", "task_type": "cold_email",
+            "system_prompt": "sys", "user_prompt": "user", "subject": "s", "body": body,
+            "framework": "AIDA", "tone": "friendly", **extra}
+
+
+_seq = iter(range(1, 10_000_000))
+
+
+def sg(mid: str, event: str, at: datetime, *, sg_event_id: str | None = None, **extra) -> dict:
+    return {"sg_event_id": sg_event_id or f"ev-{next(_seq)}", "message_id": mid, "event": event,
+            "timestamp": int(at.timestamp()), "email": "lead@acme.example", **extra}
+
+
+def crm(event_id: str, type_: str, at: datetime, **ref) -> dict:
+    return {"event_id": event_id, "source": "hubspot", "type": type_, "occurred_at": iso(at), **ref}
+
+
+def reply(reply_id: str, mid: str | None, at: datetime, text: str, headers: dict | None = None,
+          subject: str = "Re: hello", **extra) -> dict:
+    record = {"reply_id": reply_id, "received_at": iso(at), "from_email": "lead-1@acme.example",
+              "subject": subject, "text": text, "headers": headers or {}, **extra}
+    if mid is not None:
+        record["message_id"] = mid
+    return record
+
+
+def run_pipeline(con, landing: Path, *, as_of: datetime = T0 + timedelta(days=30),
+                 policy: LabelPolicy | None = None, full: bool = False):
+    """Ingest everything landed, attribute, classify and label: what the refresh job does."""
+    policy = policy or LabelPolicy()
+    results = {s: ingest_source(con, landing, s) for s in landing_zone.SOURCES}
+    attribute_unlinked(con, "crm_events", policy)
+    attribute_unlinked(con, "replies", policy)
+    classify_new_replies(con)
+    results["labels"] = refresh_labels(con, policy, as_of=as_of, full=full)
+    return results
+
+
+def label(con, mid: str) -> dict:
+    cur = con.execute("SELECT * FROM outcome_labels WHERE message_id = ?", [mid])
+    row = cur.fetchone()
+    assert row is not None, f"no label for {mid}"
+    return dict(zip([d[0] for d in cur.description], row))
