@@ -1,0 +1,203 @@
+"""The Dagster layer on a real instance: materialize, checks, sensor ticks, schedule, CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+
+from flywheel_pipeline.core.landing import write_jsonl
+from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.definitions import build_definitions
+from flywheel_pipeline.defs.automation import daily_refresh_schedule, landing_sensor
+from flywheel_pipeline.defs.ingest import INGEST_ASSETS
+from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS, OUTCOME_CHECKS
+from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
+
+AS_OF = "2026-05-01T00:00:00Z"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_world(landing: Path, days: int = 20, end: date = date(2026, 5, 1)):
+    return simulate(landing, SimConfig(seed=3, days=days, end=end, organizations=2, leads_per_org=100,
+                                       messages_per_day=20))
+
+
+def resources(tmp_path: Path) -> dict:
+    return {"warehouse": WarehouseResource(database=str(tmp_path / "wh.duckdb")),
+            "landing": LandingZoneResource(path=str(tmp_path / "landing")),
+            "label_policy": LabelPolicyResource()}
+
+
+def materialize_all(tmp_path, instance, **config):
+    return dg.materialize(
+        [*INGEST_ASSETS, *OUTCOME_ASSETS, *OUTCOME_CHECKS], instance=instance, resources=resources(tmp_path),
+        run_config={"ops": {"outcome_labels": {"config": {"as_of": AS_OF, **config}}}})
+
+
+def materialization(result, key: str):
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == key]
+    assert len(events) == 1, key
+    return events[0].materialization.metadata
+
+
+def test_materialize_everything_into_a_temporary_warehouse_and_instance(tmp_path):
+    small_world(tmp_path / "landing")
+    with dg.instance_for_test() as instance:
+        result = materialize_all(tmp_path, instance)
+        assert result.success
+        checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+        assert checks == {"one_label_per_message": True, "quality_score_in_range": True,
+                          "funnel_flags_consistent": True, "maturity_consistent": True,
+                          "quarantine_rate": True, "email_events_reference_messages": True}
+        meta = materialization(result, "outcome_labels")
+        assert meta["dagster/row_count"].value == 400
+        assert meta["mode"].value == "full relabel"
+        assert 0 < meta["mature_labels"].value < 400
+        for key in ("deepest_stage_counts", "quality_score_distribution", "funnel_flags", "per_model_mature"):
+            assert meta[key].value.strip(), key
+        events_meta = materialization(result, "email_events")
+        assert events_meta["duplicates_skipped"].value > events_meta["rows_accepted"].value  # ~3 copies each
+        # the materializations are recorded in the instance
+        assert instance.get_latest_materialization_event(dg.AssetKey("outcome_labels")) is not None
+
+        # a new simulated day lands: the next run is incremental and touches only new work
+        small_world(tmp_path / "landing", days=21, end=date(2026, 5, 2))
+        again = materialize_all(tmp_path, instance)
+        assert again.success
+        meta2 = materialization(again, "outcome_labels")
+        assert meta2["mode"].value == "incremental"
+        assert meta2["dagster/row_count"].value == 420
+        assert 20 <= meta2["messages_relabelled"].value < 120
+        assert materialization(again, "messages")["files_ingested"].value == 1
+
+    con = duckdb.connect(str(tmp_path / "wh.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM outcome_labels").fetchone()[0] == 420
+    con.close()
+
+
+def test_a_broken_contract_fails_the_blocking_check_and_the_run(tmp_path):
+    small_world(tmp_path / "landing", days=5)
+    with dg.instance_for_test() as instance:
+        assert materialize_all(tmp_path, instance).success
+        con = duckdb.connect(str(tmp_path / "wh.duckdb"))
+        con.execute("INSERT INTO outcome_labels SELECT * FROM outcome_labels LIMIT 1")
+        con.close()
+        result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS, *OUTCOME_CHECKS], instance=instance,
+                                resources=resources(tmp_path), raise_on_error=False)
+        assert not result.success
+        failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
+        assert "one_label_per_message" in failed
+
+
+def test_landing_sensor_requests_a_run_only_for_new_files(tmp_path):
+    landing = tmp_path / "landing"
+    res = {"landing": LandingZoneResource(path=str(landing))}
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources=res)
+        assert isinstance(landing_sensor(ctx), dg.SkipReason)  # nothing landed yet
+
+        write_jsonl(landing, "sendgrid", [{"sg_event_id": "a"}])
+        ctx = dg.build_sensor_context(instance=instance, resources=res, cursor=None)
+        first = landing_sensor(ctx)
+        assert isinstance(first, dg.RunRequest)
+        assert first.tags["flywheel/sources"] == "sendgrid"
+        cursor = ctx.cursor
+        assert json.loads(cursor)["sendgrid"].startswith("1:")
+
+        ctx = dg.build_sensor_context(instance=instance, resources=res, cursor=cursor)
+        assert isinstance(landing_sensor(ctx), dg.SkipReason)
+
+        (landing / "crm").mkdir()
+        (landing / "crm" / ".half-written.jsonl.tmp").write_text("{")  # invisible until renamed
+        ctx = dg.build_sensor_context(instance=instance, resources=res, cursor=cursor)
+        assert isinstance(landing_sensor(ctx), dg.SkipReason)
+
+        write_jsonl(landing, "crm", [{"event_id": "c"}])
+        write_jsonl(landing, "messages", [{"message_id": "m"}])
+        ctx = dg.build_sensor_context(instance=instance, resources=res, cursor=cursor)
+        second = landing_sensor(ctx)
+        assert isinstance(second, dg.RunRequest)
+        assert second.tags["flywheel/sources"] == "crm,messages"
+        assert second.run_key != first.run_key
+
+
+def test_landing_sensor_tick_through_definitions_targets_the_refresh_job(tmp_path, home):
+    write_jsonl(home / "landing", "messages", [{"message_id": "m"}])
+    defs = build_definitions()
+    sensor = defs.resolve_sensor_def("landing_sensor")
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_sensor_context(instance=instance, resources=defs.resources)
+        data = sensor.evaluate_tick(ctx)
+        assert len(data.run_requests) == 1
+        assert sensor.job_name == "refresh"
+        assert data.cursor
+
+
+def test_daily_schedule_targets_the_refresh_job():
+    with dg.instance_for_test() as instance:
+        ctx = dg.build_schedule_context(instance=instance)
+        data = daily_refresh_schedule.evaluate_tick(ctx)
+        assert len(data.run_requests) == 1
+        assert daily_refresh_schedule.job_name == "refresh"
+        assert daily_refresh_schedule.cron_schedule == "0 3 * * *"
+
+
+def test_definitions_bind_resources_by_environment(home, monkeypatch):
+    local = build_definitions("local")
+    assert local.resources["warehouse"].database == str(home / "warehouse.duckdb")
+    with pytest.raises(ValueError, match="FLYWHEEL_ENV"):
+        build_definitions("staging")
+    prod = build_definitions("production")
+    # production reads locations from the environment at run time, never from code
+    assert isinstance(prod.resources["warehouse"].database, dg.EnvVar)
+    assert prod.resources["warehouse"].database == "FLYWHEEL_WAREHOUSE"
+    assert prod.resources["landing"].path == "FLYWHEEL_LANDING"
+
+
+def _cli(args, env):
+    return subprocess.run([sys.executable, "-m", "flywheel_pipeline.cli", *args], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_refresh_records_runs_in_dagster_home_and_fails_when_a_run_fails(home):
+    small_world(home / "landing", days=5)
+    env = dict(os.environ)
+    ok = _cli(["refresh", "--as-of", AS_OF], env)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "succeeded" in ok.stdout
+    assert (home / "dagster" / "dagster.yaml").exists()
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = instance.get_runs()
+        assert [r.job_name for r in runs] == ["refresh"]
+        assert runs[0].status == dg.DagsterRunStatus.SUCCESS
+    summary = _cli(["summary"], env)
+    assert summary.returncode == 0 and "outcome labels: 100" in summary.stdout
+
+    con = duckdb.connect(str(home / "warehouse.duckdb"))
+    con.execute("UPDATE outcome_labels SET quality_score = 1.5 WHERE message_id = "
+                "(SELECT min(message_id) FROM outcome_labels)")
+    con.close()
+    bad = _cli(["refresh", "--as-of", AS_OF], env)
+    assert bad.returncode == 1
+    assert "FAILED" in bad.stdout
+
+
+def test_dagster_cli_materializes_from_the_module(home):
+    small_world(home / "landing", days=2)
+    env = dict(os.environ)
+    os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
+    proc = subprocess.run([os.path.join(os.path.dirname(sys.executable), "dagster"), "asset", "materialize",
+                           "-m", "flywheel_pipeline.definitions", "--select", "messages"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 40
+    con.close()
