@@ -87,3 +87,11 @@ def label(con, mid: str) -> dict:
     row = cur.fetchone()
     assert row is not None, f"no label for {mid}"
     return dict(zip([d[0] for d in cur.description], row))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Collect reference cycles that still hold DuckDB objects (e.g. via Dagster contexts)
+    # before interpreter shutdown, where duckdb's bindings would report them as leaks.
+    import gc
+
+    gc.collect()

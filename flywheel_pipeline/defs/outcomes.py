@@ -85,7 +85,7 @@ def outcome_labels(context: dg.AssetExecutionContext, config: OutcomeLabelsConfi
                    round(avg(meeting_booked::INT) FILTER (is_mature), 4),
                    count(*) FILTER (is_mature AND deal_closed)
             FROM outcome_labels GROUP BY 1 ORDER BY 4 DESC NULLS LAST""").fetchall()
-        orphans = con.execute("""SELECT count(*) FROM message_state s ANTI JOIN messages m USING (message_id)"""
+        orphans = con.execute("SELECT count(*) FROM message_state s ANTI JOIN messages m USING (message_key)"
                               ).fetchone()[0]
     names = ["delivered", "bounced", "opened (human)", "clicked (human)", "replied (human)",
              "positive_reply", "meeting_booked", "meeting_completed", "deal_closed", "unsubscribed",
@@ -126,10 +126,12 @@ def _check(passed: bool, severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity
                 description="Exactly one label per ingested message.")
 def one_label_per_message(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.connect() as con:
-        labels, distinct, msgs = con.execute("""
-            SELECT (SELECT count(*) FROM outcome_labels), (SELECT count(DISTINCT message_id) FROM outcome_labels),
-                   (SELECT count(*) FROM messages)""").fetchone()
-    return _check(labels == distinct == msgs, labels=labels, distinct_messages=distinct, messages=msgs)
+        labels, distinct, msgs, unknown = con.execute("""
+            SELECT (SELECT count(*) FROM message_labels), (SELECT count(DISTINCT message_key) FROM message_labels),
+                   (SELECT count(*) FROM messages),
+                   (SELECT count(*) FROM message_labels l ANTI JOIN messages m USING (message_key))""").fetchone()
+    return _check(labels == distinct == msgs and unknown == 0, labels=labels, distinct_messages=distinct,
+                  messages=msgs, labels_without_message=unknown)
 
 
 @dg.asset_check(asset=outcome_labels, blocking=True, pool=WAREHOUSE_POOL,

@@ -25,7 +25,7 @@ import duckdb
 
 from flywheel_pipeline.core import landing as landing_zone
 from flywheel_pipeline.core.label_policy import LabelPolicy
-from flywheel_pipeline.warehouse.schema import new_batch, transaction
+from flywheel_pipeline.warehouse.schema import SENDGRID_EVENTS, new_batch, transaction
 
 # ISO 8601 text -> UTC TIMESTAMP (offsets honoured, no offset read as UTC).
 _TS = "timezone('UTC', try_cast({expr} AS TIMESTAMPTZ))"
@@ -79,12 +79,12 @@ FROM f
 
 MESSAGES_INSERT = """
 INSERT INTO messages
-SELECT message_id, organization_id, campaign_id, lead_id, recipient_email, channel, sent_at,
+SELECT message_id, k.message_key, organization_id, campaign_id, lead_id, recipient_email, channel, sent_at,
        model_id, model_version, ab_group, task_type, system_prompt, user_prompt, subject, body,
        framework, tone, prompt_tokens, completion_tokens, cost_usd, latency_ms,
        len(list_distinct(regexp_extract_all(coalesce(body, ''), 'https?://[^\\s<>"'')]+'))) AS tracked_links,
        metadata, source_file, line_no, $batch_id
-FROM _valid
+FROM _valid JOIN message_keys k USING (message_id)
 ON CONFLICT DO NOTHING
 """
 
@@ -106,6 +106,7 @@ SELECT *,
        coalesce(base_reason,
                 CASE WHEN sg_event_id IS NULL OR sg_event_id = '' THEN 'missing sg_event_id'
                      WHEN event IS NULL OR event = '' THEN 'missing event'
+                     WHEN event NOT IN {SENDGRID_EVENTS} THEN 'unknown event type: ' || event
                      WHEN ts_text IS NULL THEN 'missing timestamp'
                      WHEN ts_epoch IS NULL OR NOT ts_epoch BETWEEN 0 AND 32503680000
                          THEN 'invalid timestamp: not unix seconds'
@@ -116,9 +117,9 @@ FROM f
 
 SENDGRID_INSERT = """
 INSERT INTO email_events
-SELECT sg_event_id, message_id, event, occurred_at, email, machine_open, url, bounce_type,
-       reason_text, sg_message_id, source_file, line_no, $batch_id
-FROM _valid
+SELECT sg_event_id, message_id, k.message_key, event::sendgrid_event, occurred_at, email, machine_open, url,
+       bounce_type, reason_text, sg_message_id, source_file, line_no, $batch_id
+FROM _valid JOIN message_keys k USING (message_id)
 ON CONFLICT DO NOTHING
 """
 
@@ -203,11 +204,19 @@ class SourceSpec:
     key: str
     parse_sql: str
     insert_sql: str
+    assigns_message_keys: bool = False
+
+
+ASSIGN_MESSAGE_KEYS = """
+INSERT INTO message_keys
+SELECT message_id, nextval('message_key_seq')
+FROM (SELECT DISTINCT message_id FROM _valid) v ANTI JOIN message_keys k USING (message_id)
+"""
 
 
 SPECS: dict[str, SourceSpec] = {
-    "messages": SourceSpec("messages", "messages", "message_id", MESSAGES_SQL, MESSAGES_INSERT),
-    "sendgrid": SourceSpec("sendgrid", "email_events", "sg_event_id", SENDGRID_SQL, SENDGRID_INSERT),
+    "messages": SourceSpec("messages", "messages", "message_id", MESSAGES_SQL, MESSAGES_INSERT, True),
+    "sendgrid": SourceSpec("sendgrid", "email_events", "sg_event_id", SENDGRID_SQL, SENDGRID_INSERT, True),
     "crm": SourceSpec("crm", "crm_events", "event_id", CRM_SQL, CRM_INSERT),
     "replies": SourceSpec("replies", "replies", "reply_id", REPLIES_SQL, REPLIES_INSERT),
 }
@@ -309,6 +318,8 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
             SELECT * FROM _parsed WHERE reason IS NULL
             QUALIFY row_number() OVER (PARTITION BY {spec.key} ORDER BY source_file, line_no) = 1
         """)
+        if spec.assigns_message_keys:
+            con.execute(ASSIGN_MESSAGE_KEYS)
         lines, valid, quarantined = con.execute(
             "SELECT count(*), count(*) FILTER (reason IS NULL), count(*) FILTER (reason IS NOT NULL) "
             "FROM _parsed").fetchone()
@@ -334,7 +345,7 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
     result.duplicates += valid - inserted
     result.quarantined += quarantined
     for reason, count in reasons:
-        key = reason.split(":")[0] if reason.startswith("unknown type") else reason
+        key = reason.split(":")[0] if reason.startswith("unknown ") else reason
         result.quarantine_reasons[key] = result.quarantine_reasons.get(key, 0) + count
 
 

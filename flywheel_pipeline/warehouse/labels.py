@@ -30,91 +30,95 @@ from flywheel_pipeline.core.label_policy import LabelPolicy
 from flywheel_pipeline.warehouse.schema import max_batch, transaction
 
 _FOLD_SELECT = """
-SELECT message_id,
+SELECT message_key,
        count(*) AS events,
        min(occurred_at) FILTER (event = 'delivered') AS delivered_first,
        max(occurred_at) FILTER (event = 'delivered') AS delivered_last,
        max(occurred_at) FILTER (event IN ('bounce', 'dropped')) AS bounce_last,
        min(occurred_at) FILTER (event = 'open' AND machine_open IS NOT TRUE) AS human_open_first,
-       count(*) FILTER (event = 'open' AND machine_open IS NOT TRUE) AS human_opens,
        count(*) FILTER (event = 'open' AND machine_open IS TRUE) AS machine_opens,
-       list({{'ts': occurred_at, 'url': url}}) FILTER (event = 'click') AS clicks,
+       count(*) FILTER (event = 'click') AS clicks,
+       max(occurred_at) FILTER (event = 'click') AS click_last,
        min(occurred_at) FILTER (event = 'spamreport') AS spam_first,
        min(occurred_at) FILTER (event IN ('unsubscribe', 'group_unsubscribe')) AS unsub_first
 FROM email_events
 WHERE {where}
-GROUP BY message_id
+GROUP BY message_key
 """
 
 _MERGE_STATE = """
 CREATE OR REPLACE TEMP TABLE _merged AS
-SELECT d.message_id,
+SELECT d.message_key,
        d.events + coalesce(s.events, 0) AS events,
        least(d.delivered_first, s.delivered_first) AS delivered_first,
        greatest(d.delivered_last, s.delivered_last) AS delivered_last,
        greatest(d.bounce_last, s.bounce_last) AS bounce_last,
        least(d.human_open_first, s.human_open_first) AS human_open_first,
-       d.human_opens + coalesce(s.human_opens, 0) AS human_opens,
        d.machine_opens + coalesce(s.machine_opens, 0) AS machine_opens,
-       CASE WHEN d.clicks IS NULL THEN s.clicks WHEN s.clicks IS NULL THEN d.clicks
-            ELSE list_concat(s.clicks, d.clicks) END AS clicks,
+       d.clicks + coalesce(s.clicks, 0) AS clicks,
+       greatest(d.click_last, s.click_last) AS click_last,
        least(d.spam_first, s.spam_first) AS spam_first,
        least(d.unsub_first, s.unsub_first) AS unsub_first
-FROM _delta d LEFT JOIN message_state s USING (message_id)
+FROM _delta d LEFT JOIN message_state s USING (message_key)
 """
 
-# Labels for the messages in _touched. {p_*} are policy numbers rendered as SQL literals.
+# Labels for the messages in scope: every message (full) or the keys in _touched. {scope}
+# is empty or a semi-join on _touched; {p_*} are policy numbers rendered as SQL literals.
 _LABEL_SELECT = """
 WITH m AS (
-    SELECT m.* FROM messages m SEMI JOIN _touched t USING (message_id)
+    SELECT message_key, sent_at, tracked_links FROM messages {scope}
 ), s AS (
-    SELECT s.* FROM message_state s SEMI JOIN _touched t USING (message_id)
+    SELECT * FROM message_state {scope}
 ), click_rows AS (
-    SELECT s.message_id, c.ts, c.url, m.tracked_links, s.delivered_first
-    FROM s JOIN m USING (message_id), unnest(s.clicks) AS u(c)
+    -- click detail is read from the events (clicks are a small share of them), so the scanner
+    -- rules see the delivery time even when the click arrived before the delivered event
+    SELECT e.message_key, e.occurred_at AS ts, e.url
+    FROM email_events e {scope}
+    WHERE e.event = 'click'
 ), click_seconds AS (
-    SELECT message_id, date_trunc('second', ts) AS sec, count(DISTINCT url) AS urls
+    SELECT message_key, date_trunc('second', ts) AS sec, count(DISTINCT url) AS urls
     FROM click_rows GROUP BY ALL
 ), clicks AS (
-    SELECT r.message_id,
+    SELECT message_key,
            count(*) FILTER (WHERE NOT scanner) AS human_clicks,
            count(*) FILTER (WHERE scanner) AS scanner_clicks,
-           min(r.ts) FILTER (WHERE NOT scanner) AS human_click_first
+           min(ts) FILTER (WHERE NOT scanner) AS human_click_first
     FROM (
-        SELECT r.*,
-               (r.delivered_first IS NOT NULL
-                AND r.ts < r.delivered_first + to_microseconds({p_scanner_us}))
-               OR (r.tracked_links >= 2 AND cs.urls >= r.tracked_links) AS scanner
+        SELECT r.message_key, r.ts,
+               coalesce(s.delivered_first IS NOT NULL
+                        AND r.ts < s.delivered_first + to_microseconds({p_scanner_us}), false)
+               OR coalesce(m.tracked_links >= 2 AND cs.urls >= m.tracked_links, false) AS scanner
         FROM click_rows r
-        JOIN click_seconds cs ON cs.message_id = r.message_id AND cs.sec = date_trunc('second', r.ts)
-    ) r
-    GROUP BY r.message_id
+        JOIN click_seconds cs ON cs.message_key = r.message_key AND cs.sec = date_trunc('second', r.ts)
+        LEFT JOIN s ON s.message_key = r.message_key
+        LEFT JOIN m ON m.message_key = r.message_key
+    )
+    GROUP BY message_key
 ), crm AS (
-    SELECT message_id,
+    SELECT k.message_key,
            min(occurred_at) FILTER (type = 'meeting_booked') AS booked_at,
            min(occurred_at) FILTER (type = 'meeting_completed') AS completed_at,
            max(occurred_at) FILTER (type = 'deal_closed') AS closed_last,
            max(occurred_at) FILTER (type = 'deal_lost') AS lost_last,
            max(deal_value) FILTER (type = 'deal_closed') AS closed_value,
            max(occurred_at) AS crm_last
-    FROM crm_events SEMI JOIN _touched t USING (message_id)
-    GROUP BY message_id
+    FROM crm_events c JOIN message_keys k ON k.message_id = c.message_id {scope_k}
+    GROUP BY k.message_key
 ), rep AS (
-    SELECT message_id,
+    SELECT k.message_key,
            count(*) FILTER (NOT is_auto_reply) AS human_replies,
            count(*) FILTER (is_auto_reply) AS auto_replies,
            arg_min(sentiment, received_at) FILTER (NOT is_auto_reply) AS first_sentiment,
            bool_or(sentiment = 'positive' AND NOT is_auto_reply) AS any_positive,
            max(received_at) AS reply_last
-    FROM reply_intents SEMI JOIN _touched t USING (message_id)
-    GROUP BY message_id
+    FROM reply_intents r JOIN message_keys k ON k.message_id = r.message_id {scope_k}
+    GROUP BY k.message_key
 ), flags AS (
-    SELECT m.message_id, m.organization_id, m.campaign_id, m.lead_id, m.model_id, m.model_version,
-           m.ab_group, m.task_type, m.sent_at,
-           s.delivered_last IS NOT NULL
-               AND (s.bounce_last IS NULL OR s.bounce_last < s.delivered_last) AS delivered,
-           s.bounce_last IS NOT NULL
-               AND (s.delivered_last IS NULL OR s.bounce_last >= s.delivered_last) AS bounced,
+    SELECT m.message_key, m.sent_at,
+           coalesce(s.delivered_last IS NOT NULL
+               AND (s.bounce_last IS NULL OR s.bounce_last < s.delivered_last), false) AS delivered,
+           coalesce(s.bounce_last IS NOT NULL
+               AND (s.delivered_last IS NULL OR s.bounce_last >= s.delivered_last), false) AS bounced,
            s.human_open_first IS NOT NULL AS opened,
            coalesce(k.human_clicks, 0) > 0 AS clicked,
            coalesce(r.human_replies, 0) > 0 AS replied,
@@ -122,8 +126,10 @@ WITH m AS (
            coalesce(r.any_positive, false) AS positive_reply,
            c.booked_at IS NOT NULL OR c.completed_at IS NOT NULL AS meeting_booked,
            c.completed_at IS NOT NULL AS meeting_completed,
-           c.closed_last IS NOT NULL AND (c.lost_last IS NULL OR c.closed_last > c.lost_last) AS deal_closed,
-           c.lost_last IS NOT NULL AND (c.closed_last IS NULL OR c.lost_last >= c.closed_last) AS deal_lost,
+           coalesce(c.closed_last IS NOT NULL AND (c.lost_last IS NULL OR c.closed_last > c.lost_last),
+                    false) AS deal_closed,
+           coalesce(c.lost_last IS NOT NULL AND (c.closed_last IS NULL OR c.lost_last >= c.closed_last),
+                    false) AS deal_lost,
            c.closed_value,
            s.unsub_first IS NOT NULL AS unsubscribed,
            s.spam_first IS NOT NULL AS spam_reported,
@@ -133,10 +139,10 @@ WITH m AS (
            greatest(s.delivered_last, s.bounce_last, s.human_open_first, k.human_click_first,
                     s.spam_first, s.unsub_first, c.crm_last, r.reply_last) AS last_event_at
     FROM m
-    LEFT JOIN s USING (message_id)
-    LEFT JOIN clicks k USING (message_id)
-    LEFT JOIN crm c USING (message_id)
-    LEFT JOIN rep r USING (message_id)
+    LEFT JOIN s USING (message_key)
+    LEFT JOIN clicks k USING (message_key)
+    LEFT JOIN crm c USING (message_key)
+    LEFT JOIN rep r USING (message_key)
 ), staged AS (
     SELECT *,
            CASE WHEN deal_closed THEN 'deal_closed'
@@ -152,11 +158,11 @@ WITH m AS (
            CASE WHEN deal_closed THEN coalesce(closed_value, 0) END AS deal_value_out,
            -- a spam report always counts against the message; an unsubscribe does unless
            -- the lead also booked a meeting or closed a deal (see docs/labelling.md)
-           spam_reported OR (unsubscribed AND NOT (meeting_booked OR deal_closed)) AS negative
+           spam_reported OR (unsubscribed AND NOT (meeting_booked OR deal_closed)) AS negative,
+           deal_closed OR deal_lost OR bounced OR spam_reported OR unsubscribed AS terminal
     FROM flags
 )
-SELECT message_id, organization_id, campaign_id, lead_id, model_id, model_version, ab_group,
-       task_type, sent_at, delivered, bounced, opened, clicked, replied, reply_sentiment,
+SELECT message_key, sent_at, delivered, bounced, opened, clicked, replied, reply_sentiment,
        positive_reply, meeting_booked, meeting_completed, deal_closed, deal_value_out AS deal_value,
        deal_lost, unsubscribed, spam_reported, machine_opens, scanner_clicks, auto_replies, stage,
        round(CASE WHEN negative THEN {p_negative}
@@ -165,25 +171,32 @@ SELECT message_id, organization_id, campaign_id, lead_id, model_id, model_versio
                        + CASE WHEN stage = 'deal_closed'
                               THEN {p_bonus} * least(greatest(deal_value_out, 0), {p_cap}) / {p_cap}
                               ELSE 0 END)) END, 6) AS quality_score,
-       deal_closed OR deal_lost OR bounced OR spam_reported OR unsubscribed AS is_terminal,
-       false AS is_mature,
+       terminal AS is_terminal,
+       terminal OR sent_at <= {p_cutoff} AS is_mature,
        last_event_at,
-       now()::TIMESTAMP AS labelled_at,
        {run_id} AS label_run_id
 FROM staged
 """
+
+_SCOPE = "SEMI JOIN _touched USING (message_key)"
+_SCOPE_K = "SEMI JOIN _touched t ON t.message_key = k.message_key"
 
 
 def _num(value: float) -> str:
     return repr(float(value))
 
 
-def render_label_sql(policy: LabelPolicy, run_id: int) -> str:
+def _cutoff_sql(policy: LabelPolicy, as_of: datetime) -> str:
+    return f"(TIMESTAMP '{as_of.isoformat(sep=' ')}' - to_days({int(policy.maturity_days)}))"
+
+
+def render_label_sql(policy: LabelPolicy, run_id: int, as_of: datetime, *, scoped: bool) -> str:
     cases = " ".join(f"WHEN '{stage}' THEN {_num(score)}" for stage, score in policy.stage_scores.items())
     return _LABEL_SELECT.format(
+        scope=_SCOPE if scoped else "", scope_k=_SCOPE_K if scoped else "",
         p_scanner_us=int(round(policy.scanner_click_window_s * 1_000_000)),
         p_negative=_num(policy.negative_score), p_stage_cases=cases, p_bonus=_num(policy.deal_bonus),
-        p_cap=_num(policy.deal_value_cap), run_id=int(run_id))
+        p_cap=_num(policy.deal_value_cap), p_cutoff=_cutoff_sql(policy, as_of), run_id=int(run_id))
 
 
 @dataclass
@@ -224,38 +237,38 @@ def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = 
         from_batch = 0 if full else last_batch
         if full:
             con.execute("DELETE FROM message_state")
-            con.execute("INSERT INTO message_state " + _FOLD_SELECT.format(
-                where=f"message_id IS NOT NULL AND batch_id <= {to_batch}"))
+            con.execute("INSERT INTO message_state " + _FOLD_SELECT.format(where=f"batch_id <= {to_batch}"))
             folded = con.execute("SELECT coalesce(sum(events), 0) FROM message_state").fetchone()[0]
         else:
             con.execute("CREATE OR REPLACE TEMP TABLE _delta AS " + _FOLD_SELECT.format(
-                where=f"batch_id > {from_batch} AND batch_id <= {to_batch} AND message_id IS NOT NULL"))
+                where=f"batch_id > {from_batch} AND batch_id <= {to_batch}"))
             folded = con.execute("SELECT coalesce(sum(events), 0) FROM _delta").fetchone()[0]
             con.execute(_MERGE_STATE)
-            con.execute("DELETE FROM message_state WHERE message_id IN (SELECT message_id FROM _delta)")
+            con.execute("DELETE FROM message_state WHERE message_key IN (SELECT message_key FROM _delta)")
             con.execute("INSERT INTO message_state SELECT * FROM _merged")
-        if full or policy_changed:
-            con.execute("CREATE OR REPLACE TEMP TABLE _touched AS SELECT message_id FROM messages")
+        relabel_all = full or policy_changed
+        if relabel_all:
+            touched = con.execute("SELECT count(*) FROM messages").fetchone()[0]
+            con.execute("DELETE FROM message_labels")
         else:
             rng = f"> {from_batch} AND {{col}} <= {to_batch}"
             con.execute(f"""
                 CREATE OR REPLACE TEMP TABLE _touched AS
-                SELECT message_id FROM _delta
-                UNION SELECT message_id FROM messages WHERE batch_id {rng.format(col='batch_id')}
-                UNION SELECT message_id FROM crm_events
-                      WHERE message_id IS NOT NULL AND attributed_batch_id {rng.format(col='attributed_batch_id')}
-                UNION SELECT message_id FROM reply_intents
-                      WHERE message_id IS NOT NULL AND batch_id {rng.format(col='batch_id')}
+                SELECT message_key FROM _delta
+                UNION SELECT message_key FROM messages WHERE batch_id {rng.format(col='batch_id')}
+                UNION SELECT k.message_key FROM crm_events c JOIN message_keys k USING (message_id)
+                      WHERE c.attributed_batch_id {rng.format(col='c.attributed_batch_id')}
+                UNION SELECT k.message_key FROM reply_intents r JOIN message_keys k USING (message_id)
+                      WHERE r.batch_id {rng.format(col='r.batch_id')}
             """)
-        touched = con.execute("SELECT count(*) FROM _touched").fetchone()[0]
-        if full or policy_changed:
-            con.execute("DELETE FROM outcome_labels")
-        else:
-            con.execute("DELETE FROM outcome_labels WHERE message_id IN (SELECT message_id FROM _touched)")
-        con.execute("INSERT INTO outcome_labels " + render_label_sql(policy, run_id))
-        cutoff = f"TIMESTAMP '{as_of_utc.isoformat(sep=' ')}' - to_days({int(policy.maturity_days)})"
+            touched = con.execute("SELECT count(*) FROM _touched").fetchone()[0]
+            con.execute("DELETE FROM message_labels WHERE message_key IN (SELECT message_key FROM _touched)")
+        con.execute("INSERT INTO message_labels "
+                    + render_label_sql(policy, run_id, as_of_utc, scoped=not relabel_all))
+        # maturity moves with the clock: one pass over the labels, no events
+        cutoff = _cutoff_sql(policy, as_of_utc)
         maturity_changes = con.execute(f"""
-            UPDATE outcome_labels SET is_mature = (is_terminal OR sent_at <= {cutoff})
+            UPDATE message_labels SET is_mature = (is_terminal OR sent_at <= {cutoff})
             WHERE is_mature IS DISTINCT FROM (is_terminal OR sent_at <= {cutoff})
         """).fetchone()[0]
         seconds = time.perf_counter() - started

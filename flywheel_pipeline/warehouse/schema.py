@@ -16,6 +16,10 @@ import duckdb
 
 SCHEMA_VERSION = 1
 
+# SendGrid Event Webhook event types (delivery and engagement events).
+SENDGRID_EVENTS = ("processed", "dropped", "delivered", "deferred", "bounce", "open", "click",
+                   "spamreport", "unsubscribe", "group_unsubscribe", "group_resubscribe")
+
 DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS schema_info (
         key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -33,9 +37,15 @@ DDL: tuple[str, ...] = (
         source VARCHAR NOT NULL, source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL,
         reason VARCHAR NOT NULL, raw_line VARCHAR, batch_id BIGINT NOT NULL,
         quarantined_at TIMESTAMP NOT NULL)""",
+    # Every message id (from a message record or from an event that arrived first) gets a
+    # dense integer surrogate key: labelling groups and joins on it, not on strings.
+    "CREATE SEQUENCE IF NOT EXISTS message_key_seq START 1",
+    """CREATE TABLE IF NOT EXISTS message_keys (
+        message_id VARCHAR PRIMARY KEY, message_key BIGINT NOT NULL)""",
+    f"CREATE TYPE IF NOT EXISTS sendgrid_event AS ENUM {SENDGRID_EVENTS}",
     """CREATE TABLE IF NOT EXISTS messages (
-        message_id VARCHAR PRIMARY KEY, organization_id VARCHAR NOT NULL, campaign_id VARCHAR,
-        lead_id VARCHAR NOT NULL, recipient_email VARCHAR, channel VARCHAR,
+        message_id VARCHAR PRIMARY KEY, message_key BIGINT NOT NULL, organization_id VARCHAR NOT NULL,
+        campaign_id VARCHAR, lead_id VARCHAR NOT NULL, recipient_email VARCHAR, channel VARCHAR,
         sent_at TIMESTAMP NOT NULL, model_id VARCHAR, model_version VARCHAR, ab_group VARCHAR,
         task_type VARCHAR, system_prompt VARCHAR, user_prompt VARCHAR, subject VARCHAR,
         body VARCHAR, framework VARCHAR, tone VARCHAR, prompt_tokens BIGINT,
@@ -43,9 +53,9 @@ DDL: tuple[str, ...] = (
         metadata JSON, source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL,
         batch_id BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS email_events (
-        sg_event_id VARCHAR PRIMARY KEY, message_id VARCHAR, event VARCHAR NOT NULL,
-        occurred_at TIMESTAMP NOT NULL, email VARCHAR, machine_open BOOLEAN, url VARCHAR,
-        bounce_type VARCHAR, reason VARCHAR, sg_message_id VARCHAR,
+        sg_event_id VARCHAR PRIMARY KEY, message_id VARCHAR NOT NULL, message_key BIGINT NOT NULL,
+        event sendgrid_event NOT NULL, occurred_at TIMESTAMP NOT NULL, email VARCHAR,
+        machine_open BOOLEAN, url VARCHAR, bounce_type VARCHAR, reason VARCHAR, sg_message_id VARCHAR,
         source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS crm_events (
         event_id VARCHAR PRIMARY KEY, source VARCHAR, type VARCHAR NOT NULL,
@@ -63,24 +73,32 @@ DDL: tuple[str, ...] = (
         is_auto_reply BOOLEAN NOT NULL, auto_reply_reason VARCHAR, sentiment VARCHAR NOT NULL,
         intent VARCHAR NOT NULL, confidence DOUBLE NOT NULL, classifier VARCHAR NOT NULL,
         batch_id BIGINT NOT NULL)""",
-    # Per-message running aggregate of email events; every column merges with min/max/sum/
-    # list_concat, so new events fold in without rereading old ones.
+    # Per-message running aggregate of email events; every column merges with min/max/sum,
+    # so new events fold in without rereading old ones.
     """CREATE TABLE IF NOT EXISTS message_state (
-        message_id VARCHAR NOT NULL, events BIGINT NOT NULL,
+        message_key BIGINT NOT NULL, events BIGINT NOT NULL,
         delivered_first TIMESTAMP, delivered_last TIMESTAMP, bounce_last TIMESTAMP,
-        human_open_first TIMESTAMP, human_opens BIGINT NOT NULL, machine_opens BIGINT NOT NULL,
-        clicks STRUCT(ts TIMESTAMP, url VARCHAR)[], spam_first TIMESTAMP, unsub_first TIMESTAMP)""",
-    """CREATE TABLE IF NOT EXISTS outcome_labels (
-        message_id VARCHAR NOT NULL, organization_id VARCHAR, campaign_id VARCHAR,
-        lead_id VARCHAR, model_id VARCHAR, model_version VARCHAR, ab_group VARCHAR,
-        task_type VARCHAR, sent_at TIMESTAMP,
+        human_open_first TIMESTAMP, machine_opens BIGINT NOT NULL, clicks BIGINT NOT NULL,
+        click_last TIMESTAMP, spam_first TIMESTAMP, unsub_first TIMESTAMP)""",
+    # The labels themselves, keyed by message_key; `outcome_labels` (below) is the view users
+    # read, which adds the message's identity columns from `messages`.
+    """CREATE TABLE IF NOT EXISTS message_labels (
+        message_key BIGINT NOT NULL, sent_at TIMESTAMP NOT NULL,
         delivered BOOLEAN, bounced BOOLEAN, opened BOOLEAN, clicked BOOLEAN, replied BOOLEAN,
         reply_sentiment VARCHAR, positive_reply BOOLEAN, meeting_booked BOOLEAN,
         meeting_completed BOOLEAN, deal_closed BOOLEAN, deal_value DOUBLE, deal_lost BOOLEAN,
         unsubscribed BOOLEAN, spam_reported BOOLEAN,
         machine_opens BIGINT, scanner_clicks BIGINT, auto_replies BIGINT,
         stage VARCHAR, quality_score DOUBLE, is_terminal BOOLEAN, is_mature BOOLEAN,
-        last_event_at TIMESTAMP, labelled_at TIMESTAMP, label_run_id BIGINT)""",
+        last_event_at TIMESTAMP, label_run_id BIGINT)""",
+    """CREATE OR REPLACE VIEW outcome_labels AS
+        SELECT m.message_id, m.organization_id, m.campaign_id, m.lead_id, m.model_id, m.model_version,
+               m.ab_group, m.task_type, l.sent_at, l.delivered, l.bounced, l.opened, l.clicked, l.replied,
+               l.reply_sentiment, l.positive_reply, l.meeting_booked, l.meeting_completed, l.deal_closed,
+               l.deal_value, l.deal_lost, l.unsubscribed, l.spam_reported, l.machine_opens, l.scanner_clicks,
+               l.auto_replies, l.stage, l.quality_score, l.is_terminal, l.is_mature, l.last_event_at,
+               l.label_run_id, l.message_key
+        FROM message_labels l JOIN messages m USING (message_key)""",
     """CREATE TABLE IF NOT EXISTS label_runs (
         label_run_id BIGINT PRIMARY KEY, as_of TIMESTAMP NOT NULL, from_batch BIGINT NOT NULL,
         to_batch BIGINT NOT NULL, full_relabel BOOLEAN NOT NULL, policy_fingerprint VARCHAR NOT NULL,

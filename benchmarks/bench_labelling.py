@@ -1,0 +1,219 @@
+"""Benchmark: outcome labelling against a bare GROUP BY, and incremental against full.
+
+Generates a year of outreach history in a DuckDB warehouse (N email events, default 10M,
+about ten per message, plus replies and CRM events), then, each phase in its own process
+so peak memory is measured per phase:
+
+  bare         CREATE TABLE AS SELECT message_id, count(*) FROM email_events GROUP BY 1
+  full         refresh_labels(full=True) over the year (the real labelling code)
+  incremental  one new day of events lands (new messages and late events for old ones),
+               then refresh_labels() folds in only that day
+  full_again   a full relabel over the same data as `incremental`, for the ratio
+
+and prints seconds, peak RSS and the ratios against the targets:
+  full / bare <= 2.5, peak RSS <= 1.5 GB, incremental / full_again <= 0.10.
+
+    python benchmarks/bench_labelling.py                 # 10M events
+    python benchmarks/bench_labelling.py --events 1000000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flywheel_pipeline.warehouse.labels import refresh_labels  # noqa: E402
+from flywheel_pipeline.warehouse.schema import connect  # noqa: E402
+
+START = datetime(2025, 1, 1)
+HISTORY_DAYS = 365
+AS_OF = datetime(2026, 1, 2)
+
+# One row per event "slot": ten slots per message. The kind of each slot and its delay after
+# sending give a realistic mix (machine and human opens, scanner and human clicks, bounces,
+# unsubscribes, spam reports) with events spread over up to ~40 days after sending.
+GENERATE_EVENTS = """
+INSERT INTO email_events
+SELECT 'ev-' || e AS sg_event_id, m.message_id, k.event,
+       m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT) AS occurred_at,
+       'lead@example.com', k.machine_open, k.url, NULL, NULL, NULL, 'bench', 0,
+       least(datediff('day', TIMESTAMP '{start}', m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT)) + 1,
+             {days} + 1) AS batch_id
+FROM range({lo}, {hi}) r(e)
+JOIN messages m ON m.n = e // 10
+CROSS JOIN LATERAL (
+    SELECT CASE
+             WHEN e % 10 = 0 THEN 'processed'
+             WHEN e % 10 = 1 THEN CASE WHEN hash(m.n) % 100 < 3 THEN 'bounce' ELSE 'delivered' END
+             WHEN e % 10 IN (2, 3, 4) THEN 'open'
+             WHEN e % 10 IN (5, 6) THEN 'click'
+             WHEN e % 10 = 7 THEN CASE WHEN hash(m.n, 7) % 1000 < 10 THEN 'unsubscribe'
+                                       WHEN hash(m.n, 7) % 1000 < 13 THEN 'spamreport' ELSE 'open' END
+             ELSE 'open' END AS event,
+           CASE WHEN e % 10 = 0 THEN 0.0
+                WHEN e % 10 = 1 THEN 5.0 + hash(e) % 20
+                WHEN e % 10 = 2 THEN 30.0 + hash(e) % 600
+                WHEN e % 10 = 5 AND hash(m.n, 5) % 10 < 2 THEN 12.0        -- scanner: within seconds
+                WHEN e % 10 = 6 AND hash(m.n, 5) % 10 < 2 THEN 12.0
+                ELSE 3600.0 + (hash(e) % (40 * 86400)) * ((hash(e, 1) % 100) / 100.0) ^ 3 END AS delay_s,
+           CASE WHEN e % 10 = 2 THEN hash(m.n, 2) % 10 < 4 ELSE false END AS machine_open,
+           CASE WHEN e % 10 IN (5, 6) THEN 'https://x.example/' || (e % 2) END AS url
+) k
+WHERE m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT) < TIMESTAMP '{start}' + to_days({days} + 1)
+"""
+
+# Rows are stored in arrival order (by ingestion batch, then time), as real ingestion writes
+# them: not clustered by message_id.
+ORDER_EVENTS = """
+CREATE TABLE _ordered AS SELECT * FROM email_events ORDER BY batch_id, occurred_at, hash(sg_event_id);
+DELETE FROM email_events;
+INSERT INTO email_events SELECT * FROM _ordered;
+DROP TABLE _ordered;
+"""
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def generate(db: Path, events: int) -> dict:
+    con = connect(db)
+    messages = events // 10
+    con.execute("ALTER TABLE messages ADD COLUMN IF NOT EXISTS n BIGINT")
+    con.execute(f"""
+        INSERT INTO messages (message_id, organization_id, campaign_id, lead_id, recipient_email, channel,
+                              sent_at, model_id, model_version, ab_group, task_type, body, tracked_links,
+                              source_file, line_no, batch_id, n)
+        SELECT 'msg-' || lpad(i::VARCHAR, 10, '0'), 'org-' || (i % 5), 'camp-' || (i % 40),
+               'lead-' || (i % {max(messages // 3, 1)}), 'lead' || (i % {max(messages // 3, 1)}) || '@example.com',
+               'email', TIMESTAMP '{START}' + to_microseconds((i * ({HISTORY_DAYS + 1} * 86400e6 / {messages}))::BIGINT),
+               'model-' || (i % 3), '1.0.0', 'control', 'cold_email', 'body https://x.example/0 https://x.example/1',
+               2, 'bench', 0,
+               (i * ({HISTORY_DAYS + 1}.0 / {messages}))::BIGINT + 1, i
+        FROM range({messages}) t(i)""")
+    con.execute(f"INSERT INTO ingest_batches (batch_id, kind, source, started_at) "
+                f"SELECT b, 'bench', 'bench', now()::TIMESTAMP FROM range(1, {HISTORY_DAYS + 2}) t(b)")
+    step = 2_000_000
+    for lo in range(0, messages * 10, step):
+        con.execute(GENERATE_EVENTS.format(start=START, days=HISTORY_DAYS, lo=lo, hi=min(lo + step, messages * 10)))
+    con.execute(ORDER_EVENTS)
+    # replies and CRM events for a few percent of messages, as in real outreach
+    con.execute(f"""
+        INSERT INTO reply_intents
+        SELECT 'r-' || n, message_id, sent_at + INTERVAL 1 DAY, hash(n) % 10 = 0, NULL,
+               CASE WHEN hash(n, 3) % 2 = 0 THEN 'positive' ELSE 'negative' END, 'other', 0.5, 'bench',
+               least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 1 DAY) + 1, {HISTORY_DAYS + 1})
+        FROM messages WHERE hash(n, 9) % 100 < 6""")
+    con.execute(f"""
+        INSERT INTO crm_events
+        SELECT 'c-' || n, 'bench', CASE WHEN hash(n, 4) % 3 = 0 THEN 'deal_closed' ELSE 'meeting_booked' END,
+               message_id, lead_id, NULL, sent_at + INTERVAL 20 DAY, 1000.0 * (hash(n) % 100), 'USD',
+               message_id, 'message_id',
+               least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 20 DAY) + 1, {HISTORY_DAYS + 1}),
+               'bench', 0, 0
+        FROM messages WHERE hash(n, 8) % 100 < 2""")
+    # hold back the last day: it lands between the full and the incremental refresh
+    for table, col in (("email_events", "batch_id"), ("messages", "batch_id"), ("reply_intents", "batch_id"),
+                       ("crm_events", "attributed_batch_id")):
+        con.execute(f"CREATE TABLE held_{table} AS SELECT * FROM {table} WHERE {col} > {HISTORY_DAYS}")
+        con.execute(f"DELETE FROM {table} WHERE {col} > {HISTORY_DAYS}")
+    con.execute(f"DELETE FROM ingest_batches WHERE batch_id > {HISTORY_DAYS}")
+    counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in
+              ("messages", "email_events", "reply_intents", "crm_events", "held_email_events", "held_messages")}
+    late = con.execute(f"""SELECT count(*) FROM held_email_events e JOIN messages m USING (message_id)""").fetchone()[0]
+    con.execute("CHECKPOINT")
+    con.close()
+    return {**counts, "held_events_for_old_messages": late}
+
+
+def phase(db: Path, name: str, threads: int | None, memory_limit: str | None) -> dict:
+    con = connect(db, threads=threads, memory_limit=memory_limit)
+    started = time.perf_counter()
+    if name == "bare":
+        con.execute("CREATE OR REPLACE TEMP TABLE _g AS SELECT message_id, count(*) AS n FROM email_events GROUP BY 1")
+        detail = {"groups": con.execute("SELECT count(*) FROM _g").fetchone()[0]}
+    elif name in ("full", "full_again"):
+        run = refresh_labels(con, as_of=AS_OF, full=True)
+        detail = {"folded_events": run.folded_events, "labelled": run.touched_messages}
+    elif name == "land_day":
+        con.execute(f"INSERT INTO ingest_batches (batch_id, kind, source, started_at) "
+                    f"VALUES ({HISTORY_DAYS + 1}, 'bench', 'bench', now()::TIMESTAMP)")
+        for table in ("email_events", "messages", "reply_intents", "crm_events"):
+            con.execute(f"INSERT INTO {table} SELECT * FROM held_{table}")
+        con.execute("CHECKPOINT")
+        detail = {}
+    elif name == "incremental":
+        run = refresh_labels(con, as_of=AS_OF)
+        detail = {"folded_events": run.folded_events, "relabelled": run.touched_messages}
+    else:
+        raise ValueError(name)
+    seconds = time.perf_counter() - started
+    con.close()
+    return {"phase": name, "seconds": seconds, "peak_rss_mb": rss_mb(), **detail}
+
+
+def run_phase_in_subprocess(db: Path, name: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--phase", name, "--db", str(db)]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    if args.memory_limit:
+        cmd += ["--memory-limit", args.memory_limit]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--memory-limit", default=None, help="DuckDB memory_limit for the timed phases")
+    parser.add_argument("--repeat", type=int, default=1, help="time bare/full this many times, keep the best")
+    parser.add_argument("--phase", help=argparse.SUPPRESS)
+    parser.add_argument("--db", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.phase:
+        print(json.dumps(phase(Path(args.db), args.phase, args.threads, args.memory_limit)))
+        return 0
+
+    with tempfile.TemporaryDirectory(prefix="flywheel-bench-") as tmp:
+        db = Path(tmp) / "bench.duckdb"
+        t = time.perf_counter()
+        counts = generate(db, args.events)
+        print(f"generated in {time.perf_counter() - t:.1f}s: {counts}", flush=True)
+        print(f"warehouse file: {os.path.getsize(db) / 2**20:.0f} MiB", flush=True)
+
+        def best(name: str) -> dict:
+            runs = [run_phase_in_subprocess(db, name, args) for _ in range(args.repeat)]
+            return min(runs, key=lambda r: r["seconds"])
+
+        bare = best("bare")
+        full = best("full")
+        run_phase_in_subprocess(db, "land_day", args)
+        incremental = run_phase_in_subprocess(db, "incremental", args)
+        full_again = best("full_again")
+    for r in (bare, full, incremental, full_again):
+        extra = {k: v for k, v in r.items() if k not in ("phase", "seconds", "peak_rss_mb")}
+        print(f"{r['phase']:<12} {r['seconds']:8.2f} s   peak RSS {r['peak_rss_mb']:7.0f} MB   {extra}")
+    ratio = full["seconds"] / bare["seconds"]
+    inc_ratio = incremental["seconds"] / full_again["seconds"]
+    peak = max(full["peak_rss_mb"], incremental["peak_rss_mb"], full_again["peak_rss_mb"])
+    print()
+    print(f"events: {counts['email_events'] + counts['held_email_events']:,}")
+    print(f"labelling / bare GROUP BY:      {ratio:5.2f}x   (target <= 2.5x)  {'OK' if ratio <= 2.5 else 'MISSED'}")
+    print(f"peak RSS while labelling:       {peak:5.0f} MB (target <= 1536 MB) {'OK' if peak <= 1536 else 'MISSED'}")
+    print(f"one new day / full relabel:     {inc_ratio:5.3f}    (target <= 0.10)  {'OK' if inc_ratio <= 0.10 else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
