@@ -44,7 +44,7 @@ AS_OF = datetime(2026, 1, 2)
 # unsubscribes, spam reports) with events spread over up to ~40 days after sending.
 GENERATE_EVENTS = """
 INSERT INTO email_events
-SELECT 'ev-' || e AS sg_event_id, m.message_id, k.event,
+SELECT 'ev-' || e AS sg_event_id, m.message_id, m.message_key, k.event::sendgrid_event,
        m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT) AS occurred_at,
        'lead@example.com', k.machine_open, k.url, NULL, NULL, NULL, 'bench', 0,
        least(datediff('day', TIMESTAMP '{start}', m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT)) + 1,
@@ -56,7 +56,8 @@ CROSS JOIN LATERAL (
              WHEN e % 10 = 0 THEN 'processed'
              WHEN e % 10 = 1 THEN CASE WHEN hash(m.n) % 100 < 3 THEN 'bounce' ELSE 'delivered' END
              WHEN e % 10 IN (2, 3, 4) THEN 'open'
-             WHEN e % 10 IN (5, 6) THEN 'click'
+             WHEN e % 10 = 5 AND hash(m.n, 5) % 10 < 4 THEN 'click'        -- scanners and humans
+             WHEN e % 10 = 6 AND hash(m.n, 5) % 10 < 2 THEN 'click'        -- scanner's second link
              WHEN e % 10 = 7 THEN CASE WHEN hash(m.n, 7) % 1000 < 10 THEN 'unsubscribe'
                                        WHEN hash(m.n, 7) % 1000 < 13 THEN 'spamreport' ELSE 'open' END
              ELSE 'open' END AS event,
@@ -91,10 +92,12 @@ def generate(db: Path, events: int) -> dict:
     messages = events // 10
     con.execute("ALTER TABLE messages ADD COLUMN IF NOT EXISTS n BIGINT")
     con.execute(f"""
-        INSERT INTO messages (message_id, organization_id, campaign_id, lead_id, recipient_email, channel,
+        INSERT INTO message_keys SELECT 'msg-' || lpad(i::VARCHAR, 10, '0'), i + 1 FROM range({messages}) t(i)""")
+    con.execute(f"""
+        INSERT INTO messages (message_id, message_key, organization_id, campaign_id, lead_id, recipient_email, channel,
                               sent_at, model_id, model_version, ab_group, task_type, body, tracked_links,
                               source_file, line_no, batch_id, n)
-        SELECT 'msg-' || lpad(i::VARCHAR, 10, '0'), 'org-' || (i % 5), 'camp-' || (i % 40),
+        SELECT 'msg-' || lpad(i::VARCHAR, 10, '0'), i + 1, 'org-' || (i % 5), 'camp-' || (i % 40),
                'lead-' || (i % {max(messages // 3, 1)}), 'lead' || (i % {max(messages // 3, 1)}) || '@example.com',
                'email', TIMESTAMP '{START}' + to_microseconds((i * ({HISTORY_DAYS + 1} * 86400e6 / {messages}))::BIGINT),
                'model-' || (i % 3), '1.0.0', 'control', 'cold_email', 'body https://x.example/0 https://x.example/1',

@@ -79,7 +79,7 @@ DDL: tuple[str, ...] = (
         message_key BIGINT NOT NULL, events BIGINT NOT NULL,
         delivered_first TIMESTAMP, delivered_last TIMESTAMP, bounce_last TIMESTAMP,
         human_open_first TIMESTAMP, machine_opens BIGINT NOT NULL, clicks BIGINT NOT NULL,
-        click_last TIMESTAMP, spam_first TIMESTAMP, unsub_first TIMESTAMP)""",
+        spam_first TIMESTAMP, unsub_first TIMESTAMP)""",
     # The labels themselves, keyed by message_key; `outcome_labels` (below) is the view users
     # read, which adds the message's identity columns from `messages`.
     """CREATE TABLE IF NOT EXISTS message_labels (
