@@ -64,26 +64,34 @@ FROM _delta d LEFT JOIN message_state s USING (message_key)
 # is empty or a semi-join on _touched; {p_*} are policy numbers rendered as SQL literals.
 _LABEL_SELECT = """
 WITH m AS NOT MATERIALIZED (
-    SELECT message_key, sent_at FROM messages {scope}
+    SELECT message_key, sent_at, tracked_links FROM messages {scope}
 ), s AS NOT MATERIALIZED (
     SELECT * FROM message_state {scope}
+), click_rows AS (
+    -- click detail is read from the events (clicks are a small share of them), so the scanner
+    -- rules see the delivery time even when the click arrived before the delivered event
+    SELECT e.message_key, e.occurred_at AS ts, e.url
+    FROM email_events e {scope}
+    WHERE e.event = 'click'
 ), click_seconds AS (
-    -- Click detail is read from the events (clicks are a small share of them), so the scanner
-    -- rules see the delivery time even when a click arrived before its delivered event.
-    -- A second in which every tracked link (at least two) was clicked is a scanner burst.
-    SELECT c.message_key, c.sec, c.clicks, c.times,
-           coalesce(t.tracked_links >= 2 AND c.urls >= t.tracked_links, false) AS burst
-    FROM (SELECT e.message_key, date_trunc('second', e.occurred_at) AS sec, count(DISTINCT e.url) AS urls,
-                 count(*) AS clicks, list(e.occurred_at) AS times
-          FROM email_events e {scope}
-          WHERE e.event = 'click'
-          GROUP BY ALL) c
-    LEFT JOIN messages t USING (message_key)
+    SELECT message_key, date_trunc('second', ts) AS sec, count(DISTINCT url) AS urls
+    FROM click_rows GROUP BY ALL
 ), clicks AS (
     SELECT message_key,
-           sum(clicks) FILTER (burst) AS burst_clicks,
-           flatten(list(times) FILTER (NOT burst)) AS other_click_times
-    FROM click_seconds GROUP BY message_key
+           count(*) FILTER (WHERE NOT scanner) AS human_clicks,
+           count(*) FILTER (WHERE scanner) AS scanner_clicks,
+           min(ts) FILTER (WHERE NOT scanner) AS human_click_first
+    FROM (
+        SELECT r.message_key, r.ts,
+               coalesce(s.delivered_first IS NOT NULL
+                        AND r.ts < s.delivered_first + to_microseconds({p_scanner_us}), false)
+               OR coalesce(m.tracked_links >= 2 AND cs.urls >= m.tracked_links, false) AS scanner
+        FROM click_rows r
+        JOIN click_seconds cs ON cs.message_key = r.message_key AND cs.sec = date_trunc('second', r.ts)
+        LEFT JOIN s ON s.message_key = r.message_key
+        LEFT JOIN m ON m.message_key = r.message_key
+    )
+    GROUP BY message_key
 ), crm AS (
     SELECT k.message_key,
            min(occurred_at) FILTER (type = 'meeting_booked') AS booked_at,
@@ -110,11 +118,7 @@ WITH m AS NOT MATERIALIZED (
            coalesce(s.bounce_last IS NOT NULL
                AND (s.delivered_last IS NULL OR s.bounce_last >= s.delivered_last), false) AS bounced,
            s.human_open_first IS NOT NULL AS opened,
-           -- a click outside a burst is a scanner click when it came within the window after delivery
-           coalesce(len(list_filter(k.other_click_times,
-                                    lambda x: s.delivered_first IS NULL
-                                    OR x >= s.delivered_first + to_microseconds({p_scanner_us}))), 0) > 0
-               AS clicked,
+           coalesce(k.human_clicks, 0) > 0 AS clicked,
            coalesce(r.human_replies, 0) > 0 AS replied,
            r.first_sentiment AS reply_sentiment,
            coalesce(r.any_positive, false) AS positive_reply,
@@ -128,11 +132,9 @@ WITH m AS NOT MATERIALIZED (
            s.unsub_first IS NOT NULL AS unsubscribed,
            s.spam_first IS NOT NULL AS spam_reported,
            coalesce(s.machine_opens, 0) AS machine_opens,
-           coalesce(k.burst_clicks, 0)
-               + coalesce(len(list_filter(k.other_click_times,
-                              lambda x: x < s.delivered_first + to_microseconds({p_scanner_us}))), 0) AS scanner_clicks,
+           coalesce(k.scanner_clicks, 0) AS scanner_clicks,
            coalesce(r.auto_replies, 0) AS auto_replies,
-           greatest(s.delivered_last, s.bounce_last, s.human_open_first, list_max(k.other_click_times),
+           greatest(s.delivered_last, s.bounce_last, s.human_open_first, k.human_click_first,
                     s.spam_first, s.unsub_first, c.crm_last, r.reply_last) AS last_event_at
     FROM m
     LEFT JOIN s USING (message_key)
