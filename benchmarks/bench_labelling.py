@@ -43,14 +43,14 @@ AS_OF = datetime(2026, 1, 2)
 # sending give a realistic mix (machine and human opens, scanner and human clicks, bounces,
 # unsubscribes, spam reports) with events spread over up to ~40 days after sending.
 GENERATE_EVENTS = """
-INSERT INTO email_events
+INSERT INTO _email_events
 SELECT 'ev-' || e AS sg_event_id, m.message_id, m.message_key, k.event::sendgrid_event,
        m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT) AS occurred_at,
        'lead@example.com', k.machine_open, k.url, NULL, NULL, NULL, 'bench', 0,
        least(datediff('day', TIMESTAMP '{start}', m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT)) + 1,
              {days} + 1) AS batch_id
 FROM range({lo}, {hi}) r(e)
-JOIN messages m ON m.n = e // 10
+JOIN _messages m ON m.n = e // 10
 CROSS JOIN LATERAL (
     SELECT CASE
              WHEN e % 10 = 0 THEN 'processed'
@@ -73,67 +73,78 @@ CROSS JOIN LATERAL (
 WHERE m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT) < TIMESTAMP '{start}' + to_days({days} + 1)
 """
 
-# Rows are stored in arrival order (by ingestion batch, then time), as real ingestion writes
-# them: not clustered by message_id.
-ORDER_EVENTS = """
-CREATE TABLE _ordered AS SELECT * FROM email_events ORDER BY batch_id, occurred_at, hash(sg_event_id);
-DELETE FROM email_events;
-INSERT INTO email_events SELECT * FROM _ordered;
-DROP TABLE _ordered;
-"""
-
-
 def rss_mb() -> float:
+    """Peak resident memory of this process. VmHWM (Linux) belongs to this process image;
+    ru_maxrss is inherited across exec from the parent, which generated the data."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def generate(db: Path, events: int) -> dict:
+    """Write the year into the warehouse tables and the held-back last day into held_* tables.
+
+    Everything is generated into staging tables first and then inserted once, in arrival
+    order (by batch, then time), as real ingestion writes it: the warehouse has no deleted
+    rows and events are not clustered by message."""
     con = connect(db)
     messages = events // 10
+    leads = max(messages // 3, 1)
     con.execute("ALTER TABLE messages ADD COLUMN IF NOT EXISTS n BIGINT")
     con.execute(f"""
         INSERT INTO message_keys SELECT 'msg-' || lpad(i::VARCHAR, 10, '0'), i + 1 FROM range({messages}) t(i)""")
+    con.execute("CREATE TEMP TABLE _messages AS SELECT * FROM messages LIMIT 0")
     con.execute(f"""
-        INSERT INTO messages (message_id, message_key, organization_id, campaign_id, lead_id, recipient_email, channel,
-                              sent_at, model_id, model_version, ab_group, task_type, body, tracked_links,
-                              source_file, line_no, batch_id, n)
+        INSERT INTO _messages (message_id, message_key, organization_id, campaign_id, lead_id, recipient_email,
+                               channel, sent_at, model_id, model_version, ab_group, task_type, body, tracked_links,
+                               source_file, line_no, batch_id, n)
         SELECT 'msg-' || lpad(i::VARCHAR, 10, '0'), i + 1, 'org-' || (i % 5), 'camp-' || (i % 40),
-               'lead-' || (i % {max(messages // 3, 1)}), 'lead' || (i % {max(messages // 3, 1)}) || '@example.com',
+               'lead-' || (i % {leads}), 'lead' || (i % {leads}) || '@example.com',
                'email', TIMESTAMP '{START}' + to_microseconds((i * ({HISTORY_DAYS + 1} * 86400e6 / {messages}))::BIGINT),
                'model-' || (i % 3), '1.0.0', 'control', 'cold_email', 'body https://x.example/0 https://x.example/1',
                2, 'bench', 0,
                (i * ({HISTORY_DAYS + 1}.0 / {messages}))::BIGINT + 1, i
         FROM range({messages}) t(i)""")
-    con.execute(f"INSERT INTO ingest_batches (batch_id, kind, source, started_at) "
-                f"SELECT b, 'bench', 'bench', now()::TIMESTAMP FROM range(1, {HISTORY_DAYS + 2}) t(b)")
+    con.execute("CREATE TEMP TABLE _email_events AS SELECT * FROM email_events LIMIT 0")
     step = 2_000_000
     for lo in range(0, messages * 10, step):
         con.execute(GENERATE_EVENTS.format(start=START, days=HISTORY_DAYS, lo=lo, hi=min(lo + step, messages * 10)))
-    con.execute(ORDER_EVENTS)
     # replies and CRM events for a few percent of messages, as in real outreach
+    con.execute("CREATE TEMP TABLE _reply_intents AS SELECT * FROM reply_intents LIMIT 0")
     con.execute(f"""
-        INSERT INTO reply_intents
+        INSERT INTO _reply_intents
         SELECT 'r-' || n, message_id, sent_at + INTERVAL 1 DAY, hash(n) % 10 = 0, NULL,
                CASE WHEN hash(n, 3) % 2 = 0 THEN 'positive' ELSE 'negative' END, 'other', 0.5, 'bench',
                least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 1 DAY) + 1, {HISTORY_DAYS + 1})
-        FROM messages WHERE hash(n, 9) % 100 < 6""")
+        FROM _messages WHERE hash(n, 9) % 100 < 6""")
+    con.execute("CREATE TEMP TABLE _crm_events AS SELECT * FROM crm_events LIMIT 0")
     con.execute(f"""
-        INSERT INTO crm_events
+        INSERT INTO _crm_events
         SELECT 'c-' || n, 'bench', CASE WHEN hash(n, 4) % 3 = 0 THEN 'deal_closed' ELSE 'meeting_booked' END,
                message_id, lead_id, NULL, sent_at + INTERVAL 20 DAY, 1000.0 * (hash(n) % 100), 'USD',
                message_id, 'message_id',
                least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 20 DAY) + 1, {HISTORY_DAYS + 1}),
                'bench', 0, 0
-        FROM messages WHERE hash(n, 8) % 100 < 2""")
-    # hold back the last day: it lands between the full and the incremental refresh
-    for table, col in (("email_events", "batch_id"), ("messages", "batch_id"), ("reply_intents", "batch_id"),
-                       ("crm_events", "attributed_batch_id")):
-        con.execute(f"CREATE TABLE held_{table} AS SELECT * FROM {table} WHERE {col} > {HISTORY_DAYS}")
-        con.execute(f"DELETE FROM {table} WHERE {col} > {HISTORY_DAYS}")
-    con.execute(f"DELETE FROM ingest_batches WHERE batch_id > {HISTORY_DAYS}")
+        FROM _messages WHERE hash(n, 8) % 100 < 2""")
+    # the year goes in; the last day is held back: it lands between the full and the
+    # incremental refresh
+    for table, col, order in (("messages", "batch_id", "batch_id, sent_at"),
+                              ("email_events", "batch_id", "batch_id, occurred_at, hash(sg_event_id)"),
+                              ("reply_intents", "batch_id", "batch_id"),
+                              ("crm_events", "attributed_batch_id", "attributed_batch_id")):
+        con.execute(f"INSERT INTO {table} SELECT * FROM _{table} WHERE {col} <= {HISTORY_DAYS} ORDER BY {order}")
+        con.execute(f"CREATE TABLE held_{table} AS SELECT * FROM _{table} WHERE {col} > {HISTORY_DAYS} "
+                    f"ORDER BY {order}")
+        con.execute(f"DROP TABLE _{table}")
+    con.execute(f"INSERT INTO ingest_batches (batch_id, kind, source, started_at) "
+                f"SELECT b, 'bench', 'bench', now()::TIMESTAMP FROM range(1, {HISTORY_DAYS + 1}) t(b)")
     counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in
               ("messages", "email_events", "reply_intents", "crm_events", "held_email_events", "held_messages")}
-    late = con.execute(f"""SELECT count(*) FROM held_email_events e JOIN messages m USING (message_id)""").fetchone()[0]
+    late = con.execute("SELECT count(*) FROM held_email_events e JOIN messages m USING (message_id)").fetchone()[0]
     con.execute("CHECKPOINT")
     con.close()
     return {**counts, "held_events_for_old_messages": late}
