@@ -117,7 +117,7 @@ def generate(db: Path, events: int) -> dict:
     con.execute("CREATE TEMP TABLE _reply_intents AS SELECT * FROM reply_intents LIMIT 0")
     con.execute(f"""
         INSERT INTO _reply_intents
-        SELECT 'r-' || n, message_id, sent_at + INTERVAL 1 DAY, hash(n) % 10 = 0, NULL,
+        SELECT 'r-' || n, message_id, message_key, sent_at + INTERVAL 1 DAY, hash(n) % 10 = 0, NULL,
                CASE WHEN hash(n, 3) % 2 = 0 THEN 'positive' ELSE 'negative' END, 'other', 0.5, 'bench',
                least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 1 DAY) + 1, {HISTORY_DAYS + 1})
         FROM _messages WHERE hash(n, 9) % 100 < 6""")
@@ -126,7 +126,7 @@ def generate(db: Path, events: int) -> dict:
         INSERT INTO _crm_events
         SELECT 'c-' || n, 'bench', CASE WHEN hash(n, 4) % 3 = 0 THEN 'deal_closed' ELSE 'meeting_booked' END,
                message_id, lead_id, NULL, sent_at + INTERVAL 20 DAY, 1000.0 * (hash(n) % 100), 'USD',
-               message_id, 'message_id',
+               message_id, message_key, 'message_id',
                least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 20 DAY) + 1, {HISTORY_DAYS + 1}),
                'bench', 0, 0
         FROM _messages WHERE hash(n, 8) % 100 < 2""")

@@ -156,9 +156,9 @@ FROM f
 CRM_INSERT = """
 INSERT INTO crm_events
 SELECT event_id, crm_source, type, given_message_id, lead_id, email, occurred_at, deal_value,
-       currency, given_message_id, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
+       currency, given_message_id, k.message_key, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
        CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id
-FROM _valid
+FROM _valid LEFT JOIN message_keys k ON k.message_id = _valid.given_message_id
 ON CONFLICT DO NOTHING
 """
 
@@ -190,9 +190,9 @@ FROM f
 REPLIES_INSERT = """
 INSERT INTO replies
 SELECT reply_id, given_message_id, received_at, from_email, subject, text, headers,
-       given_message_id, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
+       given_message_id, k.message_key, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
        CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id
-FROM _valid
+FROM _valid LEFT JOIN message_keys k ON k.message_id = _valid.given_message_id
 ON CONFLICT DO NOTHING
 """
 
@@ -204,21 +204,23 @@ class SourceSpec:
     key: str
     parse_sql: str
     insert_sql: str
-    assigns_message_keys: bool = False
+    message_id_column: str = "message_id"  # the column of _valid that names our message
 
 
+# Every message id a source names gets its integer key (events may land before their message).
 ASSIGN_MESSAGE_KEYS = """
 INSERT INTO message_keys
 SELECT message_id, nextval('message_key_seq')
-FROM (SELECT DISTINCT message_id FROM _valid) v ANTI JOIN message_keys k USING (message_id)
+FROM (SELECT DISTINCT {column} AS message_id FROM _valid WHERE {column} IS NOT NULL) v
+ANTI JOIN message_keys k USING (message_id)
 """
 
 
 SPECS: dict[str, SourceSpec] = {
-    "messages": SourceSpec("messages", "messages", "message_id", MESSAGES_SQL, MESSAGES_INSERT, True),
-    "sendgrid": SourceSpec("sendgrid", "email_events", "sg_event_id", SENDGRID_SQL, SENDGRID_INSERT, True),
-    "crm": SourceSpec("crm", "crm_events", "event_id", CRM_SQL, CRM_INSERT),
-    "replies": SourceSpec("replies", "replies", "reply_id", REPLIES_SQL, REPLIES_INSERT),
+    "messages": SourceSpec("messages", "messages", "message_id", MESSAGES_SQL, MESSAGES_INSERT),
+    "sendgrid": SourceSpec("sendgrid", "email_events", "sg_event_id", SENDGRID_SQL, SENDGRID_INSERT),
+    "crm": SourceSpec("crm", "crm_events", "event_id", CRM_SQL, CRM_INSERT, "given_message_id"),
+    "replies": SourceSpec("replies", "replies", "reply_id", REPLIES_SQL, REPLIES_INSERT, "given_message_id"),
 }
 
 
@@ -318,8 +320,7 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
             SELECT * FROM _parsed WHERE reason IS NULL
             QUALIFY row_number() OVER (PARTITION BY {spec.key} ORDER BY source_file, line_no) = 1
         """)
-        if spec.assigns_message_keys:
-            con.execute(ASSIGN_MESSAGE_KEYS)
+        con.execute(ASSIGN_MESSAGE_KEYS.format(column=spec.message_id_column))
         lines, valid, quarantined = con.execute(
             "SELECT count(*), count(*) FILTER (reason IS NULL), count(*) FILTER (reason IS NOT NULL) "
             "FROM _parsed").fetchone()
@@ -368,12 +369,13 @@ def attribute_unlinked(con: duckdb.DuckDBPyConnection, table: str, policy: Label
         for column, message_column in keys:
             changed = con.execute(f"""
                 UPDATE {table} AS t
-                SET message_id = a.message_id, attribution = '{column}', attributed_batch_id = {batch_id}
+                SET message_id = a.message_id, message_key = a.message_key, attribution = '{column}',
+                    attributed_batch_id = {batch_id}
                 FROM (
-                    SELECT e.{pk} AS pk, m.message_id
+                    SELECT e.{pk} AS pk, m.message_id, m.message_key
                     FROM (SELECT {pk}, {column}, {ts} FROM {table}
                           WHERE message_id IS NULL AND {column} IS NOT NULL) e
-                    ASOF JOIN (SELECT message_id, {message_column} AS k, sent_at FROM messages
+                    ASOF JOIN (SELECT message_id, message_key, {message_column} AS k, sent_at FROM messages
                                WHERE {message_column} IS NOT NULL) m
                       ON e.{column} = m.k AND e.{ts} >= m.sent_at
                     WHERE e.{ts} - m.sent_at <= to_days({int(policy.attribution_window_days)})

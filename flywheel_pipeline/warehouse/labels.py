@@ -33,11 +33,10 @@ _FOLD_SELECT = """
 SELECT message_key,
        count(*) AS events,
        min(occurred_at) FILTER (event = 'delivered') AS delivered_first,
-       max(occurred_at) FILTER (event = 'delivered') AS delivered_last,
-       max(occurred_at) FILTER (event IN ('bounce', 'dropped')) AS bounce_last,
+       max(epoch_us(occurred_at) * 2 + (event <> 'delivered')::BIGINT)
+           FILTER (event IN ('delivered', 'bounce', 'dropped')) AS status_last,
        min(occurred_at) FILTER (event = 'open' AND machine_open IS NOT TRUE) AS human_open_first,
        count(*) FILTER (event = 'open' AND machine_open IS TRUE) AS machine_opens,
-       count(*) FILTER (event = 'click') AS clicks,
        min(occurred_at) FILTER (event = 'spamreport') AS spam_first,
        min(occurred_at) FILTER (event IN ('unsubscribe', 'group_unsubscribe')) AS unsub_first
 FROM email_events
@@ -50,11 +49,9 @@ CREATE OR REPLACE TEMP TABLE _merged AS
 SELECT d.message_key,
        d.events + coalesce(s.events, 0) AS events,
        least(d.delivered_first, s.delivered_first) AS delivered_first,
-       greatest(d.delivered_last, s.delivered_last) AS delivered_last,
-       greatest(d.bounce_last, s.bounce_last) AS bounce_last,
+       greatest(d.status_last, s.status_last) AS status_last,
        least(d.human_open_first, s.human_open_first) AS human_open_first,
        d.machine_opens + coalesce(s.machine_opens, 0) AS machine_opens,
-       d.clicks + coalesce(s.clicks, 0) AS clicks,
        least(d.spam_first, s.spam_first) AS spam_first,
        least(d.unsub_first, s.unsub_first) AS unsub_first
 FROM _delta d LEFT JOIN message_state s USING (message_key)
@@ -93,30 +90,31 @@ WITH m AS NOT MATERIALIZED (
     )
     GROUP BY message_key
 ), crm AS (
-    SELECT k.message_key,
+    SELECT c.message_key,
            min(occurred_at) FILTER (type = 'meeting_booked') AS booked_at,
            min(occurred_at) FILTER (type = 'meeting_completed') AS completed_at,
            max(occurred_at) FILTER (type = 'deal_closed') AS closed_last,
            max(occurred_at) FILTER (type = 'deal_lost') AS lost_last,
            max(deal_value) FILTER (type = 'deal_closed') AS closed_value,
            max(occurred_at) AS crm_last
-    FROM crm_events c JOIN message_keys k ON k.message_id = c.message_id {scope_k}
-    GROUP BY k.message_key
+    FROM crm_events c {scope_c}
+    WHERE c.message_key IS NOT NULL
+    GROUP BY c.message_key
 ), rep AS (
-    SELECT k.message_key,
+    SELECT r.message_key,
            count(*) FILTER (NOT is_auto_reply) AS human_replies,
            count(*) FILTER (is_auto_reply) AS auto_replies,
            arg_min(sentiment, received_at) FILTER (NOT is_auto_reply) AS first_sentiment,
            bool_or(sentiment = 'positive' AND NOT is_auto_reply) AS any_positive,
            max(received_at) AS reply_last
-    FROM reply_intents r JOIN message_keys k ON k.message_id = r.message_id {scope_k}
-    GROUP BY k.message_key
+    FROM reply_intents r {scope_r}
+    WHERE r.message_key IS NOT NULL
+    GROUP BY r.message_key
 ), flags AS (
     SELECT m.message_key, m.sent_at,
-           coalesce(s.delivered_last IS NOT NULL
-               AND (s.bounce_last IS NULL OR s.bounce_last < s.delivered_last), false) AS delivered,
-           coalesce(s.bounce_last IS NOT NULL
-               AND (s.delivered_last IS NULL OR s.bounce_last >= s.delivered_last), false) AS bounced,
+           -- the latest delivery-status event decides (a bounce wins a tie)
+           coalesce(s.status_last % 2 = 0, false) AS delivered,
+           coalesce(s.status_last % 2 = 1, false) AS bounced,
            s.human_open_first IS NOT NULL AS opened,
            coalesce(k.human_clicks, 0) > 0 AS clicked,
            coalesce(r.human_replies, 0) > 0 AS replied,
@@ -134,7 +132,7 @@ WITH m AS NOT MATERIALIZED (
            coalesce(s.machine_opens, 0) AS machine_opens,
            coalesce(k.scanner_clicks, 0) AS scanner_clicks,
            coalesce(r.auto_replies, 0) AS auto_replies,
-           greatest(s.delivered_last, s.bounce_last, s.human_open_first, k.human_click_first,
+           greatest(make_timestamp(s.status_last // 2), s.human_open_first, k.human_click_first,
                     s.spam_first, s.unsub_first, c.crm_last, r.reply_last) AS last_event_at
     FROM m
     LEFT JOIN s USING (message_key)
@@ -177,7 +175,6 @@ FROM staged
 """
 
 _SCOPE = "SEMI JOIN _touched USING (message_key)"
-_SCOPE_K = "SEMI JOIN _touched t ON t.message_key = k.message_key"
 
 
 def _num(value: float) -> str:
@@ -191,7 +188,9 @@ def _cutoff_sql(policy: LabelPolicy, as_of: datetime) -> str:
 def render_label_sql(policy: LabelPolicy, run_id: int, as_of: datetime, *, scoped: bool) -> str:
     cases = " ".join(f"WHEN '{stage}' THEN {_num(score)}" for stage, score in policy.stage_scores.items())
     return _LABEL_SELECT.format(
-        scope=_SCOPE if scoped else "", scope_k=_SCOPE_K if scoped else "",
+        scope=_SCOPE if scoped else "",
+        scope_c="SEMI JOIN _touched t ON t.message_key = c.message_key" if scoped else "",
+        scope_r="SEMI JOIN _touched t ON t.message_key = r.message_key" if scoped else "",
         p_scanner_us=int(round(policy.scanner_click_window_s * 1_000_000)),
         p_negative=_num(policy.negative_score), p_stage_cases=cases, p_bonus=_num(policy.deal_bonus),
         p_cap=_num(policy.deal_value_cap), p_cutoff=_cutoff_sql(policy, as_of), run_id=int(run_id))
@@ -254,10 +253,10 @@ def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = 
                 CREATE OR REPLACE TEMP TABLE _touched AS
                 SELECT message_key FROM _delta
                 UNION SELECT message_key FROM messages WHERE batch_id {rng.format(col='batch_id')}
-                UNION SELECT k.message_key FROM crm_events c JOIN message_keys k USING (message_id)
-                      WHERE c.attributed_batch_id {rng.format(col='c.attributed_batch_id')}
-                UNION SELECT k.message_key FROM reply_intents r JOIN message_keys k USING (message_id)
-                      WHERE r.batch_id {rng.format(col='r.batch_id')}
+                UNION SELECT message_key FROM crm_events
+                      WHERE message_key IS NOT NULL AND attributed_batch_id {rng.format(col='attributed_batch_id')}
+                UNION SELECT message_key FROM reply_intents
+                      WHERE message_key IS NOT NULL AND batch_id {rng.format(col='batch_id')}
             """)
             touched = con.execute("SELECT count(*) FROM _touched").fetchone()[0]
             con.execute("DELETE FROM message_labels WHERE message_key IN (SELECT message_key FROM _touched)")

@@ -40,35 +40,37 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
         result = ClassifyResult(batch_id)
         # replies attributed since they were classified: copy the new message_id over
         result.relinked = con.execute(f"""
-            UPDATE reply_intents AS i SET message_id = r.message_id, batch_id = {batch_id}
+            UPDATE reply_intents AS i SET message_id = r.message_id, message_key = r.message_key,
+                                          batch_id = {batch_id}
             FROM replies r
-            WHERE r.reply_id = i.reply_id AND r.message_id IS NOT NULL
-              AND i.message_id IS DISTINCT FROM r.message_id
+            WHERE r.reply_id = i.reply_id AND r.message_key IS NOT NULL
+              AND i.message_key IS DISTINCT FROM r.message_key
         """).fetchone()[0]
         con.execute("""
             CREATE OR REPLACE TEMP TABLE _todo AS
-            SELECT row_number() OVER (ORDER BY r.reply_id) AS n, r.reply_id, r.message_id,
+            SELECT row_number() OVER (ORDER BY r.reply_id) AS n, r.reply_id, r.message_id, r.message_key,
                    r.received_at, r.subject, r.text, r.headers
             FROM replies r ANTI JOIN reply_intents i USING (reply_id)
         """)
         total = con.execute("SELECT count(*) FROM _todo").fetchone()[0]
         for start in range(0, total, batch_size):
-            rows = con.execute("SELECT reply_id, message_id, received_at, subject, text, headers "
+            rows = con.execute("SELECT reply_id, message_id, message_key, received_at, subject, text, headers "
                                "FROM _todo WHERE n > ? AND n <= ? ORDER BY n",
                                [start, start + batch_size]).fetchall()
             out = []
-            for reply_id, message_id, received_at, subject, text, headers in rows:
+            for reply_id, message_id, message_key, received_at, subject, text, headers in rows:
                 parsed = json.loads(headers) if isinstance(headers, str) else (headers or {})
                 intent = classifier.classify(subject=subject, text=text, headers=parsed)
-                out.append((reply_id, message_id, received_at, intent.is_auto_reply,
+                out.append((reply_id, message_id, message_key, received_at, intent.is_auto_reply,
                             intent.auto_reply_reason, intent.sentiment, intent.intent,
                             float(intent.confidence), label, batch_id))
                 result.by_intent[intent.intent] += 1
                 result.by_sentiment[intent.sentiment] += 1
                 result.auto_replies += int(intent.is_auto_reply)
             frame = pd.DataFrame(out, columns=[
-                "reply_id", "message_id", "received_at", "is_auto_reply", "auto_reply_reason",
+                "reply_id", "message_id", "message_key", "received_at", "is_auto_reply", "auto_reply_reason",
                 "sentiment", "intent", "confidence", "classifier", "batch_id"])
+            frame["message_key"] = frame["message_key"].astype("Int64")  # NULL-able integer
             con.register("_intents_frame", frame)
             con.execute("INSERT INTO reply_intents BY NAME SELECT * FROM _intents_frame")
             con.unregister("_intents_frame")

@@ -61,25 +61,26 @@ DDL: tuple[str, ...] = (
         event_id VARCHAR PRIMARY KEY, source VARCHAR, type VARCHAR NOT NULL,
         given_message_id VARCHAR, lead_id VARCHAR, email VARCHAR,
         occurred_at TIMESTAMP NOT NULL, deal_value DOUBLE, currency VARCHAR,
-        message_id VARCHAR, attribution VARCHAR, attributed_batch_id BIGINT,
+        message_id VARCHAR, message_key BIGINT, attribution VARCHAR, attributed_batch_id BIGINT,
         source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS replies (
         reply_id VARCHAR PRIMARY KEY, given_message_id VARCHAR, received_at TIMESTAMP NOT NULL,
         from_email VARCHAR, subject VARCHAR, text VARCHAR, headers JSON,
-        message_id VARCHAR, attribution VARCHAR, attributed_batch_id BIGINT,
+        message_id VARCHAR, message_key BIGINT, attribution VARCHAR, attributed_batch_id BIGINT,
         source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS reply_intents (
-        reply_id VARCHAR PRIMARY KEY, message_id VARCHAR, received_at TIMESTAMP,
+        reply_id VARCHAR PRIMARY KEY, message_id VARCHAR, message_key BIGINT, received_at TIMESTAMP,
         is_auto_reply BOOLEAN NOT NULL, auto_reply_reason VARCHAR, sentiment VARCHAR NOT NULL,
         intent VARCHAR NOT NULL, confidence DOUBLE NOT NULL, classifier VARCHAR NOT NULL,
         batch_id BIGINT NOT NULL)""",
     # Per-message running aggregate of email events; every column merges with min/max/sum,
-    # so new events fold in without rereading old ones.
+    # so new events fold in without rereading old ones. status_last packs the latest
+    # delivery-status event: epoch microseconds * 2, plus 1 for a bounce/drop (which so wins
+    # a tie with a delivery).
     """CREATE TABLE IF NOT EXISTS message_state (
         message_key BIGINT NOT NULL, events BIGINT NOT NULL,
-        delivered_first TIMESTAMP, delivered_last TIMESTAMP, bounce_last TIMESTAMP,
-        human_open_first TIMESTAMP, machine_opens BIGINT NOT NULL, clicks BIGINT NOT NULL,
-        spam_first TIMESTAMP, unsub_first TIMESTAMP)""",
+        delivered_first TIMESTAMP, status_last BIGINT, human_open_first TIMESTAMP,
+        machine_opens BIGINT NOT NULL, spam_first TIMESTAMP, unsub_first TIMESTAMP)""",
     # The labels themselves, keyed by message_key; `outcome_labels` (below) is the view users
     # read, which adds the message's identity columns from `messages`.
     """CREATE TABLE IF NOT EXISTS message_labels (
