@@ -1,4 +1,4 @@
-"""`flywheel` command line: demo, simulate, refresh, summary, ui."""
+"""`flywheel` command line: demo, simulate, refresh, summary, validate, ui."""
 
 from __future__ import annotations
 
@@ -82,6 +82,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Exit 0 for a valid file, 1 for an invalid one, 2 when the file cannot be read."""
+    import json
+
+    from flywheel_pipeline.core.finetune_format import validate_file
+
+    try:
+        report = validate_file(args.file, kind=args.kind, model=args.model, epochs=args.epochs,
+                               price_per_million=args.price_per_million)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"flywheel validate: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 2
+    _print(json.dumps(report.as_dict(), indent=2) if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from flywheel_pipeline.instance import ensure_local_dagster_home
 
@@ -115,6 +131,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_refresh)
     p = sub.add_parser("summary", help="print what the warehouse holds")
     p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("validate", help="validate a chat (SFT) or preference (DPO) fine-tuning JSONL file")
+    p.add_argument("file")
+    p.add_argument("--kind", choices=("auto", "chat", "preference"), default="auto")
+    p.add_argument("--model", default="gpt-4o-mini-2024-07-18", help="target model (token encoding, limit, price)")
+    p.add_argument("--epochs", type=int, help="epochs for the estimate (default: OpenAI's heuristic)")
+    p.add_argument("--price-per-million", type=float, help="USD per 1M training tokens (default: list price)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_validate)
     p = sub.add_parser("ui", help="start `dagster dev` on the local instance")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
