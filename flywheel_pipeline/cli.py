@@ -1,4 +1,4 @@
-"""`flywheel` command line: demo, simulate, refresh, summary, validate, ui."""
+"""`flywheel` command line: demo, simulate, refresh, datasets, summary, validate, ui."""
 
 from __future__ import annotations
 
@@ -31,21 +31,27 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def run_refresh(full: bool = False, as_of: str | None = None, log_level: str = "INFO") -> bool:
     """Materialize the refresh job through Dagster, recorded in the instance at DAGSTER_HOME."""
+    from flywheel_pipeline.defs.automation import REFRESH_JOB_NAME
+
+    return run_job(REFRESH_JOB_NAME, {"ops": {"outcome_labels": {"config": {"full_relabel": full, "as_of": as_of}}}},
+                   log_level)
+
+
+def run_job(job_name: str, run_config: dict | None = None, log_level: str = "INFO") -> bool:
+    """Execute one of the code location's jobs in process, recorded in DAGSTER_HOME's instance."""
     from flywheel_pipeline.instance import ensure_local_dagster_home
 
     home = ensure_local_dagster_home()
     import dagster as dg
 
-    from flywheel_pipeline.defs.automation import REFRESH_JOB_NAME
     from flywheel_pipeline.definitions import defs
 
-    run_config = {"ops": {"outcome_labels": {"config": {"full_relabel": full, "as_of": as_of}}},
-                  "loggers": {"console": {"config": {"log_level": log_level}}}}
+    run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
     with dg.DagsterInstance.get() as instance:
-        result = defs.resolve_job_def(REFRESH_JOB_NAME).execute_in_process(
+        result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, run_config=run_config, raise_on_error=False,
             tags={"flywheel/trigger": "cli"})
-        _print(f"Dagster run {result.run_id} ({'succeeded' if result.success else 'FAILED'}), "
+        _print(f"Dagster run {result.run_id} of job {job_name} ({'succeeded' if result.success else 'FAILED'}), "
                f"recorded in DAGSTER_HOME={home}")
         if not result.success:
             for event in result.all_events:
@@ -56,6 +62,12 @@ def run_refresh(full: bool = False, as_of: str | None = None, log_level: str = "
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     return 0 if run_refresh(full=args.full, as_of=args.as_of) else 1
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from flywheel_pipeline.defs.automation import DATASETS_JOB_NAME
+
+    return 0 if run_job(DATASETS_JOB_NAME) else 1
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -73,6 +85,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     cmd_simulate(args)
     _print("Materializing ingestion and outcome labels through Dagster ...")
     if not run_refresh(full=False):
+        return 1
+    _print("Building training data and fine-tuning exports through Dagster ...")
+    from flywheel_pipeline.defs.automation import DATASETS_JOB_NAME
+
+    if not run_job(DATASETS_JOB_NAME):
         return 1
     cmd_summary(args)
     _print()
@@ -129,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="rebuild all labels from all events")
     p.add_argument("--as-of", help="ISO 8601 time maturity is measured against (default now)")
     p.set_defaults(func=cmd_refresh)
+    p = sub.add_parser("datasets", help="build training examples, preference pairs and exports through Dagster")
+    p.set_defaults(func=cmd_datasets)
     p = sub.add_parser("summary", help="print what the warehouse holds")
     p.set_defaults(func=cmd_summary)
     p = sub.add_parser("validate", help="validate a chat (SFT) or preference (DPO) fine-tuning JSONL file")

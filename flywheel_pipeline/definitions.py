@@ -7,7 +7,8 @@ import os
 
 import dagster as dg
 
-from flywheel_pipeline.defs.automation import daily_refresh_schedule, landing_sensor, refresh_job
+from flywheel_pipeline.defs.automation import daily_refresh_schedule, datasets_job, landing_sensor, refresh_job
+from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
 from flywheel_pipeline.defs.ingest import INGEST_ASSETS
 from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS, OUTCOME_CHECKS
 from flywheel_pipeline.defs.resources import local_resources, production_resources
@@ -22,9 +23,9 @@ def build_definitions(environment: str | None = None) -> dg.Definitions:
     else:
         raise ValueError(f"FLYWHEEL_ENV must be 'local' or 'production', got {environment!r}")
     return dg.Definitions(
-        assets=[*INGEST_ASSETS, *OUTCOME_ASSETS],
-        asset_checks=OUTCOME_CHECKS,
-        jobs=[refresh_job],
+        assets=[*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS],
+        asset_checks=[*OUTCOME_CHECKS, *DATASET_CHECKS],
+        jobs=[refresh_job, datasets_job],
         sensors=[landing_sensor],
         schedules=[daily_refresh_schedule],
         resources=resources,

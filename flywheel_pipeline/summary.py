@@ -38,5 +38,19 @@ def print_summary(database: Path, out: Callable[[str], None] = print) -> None:
                        count(*) FILTER (deal_closed)
                 FROM outcome_labels WHERE is_mature GROUP BY 1 ORDER BY 3 DESC""").fetchall():
             out(f"    {str(row[0]):<46} {row[1]:>6} {row[2]:>6.3f} {row[3]:>6.3f} {row[4]:>6.3f} {row[5]:>5}")
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if "training_examples" in tables:
+            ex = con.execute("SELECT count(*) FILTER (label), count(*) FILTER (NOT label), "
+                             "count(*) FILTER (split = 'validation') FROM training_examples").fetchone()
+            out(f"  training examples: {ex[0]} positives, {ex[1]} negatives ({ex[2]} in validation)")
+        if "preference_pairs" in tables:
+            pairs = con.execute("SELECT count(*), count(DISTINCT context) FROM preference_pairs").fetchone()
+            out(f"  preference pairs: {pairs[0]} in {pairs[1]} contexts")
     finally:
         con.close()
+    exports = database.parent / "exports"
+    if exports.is_dir():
+        versions = sorted((p for p in exports.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                          key=lambda p: p.stat().st_mtime)
+        for version in versions[-2:]:
+            out(f"  export {version}: {', '.join(sorted(f.name for f in version.glob('*.jsonl')))}")

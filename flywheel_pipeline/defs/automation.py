@@ -6,6 +6,7 @@ import json
 import dagster as dg
 
 from flywheel_pipeline.core import landing as landing_zone
+from flywheel_pipeline.defs.datasets import DATASETS_GROUP
 from flywheel_pipeline.defs.ingest import INGEST_GROUP
 from flywheel_pipeline.defs.outcomes import OUTCOMES_GROUP
 from flywheel_pipeline.defs.resources import LandingZoneResource
@@ -19,6 +20,18 @@ refresh_job = dg.define_asset_job(
                 "Launched by the landing sensor, the daily schedule and `flywheel refresh`.",
     executor_def=dg.in_process_executor,
     tags={"flywheel/kind": "refresh"},
+)
+
+
+DATASETS_JOB_NAME = "datasets"
+
+datasets_job = dg.define_asset_job(
+    DATASETS_JOB_NAME,
+    selection=dg.AssetSelection.groups(DATASETS_GROUP),
+    description="Redact new mature messages, select training examples and preference pairs, and write "
+                "the validated SFT and DPO exports.",
+    executor_def=dg.in_process_executor,
+    tags={"flywheel/kind": "datasets"},
 )
 
 

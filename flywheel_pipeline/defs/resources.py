@@ -57,6 +57,12 @@ class LandingZoneResource(dg.ConfigurableResource):
         return Path(self.path)
 
 
+class ExportsResource(dg.ConfigurableResource):
+    """Where fine-tuning files go: ``<path>/<dataset_version>/``."""
+
+    path: str
+
+
 class LabelPolicyResource(dg.ConfigurableResource):
     """The outcome-labelling policy (docs/labelling.md); defaults are the product's policy."""
 
@@ -78,6 +84,7 @@ def local_resources() -> dict[str, dg.ConfigurableResource]:
         "warehouse": WarehouseResource(database=str(paths.warehouse_path())),
         "landing": LandingZoneResource(path=str(paths.landing_dir())),
         "label_policy": LabelPolicyResource(),
+        "exports": ExportsResource(path=str(paths.flywheel_home() / "exports")),
     }
 
 
@@ -88,4 +95,5 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
                                        memory_limit=os.environ.get("FLYWHEEL_DUCKDB_MEMORY_LIMIT")),
         "landing": LandingZoneResource(path=dg.EnvVar("FLYWHEEL_LANDING")),
         "label_policy": LabelPolicyResource(),
+        "exports": ExportsResource(path=dg.EnvVar("FLYWHEEL_EXPORTS")),
     }
