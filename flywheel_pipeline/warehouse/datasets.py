@@ -226,19 +226,19 @@ _PROMPT = """list_filter([{'role': 'system', 'content': system_prompt},
 
 EXPORT_QUERIES = {
     # OpenAI-style chat SFT: positives only
-    "sft": ("training_examples", "label", "message_id",
+    "sft": ("training_examples", "label",
             f"SELECT {_MESSAGES.format(assistant='assistant')} AS messages"),
     # OpenAI-style preference (DPO)
-    "dpo": ("preference_pairs", "true", "preferred_message_id",
+    "dpo": ("preference_pairs", "true",
             f"SELECT {{'messages': {_PROMPT}}} AS input, "
             "[{'role': 'assistant', 'content': preferred}] AS preferred_output, "
             "[{'role': 'assistant', 'content': non_preferred}] AS non_preferred_output"),
     # TRL conversational DPO
-    "trl_dpo": ("preference_pairs", "true", "preferred_message_id",
+    "trl_dpo": ("preference_pairs", "true",
                 f"SELECT {_PROMPT} AS prompt, [{{'role': 'assistant', 'content': preferred}}] AS chosen, "
                 "[{'role': 'assistant', 'content': non_preferred}] AS rejected"),
     # TRL KTO: positives and negatives with their label
-    "trl_kto": ("training_examples", "true", "message_id",
+    "trl_kto": ("training_examples", "true",
                 f"SELECT {_PROMPT} AS prompt, [{{'role': 'assistant', 'content': assistant}}] AS completion, "
                 "label"),
 }
@@ -265,20 +265,21 @@ def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: li
     rows: dict[str, int] = {}
     try:
         for fmt in formats:
-            table, where, order, select = EXPORT_QUERIES[fmt]
+            table, where, select = EXPORT_QUERIES[fmt]
             for split in ("train", "validation"):
                 name = f"{fmt}.{split}.jsonl"
                 path = tmp / name
-                count = con.execute(f"SELECT count(*) FROM {table} WHERE {where} AND split = ?", [split]).fetchone()[0]
                 target = str(path).replace("'", "''")
-                con.execute(f"COPY ({select} FROM {table} WHERE {where} AND split = '{split}' "
-                            f"ORDER BY {order}) TO '{target}' (FORMAT json)")
+                # rows keep the table's order (tables are written in a deterministic ORDER BY and
+                # DuckDB preserves insertion order), so the same selection gives the same bytes
+                count = con.execute(f"COPY ({select} FROM {table} WHERE {where} AND split = '{split}') "
+                                    f"TO '{target}' (FORMAT json)").fetchone()[0]
                 files[name], rows[name] = path, int(count)
         digest = hashlib.sha256()
         for name in sorted(files):
             digest.update(name.encode())
             with open(files[name], "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
+                for block in iter(lambda: fh.read(8 << 20), b""):
                     digest.update(block)
         version = digest.hexdigest()[:16]
         final = exports_root / version
