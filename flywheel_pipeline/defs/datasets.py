@@ -103,6 +103,14 @@ def _export(context: dg.AssetExecutionContext, config: ExportConfig, warehouse: 
     formats = [fmt] + ([trl] if config.include_trl else [])
     with warehouse.connect() as con:
         result = export_jsonl(con, Path(exports.path), formats)
+        if fmt == "sft":
+            scores = con.execute("SELECT least(floor(quality_score * 10), 9)::INT, count(*) FROM training_examples "
+                                 "WHERE label GROUP BY 1 ORDER BY 1").fetchall()
+            distribution = [(f"[{b / 10:.1f}, {(b + 1) / 10:.1f})", int(n)) for b, n in scores]
+        else:
+            scores = con.execute("SELECT round(preferred_score, 1), round(non_preferred_score, 1), count(*) "
+                                 "FROM preference_pairs GROUP BY ALL ORDER BY 3 DESC LIMIT 15").fetchall()
+            distribution = [(f"{p:.1f} over {q:.1f}", int(n)) for p, q, n in scores]
     reports = {}
     for split in ("train", "validation"):
         path = result.files[f"{fmt}.{split}.jsonl"]
@@ -125,6 +133,7 @@ def _export(context: dg.AssetExecutionContext, config: ExportConfig, warehouse: 
         "tokens_per_example": dg.MetadataValue.json(train.get("tokens_per_example", {})),
         "tokens_per_assistant_turn": dg.MetadataValue.json(train.get("tokens_per_assistant_turn", {})),
         "examples_over_token_limit": train.get("examples_over_limit", 0),
+        "score_distribution": dg.MetadataValue.md(md_bar_chart(distribution)),
         "target_model": config.model,
         "epochs": train.get("epochs", 0),
         "estimated_training_tokens": train.get("estimated_training_tokens", 0),
