@@ -1,0 +1,1 @@
+"""Fine-tuning backends behind one protocol (see base.py)."""

@@ -1,0 +1,127 @@
+"""A local HTTP server that speaks the OpenAI files and fine-tuning jobs API (the subset the
+backend uses), for tests: real HTTP on 127.0.0.1, request shapes checked, state machine
+queued -> running -> succeeded (or failed, for models named ``fail-*``), create calls counted."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import socket
+import threading
+import time
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+
+
+class FakeOpenAI:
+    def __init__(self) -> None:
+        self.files: dict[str, bytes] = {}
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.polls: dict[str, int] = {}
+        self.create_calls: list[dict[str, Any]] = []
+        self.cancel_calls = 0
+        self._ids = itertools.count(1)
+        self.app = self._build()
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.post("/v1/files")
+        async def upload(file: UploadFile = File(...), purpose: str = Form(...)):
+            if purpose != "fine-tune":
+                raise HTTPException(400, {"error": {"message": f"bad purpose {purpose}"}})
+            fid = f"file-{next(self._ids)}"
+            self.files[fid] = await file.read()
+            return {"id": fid, "object": "file", "bytes": len(self.files[fid]), "created_at": int(time.time()),
+                    "filename": file.filename, "purpose": purpose, "status": "processed"}
+
+        @app.post("/v1/fine_tuning/jobs")
+        async def create(request: Request):
+            body = await request.json()
+            self.create_calls.append(body)
+            if body.get("training_file") not in self.files:
+                raise HTTPException(400, {"error": {"message": "training_file not found", "code": "invalid_file"}})
+            method = body.get("method") or {}
+            if method.get("type") not in ("supervised", "dpo") or method["type"] not in method:
+                raise HTTPException(400, {"error": {"message": "bad method", "code": "invalid_method"}})
+            jid = f"ftjob-{next(self._ids)}"
+            self.jobs[jid] = {
+                "id": jid, "object": "fine_tuning.job", "model": body["model"], "created_at": int(time.time()),
+                "finished_at": None, "fine_tuned_model": None, "organization_id": "org-test", "result_files": [],
+                "status": "validating_files", "validation_file": body.get("validation_file"),
+                "training_file": body["training_file"], "hyperparameters": {}, "trained_tokens": None,
+                "error": None, "seed": body.get("seed", 42), "method": method, "metadata": body.get("metadata"),
+                "user_provided_suffix": body.get("suffix")}
+            self.polls[jid] = 0
+            return self.jobs[jid]
+
+        @app.get("/v1/fine_tuning/jobs")
+        async def list_jobs(request: Request):
+            wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items() if k.startswith("metadata[")}
+            data = [j for j in self.jobs.values()
+                    if all((j.get("metadata") or {}).get(k) == v for k, v in wanted.items())]
+            return {"object": "list", "data": data, "has_more": False}
+
+        @app.get("/v1/fine_tuning/jobs/{jid}")
+        async def retrieve(jid: str):
+            job = self._job(jid)
+            if job["status"] not in ("succeeded", "failed", "cancelled"):
+                self.polls[jid] += 1
+                job["status"] = ["validating_files", "queued", "running", "running"][min(self.polls[jid], 3)]
+                if self.polls[jid] >= 4:
+                    if job["model"].startswith("fail-"):
+                        job.update(status="failed", finished_at=int(time.time()),
+                                   error={"code": "invalid_training_file", "message": "line 3: bad role",
+                                          "param": "training_file"})
+                    else:
+                        job.update(status="succeeded", finished_at=int(time.time()), trained_tokens=12345,
+                                   fine_tuned_model=f"ft:{job['model']}:org-test:{job['user_provided_suffix'] or ''}:"
+                                                    f"{jid}")
+            return job
+
+        @app.get("/v1/fine_tuning/jobs/{jid}/events")
+        async def events(jid: str):
+            self._job(jid)
+            data = [{"id": f"ev-{k}", "object": "fine_tuning.job.event", "created_at": 1_700_000_000 + k,
+                     "level": "info", "message": f"Step {k}/3: training loss={1.0 / k:.2f}", "type": "metrics",
+                     "data": {"step": k, "train_loss": 1.0 / k, "valid_loss": 1.1 / k}} for k in (1, 2, 3)]
+            return {"object": "list", "data": data, "has_more": False}
+
+        @app.post("/v1/fine_tuning/jobs/{jid}/cancel")
+        async def cancel(jid: str):
+            self.cancel_calls += 1
+            job = self._job(jid)
+            if job["status"] in ("succeeded", "failed"):
+                raise HTTPException(400, {"error": {"message": "job already finished"}})
+            job.update(status="cancelled", finished_at=int(time.time()))
+            return job
+
+        return app
+
+    def _job(self, jid: str) -> dict[str, Any]:
+        if jid not in self.jobs:
+            raise HTTPException(404, {"error": {"message": f"no job {jid}", "code": "not_found"}})
+        return self.jobs[jid]
+
+
+@contextlib.contextmanager
+def serve(fake: FakeOpenAI):
+    """Run the fake on a free 127.0.0.1 port in a thread; yields the base URL (…/v1)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if time.monotonic() > deadline:
+            raise RuntimeError("fake OpenAI server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
