@@ -81,21 +81,31 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    _print(f"FLYWHEEL_HOME={paths.flywheel_home()}")
-    cmd_simulate(args)
-    _print("Materializing ingestion and outcome labels through Dagster ...")
-    if not run_refresh(full=False):
-        return 1
-    _print("Building training data and fine-tuning exports through Dagster ...")
-    from flywheel_pipeline.defs.automation import DATASETS_JOB_NAME
+    """Two turns of the flywheel on the simulated world: the first on the days up to two weeks
+    ago, the second after the last two weeks land (a new dataset, a new model version)."""
+    from datetime import datetime, timedelta, timezone
 
-    if not run_job(DATASETS_JOB_NAME):
-        return 1
+    from flywheel_pipeline.defs.automation import RETRAIN_JOB_NAME
+
+    _print(f"FLYWHEEL_HOME={paths.flywheel_home()}")
+    end = date.fromisoformat(args.end) if args.end else datetime.now(timezone.utc).date()
+    turns = [(end - timedelta(days=14), max(args.days - 14, 1)), (end, args.days)]
+    for number, (turn_end, days) in enumerate(turns, 1):
+        _print(f"\n=== flywheel turn {number}: outcomes up to {turn_end} ===")
+        cmd_simulate(argparse.Namespace(seed=args.seed, days=days, messages_per_day=args.messages_per_day,
+                                        end=turn_end.isoformat()))
+        _print("Materializing ingestion and outcome labels through Dagster ...")
+        if not run_refresh(full=False):
+            return 1
+        _print("Training data, validated exports, fine-tuning (sandbox backend), registry and MLflow ...")
+        if not run_job(RETRAIN_JOB_NAME):
+            return 1
     cmd_summary(args)
     _print()
     _print("Next: open the Dagster UI on this instance with")
     _print(f"  DAGSTER_HOME={paths.dagster_home()} FLYWHEEL_HOME={paths.flywheel_home()} dagster dev")
-    _print("  (or `make ui`), then browse Assets -> outcome_labels for metadata and checks.")
+    _print("  (or `make ui`), then browse Assets for metadata and checks; and the MLflow UI with")
+    _print(f"  mlflow ui --backend-store-uri sqlite:///{paths.flywheel_home() / 'mlflow.db'}")
     return 0
 
 

@@ -43,6 +43,11 @@ def print_summary(database: Path, out: Callable[[str], None] = print) -> None:
             ex = con.execute("SELECT count(*) FILTER (label), count(*) FILTER (NOT label), "
                              "count(*) FILTER (split = 'validation') FROM training_examples").fetchone()
             out(f"  training examples: {ex[0]} positives, {ex[1]} negatives ({ex[2]} in validation)")
+        if "model_registry" in tables:
+            out("  model registry:")
+            for row in con.execute("SELECT family, version, status, model_id, dataset_version FROM model_registry "
+                                   "ORDER BY created_at").fetchall():
+                out(f"    {row[0]} v{row[1]} [{row[2]}] {row[3]} (dataset {row[4]})")
         if "preference_pairs" in tables:
             pairs = con.execute("SELECT count(*), count(DISTINCT context) FROM preference_pairs").fetchone()
             out(f"  preference pairs: {pairs[0]} in {pairs[1]} contexts")

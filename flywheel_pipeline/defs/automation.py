@@ -2,14 +2,17 @@
 
 import hashlib
 import json
+import os
+import time
 
 import dagster as dg
 
 from flywheel_pipeline.core import landing as landing_zone
 from flywheel_pipeline.defs.datasets import DATASETS_GROUP
+from flywheel_pipeline.defs.training import TRAINING_GROUP
 from flywheel_pipeline.defs.ingest import INGEST_GROUP
 from flywheel_pipeline.defs.outcomes import OUTCOMES_GROUP
-from flywheel_pipeline.defs.resources import LandingZoneResource
+from flywheel_pipeline.defs.resources import LandingZoneResource, WarehouseResource
 
 REFRESH_JOB_NAME = "refresh"
 
@@ -60,3 +63,80 @@ daily_refresh_schedule = dg.ScheduleDefinition(
     default_status=dg.DefaultScheduleStatus.RUNNING,
     description="Maturity moves with the clock even without new events: relabel daily at 03:00 UTC.",
 )
+
+
+RETRAIN_JOB_NAME = "retrain"
+
+retrain_job = dg.define_asset_job(
+    RETRAIN_JOB_NAME,
+    selection=dg.AssetSelection.groups(DATASETS_GROUP, TRAINING_GROUP),
+    description="Rebuild training data and exports, fine-tune, register and log to MLflow.",
+    executor_def=dg.in_process_executor,
+    tags={"flywheel/kind": "retrain"},
+)
+
+weekly_retrain_schedule = dg.ScheduleDefinition(
+    name="weekly_retrain",
+    job=retrain_job,
+    cron_schedule="0 2 * * 1",
+    execution_timezone="UTC",
+    description="Retrain every Monday at 02:00 UTC.",
+)
+
+
+def training_ready_outcomes(warehouse: WarehouseResource, min_quality_score: float = 0.6) -> tuple[int, int]:
+    """(mature training-ready outcomes now, positives in the latest model's dataset)."""
+    with warehouse.connect(read_only=True) as con:
+        ready = con.execute("SELECT count(*) FROM message_labels WHERE is_mature AND NOT bounced "
+                            "AND quality_score >= ?", [min_quality_score]).fetchone()[0]
+        tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        trained = 0
+        if "model_registry" in tables:
+            row = con.execute("SELECT positives FROM model_registry WHERE status <> 'failed' "
+                              "ORDER BY created_at DESC LIMIT 1").fetchone()
+            trained = int(row[0] or 0) if row else 0
+    return int(ready), trained
+
+
+@dg.sensor(job=retrain_job, minimum_interval_seconds=3600,
+           description="Starts a retrain when at least min_new_examples (100) mature, training-ready outcomes "
+                       "exist beyond the latest model's dataset; one run per outcome count (run_key).")
+def new_outcomes_sensor(context: dg.SensorEvaluationContext, warehouse: WarehouseResource):
+    min_new = int(os.environ.get("FLYWHEEL_MIN_NEW_EXAMPLES", "100"))
+    try:
+        ready, trained = training_ready_outcomes(warehouse)
+    except Exception as exc:  # noqa: BLE001 - a busy or missing warehouse is a reason to skip, not to fail
+        return dg.SkipReason(f"warehouse not readable now ({type(exc).__name__}: {str(exc)[:120]})")
+    launched = json.loads(context.cursor) if context.cursor else {}
+    new = ready - trained
+    if new < min_new:
+        return dg.SkipReason(f"{new} new training-ready outcomes beyond the latest model's {trained}; "
+                             f"waiting for {min_new}")
+    if launched.get("ready") == ready:
+        return dg.SkipReason(f"a retrain for {ready} training-ready outcomes was already requested")
+    context.update_cursor(json.dumps({"ready": ready, "trained": trained}))
+    return dg.RunRequest(run_key=f"retrain-{ready}", tags={"flywheel/trigger": "new_outcomes_sensor",
+                                                          "flywheel/new_outcomes": str(new)})
+
+
+@dg.run_failure_sensor(name="run_failure_sensor", default_status=dg.DefaultSensorStatus.RUNNING,
+                       description="Records every failed run where users look: the log, a JSON line under "
+                                   "$FLYWHEEL_HOME/alerts/failures.jsonl and an optional webhook.")
+def run_failure_sensor(context: dg.RunFailureSensorContext):
+    from flywheel_pipeline import paths
+
+    record = {"run_id": context.dagster_run.run_id, "job": context.dagster_run.job_name,
+              "error": context.failure_event.message, "at": time.time()}
+    context.log.error(f"run {record['run_id']} of {record['job']} failed: {record['error']}")
+    alerts = paths.flywheel_home() / "alerts"
+    alerts.mkdir(parents=True, exist_ok=True)
+    with open(alerts / "failures.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+    url = os.environ.get("FLYWHEEL_ALERT_WEBHOOK_URL")
+    if url:
+        import httpx
+
+        try:
+            httpx.post(url, json=record, timeout=10)
+        except httpx.HTTPError as exc:
+            context.log.warning(f"alert webhook {url} failed: {exc}")

@@ -63,6 +63,35 @@ class ExportsResource(dg.ConfigurableResource):
     path: str
 
 
+class FineTuningResource(dg.ConfigurableResource):
+    """Which fine-tuning backend trains models. ``sandbox`` (default) trains nothing and says so;
+    ``openai`` uses the openai SDK against ``base_url`` (any OpenAI-compatible host)."""
+
+    backend: str = Field("sandbox", description="'sandbox' or 'openai'.")
+    api_key: str | None = Field(None, description="Provider API key; bind with EnvVar, never in code.")
+    base_url: str | None = Field(None, description="OpenAI-compatible base URL (default: api.openai.com).")
+    poll_s: float = Field(30.0, description="First poll interval while a job runs (doubles up to 10 min).")
+    wait_timeout_s: float = Field(7200.0, description="Stop waiting after this long; materialize again to "
+                                                      "re-attach to the same job (it is never resubmitted).")
+
+    def client(self):
+        from flywheel_pipeline.core.finetune.openai_backend import OpenAIBackend
+        from flywheel_pipeline.core.finetune.sandbox import SandboxBackend
+
+        if self.backend == "sandbox":
+            return SandboxBackend()
+        if self.backend == "openai":
+            if not self.api_key:
+                raise ValueError("the openai backend needs api_key (e.g. EnvVar('OPENAI_API_KEY'))")
+            return OpenAIBackend(self.api_key, self.base_url)
+        raise ValueError(f"unknown fine-tuning backend {self.backend!r}; expected 'sandbox' or 'openai'")
+
+
+class MlflowResource(dg.ConfigurableResource):
+    tracking_uri: str = Field(description="MLflow tracking URI.")
+    ui_url: str = Field("http://127.0.0.1:5000", description="Where the MLflow UI is served, for links.")
+
+
 class LabelPolicyResource(dg.ConfigurableResource):
     """The outcome-labelling policy (docs/labelling.md); defaults are the product's policy."""
 
@@ -85,7 +114,15 @@ def local_resources() -> dict[str, dg.ConfigurableResource]:
         "landing": LandingZoneResource(path=str(paths.landing_dir())),
         "label_policy": LabelPolicyResource(),
         "exports": ExportsResource(path=str(paths.flywheel_home() / "exports")),
+        "fine_tuning": FineTuningResource(),
+        "mlflow": MlflowResource(tracking_uri=_default_tracking_uri()),
     }
+
+
+def _default_tracking_uri() -> str:
+    from flywheel_pipeline.tracking import default_tracking_uri
+
+    return default_tracking_uri()
 
 
 def production_resources() -> dict[str, dg.ConfigurableResource]:
@@ -96,4 +133,8 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
         "landing": LandingZoneResource(path=dg.EnvVar("FLYWHEEL_LANDING")),
         "label_policy": LabelPolicyResource(),
         "exports": ExportsResource(path=dg.EnvVar("FLYWHEEL_EXPORTS")),
+        "fine_tuning": FineTuningResource(backend=os.environ.get("FLYWHEEL_FINETUNE_BACKEND", "openai"),
+                                          api_key=dg.EnvVar("FLYWHEEL_FINETUNE_API_KEY"),
+                                          base_url=os.environ.get("FLYWHEEL_FINETUNE_BASE_URL")),
+        "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
     }

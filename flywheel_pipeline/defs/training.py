@@ -1,0 +1,151 @@
+"""Training assets: fine-tune through the configured backend (never paying twice), register the
+model, log the cycle to MLflow; the weekly retrain schedule and the new-outcomes sensor.
+
+Waiting strategy: the run waits resumably. The job is recorded before any wait; the wait
+polls with backoff up to ``wait_timeout_s`` (2 h by default) and then fails with a message
+saying to materialize again, which re-attaches to the same job. This keeps lineage and
+metadata in the one materialization that produced the model, at the cost of a run slot
+while a job trains (a sensor-polled design would free it, see README)."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from flywheel_pipeline.core.finetune.base import FineTuneError, JobRequest, TrainingFiles
+from flywheel_pipeline.defs.datasets import dpo_jsonl_export, sft_jsonl_export, training_examples
+from flywheel_pipeline.defs.metadata import md_table
+from flywheel_pipeline.defs.resources import FineTuningResource, MlflowResource, WarehouseResource
+from flywheel_pipeline.tracking import log_training_cycle, run_url
+from flywheel_pipeline.warehouse import model_registry as registry
+from flywheel_pipeline.warehouse.finetune_jobs import job_key, submit_or_attach, wait_for_job
+
+TRAINING_GROUP = "training"
+
+
+class FineTuneConfig(dg.Config):
+    method: str = Field("supervised", description="'supervised' (SFT export) or 'dpo' (preference export).")
+    base_model: str = Field("gpt-4o-mini-2024-07-18")
+    hyperparameters: dict[str, float] = Field(default_factory=dict,
+                                              description="e.g. n_epochs, learning_rate_multiplier, beta (DPO).")
+    suffix: str | None = Field("flywheel", description="Added to the provider's model name.")
+    seed: int | None = 42
+    task_type: str = Field("all", description="Task family the model serves (names the MLflow model).")
+    version: str | None = Field(None, description="Override the automatic semantic version.")
+
+
+def _latest_metadata(context: dg.AssetExecutionContext, key: dg.AssetKey) -> dict:
+    event = context.instance.get_latest_materialization_event(key)
+    if event is None or event.asset_materialization is None:
+        raise dg.Failure(f"{key.to_user_string()} has not been materialized yet")
+    return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+
+@dg.asset(group_name=TRAINING_GROUP, kinds={"openai", "mlflow"}, deps=[sft_jsonl_export, dpo_jsonl_export],
+          description="A fine-tuned model trained on the latest validated export, registered in model_registry "
+                      "and MLflow. The job is persisted before waiting; re-execution re-attaches.")
+def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, warehouse: WarehouseResource,
+                     fine_tuning: FineTuningResource, mlflow: MlflowResource) -> dg.MaterializeResult:
+    if config.method not in ("supervised", "dpo"):
+        raise dg.Failure(f"method must be 'supervised' or 'dpo', got {config.method!r}")
+    export_key = sft_jsonl_export.key if config.method == "supervised" else dpo_jsonl_export.key
+    export = _latest_metadata(context, export_key)
+    if not export.get("valid"):
+        raise dg.Failure(f"the latest {export_key.to_user_string()} did not validate; fix the data first")
+    fmt = "sft" if config.method == "supervised" else "dpo"
+    directory = Path(export["path"])
+    validation = directory / f"{fmt}.validation.jsonl"
+    files = TrainingFiles(directory / f"{fmt}.train.jsonl",
+                          validation if validation.exists() and validation.stat().st_size else None,
+                          export["dataset_version"])
+    selection = _latest_metadata(context, training_examples.key)
+    organization_id = (selection.get("config") or {}).get("organization_id")
+    backend = fine_tuning.client()
+    sandbox = backend.name == "sandbox"
+    tag = "[SANDBOX] " if sandbox else ""
+    request = JobRequest(files, config.method, config.base_model, dict(config.hyperparameters), config.suffix,
+                         config.seed, {"organization": organization_id or "global", "task_type": config.task_type})
+    connect = warehouse.connect
+    job, attached = submit_or_attach(connect, backend, request)
+    context.log.info(f"{tag}{'re-attached to' if attached else 'submitted'} {backend.name} job {job.job_id} "
+                     f"for dataset {files.dataset_version}")
+    try:
+        job = wait_for_job(connect, backend, job, poll_s=fine_tuning.poll_s, timeout_s=fine_tuning.wait_timeout_s,
+                           progress=lambda j: context.log.info(f"{tag}job {j.job_id}: {j.status.value}"))
+    except FineTuneError as exc:
+        with warehouse.connect() as con:
+            con.execute(registry.DDL)
+        raise dg.Failure(str(exc), metadata={"job_id": job.job_id, "backend": backend.name,
+                                             "error": str(exc)}) from exc
+    model_id = backend.result(job.job_id)
+    events = backend.events(job.job_id)
+    curve = [(e.step, e.train_loss, e.valid_loss) for e in events if e.step is not None]
+    family = registry.family_name(organization_id, config.task_type)
+    with warehouse.connect() as con:
+        reg = registry.register(
+            con, model_id=model_id, organization_id=organization_id, task_type=config.task_type,
+            base_model=config.base_model, backend=backend.name, method=config.method, job_id=job.job_id,
+            job_key=job_key(backend.name, request), dataset_version=files.dataset_version, stats=selection,
+            hyperparameters=dict(config.hyperparameters), trained_tokens=job.trained_tokens,
+            version_override=config.version)
+        known = con.execute("SELECT mlflow_run_id FROM model_registry WHERE model_id = ?", [model_id]).fetchone()[0]
+    record = None
+    if known is None:
+        params = {"base_model": config.base_model, "method": config.method, "backend": backend.name,
+                  "dataset_version": files.dataset_version, "min_quality_score":
+                      (selection.get("config") or {}).get("min_quality_score"), **config.hyperparameters}
+        metrics = {"training_examples": export["rows_per_file"].get(f"{fmt}.train.jsonl", 0),
+                   "validation_examples": export["rows_per_file"].get(f"{fmt}.validation.jsonl", 0),
+                   "estimated_training_tokens": export.get("estimated_training_tokens", 0),
+                   "trained_tokens": job.trained_tokens or 0}
+        record = log_training_cycle(tracking_uri=mlflow.tracking_uri, family=family, fine_tuned_model=model_id,
+                                    version=reg.version, params=params, metrics=metrics, loss_curve=curve,
+                                    export_dir=directory, dataset_version=files.dataset_version,
+                                    train_file=files.train, sandbox=sandbox)
+        with warehouse.connect() as con:
+            registry.set_mlflow(con, model_id, record.run_id, record.registered_version)
+    meta = {
+        "model_id": model_id, "backend": f"{backend.name}{' (SANDBOX: nothing was trained)' if sandbox else ''}",
+        "job_id": job.job_id, "reattached": attached, "family": family, "version": reg.version,
+        "version_change": reg.change, "dataset_version": files.dataset_version, "method": config.method,
+        "base_model": config.base_model, "trained_tokens": job.trained_tokens or 0,
+        "final_train_loss": float(curve[-1][1]) if curve and curve[-1][1] is not None else 0.0,
+    }
+    if record is not None:
+        meta["mlflow_run"] = dg.MetadataValue.url(run_url(mlflow.tracking_uri, record.experiment_id,
+                                                          record.run_id, mlflow.ui_url))
+        meta["mlflow_registered_version"] = f"{record.registered_name} v{record.registered_version}"
+        meta["mlflow_aliases"] = ", ".join(record.aliases)
+    return dg.MaterializeResult(metadata=meta)
+
+
+@dg.asset(group_name=TRAINING_GROUP, kinds={"duckdb"}, deps=[fine_tuned_model],
+          description="Every model with version, status, traffic, lineage to its dataset, training stats and "
+                      "outcome metrics (filled by the experiments).")
+def model_registry(warehouse: WarehouseResource) -> dg.MaterializeResult:
+    with warehouse.connect() as con:
+        con.execute(registry.DDL)
+        rows = con.execute("""SELECT family, version, status, traffic_pct, model_id, backend, method, dataset_version,
+                                     training_examples, positives, deals_in_training, mlflow_model_version
+                              FROM model_registry ORDER BY family, created_at""").fetchall()
+        statuses = dict(con.execute("SELECT status, count(*) FROM model_registry GROUP BY 1").fetchall())
+    return dg.MaterializeResult(metadata={
+        "dagster/row_count": dg.MetadataValue.int(len(rows)),
+        "by_status": dg.MetadataValue.json(statuses),
+        "models": dg.MetadataValue.md(md_table(
+            ["family", "version", "status", "traffic %", "model", "backend", "method", "dataset", "examples",
+             "positives", "deals", "mlflow version"], rows))})
+
+
+@dg.asset_check(asset=model_registry, description="At most one deployed (champion) model per family.")
+def one_champion_per_family(warehouse: WarehouseResource) -> dg.AssetCheckResult:
+    with warehouse.connect() as con:
+        con.execute(registry.DDL)
+        bad = con.execute("SELECT family, count(*) FROM model_registry WHERE status = 'deployed' GROUP BY 1 "
+                          "HAVING count(*) > 1").fetchall()
+    return dg.AssetCheckResult(passed=not bad, metadata={"families_with_several_champions": json.dumps(bad)})
+
+
+TRAINING_ASSETS = [fine_tuned_model, model_registry]
+TRAINING_CHECKS = [one_champion_per_family]

@@ -1,0 +1,91 @@
+"""MLflow: one run per training cycle, the fine-tuned model as an MLflow 3 external model,
+registered as a version of the family's registered model with ``champion``/``challenger``
+aliases kept in step with the model registry table.
+
+Default tracking URI: ``sqlite:///$FLYWHEEL_HOME/mlflow.db`` (``MLFLOW_TRACKING_URI`` wins);
+artifacts under ``$FLYWHEEL_HOME/mlartifacts``. Open the UI with
+``mlflow ui --backend-store-uri sqlite:///.flywheel/mlflow.db``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flywheel_pipeline import paths
+
+EXPERIMENT = "outcome-flywheel"
+
+
+def default_tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.flywheel_home() / 'mlflow.db'}"
+
+
+@dataclass(frozen=True)
+class TrainingRunRecord:
+    run_id: str
+    experiment_id: str
+    logged_model_id: str
+    registered_name: str
+    registered_version: str
+    aliases: tuple[str, ...]
+
+
+def _experiment(mlflow, client, tracking_uri: str) -> str:
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifacts = None
+    if tracking_uri.startswith("sqlite:///"):
+        artifacts = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").absolute().as_uri()
+    return client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+
+
+def log_training_cycle(*, tracking_uri: str, family: str, fine_tuned_model: str, version: str,
+                       params: dict[str, Any], metrics: dict[str, float],
+                       loss_curve: list[tuple[int, float | None, float | None]], export_dir: Path,
+                       dataset_version: str, train_file: Path, sandbox: bool,
+                       champion_if_none: bool = False) -> TrainingRunRecord:
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    experiment_id = _experiment(mlflow, client, tracking_uri)
+    tags = {"flywheel.family": family, "flywheel.version": version, "flywheel.fine_tuned_model": fine_tuned_model,
+            "flywheel.dataset_version": dataset_version, "flywheel.sandbox": str(sandbox).lower()}
+    with mlflow.start_run(experiment_id=experiment_id, run_name=f"{family} v{version}", tags=tags) as run:
+        mlflow.log_params({k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()})
+        mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
+        for step, train_loss, valid_loss in loss_curve:
+            if train_loss is not None:
+                mlflow.log_metric("train_loss", float(train_loss), step=int(step))
+            if valid_loss is not None:
+                mlflow.log_metric("valid_loss", float(valid_loss), step=int(step))
+        mlflow.log_artifacts(str(export_dir), artifact_path="export")
+        dataset = MetaDataset(resolve_dataset_source(str(train_file)), name=f"{family}-{dataset_version}",
+                              digest=dataset_version)
+        mlflow.log_input(dataset, context="training")
+        model = mlflow.create_external_model(name=family, source_run_id=run.info.run_id,
+                                             params={"fine_tuned_model": fine_tuned_model, "version": version},
+                                             tags=tags, model_type="fine-tuned-llm",
+                                             experiment_id=experiment_id)
+    registered = mlflow.register_model(f"models:/{model.model_id}", family, tags=tags)
+    aliases = ["challenger"]
+    client.set_registered_model_alias(family, "challenger", registered.version)
+    try:
+        client.get_model_version_by_alias(family, "champion")
+    except Exception:  # noqa: BLE001 - no champion yet: the first model of a family serves
+        if champion_if_none:
+            client.set_registered_model_alias(family, "champion", registered.version)
+            aliases.append("champion")
+    return TrainingRunRecord(run.info.run_id, experiment_id, model.model_id, family, str(registered.version),
+                             tuple(aliases))
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str, ui_base: str = "http://127.0.0.1:5000") -> str:
+    return f"{ui_base}/#/experiments/{experiment_id}/runs/{run_id}"

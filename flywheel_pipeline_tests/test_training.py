@@ -1,0 +1,168 @@
+"""Training: the fine_tuned_model asset with the sandbox and an OpenAI-protocol server, the
+registry's versions, MLflow read back, the retrain schedule and sensors."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.core.versioning import change_kind, next_version
+from flywheel_pipeline.defs.automation import new_outcomes_sensor, run_failure_sensor, weekly_retrain_schedule
+from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
+from flywheel_pipeline.defs.ingest import INGEST_ASSETS
+from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS
+from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, LabelPolicyResource,
+                                              LandingZoneResource, MlflowResource, WarehouseResource)
+from flywheel_pipeline.defs.training import TRAINING_ASSETS, TRAINING_CHECKS
+from flywheel_pipeline.warehouse import model_registry as registry
+from flywheel_pipeline.warehouse.schema import connect
+from flywheel_pipeline_tests.fakes.openai_server import FakeOpenAI, serve
+
+ALL = [*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *DATASET_CHECKS, *TRAINING_ASSETS, *TRAINING_CHECKS]
+
+
+def resources(root, fine_tuning=None):
+    return {"warehouse": WarehouseResource(database=str(root / "wh.duckdb")),
+            "landing": LandingZoneResource(path=str(root / "landing")),
+            "label_policy": LabelPolicyResource(), "exports": ExportsResource(path=str(root / "exports")),
+            "fine_tuning": fine_tuning or FineTuningResource(),
+            "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")}
+
+
+def world(root, days, end):
+    simulate(root / "landing", SimConfig(seed=8, days=days, end=end, organizations=1, leads_per_org=150,
+                                         messages_per_day=30))
+
+
+def test_two_training_cycles_register_versions_and_mlflow(tmp_path):
+    with dg.instance_for_test() as instance:
+        world(tmp_path, 40, date(2026, 4, 15))
+        first = dg.materialize(ALL, instance=instance, resources=resources(tmp_path))
+        assert first.success
+        world(tmp_path, 54, date(2026, 4, 29))  # two more weeks land: the same world, extended
+        second = dg.materialize(ALL, instance=instance, resources=resources(tmp_path))
+        assert second.success
+        meta = {e.asset_key.to_user_string(): e.materialization.metadata
+                for e in second.get_asset_materialization_events()}["fine_tuned_model"]
+        assert meta["version"].value == "1.1.0" and "SANDBOX" in meta["backend"].value
+        assert meta["mlflow_run"].value.startswith("http://127.0.0.1:5000/#/experiments/")
+    con = connect(tmp_path / "wh.duckdb")
+    rows = con.execute("SELECT version, status, dataset_version, mlflow_run_id, mlflow_model_version "
+                       "FROM model_registry ORDER BY created_at").fetchall()
+    con.close()
+    assert [r[0] for r in rows] == ["1.0.0", "1.1.0"] and rows[0][2] != rows[1][2]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    model = client.get_registered_model("flywheel-global-all")
+    assert {k: str(v) for k, v in model.aliases.items()} == {"challenger": "2"}
+    version = client.get_model_version("flywheel-global-all", "2")
+    assert version.tags["flywheel.version"] == "1.1.0" and version.tags["flywheel.sandbox"] == "true"
+    run = client.get_run(rows[1][3])
+    assert run.data.params["dataset_version"] == rows[1][2] and run.data.params["method"] == "supervised"
+    assert run.data.metrics["training_examples"] > 0
+    assert [i.dataset.digest for i in run.inputs.dataset_inputs] == [rows[1][2]]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "export")}
+    assert "export/sft.train.jsonl" in artifacts and "export/sft.validation_report.json" in artifacts
+
+
+def test_openai_backend_through_the_asset_reattaches_and_reports_failures(tmp_path):
+    world(tmp_path, 40, date(2026, 4, 15))
+    fake = FakeOpenAI()
+    with serve(fake) as url, dg.instance_for_test() as instance:
+        ft = FineTuningResource(backend="openai", api_key="sk-test", base_url=url, poll_s=0.01)
+        assert dg.materialize(ALL, instance=instance, resources=resources(tmp_path, ft)).success
+        assert len(fake.create_calls) == 1
+        # a re-execution of the training step for the same dataset and config re-attaches
+        again = dg.materialize(ALL, instance=instance, resources=resources(tmp_path, ft),
+                               selection=dg.AssetSelection.assets("fine_tuned_model"))
+        assert again.success and len(fake.create_calls) == 1
+        meta = again.asset_materializations_for_node("fine_tuned_model")[0].metadata
+        assert meta["reattached"].value is True and meta["model_id"].value.startswith("ft:gpt-4o-mini")
+        # a job the provider fails turns into a failed materialization carrying its error
+        failed = dg.materialize(ALL, instance=instance, resources=resources(tmp_path, ft), raise_on_error=False,
+                                selection=dg.AssetSelection.assets("fine_tuned_model"),
+                                run_config={"ops": {"fine_tuned_model": {"config": {"base_model": "fail-model"}}}})
+        assert not failed.success
+        failure = [e for e in failed.all_events if e.is_step_failure][0]
+        assert "invalid_training_file: line 3: bad role" in failure.event_specific_data.error.message
+        assert fake.create_calls[-1]["model"] == "fail-model" and len(fake.create_calls) == 2
+
+
+def test_semantic_versions():
+    assert next_version(None) == "1.0.0"
+    assert next_version("1.4.2") == "1.5.0"
+    assert next_version("1.4.2", "major") == "2.0.0"
+    assert next_version("1.4.2", "patch") == "1.4.3"
+    assert next_version("1.4.2", override="1.10.0") == "1.10.0"
+    with pytest.raises(ValueError):
+        next_version("1.4.2", override="1.4.2")
+    with pytest.raises(ValueError):
+        next_version("x.y")
+    base = {"base_model": "a", "method": "supervised", "dataset_version": "d1"}
+    assert change_kind(None, base) == "minor"
+    assert change_kind(base, {**base, "dataset_version": "d2"}) == "minor"
+    assert change_kind(base, {**base, "method": "dpo"}) == "major"
+    assert change_kind(base, dict(base)) == "patch"
+
+
+def test_registry_versions_and_status_lifecycle(tmp_path):
+    con = connect(tmp_path / "wh.duckdb")
+    kw = dict(organization_id="org-1", task_type="cold_email", base_model="m", backend="sandbox", job_id="j",
+              job_key="k", stats={"examples": 10}, hyperparameters={}, trained_tokens=0)
+    a = registry.register(con, model_id="m1", method="supervised", dataset_version="d1", **kw)
+    b = registry.register(con, model_id="m2", method="supervised", dataset_version="d2", **kw)
+    c = registry.register(con, model_id="m3", method="dpo", dataset_version="d2", **kw)
+    assert (a.version, b.version, c.version) == ("1.0.0", "1.1.0", "2.0.0")
+    assert a.family == "flywheel-org-1-cold_email"
+    assert registry.register(con, model_id="m2", method="supervised", dataset_version="d2", **kw).change == "existing"
+    registry.set_status(con, "m1", "deployed", traffic_pct=100, ab_group="champion")
+    assert registry.champion(con, a.family) == "m1"
+    with pytest.raises(ValueError, match="cannot become"):
+        registry.set_status(con, "m1", "training")
+    registry.set_status(con, "m1", "archived")
+    assert registry.champion(con, a.family) is None
+    con.close()
+
+
+def test_weekly_schedule():
+    assert weekly_retrain_schedule.cron_schedule == "0 2 * * 1"
+    assert weekly_retrain_schedule.execution_timezone == "UTC" and weekly_retrain_schedule.job_name == "retrain"
+
+
+def test_new_outcomes_sensor_fires_once_per_outcome_count(tmp_path, monkeypatch):
+    res = {"warehouse": WarehouseResource(database=str(tmp_path / "wh.duckdb"))}
+    with dg.instance_for_test() as instance:
+        skip = new_outcomes_sensor(dg.build_sensor_context(instance=instance, resources=res))
+        assert isinstance(skip, dg.SkipReason) and "not readable" in skip.skip_message
+        world(tmp_path, 40, date(2026, 4, 15))
+        assert dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS], instance=instance,
+                              resources=resources(tmp_path)).success
+        monkeypatch.setenv("FLYWHEEL_MIN_NEW_EXAMPLES", "100000")
+        few = new_outcomes_sensor(dg.build_sensor_context(instance=instance, resources=res))
+        assert isinstance(few, dg.SkipReason) and "waiting for 100000" in few.skip_message
+        monkeypatch.setenv("FLYWHEEL_MIN_NEW_EXAMPLES", "10")
+        ctx = dg.build_sensor_context(instance=instance, resources=res)
+        fire = new_outcomes_sensor(ctx)
+        assert isinstance(fire, dg.RunRequest) and fire.run_key.startswith("retrain-")
+        again = new_outcomes_sensor(dg.build_sensor_context(instance=instance, resources=res, cursor=ctx.cursor))
+        assert isinstance(again, dg.SkipReason) and "already requested" in again.skip_message
+
+
+def test_run_failure_sensor_records_the_failure(home):
+    @dg.asset
+    def broken():
+        raise RuntimeError("boom")
+
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([broken], instance=instance, raise_on_error=False)
+        run = instance.get_run_by_id(result.run_id)
+        failure = [e for e in result.all_events if e.event_type_value == "PIPELINE_FAILURE"][0]
+        ctx = dg.build_run_status_sensor_context(sensor_name="run_failure_sensor", dagster_instance=instance,
+                                                 dagster_run=run, dagster_event=failure).for_run_failure()
+        run_failure_sensor(ctx)
+    lines = (home / "alerts" / "failures.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["run_id"] == result.run_id
