@@ -152,3 +152,61 @@ def test_openai_deadline_warning():
     assert "45 days left" in openai_deadline_warning("https://api.openai.com/v1", date(2026, 11, 22))
     assert "stopped accepting" in openai_deadline_warning(None, date(2027, 2, 1))
     assert openai_deadline_warning("http://127.0.0.1:8000/v1", date(2026, 11, 22)) is None
+
+
+# ---- Together ----------------------------------------------------------------------------
+
+from flywheel_pipeline.core.finetune.together_backend import TogetherBackend  # noqa: E402
+from flywheel_pipeline_tests.fakes.together_server import FakeTogether  # noqa: E402
+
+
+@pytest.fixture
+def together():
+    server = FakeTogether()
+    with serve(server) as url:
+        server.url = url
+        yield server
+
+
+def test_together_backend_lora_dpo_and_reattach(together, files, tmp_path):
+    backend = TogetherBackend("tg-key", together.url)
+    connect = duckdb_connect(str(tmp_path / "wh.duckdb"))
+    req = request(files, model="meta-llama/Llama-3.2-3B-Instruct", method="dpo")
+    job, attached = submit_or_attach(connect, backend, req)
+    body = together.create_calls[0]
+    assert body["training_type"]["type"] == "Lora" and body["training_method"] == {"method": "dpo", "dpo_beta": 0.1}
+    assert body["validation_file"] in together.files and body["random_seed"] == 7
+    assert body["suffix"].startswith("flywheel-") and all(a == "Bearer tg-key" for a in together.auth)
+    done = wait_for_job(connect, backend, job, sleep=no_sleep)
+    assert done.status is JobStatus.SUCCEEDED and backend.result(done.job_id).startswith("acct/")
+    assert done.trained_tokens == 4321 and backend.events(done.job_id)[-1].train_loss == 0.9
+    # crash before the id was recorded: found by the key carried in the suffix
+    with connect() as con:
+        con.execute("UPDATE finetune_jobs SET job_id = NULL, status = 'submitting'")
+    again, attached = submit_or_attach(connect, backend, req)
+    assert attached and again.job_id == job.job_id and len(together.create_calls) == 1
+
+
+def test_together_failures_and_full_training(together, files, tmp_path):
+    backend = TogetherBackend("tg-key", together.url, lora=False)
+    connect = duckdb_connect(str(tmp_path / "wh.duckdb"))
+    job, _ = submit_or_attach(connect, backend, request(files, model="fail/model"))
+    assert together.create_calls[0]["training_type"] == {"type": "Full"}
+    with pytest.raises(FineTuneError, match="dataset validation failed"):
+        wait_for_job(connect, backend, job, sleep=no_sleep)
+    with pytest.raises(FineTuneError, match="HTTP 404"):
+        backend.status("ft-missing")
+    job2, _ = submit_or_attach(connect, backend, request(files, model="org/other"))
+    assert backend.cancel(job2.job_id).status is JobStatus.CANCELLED
+
+
+def test_resource_chooses_the_backend_and_requires_a_key():
+    from flywheel_pipeline.defs.resources import FineTuningResource
+
+    assert FineTuningResource().client().name == "sandbox"
+    assert FineTuningResource(backend="together", api_key="k", base_url="http://127.0.0.1:9/v1").client().name == \
+        "together"
+    with pytest.raises(ValueError, match="needs api_key"):
+        FineTuningResource(backend="openai").client()
+    with pytest.raises(ValueError, match="unknown fine-tuning backend"):
+        FineTuningResource(backend="vertex", api_key="k").client()

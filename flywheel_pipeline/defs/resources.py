@@ -65,9 +65,11 @@ class ExportsResource(dg.ConfigurableResource):
 
 class FineTuningResource(dg.ConfigurableResource):
     """Which fine-tuning backend trains models. ``sandbox`` (default) trains nothing and says so;
-    ``openai`` uses the openai SDK against ``base_url`` (any OpenAI-compatible host)."""
+    ``openai`` uses the openai SDK against ``base_url`` (any OpenAI-compatible host);
+    ``together`` uses Together AI's REST API (LoRA unless ``lora`` is off)."""
 
-    backend: str = Field("sandbox", description="'sandbox' or 'openai'.")
+    backend: str = Field("sandbox", description="'sandbox', 'openai' or 'together'.")
+    lora: bool = Field(True, description="Together: LoRA (default) or full fine-tuning.")
     api_key: str | None = Field(None, description="Provider API key; bind with EnvVar, never in code.")
     base_url: str | None = Field(None, description="OpenAI-compatible base URL (default: api.openai.com).")
     poll_s: float = Field(30.0, description="First poll interval while a job runs (doubles up to 10 min).")
@@ -77,14 +79,18 @@ class FineTuningResource(dg.ConfigurableResource):
     def client(self):
         from flywheel_pipeline.core.finetune.openai_backend import OpenAIBackend
         from flywheel_pipeline.core.finetune.sandbox import SandboxBackend
+        from flywheel_pipeline.core.finetune.together_backend import TogetherBackend
 
         if self.backend == "sandbox":
             return SandboxBackend()
+        if self.backend not in ("openai", "together"):
+            raise ValueError(f"unknown fine-tuning backend {self.backend!r}; expected sandbox, openai or together")
+        if not self.api_key:
+            raise ValueError(f"the {self.backend} backend needs api_key (bind it with EnvVar, e.g. "
+                             "EnvVar('FLYWHEEL_FINETUNE_API_KEY'))")
         if self.backend == "openai":
-            if not self.api_key:
-                raise ValueError("the openai backend needs api_key (e.g. EnvVar('OPENAI_API_KEY'))")
             return OpenAIBackend(self.api_key, self.base_url)
-        raise ValueError(f"unknown fine-tuning backend {self.backend!r}; expected 'sandbox' or 'openai'")
+        return TogetherBackend(self.api_key, self.base_url, lora=self.lora)
 
 
 class MlflowResource(dg.ConfigurableResource):
