@@ -16,8 +16,9 @@ from flywheel_pipeline.defs.automation import new_outcomes_sensor, run_failure_s
 from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
 from flywheel_pipeline.defs.ingest import INGEST_ASSETS
 from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS
-from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, LabelPolicyResource,
-                                              LandingZoneResource, MlflowResource, WarehouseResource)
+from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
+                                              LabelPolicyResource, LandingZoneResource, MlflowResource,
+                                              WarehouseResource)
 from flywheel_pipeline.defs.training import TRAINING_ASSETS, TRAINING_CHECKS
 from flywheel_pipeline.warehouse import model_registry as registry
 from flywheel_pipeline.warehouse.schema import connect
@@ -30,7 +31,7 @@ def resources(root, fine_tuning=None):
     return {"warehouse": WarehouseResource(database=str(root / "wh.duckdb")),
             "landing": LandingZoneResource(path=str(root / "landing")),
             "label_policy": LabelPolicyResource(), "exports": ExportsResource(path=str(root / "exports")),
-            "fine_tuning": fine_tuning or FineTuningResource(),
+            "fine_tuning": fine_tuning or FineTuningResource(), "generation": GenerationResource(),
             "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")}
 
 
@@ -166,3 +167,57 @@ def test_run_failure_sensor_records_the_failure(home):
         run_failure_sensor(ctx)
     lines = (home / "alerts" / "failures.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["run_id"] == result.run_id
+
+
+# ---- offline evaluation ------------------------------------------------------------------
+
+from flywheel_pipeline.core.generation import GENERIC_ANSWER, SandboxGenerator  # noqa: E402
+from flywheel_pipeline.core.judge import HeuristicJudge, heuristic_score, judge_pair  # noqa: E402
+
+GOOD = ("Subject: {{company}} and reply rates\n\nHi {{first_name}},\n\nSaaS sales teams like yours use us to see "
+        "which outreach books meetings. We cut guesswork from sequences. Would a short call next week help?\n\n"
+        "Best,\n{{sender_name}}")
+
+
+def test_heuristic_judge_signals_and_pairing():
+    good, bad = heuristic_score(GOOD, "vp sales at a saas company"), heuristic_score(GENERIC_ANSWER)
+    assert good.total > bad.total and good.call_to_action == 1.0 and bad.spam < 1.0
+    assert good.personalization > bad.personalization
+    import random as _random
+
+    judge = HeuristicJudge()
+    winners = {judge_pair(judge, "p", GOOD, GENERIC_ANSWER, _random.Random(s)).winner for s in range(20)}
+    shown = {judge_pair(judge, "p", GOOD, GENERIC_ANSWER, _random.Random(s)).shown_first for s in range(20)}
+    assert winners == {"candidate"} and shown == {"candidate", "champion"}  # order randomized, verdict stable
+    assert judge_pair(judge, "p", GOOD, GOOD + "  ", _random.Random(1)).winner == "skipped"
+    assert judge_pair(HeuristicJudge(tie_margin=1.0), "p", GOOD, GENERIC_ANSWER, _random.Random(1)).winner == "tie"
+
+
+def test_sandbox_generator_answers_from_its_training_data(tmp_path):
+    train = tmp_path / "sft.train.jsonl"
+    train.write_text(json.dumps({"messages": [{"role": "user", "content": "write to a saas founder"},
+                                              {"role": "assistant", "content": GOOD}]}) + "\n")
+    gen = SandboxGenerator({"sandbox:m": train})
+    assert gen.generate("sandbox:m", [{"role": "user", "content": "a saas founder"}]) == GOOD
+    assert gen.generate("gpt-4o-mini", [{"role": "user", "content": "x"}]) == GENERIC_ANSWER
+
+
+def test_offline_evaluation_blocks_a_worse_candidate(tmp_path):
+    world(tmp_path, 40, date(2026, 4, 15))
+    fake = FakeOpenAI()
+    fake.answers = {"": GOOD, "ft:": GENERIC_ANSWER}  # the fine-tuned candidate writes worse e-mails
+    with serve(fake) as url, dg.instance_for_test() as instance:
+        res = {**resources(tmp_path, FineTuningResource(backend="openai", api_key="k", base_url=url, poll_s=0.01)),
+               "generation": GenerationResource(mode="openai", api_key="k", base_url=url)}
+        result = dg.materialize(ALL, instance=instance, resources=res, raise_on_error=False)
+        assert not result.success
+        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
+        check = checks["candidate_not_worse_than_champion"]
+        assert not check.passed and check.metadata["loss_rate"].value > 0.5
+        models = {c["model"] for c in fake.chat_calls}
+        assert "gpt-4o-mini-2024-07-18" in models and any(m.startswith("ft:") for m in models) and len(models) == 2
+        # the same pipeline with a better candidate passes the gate
+        fake.answers = {"": GENERIC_ANSWER, "ft:": GOOD}
+        ok = dg.materialize(ALL, instance=instance, resources=res,
+                            selection=dg.AssetSelection.assets("offline_evaluation"))
+        assert ok.success

@@ -93,6 +93,26 @@ class FineTuningResource(dg.ConfigurableResource):
         return TogetherBackend(self.api_key, self.base_url, lora=self.lora)
 
 
+class GenerationResource(dg.ConfigurableResource):
+    """How models answer evaluation prompts: ``sandbox`` (default, SANDBOX stand-in answers) or
+    ``openai`` (chat completions on any OpenAI-compatible ``base_url``)."""
+
+    mode: str = Field("sandbox", description="'sandbox' or 'openai'.")
+    api_key: str | None = Field(None, description="Bind with EnvVar.")
+    base_url: str | None = None
+
+    def client(self):
+        from flywheel_pipeline.core.generation import OpenAICompatibleGenerator, SandboxGenerator
+
+        if self.mode == "sandbox":
+            return SandboxGenerator()
+        if self.mode == "openai":
+            if not self.api_key:
+                raise ValueError("generation mode 'openai' needs api_key (bind it with EnvVar)")
+            return OpenAICompatibleGenerator(self.api_key, self.base_url)
+        raise ValueError(f"unknown generation mode {self.mode!r}; expected 'sandbox' or 'openai'")
+
+
 class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str = Field(description="MLflow tracking URI.")
     ui_url: str = Field("http://127.0.0.1:5000", description="Where the MLflow UI is served, for links.")
@@ -121,6 +141,7 @@ def local_resources() -> dict[str, dg.ConfigurableResource]:
         "label_policy": LabelPolicyResource(),
         "exports": ExportsResource(path=str(paths.flywheel_home() / "exports")),
         "fine_tuning": FineTuningResource(),
+        "generation": GenerationResource(),
         "mlflow": MlflowResource(tracking_uri=_default_tracking_uri()),
     }
 
@@ -142,5 +163,8 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
         "fine_tuning": FineTuningResource(backend=os.environ.get("FLYWHEEL_FINETUNE_BACKEND", "openai"),
                                           api_key=dg.EnvVar("FLYWHEEL_FINETUNE_API_KEY"),
                                           base_url=os.environ.get("FLYWHEEL_FINETUNE_BASE_URL")),
+        "generation": GenerationResource(mode=os.environ.get("FLYWHEEL_GENERATION_MODE", "openai"),
+                                         api_key=dg.EnvVar("FLYWHEEL_GENERATION_API_KEY"),
+                                         base_url=os.environ.get("FLYWHEEL_GENERATION_BASE_URL")),
         "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
     }

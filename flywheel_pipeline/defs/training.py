@@ -8,15 +8,18 @@ metadata in the one materialization that produced the model, at the cost of a ru
 while a job trains (a sensor-polled design would free it, see README)."""
 
 import json
+import random
 from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from flywheel_pipeline.core.finetune.base import FineTuneError, JobRequest, TrainingFiles
+from flywheel_pipeline.core.judge import HeuristicJudge, judge_pair
 from flywheel_pipeline.defs.datasets import dpo_jsonl_export, sft_jsonl_export, training_examples
 from flywheel_pipeline.defs.metadata import md_table
-from flywheel_pipeline.defs.resources import FineTuningResource, MlflowResource, WarehouseResource
+from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
+                                              MlflowResource, WarehouseResource)
 from flywheel_pipeline.tracking import log_training_cycle, run_url
 from flywheel_pipeline.warehouse import model_registry as registry
 from flywheel_pipeline.warehouse.finetune_jobs import job_key, submit_or_attach, wait_for_job
@@ -147,5 +150,94 @@ def one_champion_per_family(warehouse: WarehouseResource) -> dg.AssetCheckResult
     return dg.AssetCheckResult(passed=not bad, metadata={"families_with_several_champions": json.dumps(bad)})
 
 
-TRAINING_ASSETS = [fine_tuned_model, model_registry]
-TRAINING_CHECKS = [one_champion_per_family]
+class OfflineEvaluationConfig(dg.Config):
+    baseline_model: str = Field("gpt-4o-mini-2024-07-18",
+                                description="The champion when the family has no deployed model yet.")
+    max_prompts: int = Field(200, description="Held-out prompts (validation split) to answer.")
+    max_loss_margin: float = Field(0.05, description="Block deployment when loss rate - win rate exceeds this.")
+    tie_margin: float = Field(0.02, description="Heuristic judge: score differences below this are ties.")
+    seed: int = 7
+
+
+@dg.asset(group_name=TRAINING_GROUP, kinds={"python"}, deps=[model_registry, training_examples],
+          description="The newest ready model and the champion answer the same held-out prompts; a judge "
+                      "compares each pair in random order (ties allowed, identical answers skipped).")
+def offline_evaluation(context: dg.AssetExecutionContext, config: OfflineEvaluationConfig,
+                       warehouse: WarehouseResource, generation: GenerationResource,
+                       exports: ExportsResource) -> dg.MaterializeResult:
+    with warehouse.connect() as con:
+        con.execute(registry.DDL)
+        row = con.execute("SELECT model_id, family, dataset_version, method FROM model_registry "
+                          "WHERE status = 'ready' ORDER BY created_at DESC LIMIT 1").fetchone()
+        if row is None:
+            raise dg.Failure("no ready model to evaluate; materialize fine_tuned_model first")
+        candidate, family, dataset_version, method = row
+        champion = registry.champion(con, family) or config.baseline_model
+        prompts = con.execute("SELECT system_prompt, user_prompt FROM training_examples "
+                              "WHERE split = 'validation' AND label ORDER BY message_id LIMIT ?",
+                              [config.max_prompts]).fetchall()
+    if not prompts:
+        raise dg.Failure("no held-out prompts: the training examples have no validation split")
+    generator = generation.client()
+    sandbox = generator.name == "sandbox"
+    if sandbox:
+        fmt = "sft" if method == "supervised" else "dpo"
+        train = Path(exports.path) / dataset_version / f"{fmt}.train.jsonl"
+        if train.exists():
+            generator.remember(candidate, train)
+    judge = HeuristicJudge(config.tie_margin)
+    rng = random.Random(config.seed)
+    tally = {"candidate": 0, "champion": 0, "tie": 0, "skipped": 0}
+    cand_scores, champ_scores, samples = [], [], []
+    for system, user in prompts:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        a, b = generator.generate(candidate, messages), generator.generate(champion, messages)
+        verdict = judge_pair(judge, user, a, b, rng)
+        tally[verdict.winner] += 1
+        if verdict.candidate_score is not None:
+            cand_scores.append(verdict.candidate_score)
+            champ_scores.append(verdict.champion_score)
+        if len(samples) < 3:
+            samples.append((user[:80], verdict.winner, verdict.candidate_score, verdict.champion_score))
+    judged = tally["candidate"] + tally["champion"] + tally["tie"]
+    win_rate = tally["candidate"] / judged if judged else 0.0
+    loss_rate = tally["champion"] / judged if judged else 0.0
+    with warehouse.connect() as con:
+        con.execute(EVALUATIONS_DDL)
+        con.execute("INSERT INTO offline_evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                    [context.run.run_id, candidate, champion, judge.name, generator.name, len(prompts), tally["candidate"],
+                     tally["champion"], tally["tie"], tally["skipped"], win_rate, loss_rate])
+    context.log.info(f"{'[SANDBOX generator] ' if sandbox else ''}{candidate} vs {champion}: {tally}")
+    return dg.MaterializeResult(metadata={
+        "candidate": candidate, "champion": champion, "family": family, "judge": judge.name,
+        "generator": f"{generator.name}{' (SANDBOX stand-in answers)' if sandbox else ''}",
+        "prompts": len(prompts), "wins": tally["candidate"], "losses": tally["champion"], "ties": tally["tie"],
+        "skipped_identical": tally["skipped"], "win_rate": round(win_rate, 4), "loss_rate": round(loss_rate, 4),
+        "max_loss_margin": config.max_loss_margin,
+        "mean_candidate_score": round(sum(cand_scores) / len(cand_scores), 4) if cand_scores else 0.0,
+        "mean_champion_score": round(sum(champ_scores) / len(champ_scores), 4) if champ_scores else 0.0,
+        "samples": dg.MetadataValue.md(md_table(["prompt", "winner", "candidate", "champion"], samples))})
+
+
+EVALUATIONS_DDL = """
+CREATE TABLE IF NOT EXISTS offline_evaluations (
+    run_id VARCHAR, candidate VARCHAR, champion VARCHAR, judge VARCHAR, generator VARCHAR, prompts BIGINT,
+    wins BIGINT, losses BIGINT, ties BIGINT, skipped BIGINT, win_rate DOUBLE, loss_rate DOUBLE, created_at TIMESTAMP)
+"""
+
+
+@dg.asset_check(asset=offline_evaluation, blocking=True,
+                description="Blocks deployment when the candidate loses to the champion by more than the margin.")
+def candidate_not_worse_than_champion(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(offline_evaluation.key)
+    if event is None or event.asset_materialization is None:
+        return dg.AssetCheckResult(passed=False, metadata={"reason": "no evaluation yet"})
+    m = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+    gap = m["loss_rate"] - m["win_rate"]
+    return dg.AssetCheckResult(passed=gap <= m["max_loss_margin"], metadata={
+        "candidate": m["candidate"], "champion": m["champion"], "win_rate": m["win_rate"],
+        "loss_rate": m["loss_rate"], "loss_minus_win": round(gap, 4), "max_loss_margin": m["max_loss_margin"]})
+
+
+TRAINING_ASSETS = [fine_tuned_model, model_registry, offline_evaluation]
+TRAINING_CHECKS = [one_champion_per_family, candidate_not_worse_than_champion]

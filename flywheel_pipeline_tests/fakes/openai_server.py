@@ -22,6 +22,9 @@ class FakeOpenAI:
         self.polls: dict[str, int] = {}
         self.create_calls: list[dict[str, Any]] = []
         self.cancel_calls = 0
+        # chat completions: the answer for a model is the first entry whose prefix matches it
+        self.answers: dict[str, str] = {"": "Hi {{first_name}}, worth a short call next week?"}
+        self.chat_calls: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self.app = self._build()
 
@@ -56,6 +59,19 @@ class FakeOpenAI:
                 "user_provided_suffix": body.get("suffix")}
             self.polls[jid] = 0
             return self.jobs[jid]
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request):
+            body = await request.json()
+            self.chat_calls.append(body)
+            if not body.get("messages") or not body.get("model"):
+                raise HTTPException(400, {"error": {"message": "model and messages are required"}})
+            prefix = max((p for p in self.answers if body["model"].startswith(p)), key=len)
+            return {"id": f"chatcmpl-{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
+                    "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop",
+                                 "message": {"role": "assistant", "content": self.answers[prefix]}}],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
 
         @app.get("/v1/fine_tuning/jobs")
         async def list_jobs(request: Request):

@@ -1,0 +1,99 @@
+"""Judging outreach texts: an offline heuristic judge, behind the :class:`PairwiseJudge`
+interface an LLM judge (deepeval G-Eval) can also implement.
+
+The heuristic scores one e-mail in [0, 1] from five documented signals, then compares two
+answers to the same prompt; a difference below ``tie_margin`` is a tie. The two answers are
+shown in a seeded random order and the verdict is mapped back, so a position-biased judge
+cannot favour one side; identical answers are skipped, not judged.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import Protocol
+
+SPAM_WORDS = ("free", "guarantee", "guaranteed", "act now", "limited time", "risk-free", "winner", "100%",
+              "no obligation", "click here", "urgent", "cash", "cheap")
+CTA = re.compile(r"\b(call|chat|meet|meeting|demo|calendar|time next week|worth a|open to|interested|reply|"
+                 r"would you|can we|shall we|let me know)\b|\?", re.IGNORECASE)
+PERSONAL = re.compile(r"\{\{\s*(first_name|company|last_name)\s*\}\}", re.IGNORECASE)
+_WORD = re.compile(r"[A-Za-z']+")
+_SENTENCE = re.compile(r"[.!?]+(?:\s|$)")
+
+
+@dataclass(frozen=True)
+class HeuristicScore:
+    total: float
+    length: float
+    personalization: float
+    call_to_action: float
+    spam: float
+    readability: float
+
+
+def heuristic_score(text: str, prompt: str = "") -> HeuristicScore:
+    words = _WORD.findall(text or "")
+    n = len(words)
+    # length: best between 40 and 150 words, falling off linearly outside
+    length = 1.0 if 40 <= n <= 150 else max(0.0, 1 - (40 - n) / 40) if n < 40 else max(0.0, 1 - (n - 150) / 150)
+    # personalization: merge fields, or words of the prompt's context (industry, role) in the text
+    context = {w.lower() for w in _WORD.findall(prompt or "") if len(w) > 4}
+    overlap = len(context & {w.lower() for w in words}) / max(1, min(len(context), 5))
+    personalization = min(1.0, (0.6 if PERSONAL.search(text or "") else 0.0) + 0.4 * min(1.0, overlap))
+    call_to_action = 1.0 if CTA.search(text or "") else 0.0
+    lowered = (text or "").lower()
+    hits = sum(lowered.count(w) for w in SPAM_WORDS) + (text or "").count("!!") + \
+        sum(1 for w in words if len(w) > 3 and w.isupper())
+    spam = max(0.0, 1.0 - 0.25 * hits)
+    sentences = max(1, len(_SENTENCE.findall(text or "")))
+    per_sentence = n / sentences
+    readability = 1.0 if per_sentence <= 20 else max(0.0, 1 - (per_sentence - 20) / 20)
+    total = 0.15 * length + 0.25 * personalization + 0.25 * call_to_action + 0.2 * spam + 0.15 * readability
+    return HeuristicScore(round(total, 4), length, personalization, call_to_action, spam, readability)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    winner: str  # "candidate", "champion", "tie" or "skipped"
+    candidate_score: float | None
+    champion_score: float | None
+    shown_first: str
+
+
+class PairwiseJudge(Protocol):
+    name: str
+
+    def compare(self, prompt: str, first: str, second: str) -> str:
+        """'first', 'second' or 'tie'."""
+        ...
+
+
+class HeuristicJudge:
+    name = "heuristic:v1"
+
+    def __init__(self, tie_margin: float = 0.02):
+        self.tie_margin = tie_margin
+
+    def compare(self, prompt: str, first: str, second: str) -> str:
+        a, b = heuristic_score(first, prompt).total, heuristic_score(second, prompt).total
+        if abs(a - b) < self.tie_margin:
+            return "tie"
+        return "first" if a > b else "second"
+
+
+def judge_pair(judge: PairwiseJudge, prompt: str, candidate: str, champion: str, rng: random.Random) -> Verdict:
+    if candidate.strip() == champion.strip():
+        return Verdict("skipped", None, None, "none")
+    candidate_first = rng.random() < 0.5
+    first, second = (candidate, champion) if candidate_first else (champion, candidate)
+    outcome = judge.compare(prompt, first, second)
+    if outcome == "tie":
+        winner = "tie"
+    elif (outcome == "first") == candidate_first:
+        winner = "candidate"
+    else:
+        winner = "champion"
+    return Verdict(winner, heuristic_score(candidate, prompt).total, heuristic_score(champion, prompt).total,
+                   "candidate" if candidate_first else "champion")
