@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export FLYWHEEL_HOME ?= $(CURDIR)/.flywheel
 
-.PHONY: demo test ui bench setup clean
+.PHONY: demo test ui mlflow bench setup clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: setup
 
 ui: setup
 	$(BIN)/flywheel ui
+
+mlflow: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(FLYWHEEL_HOME)/mlflow.db --host 127.0.0.1 --port 5000
 
 bench: setup
 	$(BIN)/python benchmarks/bench_labelling.py
