@@ -10,6 +10,7 @@ artifacts under ``$FLYWHEEL_HOME/mlartifacts``. Open the UI with
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,8 +68,10 @@ def log_training_cycle(*, tracking_uri: str, family: str, fine_tuned_model: str,
             if valid_loss is not None:
                 mlflow.log_metric("valid_loss", float(valid_loss), step=int(step))
         mlflow.log_artifacts(str(export_dir), artifact_path="export")
-        dataset = MetaDataset(resolve_dataset_source(str(train_file)), name=f"{family}-{dataset_version}",
-                              digest=dataset_version)
+        with warnings.catch_warnings():  # a local path matches two equivalent local-artifact sources
+            warnings.simplefilter("ignore", UserWarning)
+            source = resolve_dataset_source(str(train_file))
+        dataset = MetaDataset(source, name=f"{family}-{dataset_version}", digest=dataset_version)
         mlflow.log_input(dataset, context="training")
         model = mlflow.create_external_model(name=family, source_run_id=run.info.run_id,
                                              params={"fine_tuned_model": fine_tuned_model, "version": version},
