@@ -16,12 +16,18 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
+# The tests also train a tiny model with the [local] extra. torch is pinned to the CPU build
+# these machines carry on disk (2.13.0), so no multi-GB CUDA build is downloaded.
+$(VENV)/.installed-local: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0' -e '.[dev,local]'
+	touch $@
+
 setup: $(VENV)/.installed
 
 demo: setup
 	$(BIN)/flywheel demo
 
-test: setup
+test: $(VENV)/.installed-local
 	$(BIN)/python -m pytest
 
 ui: setup

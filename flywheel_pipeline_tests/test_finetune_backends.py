@@ -208,5 +208,6 @@ def test_resource_chooses_the_backend_and_requires_a_key():
         "together"
     with pytest.raises(ValueError, match="needs api_key"):
         FineTuningResource(backend="openai").client()
+    assert FineTuningResource(backend="trl", local_output="/tmp/x").client().name == "trl"
     with pytest.raises(ValueError, match="unknown fine-tuning backend"):
         FineTuningResource(backend="vertex", api_key="k").client()

@@ -66,9 +66,11 @@ class ExportsResource(dg.ConfigurableResource):
 class FineTuningResource(dg.ConfigurableResource):
     """Which fine-tuning backend trains models. ``sandbox`` (default) trains nothing and says so;
     ``openai`` uses the openai SDK against ``base_url`` (any OpenAI-compatible host);
-    ``together`` uses Together AI's REST API (LoRA unless ``lora`` is off)."""
+    ``together`` uses Together AI's REST API (LoRA unless ``lora`` is off); ``trl`` trains a LoRA
+    adapter locally with transformers + peft + TRL (extra ``[local]``) under ``local_output``."""
 
-    backend: str = Field("sandbox", description="'sandbox', 'openai' or 'together'.")
+    backend: str = Field("sandbox", description="'sandbox', 'openai', 'together' or 'trl'.")
+    local_output: str | None = Field(None, description="trl: where adapters go (default $FLYWHEEL_HOME/models).")
     lora: bool = Field(True, description="Together: LoRA (default) or full fine-tuning.")
     api_key: str | None = Field(None, description="Provider API key; bind with EnvVar, never in code.")
     base_url: str | None = Field(None, description="OpenAI-compatible base URL (default: api.openai.com).")
@@ -83,8 +85,13 @@ class FineTuningResource(dg.ConfigurableResource):
 
         if self.backend == "sandbox":
             return SandboxBackend()
+        if self.backend == "trl":
+            from flywheel_pipeline.core.finetune.trl_backend import TrlBackend
+
+            return TrlBackend(self.local_output or paths.flywheel_home() / "models")
         if self.backend not in ("openai", "together"):
-            raise ValueError(f"unknown fine-tuning backend {self.backend!r}; expected sandbox, openai or together")
+            raise ValueError(f"unknown fine-tuning backend {self.backend!r}; expected sandbox, openai, together "
+                             "or trl")
         if not self.api_key:
             raise ValueError(f"the {self.backend} backend needs api_key (bind it with EnvVar, e.g. "
                              "EnvVar('FLYWHEEL_FINETUNE_API_KEY'))")
