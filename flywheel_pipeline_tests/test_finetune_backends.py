@@ -57,6 +57,9 @@ def test_openai_backend_request_shapes_and_success(fake, files, tmp_path):
     assert backend.result(done.job_id).startswith("ft:gpt-4o-mini-2024-07-18:org-test:flywheel:")
     events = backend.events(done.job_id)
     assert [e.step for e in events] == [1, 2, 3] and events[-1].train_loss == pytest.approx(1 / 3)
+    checkpoints = backend.checkpoints(done.job_id)
+    assert [c["step"] for c in checkpoints] == [10, 20] and checkpoints[1]["valid_loss"] == pytest.approx(0.6)
+    assert checkpoints[0]["model"].endswith("ckpt-step-10")
     with connect() as con:
         row = con.execute("SELECT status, fine_tuned_model, trained_tokens FROM finetune_jobs").fetchone()
     assert row[0] == "succeeded" and row[1].startswith("ft:") and row[2] == 12345

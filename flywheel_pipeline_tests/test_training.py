@@ -83,6 +83,7 @@ def test_openai_backend_through_the_asset_reattaches_and_reports_failures(tmp_pa
         assert again.success and len(fake.create_calls) == 1
         meta = again.asset_materializations_for_node("fine_tuned_model")[0].metadata
         assert meta["reattached"].value is True and meta["model_id"].value.startswith("ft:gpt-4o-mini")
+        assert "ckpt-step-20" in meta["checkpoints"].value and meta["final_train_loss"].value == pytest.approx(1 / 3)
         # a job the provider fails turns into a failed materialization carrying its error
         failed = dg.materialize(ALL, instance=instance, resources=resources(tmp_path, ft), raise_on_error=False,
                                 selection=dg.AssetSelection.assets("fine_tuned_model"),

@@ -84,6 +84,7 @@ def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     model_id = backend.result(job.job_id)
     events = backend.events(job.job_id)
     curve = [(e.step, e.train_loss, e.valid_loss) for e in events if e.step is not None]
+    checkpoints = backend.checkpoints(job.job_id) if hasattr(backend, "checkpoints") else []
     family = registry.family_name(organization_id, config.task_type)
     with warehouse.connect() as con:
         reg = registry.register(
@@ -102,6 +103,10 @@ def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, 
                    "validation_examples": export["rows_per_file"].get(f"{fmt}.validation.jsonl", 0),
                    "estimated_training_tokens": export.get("estimated_training_tokens", 0),
                    "trained_tokens": job.trained_tokens or 0}
+        for cp in checkpoints:  # the provider's saved checkpoints carry their own losses
+            for name in ("train_loss", "valid_loss", "full_valid_loss"):
+                if cp.get(name) is not None:
+                    metrics[f"checkpoint_{cp['step']}_{name}"] = cp[name]
         record = log_training_cycle(tracking_uri=mlflow.tracking_uri, family=family, fine_tuned_model=model_id,
                                     version=reg.version, params=params, metrics=metrics, loss_curve=curve,
                                     export_dir=directory, dataset_version=files.dataset_version,
@@ -115,6 +120,10 @@ def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, 
         "base_model": config.base_model, "trained_tokens": job.trained_tokens or 0,
         "final_train_loss": float(curve[-1][1]) if curve and curve[-1][1] is not None else 0.0,
     }
+    if checkpoints:
+        meta["checkpoints"] = dg.MetadataValue.md(md_table(
+            ["step", "train loss", "valid loss", "checkpoint model"],
+            [(c["step"], c.get("train_loss"), c.get("valid_loss"), c.get("model")) for c in checkpoints]))
     if record is not None:
         meta["mlflow_run"] = dg.MetadataValue.url(run_url(mlflow.tracking_uri, record.experiment_id,
                                                           record.run_id, mlflow.ui_url))

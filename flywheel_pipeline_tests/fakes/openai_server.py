@@ -105,6 +105,16 @@ class FakeOpenAI:
                      "data": {"step": k, "train_loss": 1.0 / k, "valid_loss": 1.1 / k}} for k in (1, 2, 3)]
             return {"object": "list", "data": data, "has_more": False}
 
+        @app.get("/v1/fine_tuning/jobs/{jid}/checkpoints")
+        async def checkpoints(jid: str):
+            job = self._job(jid)
+            data = [{"id": f"ftckpt-{k}", "object": "fine_tuning.job.checkpoint", "created_at": 1_700_000_000 + k,
+                     "fine_tuning_job_id": jid, "step_number": k * 10,
+                     "fine_tuned_model_checkpoint": f"ft:{job['model']}:org-test::{jid}:ckpt-step-{k * 10}",
+                     "metrics": {"step": k * 10, "train_loss": 1.0 / k, "valid_loss": 1.2 / k,
+                                 "full_valid_loss": 1.25 / k}} for k in (1, 2)]
+            return {"object": "list", "data": data, "has_more": False}
+
         @app.post("/v1/fine_tuning/jobs/{jid}/cancel")
         async def cancel(jid: str):
             self.cancel_calls += 1

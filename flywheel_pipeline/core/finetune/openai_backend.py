@@ -98,6 +98,14 @@ class OpenAIBackend:
                                 data.get("train_loss"), data.get("valid_loss")))
         return sorted(out, key=lambda e: (e.created_at, e.step or 0))
 
+    def checkpoints(self, job_id: str) -> list[dict[str, Any]]:
+        """Saved checkpoints with their metrics (step, train/valid loss, checkpoint model id)."""
+        out = []
+        for cp in self.client.fine_tuning.jobs.checkpoints.list(job_id, limit=100).data:
+            metrics = cp.metrics.model_dump(exclude_none=True) if cp.metrics is not None else {}
+            out.append({"step": cp.step_number, "model": cp.fine_tuned_model_checkpoint, **metrics})
+        return sorted(out, key=lambda c: c["step"])
+
     def cancel(self, job_id: str) -> FineTuneJob:
         return _to_job(self.name, self.client.fine_tuning.jobs.cancel(job_id))
 
