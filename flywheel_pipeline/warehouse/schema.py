@@ -107,8 +107,6 @@ DDL: tuple[str, ...] = (
         started_at TIMESTAMP NOT NULL, duration_s DOUBLE NOT NULL)""",
 )
 
-WAREHOUSE_TABLES = ("messages", "email_events", "crm_events", "replies", "reply_intents",
-                    "outcome_labels", "quarantine", "landing_files")
 
 
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
