@@ -104,7 +104,7 @@ def outcome_labels(context: dg.AssetExecutionContext, config: OutcomeLabelsConfi
         "seconds": round(run.seconds, 3),
         "policy_fingerprint": policy.fingerprint(),
         "events_for_unknown_messages": dg.MetadataValue.int(int(orphans)),
-        "deal_value_total": float(flags[-1]),
+        "deal_value_total": round(float(flags[-1]), 2),
         "deepest_stage_counts": dg.MetadataValue.md(md_bar_chart([(s, int(stages.get(s, 0))) for s in STAGES])),
         "funnel_flags": dg.MetadataValue.md(md_table(["signal", "messages"], zip(names, flags[:-1]))),
         "quality_score_distribution": dg.MetadataValue.md(md_bar_chart(
