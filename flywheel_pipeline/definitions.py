@@ -11,6 +11,7 @@ from flywheel_pipeline.defs.automation import (daily_refresh_schedule, datasets_
                                                new_outcomes_sensor, refresh_job, retrain_job, run_failure_sensor,
                                                weekly_retrain_schedule)
 from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
+from flywheel_pipeline.defs.experiments import EXPERIMENT_ASSETS
 from flywheel_pipeline.defs.ingest import INGEST_ASSETS
 from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS, OUTCOME_CHECKS
 from flywheel_pipeline.defs.training import TRAINING_ASSETS, TRAINING_CHECKS
@@ -26,7 +27,7 @@ def build_definitions(environment: str | None = None) -> dg.Definitions:
     else:
         raise ValueError(f"FLYWHEEL_ENV must be 'local' or 'production', got {environment!r}")
     return dg.Definitions(
-        assets=[*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *TRAINING_ASSETS],
+        assets=[*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *TRAINING_ASSETS, *EXPERIMENT_ASSETS],
         asset_checks=[*OUTCOME_CHECKS, *DATASET_CHECKS, *TRAINING_CHECKS],
         jobs=[refresh_job, datasets_job, retrain_job],
         sensors=[landing_sensor, new_outcomes_sensor, run_failure_sensor],

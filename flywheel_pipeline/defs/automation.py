@@ -9,6 +9,7 @@ import dagster as dg
 
 from flywheel_pipeline.core import landing as landing_zone
 from flywheel_pipeline.defs.datasets import DATASETS_GROUP
+from flywheel_pipeline.defs.experiments import EXPERIMENTS_GROUP
 from flywheel_pipeline.defs.training import TRAINING_GROUP
 from flywheel_pipeline.defs.ingest import INGEST_GROUP
 from flywheel_pipeline.defs.outcomes import OUTCOMES_GROUP
@@ -69,8 +70,9 @@ RETRAIN_JOB_NAME = "retrain"
 
 retrain_job = dg.define_asset_job(
     RETRAIN_JOB_NAME,
-    selection=dg.AssetSelection.groups(DATASETS_GROUP, TRAINING_GROUP),
-    description="Rebuild training data and exports, fine-tune, register and log to MLflow.",
+    selection=dg.AssetSelection.groups(DATASETS_GROUP, TRAINING_GROUP, EXPERIMENTS_GROUP),
+    description="Rebuild training data and exports, fine-tune, register and log to MLflow, evaluate offline "
+                "and route a share of traffic to the new challenger.",
     executor_def=dg.in_process_executor,
     tags={"flywheel/kind": "retrain"},
 )

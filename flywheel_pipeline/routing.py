@@ -1,0 +1,67 @@
+"""The routing table the outreach app reads, and the small Python API over it.
+
+``$FLYWHEEL_HOME/routing.json`` (written atomically by the ``routing_table`` asset)::
+
+    {"version": 1, "generated_at": "...", "default_model": "gpt-4o-mini-2024-07-18",
+     "families": {"flywheel-global-all": {"experiment_id": "...", "organization_id": null,
+                  "task_type": "all", "arms": [{"model_id": ..., "version": ..., "ab_group":
+                  "challenger", "traffic_pct": 10.0}, {..."champion"...}]}}}
+
+``choose_model(lead_id, organization_id, task_type)`` looks up the family
+``flywheel-<organization or global>-<task_type>``, falling back to the global family and
+then to ``task_type`` ``all``, and returns the arm for the lead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from flywheel_pipeline import paths
+from flywheel_pipeline.core.assignment import Arm, choose_arm
+
+
+def routing_path() -> Path:
+    return paths.flywheel_home() / "routing.json"
+
+
+def write_routing(table: dict[str, Any], path: Path | None = None) -> Path:
+    path = path or routing_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".routing-", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(table, fh, indent=2, sort_keys=True)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load_routing(path: Path | None = None) -> dict[str, Any]:
+    path = path or routing_path()
+    if not path.exists():
+        return {"families": {}}
+    return json.loads(path.read_text())
+
+
+def choose_model(lead_id: str, organization_id: str | None, task_type: str = "all", *,
+                 table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model this lead's next message should use: model_id, version, ab_group, experiment."""
+    table = table if table is not None else load_routing()
+    families = table.get("families", {})
+    for org in (organization_id, None):
+        for task in (task_type, "all"):
+            family = families.get(f"flywheel-{org or 'global'}-{task}")
+            if family and family.get("arms"):
+                arms = [Arm(a["model_id"], a.get("version"), a["ab_group"], float(a["traffic_pct"]))
+                        for a in family["arms"]]
+                arm = choose_arm(lead_id, family["experiment_id"], arms)
+                return {"model_id": arm.model_id, "version": arm.version, "ab_group": arm.ab_group,
+                        "experiment_id": family["experiment_id"]}
+    default = table.get("default_model")
+    if not default:
+        raise LookupError(f"no routing for organization {organization_id!r}, task {task_type!r} and no default")
+    return {"model_id": default, "version": None, "ab_group": "default", "experiment_id": None}

@@ -1,0 +1,75 @@
+"""Deterministic traffic split, the routing table asset and the choose_model API."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import dagster as dg
+import pytest
+
+from flywheel_pipeline.core.assignment import Arm, bucket, choose_arm, next_rollout_step
+from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
+from flywheel_pipeline.defs.experiments import EXPERIMENT_ASSETS
+from flywheel_pipeline.defs.ingest import INGEST_ASSETS
+from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS
+from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
+                                              LabelPolicyResource, LandingZoneResource, MlflowResource,
+                                              WarehouseResource)
+from flywheel_pipeline.defs.training import TRAINING_ASSETS, TRAINING_CHECKS
+from flywheel_pipeline.routing import choose_model, load_routing
+
+LEADS = [f"lead-{i}" for i in range(20_000)]
+
+
+def arms(pct):
+    return [Arm("challenger-model", "1.1.0", "challenger", pct), Arm("champion-model", "1.0.0", "champion", 100 - pct)]
+
+
+def test_split_is_sticky_proportional_and_monotone_when_the_share_grows():
+    at10 = {lead: choose_arm(lead, "exp-1", arms(10)).ab_group for lead in LEADS}
+    at50 = {lead: choose_arm(lead, "exp-1", arms(50)).ab_group for lead in LEADS}
+    share10 = sum(g == "challenger" for g in at10.values()) / len(LEADS)
+    share50 = sum(g == "challenger" for g in at50.values()) / len(LEADS)
+    assert 0.09 < share10 < 0.11 and 0.48 < share50 < 0.52
+    assert all(at50[lead] == "challenger" for lead, g in at10.items() if g == "challenger")
+    assert at10 == {lead: choose_arm(lead, "exp-1", arms(10)).ab_group for lead in LEADS}  # deterministic
+    other = {lead: choose_arm(lead, "exp-2", arms(10)).ab_group for lead in LEADS}
+    assert other != at10  # a new experiment reshuffles
+    assert 0 <= bucket("x", "y") < 100
+    assert [next_rollout_step(p) for p in (0, 10, 50, 100)] == [10, 50, 100, 100]
+
+
+def test_choose_model_falls_back_from_organization_and_task_to_global_and_default():
+    table = {"default_model": "base", "families": {
+        "flywheel-org-1-cold_email": {"experiment_id": "e1", "arms": [
+            {"model_id": "org-model", "version": "1.0.0", "ab_group": "champion", "traffic_pct": 100.0}]},
+        "flywheel-global-all": {"experiment_id": "e2", "arms": [
+            {"model_id": "global-model", "version": "2.0.0", "ab_group": "champion", "traffic_pct": 100.0}]}}}
+    assert choose_model("l", "org-1", "cold_email", table=table)["model_id"] == "org-model"
+    assert choose_model("l", "org-2", "cold_email", table=table)["model_id"] == "global-model"
+    assert choose_model("l", "org-1", "follow_up", table={**table, "families": {
+        k: v for k, v in table["families"].items() if k != "flywheel-global-all"}})["model_id"] == "base"
+    with pytest.raises(LookupError):
+        choose_model("l", "org-9", "x", table={"families": {}})
+
+
+def test_routing_table_asset_routes_ten_percent_to_the_evaluated_challenger(tmp_path, home):
+    simulate(home / "landing", SimConfig(seed=8, days=40, end=date(2026, 4, 15), organizations=1,
+                                         leads_per_org=150, messages_per_day=30))
+    res = {"warehouse": WarehouseResource(database=str(home / "wh.duckdb")),
+           "landing": LandingZoneResource(path=str(home / "landing")), "label_policy": LabelPolicyResource(),
+           "exports": ExportsResource(path=str(home / "exports")), "fine_tuning": FineTuningResource(),
+           "generation": GenerationResource(), "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path}/m.db")}
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *DATASET_CHECKS, *TRAINING_ASSETS,
+                                 *TRAINING_CHECKS, *EXPERIMENT_ASSETS], instance=instance, resources=res)
+        assert result.success
+    table = json.loads((home / "routing.json").read_text())
+    family = table["families"]["flywheel-global-all"]
+    assert [(a["ab_group"], a["traffic_pct"]) for a in family["arms"]] == [("challenger", 10.0), ("champion", 90.0)]
+    assert family["arms"][0]["model_id"].startswith("sandbox:")
+    picks = [choose_model(f"lead-{i}", "org_01", "cold_email")["ab_group"] for i in range(5000)]
+    assert 0.08 < picks.count("challenger") / 5000 < 0.12
+    assert load_routing()["default_model"] == "gpt-4o-mini-2024-07-18"
