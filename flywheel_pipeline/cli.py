@@ -18,8 +18,20 @@ def _print(msg: str = "") -> None:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from flywheel_pipeline.core.simulate import SIMULATOR_TAG, SimConfig, simulate
 
+    routing_from = getattr(args, "routing_from", None)
+    routing = None
+    if routing_from is not None:
+        from flywheel_pipeline.routing import load_routing
+
+        routing = load_routing()
+        if not routing.get("families"):
+            routing, routing_from = None, None
     cfg = SimConfig(seed=args.seed, days=args.days, messages_per_day=args.messages_per_day,
-                    end=date.fromisoformat(args.end) if args.end else None)
+                    end=date.fromisoformat(args.end) if args.end else None, routing=routing,
+                    routing_from=routing_from)
+    if routing is not None:
+        _print(f"[{SIMULATOR_TAG}] the simulated outreach app follows {paths.flywheel_home() / 'routing.json'} "
+               f"for messages sent from {routing_from}")
     _print(f"[{SIMULATOR_TAG}] writing {cfg.days} simulated days (seed {cfg.seed}) to {paths.landing_dir()}")
     result = simulate(paths.landing_dir(), cfg)
     _print(f"[{SIMULATOR_TAG}] {result.days_written} days written, {result.days_skipped} already present: "
@@ -92,8 +104,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     turns = [(end - timedelta(days=14), max(args.days - 14, 1)), (end, args.days)]
     for number, (turn_end, days) in enumerate(turns, 1):
         _print(f"\n=== flywheel turn {number}: outcomes up to {turn_end} ===")
+        # in turn 2 the simulated outreach app sends through the routing table turn 1 published
         cmd_simulate(argparse.Namespace(seed=args.seed, days=days, messages_per_day=args.messages_per_day,
-                                        end=turn_end.isoformat()))
+                                        end=turn_end.isoformat(),
+                                        routing_from=turns[0][0] if number == 2 else None))
         _print("Materializing ingestion and outcome labels through Dagster ...")
         if not run_refresh(full=False):
             return 1

@@ -73,3 +73,20 @@ def test_routing_table_asset_routes_ten_percent_to_the_evaluated_challenger(tmp_
     picks = [choose_model(f"lead-{i}", "org_01", "cold_email")["ab_group"] for i in range(5000)]
     assert 0.08 < picks.count("challenger") / 5000 < 0.12
     assert load_routing()["default_model"] == "gpt-4o-mini-2024-07-18"
+
+
+def test_the_simulated_outreach_app_follows_the_routing_table(tmp_path):
+    table = {"default_model": "base", "families": {"flywheel-global-all": {"experiment_id": "e", "arms": [
+        {"model_id": "sandbox:base:supervised:abc", "version": "1.0.0", "ab_group": "challenger", "traffic_pct": 10.0},
+        {"model_id": "gpt-4o-mini-2024-07-18", "version": None, "ab_group": "champion", "traffic_pct": 90.0}]}}}
+    base = dict(seed=4, days=20, end=date(2026, 5, 1), organizations=1, leads_per_org=300, messages_per_day=100)
+    plain, routed = tmp_path / "plain", tmp_path / "routed"
+    simulate(plain, SimConfig(**base))
+    simulate(routed, SimConfig(**base, routing=table, routing_from=date(2026, 4, 20)))
+    before = sorted((plain / "messages").glob("*2026-04-1*.jsonl"))
+    assert before and all(p.read_bytes() == (routed / "messages" / p.name).read_bytes() for p in before)
+    after = [json.loads(line) for p in sorted((routed / "messages").glob("*2026-04-2*.jsonl"))
+             for line in p.read_text().splitlines()]
+    groups = [m["ab_group"] for m in after]
+    assert set(groups) == {"challenger", "champion"} and 0.06 < groups.count("challenger") / len(groups) < 0.14
+    assert {m["model_id"] for m in after if m["ab_group"] == "challenger"} == {"sandbox:base:supervised:abc"}

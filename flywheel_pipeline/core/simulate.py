@@ -71,6 +71,15 @@ class SimConfig:
     duplicate_mean_copies: float = 3.0
     malformed_rate: float = 0.0005
     crm_with_message_id: float = 0.5
+    # The outreach app follows the routing table (routing.json as a dict) for messages sent on
+    # or after routing_from: each lead gets the model flywheel_pipeline.routing.choose_model
+    # picks. A sandbox model's hidden quality is SANDBOX_MODEL_QUALITY (a simulator assumption:
+    # trained on the best outcomes, it writes somewhat better e-mails than the baseline).
+    routing: dict | None = None
+    routing_from: date | None = None
+
+
+SANDBOX_MODEL_QUALITY = 1.25
 
 
 @dataclass
@@ -311,6 +320,18 @@ def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: dateti
     return record, links
 
 
+def _routed_model(cfg: SimConfig, lead: Lead, task_type: str) -> SimModel:
+    from flywheel_pipeline.routing import choose_model
+
+    pick = choose_model(lead.lead_id, lead.organization_id, task_type, table=cfg.routing)
+    known = {m.model_id: m for m in cfg.models}
+    if pick["model_id"] in known:
+        quality = known[pick["model_id"]].quality
+    else:
+        quality = SANDBOX_MODEL_QUALITY if pick["model_id"].startswith("sandbox:") else 1.0
+    return SimModel(pick["model_id"], pick["version"] or "1.0.0", quality, 0.0, 0, pick["ab_group"])
+
+
 def _existing_epoch(landing: Path, seed: int) -> date | None:
     prefix = f"sim-{seed}-messages-"
     days = [date.fromisoformat(f.name[len(prefix):-len(".jsonl")])
@@ -343,6 +364,8 @@ def simulate(landing: Path, cfg: SimConfig | None = None) -> SimResult:
             lead = rng.choice(by_org[rng.choice(orgs)])
             model = _pick_model(cfg.models, day_index, rng)
             campaign = rng.randrange(3)
+            if cfg.routing is not None and cfg.routing_from is not None and day >= cfg.routing_from:
+                model = _routed_model(cfg, lead, "cold_email" if campaign < 2 else "follow_up")
             mid = f"msg-{day.strftime('%Y%m%d')}-{n:05d}"
             sent = _utc(day) + timedelta(seconds=rng.uniform(8 * 3600, 18 * 3600))
             record, links = _message(cfg, lead, model, mid, sent, campaign, rng)
