@@ -90,3 +90,42 @@ def test_the_simulated_outreach_app_follows_the_routing_table(tmp_path):
     groups = [m["ab_group"] for m in after]
     assert set(groups) == {"challenger", "champion"} and 0.06 < groups.count("challenger") / len(groups) < 0.14
     assert {m["model_id"] for m in after if m["ab_group"] == "challenger"} == {"sandbox:base:supervised:abc"}
+
+
+def test_ab_test_results_from_routed_traffic(tmp_path, home):
+    from datetime import datetime, timezone
+
+    from flywheel_pipeline.defs.experiments import ab_test_results
+    from flywheel_pipeline.routing import write_routing
+    from flywheel_pipeline.warehouse.experiments import arm_statistics
+    from flywheel_pipeline.warehouse.schema import connect
+    from flywheel_pipeline_tests.conftest import run_pipeline
+
+    table = {"default_model": "gpt-4o-mini-2024-07-18", "families": {"flywheel-global-all": {
+        "experiment_id": "exp-ab", "arms": [
+            {"model_id": "sandbox:gpt-4o-mini:supervised:x", "version": "1.0.0", "ab_group": "challenger",
+             "traffic_pct": 50.0},
+            {"model_id": "gpt-4o-mini-2024-07-18", "version": None, "ab_group": "champion", "traffic_pct": 50.0}]}}}
+    write_routing(table)
+    simulate(home / "landing", SimConfig(seed=12, days=30, end=date(2026, 4, 1), organizations=1, leads_per_org=2000,
+                                         messages_per_day=150, routing=table, routing_from=date(2026, 3, 2)))
+    con = connect(home / "warehouse.duckdb")
+    run_pipeline(con, home / "landing", as_of=datetime(2026, 5, 15, tzinfo=timezone.utc))
+    stats, cost = arm_statistics(con, "sandbox:gpt-4o-mini:supervised:x", "gpt-4o-mini-2024-07-18")
+    per_lead = con.execute("""
+        SELECT ab_group, count(DISTINCT lead_id), count(DISTINCT lead_id) FILTER (WHERE replied)
+        FROM outcome_labels WHERE ab_group IN ('challenger', 'champion') AND is_mature GROUP BY 1""").fetchall()
+    con.close()
+    expected = {g: (n, r) for g, n, r in per_lead}
+    for arm in ("challenger", "champion"):
+        assert stats["reply_rate"][arm].n == expected[arm][0]
+        assert stats["reply_rate"][arm].sum_y == expected[arm][1]
+        assert cost[arm] > 0
+    assert 0.45 < stats["weighted_score"]["challenger"].n / sum(s.n for s in stats["weighted_score"].values()) < 0.55
+    with dg.instance_for_test() as instance:
+        res = {"warehouse": WarehouseResource(database=str(home / "warehouse.duckdb"))}
+        result = dg.materialize([ab_test_results], instance=instance, resources=res)
+        meta = result.asset_materializations_for_node("ab_test_results")[0].metadata
+        assert meta["experiments"].value == 1
+        assert any(word in meta["decisions"].value for word in ("continue", "promote", "rollback", "inconclusive"))
+        assert "weighted_score" in meta["metrics"].value

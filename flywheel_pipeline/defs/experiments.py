@@ -10,7 +10,10 @@ from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS
 from flywheel_pipeline.defs.metadata import md_table
 from flywheel_pipeline.defs.resources import WarehouseResource
 from flywheel_pipeline.defs.training import offline_evaluation
-from flywheel_pipeline.routing import routing_path, write_routing
+from flywheel_pipeline.core.stats.policy import PolicyConfig, decide
+from flywheel_pipeline.defs.outcomes import outcome_labels
+from flywheel_pipeline.routing import load_routing, routing_path, write_routing
+from flywheel_pipeline.warehouse.experiments import arm_statistics
 from flywheel_pipeline.warehouse import model_registry as registry
 
 EXPERIMENTS_GROUP = "experiments"
@@ -83,4 +86,64 @@ def routing_table(context: dg.AssetExecutionContext, config: RoutingConfig,
         "arms": dg.MetadataValue.md(md_table(["family", "experiment", "group", "model", "version", "traffic %"], rows))})
 
 
-EXPERIMENT_ASSETS = [routing_table]
+class AbTestConfig(dg.Config):
+    alpha: float = 0.05
+    n_star: float = Field(5_000, description="Expected leads per experiment (tunes the confidence sequence).")
+    max_cost_increase: float = Field(0.25, description="Guardrail: cost per meeting may rise by this share.")
+
+
+AB_DDL = """
+CREATE TABLE IF NOT EXISTS ab_test_results (
+    evaluated_at TIMESTAMP, family VARCHAR, experiment_id VARCHAR, challenger VARCHAR, champion VARCHAR,
+    decision VARCHAR, reason VARCHAR, srm_p_value DOUBLE, challenger_leads BIGINT, champion_leads BIGINT,
+    metric VARCHAR, challenger_value DOUBLE, champion_value DOUBLE, lift DOUBLE, relative_lift DOUBLE,
+    ci_low DOUBLE, ci_high DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, seq_low DOUBLE, seq_high DOUBLE,
+    chance_to_win DOUBLE, expected_loss DOUBLE, exact_test BOOLEAN)
+"""
+
+
+@dg.asset(group_name=EXPERIMENTS_GROUP, kinds={"duckdb"}, deps=[routing_table, outcome_labels],
+          description="Per experiment and arm: reply, positive-reply, meeting and close rates, revenue per lead and "
+                      "per message, the weighted score; fixed-horizon and always-valid intervals, chance to win, "
+                      "SRM, and a decision (continue, promote, rollback, inconclusive) with its reason.")
+def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
+                    warehouse: WarehouseResource) -> dg.MaterializeResult:
+    table = load_routing()
+    policy = PolicyConfig(alpha=config.alpha, n_star=config.n_star, max_cost_increase=config.max_cost_increase)
+    summary, metric_rows = [], []
+    with warehouse.connect() as con:
+        con.execute(AB_DDL)
+        for family, spec in sorted(table.get("families", {}).items()):
+            arms = {a["ab_group"]: a for a in spec["arms"]}
+            if "challenger" not in arms:
+                continue
+            stats, cost = arm_statistics(con, arms["challenger"]["model_id"], arms["champion"]["model_id"])
+            weights = {g: float(arms[g]["traffic_pct"]) for g in ("challenger", "champion")}
+            decision = decide(stats, weights, cost, policy)
+            context.log.info(f"{family}: {decision.decision} - {decision.reason}")
+            summary.append((family, arms["challenger"]["model_id"], decision.leads["challenger"],
+                            decision.leads["champion"], decision.decision, decision.reason))
+            for m in decision.metrics or [None]:
+                con.execute("INSERT INTO ab_test_results VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                            "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                            [family, spec["experiment_id"], arms["challenger"]["model_id"],
+                             arms["champion"]["model_id"], decision.decision, decision.reason, decision.srm_p_value,
+                             decision.leads["challenger"], decision.leads["champion"],
+                             *(([m.metric, m.challenger, m.champion, m.lift, m.relative_lift, m.ci_low, m.ci_high,
+                                 m.p_value, m.p_adjusted, m.seq_low, m.seq_high, m.chance_to_win, m.expected_loss,
+                                 m.exact_test]) if m else [None] * 14)])
+                if m:
+                    metric_rows.append((family, m.metric, round(m.challenger, 4), round(m.champion, 4),
+                                        round(m.lift, 4), f"[{m.seq_low:.4f}, {m.seq_high:.4f}]",
+                                        round(m.p_adjusted, 4) if m.p_adjusted is not None else None,
+                                        round(m.chance_to_win, 3)))
+    return dg.MaterializeResult(metadata={
+        "experiments": len(summary),
+        "decisions": dg.MetadataValue.md(md_table(
+            ["family", "challenger", "challenger leads", "champion leads", "decision", "reason"], summary)),
+        "metrics": dg.MetadataValue.md(md_table(
+            ["family", "metric", "challenger", "champion", "lift", "always-valid CI", "Holm p", "P(win)"],
+            metric_rows))})
+
+
+EXPERIMENT_ASSETS = [routing_table, ab_test_results]

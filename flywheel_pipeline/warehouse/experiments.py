@@ -1,0 +1,56 @@
+"""Per-arm sufficient statistics of per-lead metrics for a running experiment, in SQL.
+
+The unit is the lead: a lead's metrics aggregate all its mature routed messages of the arm
+(reply = any human reply, ..., revenue = sum of closed deal values, messages = count).
+"""
+
+from __future__ import annotations
+
+import duckdb
+
+from flywheel_pipeline.core.stats.policy import PRIMARY
+from flywheel_pipeline.core.stats.sufficient import ArmStats
+
+_PER_LEAD = """
+WITH routed AS (
+    SELECT l.lead_id, l.ab_group AS arm, l.replied, l.positive_reply, l.meeting_booked, l.deal_closed,
+           coalesce(l.deal_value, 0) AS revenue, l.unsubscribed, l.reply_sentiment = 'negative' AS negative_reply,
+           coalesce(m.cost_usd, 0) AS cost
+    FROM outcome_labels l JOIN messages m USING (message_key)
+    WHERE l.is_mature AND l.ab_group IN ('challenger', 'champion')
+      AND ((l.ab_group = 'challenger' AND l.model_id = ?) OR (l.ab_group = 'champion' AND l.model_id = ?))
+), per_lead AS (
+    SELECT arm, lead_id,
+           max(replied::INT) AS reply, max(positive_reply::INT) AS positive, max(meeting_booked::INT) AS meeting,
+           max(deal_closed::INT) AS close, max(coalesce(negative_reply, false)::INT) AS negative,
+           max(unsubscribed::INT) AS unsub, sum(revenue) AS revenue, count(*) AS msgs, sum(cost) AS cost
+    FROM routed GROUP BY ALL
+)
+SELECT arm, count(*) AS n,
+       sum(reply), sum(positive), sum(meeting), sum(close), sum(negative), sum(unsub),
+       sum(0.5 * close + 0.3 * meeting + 0.2 * reply), sum(power(0.5 * close + 0.3 * meeting + 0.2 * reply, 2)),
+       sum(revenue), sum(revenue * revenue), sum(msgs), sum(msgs * msgs), sum(revenue * msgs), sum(cost)
+FROM per_lead GROUP BY arm
+"""
+
+
+def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champion_model: str
+                   ) -> tuple[dict[str, dict[str, ArmStats]], dict[str, float]]:
+    rows = {r[0]: r[1:] for r in con.execute(_PER_LEAD, [challenger_model, champion_model]).fetchall()}
+    stats: dict[str, dict[str, ArmStats]] = {}
+    cost: dict[str, float] = {}
+    names = ("reply_rate", "positive_reply_rate", "meeting_rate", "close_rate", "negative_reply_rate",
+             "unsubscribe_rate")
+    for arm in ("challenger", "champion"):
+        r = rows.get(arm)
+        if r is None:
+            r = (0,) + (0.0,) * 15
+        n = int(r[0])
+        for i, name in enumerate(names):
+            stats.setdefault(name, {})[arm] = ArmStats.proportion(n, int(r[1 + i]))
+        stats.setdefault(PRIMARY, {})[arm] = ArmStats(n, float(r[7]), float(r[8]))
+        stats.setdefault("revenue_per_lead", {})[arm] = ArmStats(n, float(r[9]), float(r[10]))
+        stats.setdefault("revenue_per_message", {})[arm] = ArmStats(n, float(r[9]), float(r[10]), float(r[11]),
+                                                                    float(r[12]), float(r[13]))
+        cost[arm] = float(r[14])
+    return stats, cost
