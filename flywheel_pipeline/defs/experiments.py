@@ -19,6 +19,55 @@ from flywheel_pipeline.warehouse import model_registry as registry
 EXPERIMENTS_GROUP = "experiments"
 
 
+def publish_routing(con, default_model: str, first_step_pct: float, passed: set[str], log
+                    ) -> tuple[dict, list[tuple]]:
+    """Build the routing table from the registry (promoting a newly evaluated model to challenger
+    at the first step), write routing.json atomically, and return it with one row per arm."""
+    families: dict[str, dict] = {}
+    rows = []
+    con.execute(registry.DDL)
+    for family, organization_id, task_type in con.execute(
+            "SELECT DISTINCT family, organization_id, task_type FROM model_registry ORDER BY 1").fetchall():
+        champion = con.execute("SELECT model_id, version FROM model_registry WHERE family = ? AND "
+                               "status = 'deployed' ORDER BY updated_at DESC LIMIT 1", [family]).fetchone()
+        current = con.execute("SELECT model_id, version, traffic_pct FROM model_registry WHERE family = ? AND "
+                              "status = 'ready' AND ab_group = 'challenger' ORDER BY updated_at DESC LIMIT 1",
+                              [family]).fetchone()
+        newest = con.execute("SELECT model_id, version FROM model_registry WHERE family = ? AND "
+                             "status = 'ready' ORDER BY created_at DESC LIMIT 1", [family]).fetchone()
+        challenger = None
+        if newest is not None and newest[0] in passed and (current is None or current[0] != newest[0]):
+            # a newer model that passed offline evaluation replaces a running challenger;
+            # its experiment (and so the lead split) starts afresh at the first rollout step
+            if current is not None:
+                registry.set_status(con, current[0], "archived", traffic_pct=0.0)
+                log.info(f"{family}: challenger {current[0]} replaced by newer {newest[0]}")
+            challenger = (newest[0], newest[1], first_step_pct)
+            registry.set_status(con, newest[0], "ready", traffic_pct=first_step_pct,
+                                ab_group="challenger")
+        elif current is not None:
+            challenger = (current[0], current[1], float(current[2]))
+        champion_model = champion or (default_model, None)
+        arms = []
+        if challenger is not None:
+            arms.append({"model_id": challenger[0], "version": challenger[1], "ab_group": "challenger",
+                         "traffic_pct": challenger[2]})
+        champion_pct = 100.0 - (challenger[2] if challenger else 0.0)
+        arms.append({"model_id": champion_model[0], "version": champion_model[1], "ab_group": "champion",
+                     "traffic_pct": champion_pct})
+        if champion is not None:
+            con.execute("UPDATE model_registry SET traffic_pct = ?, ab_group = 'champion' WHERE model_id = ?",
+                        [champion_pct, champion[0]])
+        experiment_id = hashlib.sha256(f"{family}|{challenger[0] if challenger else ''}".encode()).hexdigest()[:12]
+        families[family] = {"experiment_id": experiment_id, "organization_id": organization_id,
+                            "task_type": task_type, "arms": arms}
+        rows += [(family, experiment_id, a["ab_group"], a["model_id"], a["version"], a["traffic_pct"]) for a in arms]
+    table = {"version": 1, "generated_at": datetime.now(timezone.utc).isoformat(),
+             "default_model": default_model, "families": families}
+    write_routing(table, routing_path())
+    return table, rows
+
+
 class RoutingConfig(dg.Config):
     default_model: str = Field("gpt-4o-mini-2024-07-18",
                                description="Serves every family without a deployed champion, and unknown families.")
@@ -38,51 +87,11 @@ def routing_table(context: dg.AssetExecutionContext, config: RoutingConfig,
         m = {k: v.value for k, v in evaluation.asset_materialization.metadata.items()}
         if m["loss_rate"] - m["win_rate"] <= m["max_loss_margin"]:
             passed.add(m["candidate"])
-    families: dict[str, dict] = {}
-    rows = []
     with warehouse.connect() as con:
-        con.execute(registry.DDL)
-        for family, organization_id, task_type in con.execute(
-                "SELECT DISTINCT family, organization_id, task_type FROM model_registry ORDER BY 1").fetchall():
-            champion = con.execute("SELECT model_id, version FROM model_registry WHERE family = ? AND "
-                                   "status = 'deployed' ORDER BY updated_at DESC LIMIT 1", [family]).fetchone()
-            current = con.execute("SELECT model_id, version, traffic_pct FROM model_registry WHERE family = ? AND "
-                                  "status = 'ready' AND ab_group = 'challenger' ORDER BY updated_at DESC LIMIT 1",
-                                  [family]).fetchone()
-            newest = con.execute("SELECT model_id, version FROM model_registry WHERE family = ? AND "
-                                 "status = 'ready' ORDER BY created_at DESC LIMIT 1", [family]).fetchone()
-            challenger = None
-            if newest is not None and newest[0] in passed and (current is None or current[0] != newest[0]):
-                # a newer model that passed offline evaluation replaces a running challenger;
-                # its experiment (and so the lead split) starts afresh at the first rollout step
-                if current is not None:
-                    registry.set_status(con, current[0], "archived", traffic_pct=0.0)
-                    context.log.info(f"{family}: challenger {current[0]} replaced by newer {newest[0]}")
-                challenger = (newest[0], newest[1], config.first_step_pct)
-                registry.set_status(con, newest[0], "ready", traffic_pct=config.first_step_pct,
-                                    ab_group="challenger")
-            elif current is not None:
-                challenger = (current[0], current[1], float(current[2]))
-            champion_model = champion or (config.default_model, None)
-            arms = []
-            if challenger is not None:
-                arms.append({"model_id": challenger[0], "version": challenger[1], "ab_group": "challenger",
-                             "traffic_pct": challenger[2]})
-            champion_pct = 100.0 - (challenger[2] if challenger else 0.0)
-            arms.append({"model_id": champion_model[0], "version": champion_model[1], "ab_group": "champion",
-                         "traffic_pct": champion_pct})
-            if champion is not None:
-                con.execute("UPDATE model_registry SET traffic_pct = ?, ab_group = 'champion' WHERE model_id = ?",
-                            [champion_pct, champion[0]])
-            experiment_id = hashlib.sha256(f"{family}|{challenger[0] if challenger else ''}".encode()).hexdigest()[:12]
-            families[family] = {"experiment_id": experiment_id, "organization_id": organization_id,
-                                "task_type": task_type, "arms": arms}
-            rows += [(family, experiment_id, a["ab_group"], a["model_id"], a["version"], a["traffic_pct"]) for a in arms]
-    table = {"version": 1, "generated_at": datetime.now(timezone.utc).isoformat(),
-             "default_model": config.default_model, "families": families}
-    path = write_routing(table, routing_path())
+        table, rows = publish_routing(con, config.default_model, config.first_step_pct, passed, context.log)
+    path = routing_path()
     return dg.MaterializeResult(metadata={
-        "path": dg.MetadataValue.path(str(path)), "families": len(families),
+        "path": dg.MetadataValue.path(str(path)), "families": len(table["families"]),
         "arms": dg.MetadataValue.md(md_table(["family", "experiment", "group", "model", "version", "traffic %"], rows))})
 
 
