@@ -7,9 +7,9 @@ import os
 
 import dagster as dg
 
-from flywheel_pipeline.defs.automation import (daily_refresh_schedule, datasets_job, landing_sensor,
-                                               new_outcomes_sensor, refresh_job, retrain_job, run_failure_sensor,
-                                               weekly_retrain_schedule)
+from flywheel_pipeline.defs.automation import (daily_refresh_schedule, datasets_job, experiment_sensor,
+                                               experiments_job, landing_sensor, new_outcomes_sensor, refresh_job,
+                                               retrain_job, run_failure_sensor, weekly_retrain_schedule)
 from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
 from flywheel_pipeline.defs.experiments import EXPERIMENT_ASSETS
 from flywheel_pipeline.defs.ingest import INGEST_ASSETS
@@ -29,8 +29,8 @@ def build_definitions(environment: str | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *TRAINING_ASSETS, *EXPERIMENT_ASSETS],
         asset_checks=[*OUTCOME_CHECKS, *DATASET_CHECKS, *TRAINING_CHECKS],
-        jobs=[refresh_job, datasets_job, retrain_job],
-        sensors=[landing_sensor, new_outcomes_sensor, run_failure_sensor],
+        jobs=[refresh_job, datasets_job, retrain_job, experiments_job],
+        sensors=[landing_sensor, new_outcomes_sensor, run_failure_sensor, experiment_sensor],
         schedules=[daily_refresh_schedule, weekly_retrain_schedule],
         resources=resources,
     )

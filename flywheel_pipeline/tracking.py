@@ -92,3 +92,21 @@ def log_training_cycle(*, tracking_uri: str, family: str, fine_tuned_model: str,
 
 def run_url(tracking_uri: str, experiment_id: str, run_id: str, ui_base: str = "http://127.0.0.1:5000") -> str:
     return f"{ui_base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def sync_aliases(tracking_uri: str, family: str, champion_version: str | None,
+                 challenger_version: str | None) -> None:
+    """Point the ``champion`` and ``challenger`` aliases of a registered model at the given
+    versions (``None`` removes the alias), keeping MLflow in step with the registry table."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    for alias, version in (("champion", champion_version), ("challenger", challenger_version)):
+        if version is not None:
+            client.set_registered_model_alias(family, alias, version)
+        else:
+            try:
+                client.delete_registered_model_alias(family, alias)
+            except MlflowException:
+                pass  # the alias was not set

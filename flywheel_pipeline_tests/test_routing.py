@@ -129,3 +129,67 @@ def test_ab_test_results_from_routed_traffic(tmp_path, home):
         assert meta["experiments"].value == 1
         assert any(word in meta["decisions"].value for word in ("continue", "promote", "rollback", "inconclusive"))
         assert "weighted_score" in meta["metrics"].value
+
+
+def test_decisions_roll_out_then_promote_with_mlflow_aliases_or_roll_back(tmp_path, home):
+    from mlflow import MlflowClient
+
+    from flywheel_pipeline.defs.experiments import experiment_decisions
+    from flywheel_pipeline.defs.automation import experiment_sensor
+    from flywheel_pipeline.routing import load_routing
+    from flywheel_pipeline.tracking import log_training_cycle
+    from flywheel_pipeline.warehouse import model_registry as registry
+    from flywheel_pipeline.warehouse.schema import connect
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "sft.train.jsonl").write_text("{}\n")
+    con = connect(home / "warehouse.duckdb")
+    kw = dict(organization_id=None, task_type="all", base_model="b", backend="sandbox", method="supervised",
+              job_id="j", job_key="k", stats={}, hyperparameters={}, trained_tokens=0)
+    for model, dataset in (("champ", "d1"), ("chall", "d2"), ("worse", "d3")):
+        reg = registry.register(con, model_id=model, dataset_version=dataset, **kw)
+        rec = log_training_cycle(tracking_uri=uri, family=reg.family, fine_tuned_model=model, version=reg.version,
+                                 params={}, metrics={}, loss_curve=[], export_dir=export, dataset_version=dataset,
+                                 train_file=export / "sft.train.jsonl", sandbox=True)
+        registry.set_mlflow(con, model, rec.run_id, rec.registered_version)
+    registry.set_status(con, "champ", "deployed", traffic_pct=100, ab_group="champion")
+    registry.set_status(con, "chall", "ready", traffic_pct=10, ab_group="challenger")
+    con.execute("CREATE TABLE IF NOT EXISTS ab_test_results AS SELECT now()::TIMESTAMP AS evaluated_at, "
+                "'flywheel-global-all' AS family, 'e' AS experiment_id, 'chall' AS challenger, 'champ' AS champion, "
+                "'promote' AS decision, 'better' AS reason LIMIT 0")
+    con.close()
+
+    def decide_and_apply(challenger, decision):
+        c = connect(home / "warehouse.duckdb")
+        c.execute("INSERT INTO ab_test_results (evaluated_at, family, experiment_id, challenger, champion, decision, "
+                  "reason) VALUES (now()::TIMESTAMP, 'flywheel-global-all', 'e', ?, 'champ', ?, 'test')",
+                  [challenger, decision])
+        c.close()
+        with dg.instance_for_test() as instance:
+            res = {"warehouse": WarehouseResource(database=str(home / "warehouse.duckdb")),
+                   "mlflow": MlflowResource(tracking_uri=uri)}
+            assert dg.materialize([experiment_decisions], instance=instance, resources=res).success
+        arms = load_routing()["families"]["flywheel-global-all"]["arms"]
+        return {a["ab_group"]: (a["model_id"], a["traffic_pct"]) for a in arms}
+
+    assert decide_and_apply("chall", "promote") == {"challenger": ("chall", 50.0), "champion": ("champ", 50.0)}
+    with dg.instance_for_test() as instance:
+        assert isinstance(experiment_sensor(dg.build_sensor_context(instance=instance)), dg.RunRequest)
+    assert decide_and_apply("chall", "promote") == {"champion": ("chall", 100.0)}
+    client = MlflowClient(tracking_uri=uri)
+    aliases = client.get_registered_model("flywheel-global-all").aliases
+    assert str(aliases["champion"]) == "2" and "challenger" not in aliases
+    c = connect(home / "warehouse.duckdb")
+    statuses = dict(c.execute("SELECT model_id, status FROM model_registry").fetchall())
+    registry.set_status(c, "worse", "ready", traffic_pct=10, ab_group="challenger")
+    c.close()
+    assert statuses == {"champ": "archived", "chall": "deployed", "worse": "ready"}
+    assert decide_and_apply("worse", "rollback") == {"champion": ("chall", 100.0)}
+    c = connect(home / "warehouse.duckdb")
+    assert c.execute("SELECT status FROM model_registry WHERE model_id = 'worse'").fetchone()[0] == "archived"
+    c.close()
+    with dg.instance_for_test() as instance:
+        skip = experiment_sensor(dg.build_sensor_context(instance=instance))
+        assert isinstance(skip, dg.SkipReason) and "no experiment" in skip.skip_message

@@ -142,3 +142,31 @@ def run_failure_sensor(context: dg.RunFailureSensorContext):
             httpx.post(url, json=record, timeout=10)
         except httpx.HTTPError as exc:
             context.log.warning(f"alert webhook {url} failed: {exc}")
+
+
+EXPERIMENTS_JOB_NAME = "experiments"
+
+experiments_job = dg.define_asset_job(
+    EXPERIMENTS_JOB_NAME,
+    selection=dg.AssetSelection.assets("ab_test_results", "experiment_decisions"),
+    description="Evaluate running experiments and apply their decisions (rollout, promotion, rollback).",
+    executor_def=dg.in_process_executor,
+    tags={"flywheel/kind": "experiments"},
+)
+
+
+@dg.sensor(job=experiments_job, minimum_interval_seconds=6 * 3600,
+           description="Evaluates running experiments on a cadence (at most one run per experiment and day); "
+                       "skips with the reason when no challenger is routed.")
+def experiment_sensor(context: dg.SensorEvaluationContext):
+    from datetime import datetime, timezone
+
+    from flywheel_pipeline.routing import load_routing
+
+    running = sorted(f"{name}:{spec['experiment_id']}" for name, spec in load_routing().get("families", {}).items()
+                     if any(a["ab_group"] == "challenger" for a in spec.get("arms", [])))
+    if not running:
+        return dg.SkipReason("no experiment is running (no challenger in routing.json)")
+    day = datetime.now(timezone.utc).date().isoformat()
+    key = hashlib.sha256("|".join(running).encode()).hexdigest()[:12]
+    return dg.RunRequest(run_key=f"experiments-{day}-{key}", tags={"flywheel/experiments": ",".join(running)})

@@ -6,9 +6,10 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import Field
 
-from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS
+from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS, next_rollout_step
 from flywheel_pipeline.defs.metadata import md_table
-from flywheel_pipeline.defs.resources import WarehouseResource
+from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
+from flywheel_pipeline.tracking import sync_aliases
 from flywheel_pipeline.defs.training import offline_evaluation
 from flywheel_pipeline.core.stats.policy import PolicyConfig, decide
 from flywheel_pipeline.defs.outcomes import outcome_labels
@@ -155,4 +156,60 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
             metric_rows))})
 
 
-EXPERIMENT_ASSETS = [routing_table, ab_test_results]
+class DecisionConfig(dg.Config):
+    default_model: str = "gpt-4o-mini-2024-07-18"
+    rollout_steps: list[float] = Field(default_factory=lambda: list(DEFAULT_ROLLOUT_STEPS),
+                                       description="Challenger traffic shares, in order; the last promotes.")
+
+
+@dg.asset(group_name=EXPERIMENTS_GROUP, kinds={"duckdb", "mlflow"}, deps=[ab_test_results],
+          description="Applies each experiment's latest decision: promote moves the challenger to the next rollout "
+                      "step and, at the last, makes it the champion (registry, MLflow aliases, routing); rollback "
+                      "archives the challenger and routes everything to the champion.")
+def experiment_decisions(context: dg.AssetExecutionContext, config: DecisionConfig, warehouse: WarehouseResource,
+                         mlflow: MlflowResource) -> dg.MaterializeResult:
+    actions = []
+    with warehouse.connect() as con:
+        con.execute(AB_DDL)
+        latest = con.execute("""
+            SELECT family, challenger, champion, decision, reason FROM ab_test_results
+            QUALIFY row_number() OVER (PARTITION BY family ORDER BY evaluated_at DESC) = 1""").fetchall()
+        for family, challenger, champion, decision, reason in latest:
+            row = con.execute("SELECT status, traffic_pct, mlflow_model_version FROM model_registry WHERE model_id = ?",
+                              [challenger]).fetchone()
+            if row is None or row[0] != "ready":
+                continue  # already acted on, or replaced
+            if decision == "promote":
+                step = next_rollout_step(float(row[1]), tuple(config.rollout_steps))
+                if step < config.rollout_steps[-1]:
+                    registry.set_status(con, challenger, "ready", traffic_pct=step)
+                    actions.append((family, challenger, f"rollout to {step:g}%", reason))
+                else:
+                    old = registry.champion(con, family)
+                    if old:
+                        registry.set_status(con, old, "archived", traffic_pct=0.0, ab_group="archived")
+                    registry.set_status(con, challenger, "deployed", traffic_pct=100.0, ab_group="champion")
+                    _sync(mlflow, family, row[2], None, context)
+                    actions.append((family, challenger, "promoted to champion", reason))
+            elif decision == "rollback":
+                registry.set_status(con, challenger, "archived", traffic_pct=0.0, ab_group="rolled_back")
+                champion_version = con.execute("SELECT mlflow_model_version FROM model_registry WHERE model_id = ?",
+                                               [champion]).fetchone()
+                _sync(mlflow, family, champion_version[0] if champion_version else None, None, context)
+                actions.append((family, challenger, "rolled back", reason))
+        publish_routing(con, config.default_model, config.rollout_steps[0], set(), context.log)
+    for action in actions:
+        context.log.info(f"{action[0]}: {action[1]} {action[2]} ({action[3]})")
+    return dg.MaterializeResult(metadata={
+        "actions": len(actions),
+        "applied": dg.MetadataValue.md(md_table(["family", "challenger", "action", "reason"], actions))})
+
+
+def _sync(mlflow: MlflowResource, family: str, champion_version, challenger_version, context) -> None:
+    try:
+        sync_aliases(mlflow.tracking_uri, family, champion_version, challenger_version)
+    except Exception as exc:  # noqa: BLE001 - the registry table is the source of truth; report, do not fail
+        context.log.warning(f"MLflow aliases for {family} not updated: {exc}")
+
+
+EXPERIMENT_ASSETS = [routing_table, ab_test_results, experiment_decisions]
