@@ -13,6 +13,7 @@ from flywheel_pipeline.defs.automation import (daily_refresh_schedule, datasets_
 from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
 from flywheel_pipeline.defs.experiments import EXPERIMENT_ASSETS
 from flywheel_pipeline.defs.ingest import INGEST_ASSETS
+from flywheel_pipeline.defs.leaderboard import LEADERBOARD_ASSETS
 from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS, OUTCOME_CHECKS
 from flywheel_pipeline.defs.training import TRAINING_ASSETS, TRAINING_CHECKS
 from flywheel_pipeline.defs.resources import local_resources, production_resources
@@ -27,7 +28,8 @@ def build_definitions(environment: str | None = None) -> dg.Definitions:
     else:
         raise ValueError(f"FLYWHEEL_ENV must be 'local' or 'production', got {environment!r}")
     return dg.Definitions(
-        assets=[*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *TRAINING_ASSETS, *EXPERIMENT_ASSETS],
+        assets=[*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *TRAINING_ASSETS, *EXPERIMENT_ASSETS,
+                *LEADERBOARD_ASSETS],
         asset_checks=[*OUTCOME_CHECKS, *DATASET_CHECKS, *TRAINING_CHECKS],
         jobs=[refresh_job, datasets_job, retrain_job, experiments_job],
         sensors=[landing_sensor, new_outcomes_sensor, run_failure_sensor, experiment_sensor],

@@ -148,7 +148,8 @@ EXPERIMENTS_JOB_NAME = "experiments"
 
 experiments_job = dg.define_asset_job(
     EXPERIMENTS_JOB_NAME,
-    selection=dg.AssetSelection.assets("ab_test_results", "experiment_decisions"),
+    selection=dg.AssetSelection.assets("ab_test_results", "experiment_decisions", "model_leaderboard",
+                                       "flywheel_velocity"),
     description="Evaluate running experiments and apply their decisions (rollout, promotion, rollback).",
     executor_def=dg.in_process_executor,
     tags={"flywheel/kind": "experiments"},
