@@ -11,6 +11,7 @@ from flywheel_pipeline.defs.metadata import md_table
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
 from flywheel_pipeline.tracking import sync_aliases
 from flywheel_pipeline.defs.training import offline_evaluation
+from flywheel_pipeline.core.stats.decisions import minimum_detectable_effect
 from flywheel_pipeline.core.stats.policy import PolicyConfig, decide
 from flywheel_pipeline.defs.outcomes import outcome_labels
 from flywheel_pipeline.routing import load_routing, routing_path, write_routing
@@ -131,8 +132,13 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
             weights = {g: float(arms[g]["traffic_pct"]) for g in ("challenger", "champion")}
             decision = decide(stats, weights, cost, policy)
             context.log.info(f"{family}: {decision.decision} - {decision.reason}")
+            champion_reply = stats["reply_rate"]["champion"]
+            smaller = min(decision.leads.values())
+            mde = (minimum_detectable_effect(champion_reply.mean, smaller)
+                   if 0 < champion_reply.mean < 1 and smaller > 0 else None)
             summary.append((family, arms["challenger"]["model_id"], decision.leads["challenger"],
-                            decision.leads["champion"], decision.decision, decision.reason))
+                            decision.leads["champion"], f"{mde:.4f}" if mde is not None else "",
+                            decision.decision, decision.reason))
             for m in decision.metrics or [None]:
                 con.execute("INSERT INTO ab_test_results VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
                             "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -150,7 +156,8 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
     return dg.MaterializeResult(metadata={
         "experiments": len(summary),
         "decisions": dg.MetadataValue.md(md_table(
-            ["family", "challenger", "challenger leads", "champion leads", "decision", "reason"], summary)),
+            ["family", "challenger", "challenger leads", "champion leads", "reply-rate MDE (80% power)",
+             "decision", "reason"], summary)),
         "metrics": dg.MetadataValue.md(md_table(
             ["family", "metric", "challenger", "champion", "lift", "always-valid CI", "Holm p", "P(win)"],
             metric_rows))})

@@ -15,7 +15,7 @@ _PER_LEAD = """
 WITH routed AS (
     SELECT l.lead_id, l.ab_group AS arm, l.replied, l.positive_reply, l.meeting_booked, l.deal_closed,
            coalesce(l.deal_value, 0) AS revenue, l.unsubscribed, l.reply_sentiment = 'negative' AS negative_reply,
-           coalesce(m.cost_usd, 0) AS cost
+           coalesce(m.cost_usd, 0) AS cost, l.quality_score
     FROM outcome_labels l JOIN messages m USING (message_key)
     WHERE l.is_mature AND l.ab_group IN ('challenger', 'champion')
       AND ((l.ab_group = 'challenger' AND l.model_id = ?) OR (l.ab_group = 'champion' AND l.model_id = ?))
@@ -23,13 +23,15 @@ WITH routed AS (
     SELECT arm, lead_id,
            max(replied::INT) AS reply, max(positive_reply::INT) AS positive, max(meeting_booked::INT) AS meeting,
            max(deal_closed::INT) AS close, max(coalesce(negative_reply, false)::INT) AS negative,
-           max(unsubscribed::INT) AS unsub, sum(revenue) AS revenue, count(*) AS msgs, sum(cost) AS cost
+           max(unsubscribed::INT) AS unsub, sum(revenue) AS revenue, count(*) AS msgs, sum(cost) AS cost,
+           avg(quality_score) AS quality
     FROM routed GROUP BY ALL
 )
 SELECT arm, count(*) AS n,
        sum(reply), sum(positive), sum(meeting), sum(close), sum(negative), sum(unsub),
        sum(0.5 * close + 0.3 * meeting + 0.2 * reply), sum(power(0.5 * close + 0.3 * meeting + 0.2 * reply, 2)),
-       sum(revenue), sum(revenue * revenue), sum(msgs), sum(msgs * msgs), sum(revenue * msgs), sum(cost)
+       sum(revenue), sum(revenue * revenue), sum(msgs), sum(msgs * msgs), sum(revenue * msgs), sum(cost),
+       sum(quality), sum(quality * quality)
 FROM per_lead GROUP BY arm
 """
 
@@ -44,7 +46,7 @@ def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champi
     for arm in ("challenger", "champion"):
         r = rows.get(arm)
         if r is None:
-            r = (0,) + (0.0,) * 15
+            r = (0,) + (0.0,) * 17
         n = int(r[0])
         for i, name in enumerate(names):
             stats.setdefault(name, {})[arm] = ArmStats.proportion(n, int(r[1 + i]))
@@ -53,4 +55,5 @@ def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champi
         stats.setdefault("revenue_per_message", {})[arm] = ArmStats(n, float(r[9]), float(r[10]), float(r[11]),
                                                                     float(r[12]), float(r[13]))
         cost[arm] = float(r[14])
+        stats.setdefault("quality_score", {})[arm] = ArmStats(n, float(r[15]), float(r[16]))
     return stats, cost
