@@ -77,8 +77,7 @@ def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, 
         job = wait_for_job(connect, backend, job, poll_s=fine_tuning.poll_s, timeout_s=fine_tuning.wait_timeout_s,
                            progress=lambda j: context.log.info(f"{tag}job {j.job_id}: {j.status.value}"))
     except FineTuneError as exc:
-        with warehouse.connect() as con:
-            con.execute(registry.DDL)
+        # the failure is recorded in finetune_jobs (status and provider error) by wait_for_job
         raise dg.Failure(str(exc), metadata={"job_id": job.job_id, "backend": backend.name,
                                              "error": str(exc)}) from exc
     model_id = backend.result(job.job_id)
