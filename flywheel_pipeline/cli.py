@@ -111,6 +111,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         _print("Materializing ingestion and outcome labels through Dagster ...")
         if not run_refresh(full=False):
             return 1
+        if number > 1 and not _evaluate_experiments():
+            return 1
         _print("Training data, validated exports, fine-tuning (sandbox backend), registry and MLflow ...")
         if not run_job(RETRAIN_JOB_NAME):
             return 1
@@ -137,6 +139,36 @@ def cmd_validate(args: argparse.Namespace) -> int:
         return 2
     _print(json.dumps(report.as_dict(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1
+
+
+def _evaluate_experiments() -> bool:
+    """Tick the experiment sensor as the daemon would and run what it requests."""
+    import dagster as dg
+
+    from flywheel_pipeline.defs.automation import EXPERIMENTS_JOB_NAME, experiment_sensor
+    from flywheel_pipeline.instance import ensure_local_dagster_home
+
+    ensure_local_dagster_home()
+    with dg.DagsterInstance.get() as instance:
+        tick = experiment_sensor(dg.build_sensor_context(instance=instance))
+    if not isinstance(tick, dg.RunRequest):
+        _print(f"experiment sensor: {getattr(tick, 'skip_message', tick)}")
+        return True
+    _print("experiment sensor requested a run: A/B results, decisions, leaderboard ...")
+    if not run_job(EXPERIMENTS_JOB_NAME):
+        return False
+    from flywheel_pipeline.warehouse.schema import connect
+
+    con = connect(paths.warehouse_path(), read_only=True)
+    try:
+        for family, challenger, leads_c, leads_p, decision, reason in con.execute("""
+                SELECT family, challenger, challenger_leads, champion_leads, decision, reason FROM ab_test_results
+                QUALIFY row_number() OVER (PARTITION BY family ORDER BY evaluated_at DESC) = 1""").fetchall():
+            _print(f"  {family}: challenger {challenger} ({leads_c} mature leads vs {leads_p}): "
+                   f"{decision.upper()} - {reason}")
+    finally:
+        con.close()
+    return True
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
