@@ -1,0 +1,1 @@
+"""The ingestion service's parts: the durable landing writer (and, next, the HTTP app)."""
