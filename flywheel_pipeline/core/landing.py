@@ -64,11 +64,12 @@ def write_jsonl(landing: Path, source: str, records: Iterable[Mapping[str, Any] 
         fh.flush()
         os.fsync(fh.fileno())
     os.rename(tmp, final)
-    _fsync_dir(directory)
+    fsync_dir(directory)
     return final
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or create in ``directory`` durable."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

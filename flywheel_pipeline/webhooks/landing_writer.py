@@ -22,15 +22,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from flywheel_pipeline.core.landing import fsync_dir
+
 OPEN_SUFFIX = ".jsonl.open"
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _seal(open_path: Path) -> Path | None:
@@ -47,7 +41,7 @@ def _seal(open_path: Path) -> Path | None:
         return None
     final = open_path.with_name(open_path.name[1:-len(".open")])
     os.rename(open_path, final)
-    _fsync_dir(open_path.parent)
+    fsync_dir(open_path.parent)
     return final
 
 
@@ -89,7 +83,7 @@ class SegmentWriter:
         name = f".{source}-{self._last_ns:020d}-{uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
         path = directory / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
-        _fsync_dir(directory)  # the open segment's name survives a crash
+        fsync_dir(directory)  # the open segment's name survives a crash
         now = time.monotonic()
         return _Segment(path, fd, now, 0, now)
 
