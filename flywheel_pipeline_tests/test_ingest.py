@@ -150,3 +150,13 @@ def test_incremental_refreshes_equal_a_full_relabel(tmp_path):
     assert incremental == labels(con)
     runs = con.execute("SELECT count(*) FILTER (full_relabel), count(*) FROM label_runs").fetchone()
     assert runs == (2, 41)  # the first run and the explicit one were full; 39 were incremental
+
+
+def test_a_warehouse_from_newer_code_is_refused(tmp_path):
+    import pytest
+
+    con = connect(tmp_path / "w.duckdb")
+    con.execute("UPDATE schema_info SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(RuntimeError, match="newer than this code"):
+        connect(tmp_path / "w.duckdb")

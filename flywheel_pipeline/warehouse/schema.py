@@ -134,14 +134,20 @@ def _safe_setting(value: str) -> str:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the schema once; a warehouse already at SCHEMA_VERSION is left untouched, so
+    the many short-lived connections of a run do not re-run DDL (or write the catalog)."""
+    has_info = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_info' "
+                           "AND schema_name = 'main'").fetchone()[0]
+    row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() if has_info else None
+    if row is not None:
+        if int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(f"warehouse schema version {row[0]} is newer than this code "
+                               f"({SCHEMA_VERSION}); upgrade flywheel_pipeline")
+        if int(row[0]) == SCHEMA_VERSION:
+            return
     for statement in DDL:
         con.execute(statement)
-    row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
-    if row is None:
-        con.execute("INSERT INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
-    elif int(row[0]) > SCHEMA_VERSION:
-        raise RuntimeError(f"warehouse schema version {row[0]} is newer than this code "
-                           f"({SCHEMA_VERSION}); upgrade flywheel_pipeline")
+    con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
 
 @contextlib.contextmanager
