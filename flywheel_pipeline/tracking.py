@@ -34,7 +34,7 @@ class TrainingRunRecord:
     aliases: tuple[str, ...]
 
 
-def _experiment(mlflow, client, tracking_uri: str) -> str:
+def _experiment(client, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
         return experiment.experiment_id
@@ -56,7 +56,7 @@ def log_training_cycle(*, tracking_uri: str, family: str, fine_tuned_model: str,
 
     mlflow.set_tracking_uri(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri)
-    experiment_id = _experiment(mlflow, client, tracking_uri)
+    experiment_id = _experiment(client, tracking_uri)
     tags = {"flywheel.family": family, "flywheel.version": version, "flywheel.fine_tuned_model": fine_tuned_model,
             "flywheel.dataset_version": dataset_version, "flywheel.sandbox": str(sandbox).lower()}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{family} v{version}", tags=tags) as run:

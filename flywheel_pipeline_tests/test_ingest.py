@@ -160,3 +160,26 @@ def test_a_warehouse_from_newer_code_is_refused(tmp_path):
     con.close()
     with pytest.raises(RuntimeError, match="newer than this code"):
         connect(tmp_path / "w.duckdb")
+
+
+def test_sql_labels_agree_with_the_reference_policy(tmp_path):
+    """Every label of a simulated world: the SQL's stage and score equal core.label_policy's
+    reference functions applied to the label's own flags."""
+    from flywheel_pipeline.core.label_policy import LabelPolicy, deepest_stage, score_stage
+
+    con = connect(tmp_path / "w.duckdb")
+    run_pipeline(con, _world(tmp_path), as_of=T0.replace(year=2026, month=6, day=1))
+    rows = con.execute("""SELECT delivered, bounced, opened, clicked, replied, positive_reply, meeting_booked,
+                                 meeting_completed, deal_closed, deal_value, spam_reported, unsubscribed, stage,
+                                 quality_score FROM outcome_labels""").fetchall()
+    policy = LabelPolicy()
+    stages = set()
+    for (delivered, bounced, opened, clicked, replied, positive, booked, completed, closed, value, spam, unsub,
+         stage, score) in rows:
+        expected = deepest_stage(delivered=delivered, bounced=bounced, opened=opened, clicked=clicked,
+                                 replied=replied, positive_reply=positive, meeting_booked=booked,
+                                 meeting_completed=completed, deal_closed=closed)
+        negative = spam or (unsub and not (booked or closed))
+        assert (stage, score) == (expected, score_stage(policy, expected, deal_value=value, negative=negative))
+        stages.add(stage)
+    assert len(rows) > 500 and len(stages) >= 8  # the world exercises nearly every stage

@@ -15,6 +15,7 @@ from flywheel_pipeline.core.label_policy import DEFAULT_STAGE_SCORES, LabelPolic
 from flywheel_pipeline.warehouse import schema
 
 WAREHOUSE_POOL = "duckdb_warehouse"
+_DEFAULT_POLICY = LabelPolicy()
 
 
 class WarehouseResource(dg.ConfigurableResource):
@@ -128,13 +129,14 @@ class MlflowResource(dg.ConfigurableResource):
 class LabelPolicyResource(dg.ConfigurableResource):
     """The outcome-labelling policy (docs/labelling.md); defaults are the product's policy."""
 
+    # defaults come from LabelPolicy, the single source of the policy's numbers
     stage_scores: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_STAGE_SCORES))
-    deal_bonus: float = 0.1
-    deal_value_cap: float = 50_000.0
-    negative_score: float = 0.0
-    maturity_days: int = 14
-    scanner_click_window_s: float = 5.0
-    attribution_window_days: int = 90
+    deal_bonus: float = _DEFAULT_POLICY.deal_bonus
+    deal_value_cap: float = _DEFAULT_POLICY.deal_value_cap
+    negative_score: float = _DEFAULT_POLICY.negative_score
+    maturity_days: int = _DEFAULT_POLICY.maturity_days
+    scanner_click_window_s: float = _DEFAULT_POLICY.scanner_click_window_s
+    attribution_window_days: int = _DEFAULT_POLICY.attribution_window_days
 
     def policy(self) -> LabelPolicy:
         return LabelPolicy(**{name: getattr(self, name) for name in LabelPolicy.model_fields})

@@ -17,8 +17,8 @@ import math
 from dataclasses import dataclass, field
 
 from flywheel_pipeline.core.stats.decisions import gaussian_bayes, holm, sample_ratio_mismatch
-from flywheel_pipeline.core.stats.frequentist import (fisher_exact, needs_exact_test, ratio_diff, relative_lift,
-                                                      welch_diff)
+from flywheel_pipeline.core.stats.frequentist import (fisher_exact, needs_exact_test, ratio_diff,
+                                                      ratio_mean_and_var, relative_lift, welch_diff)
 from flywheel_pipeline.core.stats.sequential import sequential_diff
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
@@ -66,7 +66,6 @@ class Decision:
 def _metric(name: str, t: ArmStats, c: ArmStats, cfg: PolicyConfig) -> MetricResult:
     if name == "revenue_per_message":
         est = ratio_diff(t, c, alpha=cfg.alpha)
-        from flywheel_pipeline.core.stats.frequentist import ratio_mean_and_var
         rt, rc = ratio_mean_and_var(t)[0], ratio_mean_and_var(c)[0]
         return MetricResult(name, rt, rc, est.estimate, None if rc == 0 else rt / rc - 1, est.ci_low, est.ci_high,
                             est.p_value, None, -math.inf, math.inf, float("nan"), float("nan"))
