@@ -34,6 +34,14 @@ class TrainingRunRecord:
     aliases: tuple[str, ...]
 
 
+def ensure_experiment(tracking_uri: str) -> str:
+    """The flywheel's experiment id, created with its artifacts beside a sqlite store
+    ($FLYWHEEL_HOME/mlartifacts) rather than in the working directory."""
+    from mlflow import MlflowClient
+
+    return _experiment(MlflowClient(tracking_uri=tracking_uri), tracking_uri)
+
+
 def _experiment(client, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:

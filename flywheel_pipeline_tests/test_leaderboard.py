@@ -35,3 +35,23 @@ def test_leaderboard_ranks_models_by_their_hidden_quality_and_logs_to_mlflow(tmp
     run = MlflowClient(tracking_uri=uri).get_run(meta["mlflow_run_id"].value)
     assert any(k.endswith("/weighted_score") for k in run.data.metrics)
     assert velocity["weeks"].value >= 8 and "training-ready" in velocity["weekly"].value
+
+
+def test_leaderboard_artifacts_stay_beside_the_mlflow_store(tmp_path, monkeypatch):
+    from flywheel_pipeline.defs.leaderboard import _log_to_mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    (tmp_path / "store").mkdir()
+
+    class Log:
+        def warning(self, msg):
+            raise AssertionError(msg)
+
+    class Ctx:
+        log = Log()
+
+    run_id = _log_to_mlflow(uri, [{"model": "m:1", "score": 0.1, "reply": 0.2, "meeting": 0.1, "close": 0.0,
+                                   "leads": 5}], "| table |", Ctx())
+    assert run_id and not (tmp_path / "mlruns").exists()
+    assert list((tmp_path / "store" / "mlartifacts").rglob("leaderboard.md"))

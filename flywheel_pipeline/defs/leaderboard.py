@@ -91,11 +91,11 @@ def _log_to_mlflow(tracking_uri: str, board: list[dict], table: str, context) ->
     try:
         import mlflow
 
-        from flywheel_pipeline.tracking import EXPERIMENT
+        from flywheel_pipeline.tracking import ensure_experiment
 
         mlflow.set_tracking_uri(tracking_uri)
-        mlflow.set_experiment(EXPERIMENT)
-        with mlflow.start_run(run_name="leaderboard", tags={"flywheel.kind": "leaderboard"}) as run:
+        with mlflow.start_run(experiment_id=ensure_experiment(tracking_uri), run_name="leaderboard",
+                              tags={"flywheel.kind": "leaderboard"}) as run:
             for b in board:
                 key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", b["model"])[:200]  # MLflow's allowed characters
                 mlflow.log_metrics({f"{key}/weighted_score": b["score"], f"{key}/reply_rate": b["reply"],
