@@ -182,6 +182,35 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import ipaddress
+    import logging
+
+    import uvicorn
+
+    from flywheel_pipeline.service.app import create_app
+    from flywheel_pipeline.service.settings import ServiceSettings
+
+    try:
+        settings = ServiceSettings.from_env()
+    except ValueError as exc:
+        print(f"flywheel serve: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        loopback = args.host == "localhost"
+    if not loopback and not settings.api_keys and not args.allow_unauthenticated:
+        print(f"flywheel serve: refusing to listen on {args.host} with no FLYWHEEL_API_KEYS: anyone could post "
+              "messages and replies (set the keys, or pass --allow-unauthenticated)", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _print(f"flywheel serve: landing zone {settings.landing}, http://{args.host}:{args.port}")
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level.lower(),
+                timeout_graceful_shutdown=10)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flywheel", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -218,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)
     p.set_defaults(func=cmd_ui)
+    p = sub.add_parser("serve", help="run the ingestion service (webhooks and records into the landing zone)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--allow-unauthenticated", action="store_true",
+                   help="listen beyond loopback without FLYWHEEL_API_KEYS")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -15,13 +15,12 @@ then to ``task_type`` ``all``, and returns the arm for the lead.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from flywheel_pipeline import paths
 from flywheel_pipeline.core.assignment import Arm, choose_arm
+from flywheel_pipeline.published import write_json_atomic
 
 
 def routing_path() -> Path:
@@ -29,15 +28,7 @@ def routing_path() -> Path:
 
 
 def write_routing(table: dict[str, Any], path: Path | None = None) -> Path:
-    path = path or routing_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".routing-", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(table, fh, indent=2, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(table, path or routing_path())
 
 
 def load_routing(path: Path | None = None) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import time
 from pathlib import Path
 
 from flywheel_pipeline.core.landing import list_files
-from flywheel_pipeline.webhooks.landing_writer import SegmentWriter, recover
+from flywheel_pipeline.service.landing_writer import SegmentWriter, recover
 
 WRITER = """
 import json, sys
 from pathlib import Path
-from flywheel_pipeline.webhooks.landing_writer import SegmentWriter
+from flywheel_pipeline.service.landing_writer import SegmentWriter
 w = SegmentWriter(Path(sys.argv[1]), max_bytes=4096, max_age_s=3600, fsync_interval_s=0.05)
 i = 0
 while True:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timezone
 
 import dagster as dg
@@ -14,7 +15,7 @@ from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.conftest import run_pipeline
 
 
-def test_leaderboard_ranks_models_by_their_hidden_quality_and_logs_to_mlflow(tmp_path):
+def test_leaderboard_ranks_models_by_their_hidden_quality_and_logs_to_mlflow(tmp_path, home):
     simulate(tmp_path / "landing", SimConfig(seed=31, days=60, end=date(2026, 5, 1), organizations=2,
                                              leads_per_org=1500, messages_per_day=200))
     con = connect(tmp_path / "wh.duckdb")
@@ -34,6 +35,9 @@ def test_leaderboard_ranks_models_by_their_hidden_quality_and_logs_to_mlflow(tmp
     assert meta["leader"].value.startswith("ft:") and "baseline" in table and "[" in table
     run = MlflowClient(tracking_uri=uri).get_run(meta["mlflow_run_id"].value)
     assert any(k.endswith("/weighted_score") for k in run.data.metrics)
+    published = json.loads((home / "leaderboard.json").read_text())  # what the service's /leaderboard serves
+    assert meta["published"].value == str(home / "leaderboard.json")
+    assert min(published["models"], key=lambda b: b.get("rank", 99))["model"] == meta["leader"].value
     assert velocity["weeks"].value >= 8 and "training-ready" in velocity["weekly"].value
 
 

@@ -8,6 +8,7 @@
 * HubSpot signature v3: base64 HMAC-SHA256 with the app's client secret over
   ``method + full URI + raw body + timestamp`` (``X-HubSpot-Signature-v3``,
   ``X-HubSpot-Request-Timestamp`` in milliseconds); requests older than 5 minutes are refused.
+  HubSpot signs the URI with a fixed set of percent-escapes decoded (:func:`hubspot_signed_uri`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 HUBSPOT_MAX_AGE_S = 300
+# the escapes HubSpot decodes in the request URI before signing (its "validating requests" guide)
+_HUBSPOT_URI_DECODE = {"%3A": ":", "%2F": "/", "%3F": "?", "%40": "@", "%21": "!", "%24": "$", "%27": "'",
+                       "%28": "(", "%29": ")", "%2A": "*", "%2C": ",", "%3B": ";"}
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,20 @@ def verify_sendgrid(key: ec.EllipticCurvePublicKey, signature_b64: str | None, t
     except InvalidSignature:
         return Verdict(False, "bad signature")
     return Verdict(True)
+
+
+def hubspot_signed_uri(uri: str) -> str:
+    """The URI as HubSpot signs it: the escapes of ``_HUBSPOT_URI_DECODE`` decoded (either case)."""
+    out, i = [], 0
+    while i < len(uri):
+        escape = uri[i:i + 3].upper()
+        if escape in _HUBSPOT_URI_DECODE:
+            out.append(_HUBSPOT_URI_DECODE[escape])
+            i += 3
+        else:
+            out.append(uri[i])
+            i += 1
+    return "".join(out)
 
 
 def hubspot_v3_signature(client_secret: str, method: str, uri: str, raw_body: bytes, timestamp_ms: str) -> str:

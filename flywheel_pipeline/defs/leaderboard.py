@@ -2,6 +2,7 @@
 
 import math
 import re
+from datetime import datetime, timezone
 
 import dagster as dg
 from pydantic import Field
@@ -11,6 +12,7 @@ from flywheel_pipeline.core.stats.sufficient import ArmStats
 from flywheel_pipeline.defs.metadata import md_bar_chart, md_table
 from flywheel_pipeline.defs.outcomes import outcome_labels
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
+from flywheel_pipeline.published import leaderboard_path, write_json_atomic
 from flywheel_pipeline.warehouse import model_registry as registry
 
 LEADERBOARD_GROUP = "leaderboard"
@@ -79,7 +81,11 @@ def model_leaderboard(context: dg.AssetExecutionContext, config: LeaderboardConf
     chart = md_bar_chart([(b["model"][-40:], round(b["score"] * 10_000)) for b in
                           sorted(board, key=lambda b: -b["score"])])
     run_id = _log_to_mlflow(mlflow.tracking_uri, board, table, context)
+    published = write_json_atomic({"generated_at": datetime.now(timezone.utc).isoformat(),
+                                   "baseline_model": config.baseline_model, "min_messages": config.min_messages,
+                                   "models": board}, leaderboard_path())
     return dg.MaterializeResult(metadata={
+        "published": dg.MetadataValue.path(str(published)),
         "models": len(board), "ranked": len(ranked), "min_messages": config.min_messages,
         "leader": ranked[0]["model"] if ranked else "",
         "leaderboard": dg.MetadataValue.md(table),

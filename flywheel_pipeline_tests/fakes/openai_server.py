@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import socket
-import threading
 import time
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+
+from flywheel_pipeline_tests.fakes.http import serve_app
 
 
 class FakeOpenAI:
@@ -135,19 +134,5 @@ class FakeOpenAI:
 @contextlib.contextmanager
 def serve(fake: FakeOpenAI):
     """Run the fake on a free 127.0.0.1 port in a thread; yields the base URL (…/v1)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        if time.monotonic() > deadline:
-            raise RuntimeError("fake OpenAI server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serve_app(fake.app) as base:
+        yield f"{base}/v1"

@@ -4,12 +4,16 @@ Each source has one open segment, a hidden file ``.<source>-<start ns>-<id>.json
 ``landing/<source>/``. :meth:`SegmentWriter.append` writes a request's lines with one
 ``write`` system call each and returns only after the kernel has them, so an acknowledged
 event survives the process being killed (``kill -9``): the page cache belongs to the kernel.
-``fsync`` runs on rotation and at most every ``fsync_interval_s`` (power-loss durability,
-bounded cost). A segment is rotated (fsync, then an atomic rename to a visible
-``<source>-<start ns>-<id>.jsonl``, so names sort in write order) when it reaches ``max_bytes`` or ``max_age_s``; readers only
-ever see complete, immutable files. On start, :func:`recover` finishes segments a dead
-process left open: it drops a torn last line (never acknowledged: the writer acknowledges
-only after the full line with its newline is written), fsyncs and renames them.
+``fsync`` runs on rotation, on an append once ``fsync_interval_s`` has passed since the last,
+and from :meth:`SegmentWriter.maintain` (the service's one-second timer), so an acknowledged
+line is on stable storage within about ``fsync_interval_s`` even when traffic stops
+(power-loss durability at bounded cost). A segment is rotated (fsync, then an atomic rename to
+a visible ``<source>-<start ns>-<id>.jsonl``, so names sort in write order) when it reaches
+``max_bytes`` or ``max_age_s``; readers only ever see complete, immutable files. On start,
+:func:`recover` finishes segments a dead process left open: it drops a torn last line (never
+acknowledged: the writer acknowledges only after the full line with its newline is written),
+fsyncs and renames them. Complete lines of a request cut off mid-write stay; the sender was
+never acknowledged and retries, and ingestion drops the duplicates.
 Order is preserved within a source; nothing is deduplicated (ingestion does that).
 """
 
@@ -62,6 +66,7 @@ class _Segment:
     opened: float
     size: int = 0
     last_fsync: float = 0.0
+    dirty: bool = False
 
 
 class SegmentWriter:
@@ -87,11 +92,12 @@ class SegmentWriter:
         now = time.monotonic()
         return _Segment(path, fd, now, 0, now)
 
-    def append(self, source: str, lines: list[bytes]) -> None:
-        """Write complete lines (each without its newline) for one request, in order."""
+    def append(self, source: str, lines: list[bytes]) -> int:
+        """Write complete lines (each without its newline) for one request, in order; returns
+        the bytes written. Returns only after the kernel holds every line."""
         payload = b"".join(line + b"\n" for line in lines)
         if not payload:
-            return
+            return 0
         with self._lock:
             segment = self._segments.get(source)
             if segment is None:
@@ -101,13 +107,19 @@ class SegmentWriter:
                 written = os.write(segment.fd, view)
                 view = view[written:]
             segment.size += len(payload)
+            segment.dirty = True
             self.bytes_written += len(payload)
             now = time.monotonic()
             if now - segment.last_fsync >= self.fsync_interval_s:
-                os.fsync(segment.fd)
-                segment.last_fsync = now
+                self._fsync(segment, now)
             if segment.size >= self.max_bytes or now - segment.opened >= self.max_age_s:
                 self._rotate(source)
+        return len(payload)
+
+    @staticmethod
+    def _fsync(segment: _Segment, now: float) -> None:
+        os.fsync(segment.fd)
+        segment.last_fsync, segment.dirty = now, False
 
     def _rotate(self, source: str) -> Path | None:
         segment = self._segments.pop(source, None)
@@ -123,6 +135,22 @@ class SegmentWriter:
             now = time.monotonic()
             due = [s for s, seg in self._segments.items() if now - seg.opened >= self.max_age_s]
             return [p for p in (self._rotate(s) for s in due) if p is not None]
+
+    def maintain(self) -> list[Path]:
+        """The service's once-a-second timer: fsync segments written to since their last fsync
+        (so a quiet segment is on stable storage within ``fsync_interval_s``, not only at
+        rotation) and seal the ones that are due."""
+        with self._lock:
+            now = time.monotonic()
+            for segment in self._segments.values():
+                if segment.dirty and now - segment.last_fsync >= self.fsync_interval_s:
+                    self._fsync(segment, now)
+        return self.rotate_due()
+
+    def open_segments(self) -> dict[str, int]:
+        """Bytes in each source's open segment."""
+        with self._lock:
+            return {source: seg.size for source, seg in self._segments.items()}
 
     def close(self) -> list[Path]:
         with self._lock:

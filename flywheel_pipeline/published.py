@@ -1,0 +1,32 @@
+"""Files the pipeline publishes for other processes (the ingestion service, the outreach app):
+``$FLYWHEEL_HOME/routing.json`` and ``$FLYWHEEL_HOME/leaderboard.json``, each replaced
+atomically (write a temporary file, fsync, rename) so a reader never sees half a file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from flywheel_pipeline import paths
+
+
+def leaderboard_path() -> Path:
+    return paths.flywheel_home() / "leaderboard.json"
+
+
+def write_json_atomic(value: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(value, fh, indent=2, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

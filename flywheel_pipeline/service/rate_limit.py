@@ -1,0 +1,32 @@
+"""Per-organization request limits: a token bucket per key (``rate`` requests per minute,
+bursts up to ``rate``), answering how long to wait when a request is refused."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+
+
+class RateLimiter:
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic):
+        self.per_minute = per_minute
+        self._rate = per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, last refill)
+        self._lock = threading.Lock()
+
+    def acquire(self, key: str) -> int:
+        """0 if the request may go ahead, else the whole seconds to wait (for Retry-After)."""
+        if self.per_minute <= 0:
+            return 0
+        with self._lock:
+            now = self._clock()
+            tokens, last = self._buckets.get(key, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - last) * self._rate)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0
+            self._buckets[key] = (tokens, now)
+            return max(1, math.ceil((1.0 - tokens) / self._rate))

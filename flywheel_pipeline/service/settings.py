@@ -1,0 +1,128 @@
+"""The ingestion service's configuration, read from the environment (secrets never logged).
+
+=====================================  =========================================================
+``FLYWHEEL_HOME``                      landing zone at ``$FLYWHEEL_HOME/landing``, routing and
+                                       leaderboard files beside it
+``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
+                                       shows it); unset = events accepted unsigned
+``FLYWHEEL_SENDGRID_MAX_AGE_S``        timestamp tolerance, default 600; 0 disables the check
+``FLYWHEEL_HUBSPOT_CLIENT_SECRET``     the HubSpot app's client secret (signature v3)
+``FLYWHEEL_HUBSPOT_ACCESS_TOKEN``      token for reading deals/meetings/contacts (HubSpot's
+                                       webhooks carry ids only); unset = no enrichment
+``FLYWHEEL_HUBSPOT_API_BASE``          default ``https://api.hubapi.com``
+``FLYWHEEL_HUBSPOT_WON_STAGES``        comma-separated deal stage ids, default ``closedwon``
+``FLYWHEEL_HUBSPOT_LOST_STAGES``       default ``closedlost``
+``FLYWHEEL_HUBSPOT_MESSAGE_ID_PROPERTY``  deal/contact property holding our message id,
+                                       default ``flywheel_message_id``
+``FLYWHEEL_PUBLIC_BASE_URL``           the URL HubSpot calls (scheme://host[:port]) when a proxy
+                                       sits in front; the v3 signature covers the full URI
+``FLYWHEEL_PIPEDRIVE_USER`` / ``_PASSWORD``  HTTP Basic credentials set on the Pipedrive webhook
+``FLYWHEEL_PIPEDRIVE_MESSAGE_ID_FIELD``  key of the deal/activity custom field with our message id
+``FLYWHEEL_API_KEYS``                  ``org-a=key1,org-b=key2``: one API key per organization
+``FLYWHEEL_MESSAGE_ID_DOMAINS``        domains of our Message-IDs, default ``outreach.example``
+``FLYWHEEL_DEFAULT_MODEL``             the model /route returns when nothing is routed
+``FLYWHEEL_RATE_LIMIT_PER_MINUTE``     per organization, default 100 (0 disables)
+``FLYWHEEL_MAX_BODY_BYTES``            default 4 MiB
+``FLYWHEEL_SEGMENT_MAX_BYTES`` / ``FLYWHEEL_SEGMENT_MAX_AGE_S`` / ``FLYWHEEL_FSYNC_INTERVAL_S``
+                                       landing segment rotation (8 MiB / 60 s) and fsync cadence (1 s)
+=====================================  =========================================================
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+
+from flywheel_pipeline import paths
+
+
+def _csv(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+    if value is None:
+        return default
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def parse_api_keys(value: str | None) -> dict[str, SecretStr]:
+    """``org-a=key1,org-b=key2`` -> {org: key}; refuses malformed pairs and repeated keys."""
+    keys: dict[str, SecretStr] = {}
+    for pair in _csv(value):
+        org, sep, key = pair.partition("=")
+        if not sep or not org.strip() or not key.strip():
+            raise ValueError("FLYWHEEL_API_KEYS must look like 'org-a=key1,org-b=key2'")
+        keys[org.strip()] = SecretStr(key.strip())
+    secrets = [k.get_secret_value() for k in keys.values()]
+    if len(set(secrets)) != len(secrets):
+        raise ValueError("FLYWHEEL_API_KEYS gives two organizations the same key")
+    return keys
+
+
+class ServiceSettings(BaseModel):
+    landing: Path
+    home: Path
+    sendgrid_public_key: str | None = None
+    sendgrid_max_age_s: float = Field(600.0, ge=0)
+    hubspot_client_secret: SecretStr | None = None
+    hubspot_access_token: SecretStr | None = None
+    hubspot_api_base: str = "https://api.hubapi.com"
+    hubspot_won_stages: tuple[str, ...] = ("closedwon",)
+    hubspot_lost_stages: tuple[str, ...] = ("closedlost",)
+    hubspot_message_id_property: str = "flywheel_message_id"
+    public_base_url: str | None = None
+    pipedrive_user: str | None = None
+    pipedrive_password: SecretStr | None = None
+    pipedrive_message_id_field: str | None = None
+    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    message_id_domains: tuple[str, ...] = ("outreach.example",)
+    default_model: str | None = None
+    rate_limit_per_minute: int = Field(100, ge=0)
+    max_body_bytes: int = Field(4 << 20, ge=0)
+    segment_max_bytes: int = Field(8 << 20, ge=0)
+    segment_max_age_s: float = Field(60.0, ge=0)
+    fsync_interval_s: float = Field(1.0, ge=0)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(f"FLYWHEEL_{name}")
+            return value if value not in (None, "") else None
+
+        home = Path(env.get("FLYWHEEL_HOME") or paths.flywheel_home()).expanduser().absolute()
+        values: dict = {"home": home, "landing": home / "landing",
+                        "api_keys": parse_api_keys(get("API_KEYS"))}
+        scalar = {"sendgrid_public_key": "SENDGRID_PUBLIC_KEY", "sendgrid_max_age_s": "SENDGRID_MAX_AGE_S",
+                  "hubspot_client_secret": "HUBSPOT_CLIENT_SECRET",
+                  "hubspot_access_token": "HUBSPOT_ACCESS_TOKEN", "hubspot_api_base": "HUBSPOT_API_BASE",
+                  "hubspot_message_id_property": "HUBSPOT_MESSAGE_ID_PROPERTY",
+                  "public_base_url": "PUBLIC_BASE_URL", "pipedrive_user": "PIPEDRIVE_USER",
+                  "pipedrive_password": "PIPEDRIVE_PASSWORD",
+                  "pipedrive_message_id_field": "PIPEDRIVE_MESSAGE_ID_FIELD",
+                  "default_model": "DEFAULT_MODEL", "rate_limit_per_minute": "RATE_LIMIT_PER_MINUTE",
+                  "max_body_bytes": "MAX_BODY_BYTES", "segment_max_bytes": "SEGMENT_MAX_BYTES",
+                  "segment_max_age_s": "SEGMENT_MAX_AGE_S", "fsync_interval_s": "FSYNC_INTERVAL_S"}
+        for field, name in scalar.items():
+            if (value := get(name)) is not None:
+                values[field] = value
+        for field, name in (("hubspot_won_stages", "HUBSPOT_WON_STAGES"),
+                            ("hubspot_lost_stages", "HUBSPOT_LOST_STAGES"),
+                            ("message_id_domains", "MESSAGE_ID_DOMAINS")):
+            if (value := get(name)) is not None:
+                values[field] = _csv(value)
+        return cls(**values)
+
+    def unverified_sources(self) -> list[str]:
+        """Webhook sources accepted without a signature or credentials (said at start and in /healthz)."""
+        out = []
+        if not self.sendgrid_public_key:
+            out.append("sendgrid")
+        if self.hubspot_client_secret is None:
+            out.append("hubspot")
+        if not (self.pipedrive_user and self.pipedrive_password):
+            out.append("pipedrive")
+        if not self.api_keys:
+            out.append("messages/replies (no FLYWHEEL_API_KEYS)")
+        return out

@@ -1,1 +1,0 @@
-"""The ingestion service's parts: the durable landing writer (and, next, the HTTP app)."""
