@@ -6,7 +6,7 @@ import argparse
 import os
 import shutil
 import sys
-from datetime import date
+from datetime import date, timedelta
 
 from flywheel_pipeline import paths
 
@@ -15,23 +15,40 @@ def _print(msg: str = "") -> None:
     print(msg, flush=True)
 
 
+def routing_history(follow_from: date | None) -> tuple[tuple[date, dict], ...]:
+    """The simulated outreach app's memory of which routing table it used from which day
+    (``$FLYWHEEL_HOME/simulator/routing_history.json``). With ``follow_from``, a routing.json
+    whose arms differ from the last table it used is adopted from that day on (or from the day
+    after the last adoption: the memory only grows, the past is not rewritten)."""
+    import json
+
+    from flywheel_pipeline.published import write_json_atomic
+    from flywheel_pipeline.routing import load_routing
+
+    path = paths.flywheel_home() / "simulator" / "routing_history.json"
+    history = [(date.fromisoformat(d), t) for d, t in json.loads(path.read_text())] if path.exists() else []
+    if follow_from is not None:
+        table = load_routing()
+        if table.get("families") and (not history or history[-1][1].get("families") != table["families"]):
+            since = max(follow_from, history[-1][0] + timedelta(days=1)) if history else follow_from
+            history.append((since, table))
+            write_json_atomic([[d.isoformat(), t] for d, t in history], path)
+    return tuple(history)
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from flywheel_pipeline.core.simulate import SIMULATOR_TAG, SimConfig, simulate
 
-    routing_from = getattr(args, "routing_from", None)
-    routing = None
-    if routing_from is not None:
-        from flywheel_pipeline.routing import load_routing
-
-        routing = load_routing()
-        if not routing.get("families"):
-            routing, routing_from = None, None
+    follow = getattr(args, "follow_routing_from", None)
+    history = routing_history(date.fromisoformat(follow) if isinstance(follow, str) else follow)
     cfg = SimConfig(seed=args.seed, days=args.days, messages_per_day=args.messages_per_day,
-                    end=date.fromisoformat(args.end) if args.end else None, routing=routing,
-                    routing_from=routing_from)
-    if routing is not None:
-        _print(f"[{SIMULATOR_TAG}] the simulated outreach app follows {paths.flywheel_home() / 'routing.json'} "
-               f"for messages sent from {routing_from}")
+                    leads_per_org=args.leads_per_org, end=date.fromisoformat(args.end) if args.end else None,
+                    routing_history=history)
+    if history:
+        _print(f"[{SIMULATOR_TAG}] the simulated outreach app follows the routing tables it saw: "
+               + ", ".join(f"from {d}: " + "; ".join(f"{a['ab_group']} {a['traffic_pct']:g}%"
+                                                      for f in t["families"].values() for a in f["arms"])
+                           for d, t in history))
     _print(f"[{SIMULATOR_TAG}] writing {cfg.days} simulated days (seed {cfg.seed}) to {paths.landing_dir()}")
     result = simulate(paths.landing_dir(), cfg)
     _print(f"[{SIMULATOR_TAG}] {result.days_written} days written, {result.days_skipped} already present: "
@@ -93,29 +110,66 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Two turns of the flywheel on the simulated world: the first on the days up to two weeks
-    ago, the second after the last two weeks land (a new dataset, a new model version)."""
-    from datetime import datetime, timedelta, timezone
+    """The flywheel on the simulated world, in simulated time: turn 1 trains on the days up to
+    ``experiment_weeks`` ago and routes 10% of traffic to its model; then, week by week, the
+    simulated outreach app sends through routing.json, outcomes land and are labelled as of that
+    week, and the experiment sensor's run evaluates the experiment and applies its decision
+    (rollout, promotion, rollback); turn 2 trains again on everything."""
+    import json
+    from datetime import datetime, timezone
 
     from flywheel_pipeline.defs.automation import RETRAIN_JOB_NAME
+    from flywheel_pipeline.published import write_json_atomic
 
     _print(f"FLYWHEEL_HOME={paths.flywheel_home()}")
     end = date.fromisoformat(args.end) if args.end else datetime.now(timezone.utc).date()
-    turns = [(end - timedelta(days=14), max(args.days - 14, 1)), (end, args.days)]
-    for number, (turn_end, days) in enumerate(turns, 1):
-        _print(f"\n=== flywheel turn {number}: outcomes up to {turn_end} ===")
-        # in turn 2 the simulated outreach app sends through the routing table turn 1 published
-        cmd_simulate(argparse.Namespace(seed=args.seed, days=days, messages_per_day=args.messages_per_day,
-                                        end=turn_end.isoformat(),
-                                        routing_from=turns[0][0] if number == 2 else None))
-        _print("Materializing ingestion and outcome labels through Dagster ...")
-        if not run_refresh(full=False):
+    weeks = max(0, min(args.experiment_weeks, (args.days - 21) // 7))
+    start_experiment = end - timedelta(days=7 * weeks)
+    state_path = paths.flywheel_home() / "simulator" / "demo.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else None
+
+    def simulate_until(day: date, follow_from: date | None) -> None:
+        cmd_simulate(argparse.Namespace(seed=args.seed, days=args.days - (end - day).days, end=day.isoformat(),
+                                        messages_per_day=args.messages_per_day, leads_per_org=args.leads_per_org,
+                                        follow_routing_from=follow_from))
+
+    def as_of(day: date) -> str:
+        return datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc).isoformat()
+
+    if state is not None:
+        # the demo already ran here: the world only moves forward (simulated time cannot be replayed
+        # over a warehouse that has seen the future)
+        done = date.fromisoformat(state["end"])
+        if done >= end:
+            _print(f"The demo world in this FLYWHEEL_HOME already runs up to {done}; nothing to add "
+                   "(use a new FLYWHEEL_HOME, or `make clean`, to start over).")
+            return cmd_summary(args)
+        _print(f"\n=== the demo world moves on: {done} -> {end} ===")
+        simulate_until(end, done)
+        if not run_refresh(as_of=as_of(end)) or not _evaluate_experiments() or not run_job(RETRAIN_JOB_NAME):
             return 1
-        if number > 1 and not _evaluate_experiments():
+        write_json_atomic({"end": end.isoformat()}, state_path)
+        return cmd_summary(args)
+
+    _print(f"\n=== flywheel turn 1: outcomes up to {start_experiment} ===")
+    simulate_until(start_experiment, None)
+    _print("Materializing ingestion and outcome labels through Dagster ...")
+    if not run_refresh(as_of=as_of(start_experiment)):
+        return 1
+    _print("Training data, validated exports, fine-tuning (sandbox backend), registry, MLflow, routing ...")
+    if not run_job(RETRAIN_JOB_NAME):
+        return 1
+    for week in range(1, weeks + 1):
+        week_end = start_experiment + timedelta(days=7 * week)
+        _print(f"\n=== live traffic, week {week} of {weeks}: up to {week_end} ===")
+        simulate_until(week_end, week_end - timedelta(days=7))
+        if not run_refresh(as_of=as_of(week_end)) or not _evaluate_experiments():
             return 1
-        _print("Training data, validated exports, fine-tuning (sandbox backend), registry and MLflow ...")
-        if not run_job(RETRAIN_JOB_NAME):
-            return 1
+    _print(f"\n=== flywheel turn 2: outcomes up to {end} ===")
+    _print("Training again on everything that matured: a new dataset version, a new model version ...")
+    if not run_job(RETRAIN_JOB_NAME):
+        return 1
+    write_json_atomic({"end": end.isoformat()}, state_path)
     cmd_summary(args)
     _print()
     _print("Next: open the Dagster UI on this instance with")
@@ -166,6 +220,10 @@ def _evaluate_experiments() -> bool:
                 QUALIFY row_number() OVER (PARTITION BY family ORDER BY evaluated_at DESC) = 1""").fetchall():
             _print(f"  {family}: challenger {challenger} ({leads_c} mature leads vs {leads_p}): "
                    f"{decision.upper()} - {reason}")
+        for model, version, status, pct in con.execute(
+                "SELECT model_id, version, status, traffic_pct FROM model_registry "
+                "WHERE status IN ('ready', 'deployed', 'archived') ORDER BY created_at").fetchall():
+            _print(f"  registry: {model} v{version}: {status}, {pct:g}% of traffic")
     finally:
         con.close()
     return True
@@ -218,14 +276,19 @@ def build_parser() -> argparse.ArgumentParser:
     def sim_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=int, default=7)
         p.add_argument("--days", type=int, default=90, help="simulated days ending yesterday (default 90)")
-        p.add_argument("--messages-per-day", type=int, default=120)
+        p.add_argument("--messages-per-day", type=int, default=300)
+        p.add_argument("--leads-per-org", type=int, default=2000, help="leads per simulated organization (3)")
         p.add_argument("--end", help="first day NOT simulated (ISO date; default today, UTC)")
 
-    p = sub.add_parser("demo", help="simulate a world into the landing zone, refresh through Dagster, summarize")
+    p = sub.add_parser("demo", help="turn the flywheel on a simulated world: train, A/B test week by week, train again")
     sim_args(p)
+    p.add_argument("--experiment-weeks", type=int, default=7,
+                   help="simulated weeks of live A/B traffic between the two training turns (default 7)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("simulate", help="write the demo-world simulator's landing files")
     sim_args(p)
+    p.add_argument("--follow-routing-from", help="ISO date: from that day the simulated outreach app sends "
+                                                 "through $FLYWHEEL_HOME/routing.json")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("refresh", help="ingest the landing zone and refresh labels through Dagster")
     p.add_argument("--full", action="store_true", help="rebuild all labels from all events")

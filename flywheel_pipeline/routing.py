@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel_pipeline import paths
-from flywheel_pipeline.core.assignment import Arm, choose_arm
+from flywheel_pipeline.core.assignment import Arm, allocation_id, choose_arm
 from flywheel_pipeline.published import write_json_atomic
 
 
@@ -40,7 +40,8 @@ def load_routing(path: Path | None = None) -> dict[str, Any]:
 
 def choose_model(lead_id: str, organization_id: str | None, task_type: str = "all", *,
                  table: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The model this lead's next message should use: model_id, version, ab_group, experiment."""
+    """The model this lead's next message should use: model_id, version, ab_group, experiment_id and
+    allocation (record the last two in the message's ``metadata``; the A/B analysis reads them)."""
     table = table if table is not None else load_routing()
     families = table.get("families", {})
     for org in (organization_id, None):
@@ -51,8 +52,10 @@ def choose_model(lead_id: str, organization_id: str | None, task_type: str = "al
                         for a in family["arms"]]
                 arm = choose_arm(lead_id, family["experiment_id"], arms)
                 return {"model_id": arm.model_id, "version": arm.version, "ab_group": arm.ab_group,
-                        "experiment_id": family["experiment_id"]}
+                        "experiment_id": family["experiment_id"],
+                        "allocation": allocation_id(family["experiment_id"], arms)}
     default = table.get("default_model")
     if not default:
         raise LookupError(f"no routing for organization {organization_id!r}, task {task_type!r} and no default")
-    return {"model_id": default, "version": None, "ab_group": "default", "experiment_id": None}
+    return {"model_id": default, "version": None, "ab_group": "default", "experiment_id": None,
+            "allocation": None}

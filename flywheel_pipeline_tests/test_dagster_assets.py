@@ -201,3 +201,27 @@ def test_dagster_cli_materializes_from_the_module(home):
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     assert con.execute("SELECT count(*) FROM messages").fetchone()[0] == 40
     con.close()
+
+
+def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
+    """A small demo: turn 1, two weeks of live routed traffic with the experiment sensor's runs,
+    turn 2; run again the same day it adds nothing; a week later it extends the same world."""
+    env = dict(os.environ)
+    small = ["--days", "35", "--experiment-weeks", "2", "--messages-per-day", "60", "--leads-per-org", "150"]
+    first = _cli(["demo", *small, "--end", "2026-06-01"], env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    out = first.stdout
+    assert "live traffic, week 2 of 2" in out and out.count("experiment sensor requested a run") == 2
+    assert "challenger 10%" in out and "flywheel turn 2" in out
+    history = json.loads((home / "simulator" / "routing_history.json").read_text())
+    assert history[0][0] == "2026-05-18"  # routed from turn 1's end, two weeks before the end
+    messages = [json.loads(line) for f in sorted((home / "landing" / "messages").glob("*2026-05-2*.jsonl"))
+                for line in f.read_text().splitlines()]
+    assert {m["metadata"].get("allocation", "").split("@")[-1] for m in messages} >= {"challenger=10/champion=90"}
+    again = _cli(["demo", *small, "--end", "2026-06-01"], env)
+    assert again.returncode == 0 and "already runs up to 2026-06-01" in again.stdout
+    later = _cli(["demo", *small, "--end", "2026-06-08"], env)
+    assert later.returncode == 0, later.stdout[-3000:]
+    assert "moves on: 2026-06-01 -> 2026-06-08" in later.stdout
+    assert (home / "landing" / "messages" / "sim-7-messages-2026-06-07.jsonl").exists()
+    assert json.loads((home / "simulator" / "demo.json").read_text()) == {"end": "2026-06-08"}

@@ -82,7 +82,7 @@ def test_the_simulated_outreach_app_follows_the_routing_table(tmp_path):
     base = dict(seed=4, days=20, end=date(2026, 5, 1), organizations=1, leads_per_org=300, messages_per_day=100)
     plain, routed = tmp_path / "plain", tmp_path / "routed"
     simulate(plain, SimConfig(**base))
-    simulate(routed, SimConfig(**base, routing=table, routing_from=date(2026, 4, 20)))
+    simulate(routed, SimConfig(**base, routing_history=((date(2026, 4, 20), table),)))
     before = sorted((plain / "messages").glob("*2026-04-1*.jsonl"))
     assert before and all(p.read_bytes() == (routed / "messages" / p.name).read_bytes() for p in before)
     after = [json.loads(line) for p in sorted((routed / "messages").glob("*2026-04-2*.jsonl"))
@@ -90,6 +90,8 @@ def test_the_simulated_outreach_app_follows_the_routing_table(tmp_path):
     groups = [m["ab_group"] for m in after]
     assert set(groups) == {"challenger", "champion"} and 0.06 < groups.count("challenger") / len(groups) < 0.14
     assert {m["model_id"] for m in after if m["ab_group"] == "challenger"} == {"sandbox:base:supervised:abc"}
+    # the app records the exposure: experiment and allocation (arms and shares) with every routed message
+    assert {m["metadata"]["allocation"] for m in after} == {"e@challenger=10/champion=90"}
 
 
 def test_ab_test_results_from_routed_traffic(tmp_path, home):
@@ -108,7 +110,7 @@ def test_ab_test_results_from_routed_traffic(tmp_path, home):
             {"model_id": "gpt-4o-mini-2024-07-18", "version": None, "ab_group": "champion", "traffic_pct": 50.0}]}}}
     write_routing(table)
     simulate(home / "landing", SimConfig(seed=12, days=30, end=date(2026, 4, 1), organizations=1, leads_per_org=2000,
-                                         messages_per_day=150, routing=table, routing_from=date(2026, 3, 2)))
+                                         messages_per_day=150, routing_history=((date(2026, 3, 2), table),)))
     con = connect(home / "warehouse.duckdb")
     run_pipeline(con, home / "landing", as_of=datetime(2026, 5, 15, tzinfo=timezone.utc))
     stats, cost = arm_statistics(con, "sandbox:gpt-4o-mini:supervised:x", "gpt-4o-mini-2024-07-18")
@@ -193,3 +195,40 @@ def test_decisions_roll_out_then_promote_with_mlflow_aliases_or_roll_back(tmp_pa
     with dg.instance_for_test() as instance:
         skip = experiment_sensor(dg.build_sensor_context(instance=instance))
         assert isinstance(skip, dg.SkipReason) and "no experiment" in skip.skip_message
+
+
+def test_a_rollout_step_starts_a_new_allocation_and_the_analysis_stays_within_it(tmp_path):
+    """10% then 50%: leads move into the challenger arm, so pooling both steps breaks the split
+    (a sample-ratio mismatch against either weight); within the current allocation it holds."""
+    from datetime import datetime, timezone
+
+    from flywheel_pipeline.core.stats.decisions import sample_ratio_mismatch
+    from flywheel_pipeline.warehouse.experiments import allocations_logged, arm_statistics
+    from flywheel_pipeline.warehouse.schema import connect
+    from flywheel_pipeline_tests.conftest import run_pipeline
+
+    def table(pct: float) -> dict:
+        return {"default_model": "gpt-4o-mini-2024-07-18", "families": {"flywheel-global-all": {
+            "experiment_id": "exp-ramp", "arms": [
+                {"model_id": "sandbox:x", "version": "1.0.0", "ab_group": "challenger", "traffic_pct": pct},
+                {"model_id": "gpt-4o-mini-2024-07-18", "version": None, "ab_group": "champion",
+                 "traffic_pct": 100 - pct}]}}}
+
+    history = ((date(2026, 3, 2), table(10.0)), (date(2026, 3, 16), table(50.0)))
+    simulate(tmp_path / "landing", SimConfig(seed=5, days=28, end=date(2026, 3, 30), organizations=1,
+                                             leads_per_org=3000, messages_per_day=200, routing_history=history))
+    con = connect(tmp_path / "wh.duckdb")
+    run_pipeline(con, tmp_path / "landing", as_of=datetime(2026, 5, 1, tzinfo=timezone.utc))
+    assert allocations_logged(con, "exp-ramp") and not allocations_logged(con, "another")
+    step2 = "exp-ramp@challenger=50/champion=50"
+    pooled, _ = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18")
+    current, _ = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18", step2)
+    in_step2 = con.execute("SELECT count(DISTINCT (l.lead_id, l.ab_group)) FROM outcome_labels l JOIN messages m USING (message_key) "
+                           "WHERE l.is_mature AND m.metadata->>'allocation' = ?", [step2]).fetchone()[0]
+    con.close()
+    leads = {arm: current["weighted_score"][arm].n for arm in ("challenger", "champion")}
+    both = {arm: pooled["weighted_score"][arm].n for arm in ("challenger", "champion")}
+    assert sum(leads.values()) == in_step2 and sum(both.values()) > sum(leads.values())
+    assert not sample_ratio_mismatch([leads["challenger"], leads["champion"]], [50, 50]).mismatch
+    for weights in ([10, 90], [50, 50]):
+        assert sample_ratio_mismatch([both["challenger"], both["champion"]], weights).mismatch

@@ -41,6 +41,17 @@ def choose_arm(lead_id: str, experiment_id: str, arms: list[Arm]) -> Arm:
     return champions[0] if champions else arms[-1]
 
 
+def allocation_id(experiment_id: str, arms: list[Arm]) -> str:
+    """Names one allocation of an experiment (its arms and their shares), e.g. ``3f2a…@challenger=10/champion=90``.
+
+    The outreach app records it with every routed message (``metadata.allocation``): a rollout
+    step changes the shares, and leads then move between arms (the challenger gains buckets),
+    so an analysis compares arms within one allocation, where the split is what it was
+    configured to be and the sample-ratio check is meaningful."""
+    shares = "/".join(f"{a.ab_group}={a.traffic_pct:g}" for a in sorted(arms, key=lambda a: a.ab_group))
+    return f"{experiment_id}@{shares}"
+
+
 def next_rollout_step(current_pct: float, steps: tuple[float, ...] = DEFAULT_ROLLOUT_STEPS) -> float:
     """The next share for the challenger after a healthy period (stays at the last step)."""
     for step in steps:

@@ -71,12 +71,20 @@ class SimConfig:
     duplicate_mean_copies: float = 3.0
     malformed_rate: float = 0.0005
     crm_with_message_id: float = 0.5
-    # The outreach app follows the routing table (routing.json as a dict) for messages sent on
-    # or after routing_from: each lead gets the model flywheel_pipeline.routing.choose_model
-    # picks. A sandbox model's hidden quality is SANDBOX_MODEL_QUALITY (a simulator assumption:
-    # trained on the best outcomes, it writes somewhat better e-mails than the baseline).
-    routing: dict | None = None
-    routing_from: date | None = None
+    # The outreach app follows the routing table (routing.json as a dict): routing_history
+    # lists (first day, table) in date order, and a message sent on a day uses the latest table
+    # in force, with the model flywheel_pipeline.routing.choose_model picks for its lead (and
+    # records the experiment and allocation in its metadata). A sandbox model's hidden quality
+    # is SANDBOX_MODEL_QUALITY (a simulator assumption: trained on the best outcomes, it writes
+    # somewhat better e-mails than the baseline).
+    routing_history: tuple[tuple[date, dict], ...] = ()
+
+    def routing_on(self, day: date) -> dict | None:
+        table = None
+        for since, routing in self.routing_history:
+            if since <= day:
+                table = routing
+        return table
 
 
 SANDBOX_MODEL_QUALITY = 1.25
@@ -288,7 +296,8 @@ def _poisson(rng: random.Random, lam: float) -> int:
 
 
 def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: datetime,
-             campaign: int, rng: random.Random) -> tuple[dict[str, Any], list[str]]:
+             campaign: int, rng: random.Random, routed: dict[str, Any] | None = None
+             ) -> tuple[dict[str, Any], list[str]]:
     framework, tone = rng.choice(FRAMEWORKS), rng.choice(TONES)
     n_links = rng.choice((1, 2, 2, 3))
     links = [f"https://{lead.organization_id}.example/l/{mid}/{k}?t={rng.getrandbits(32):08x}"
@@ -315,21 +324,23 @@ def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: dateti
         "latency_ms": round(rng.uniform(400, 2500), 1),
         "metadata": {"industry": lead.industry, "role": lead.role, "company": lead.company,
                      "first_name": lead.first_name, "last_name": lead.last_name,
-                     "sender_name": "Jordan", "simulated": True},
+                     "sender_name": "Jordan", "simulated": True,
+                     **({"experiment_id": routed["experiment_id"], "allocation": routed["allocation"]}
+                        if routed and routed.get("experiment_id") else {})},
     }
     return record, links
 
 
-def _routed_model(cfg: SimConfig, lead: Lead, task_type: str) -> SimModel:
+def _routed_model(cfg: SimConfig, routing: dict, lead: Lead, task_type: str) -> tuple[SimModel, dict[str, Any]]:
     from flywheel_pipeline.routing import choose_model
 
-    pick = choose_model(lead.lead_id, lead.organization_id, task_type, table=cfg.routing)
+    pick = choose_model(lead.lead_id, lead.organization_id, task_type, table=routing)
     known = {m.model_id: m for m in cfg.models}
     if pick["model_id"] in known:
         quality = known[pick["model_id"]].quality
     else:
         quality = SANDBOX_MODEL_QUALITY if pick["model_id"].startswith("sandbox:") else 1.0
-    return SimModel(pick["model_id"], pick["version"] or "1.0.0", quality, 0.0, 0, pick["ab_group"])
+    return SimModel(pick["model_id"], pick["version"] or "1.0.0", quality, 0.0, 0, pick["ab_group"]), pick
 
 
 def _existing_epoch(landing: Path, seed: int) -> date | None:
@@ -337,6 +348,10 @@ def _existing_epoch(landing: Path, seed: int) -> date | None:
     days = [date.fromisoformat(f.name[len(prefix):-len(".jsonl")])
             for f in landing_zone.list_files(landing, "messages") if f.name.startswith(prefix)]
     return min(days) if days else None
+
+
+def _file_name(seed: int, source: str, day: date) -> str:
+    return f"sim-{seed}-{source}-{day.isoformat()}.jsonl"
 
 
 def simulate(landing: Path, cfg: SimConfig | None = None) -> SimResult:
@@ -353,9 +368,13 @@ def simulate(landing: Path, cfg: SimConfig | None = None) -> SimResult:
     orgs = sorted(by_org)
     # Records are filed by the day they are posted; records posted after `end` are the future.
     posted: dict[str, dict[date, list[tuple[datetime, Any]]]] = {s: defaultdict(list) for s in landing_zone.SOURCES}
-    # Outcomes of a message can land up to ~90 days later; simulate from well before `start`
-    # so the first written days also carry late events of earlier messages.
-    history_start = start - timedelta(days=100)
+    # Only days with a missing file are written; outcomes of a message can land up to ~90 days
+    # later, so simulate from well before the first of them (every day's randomness is seeded
+    # by its date, so re-simulating a day reproduces it exactly).
+    days = [start + timedelta(days=i) for i in range(cfg.days)]
+    missing = [d for d in days if any(not (landing / source / _file_name(cfg.seed, source, d)).exists()
+                                      for source in landing_zone.SOURCES)]
+    history_start = missing[0] - timedelta(days=100) if missing else end
     day = history_start
     while day < end:
         day_index = (day - epoch).days
@@ -364,11 +383,12 @@ def simulate(landing: Path, cfg: SimConfig | None = None) -> SimResult:
             lead = rng.choice(by_org[rng.choice(orgs)])
             model = _pick_model(cfg.models, day_index, rng)
             campaign = rng.randrange(3)
-            if cfg.routing is not None and cfg.routing_from is not None and day >= cfg.routing_from:
-                model = _routed_model(cfg, lead, "cold_email" if campaign < 2 else "follow_up")
+            routed = None
+            if (routing := cfg.routing_on(day)) is not None:
+                model, routed = _routed_model(cfg, routing, lead, "cold_email" if campaign < 2 else "follow_up")
             mid = f"msg-{day.strftime('%Y%m%d')}-{n:05d}"
             sent = _utc(day) + timedelta(seconds=rng.uniform(8 * 3600, 18 * 3600))
-            record, links = _message(cfg, lead, model, mid, sent, campaign, rng)
+            record, links = _message(cfg, lead, model, mid, sent, campaign, rng, routed)
             posted["messages"][day].append((sent, record))
             for source, items in _message_fate(cfg, lead, model, mid, sent, links).items():
                 for at, rec in items:
@@ -380,7 +400,7 @@ def simulate(landing: Path, cfg: SimConfig | None = None) -> SimResult:
     day = start
     while day < end:
         for source in landing_zone.SOURCES:
-            name = f"sim-{cfg.seed}-{source}-{day.isoformat()}.jsonl"
+            name = _file_name(cfg.seed, source, day)
             target = landing / source / name
             if target.exists():
                 result.days_skipped += source == "messages"

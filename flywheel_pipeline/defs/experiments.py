@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import Field
 
-from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS, next_rollout_step
+from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS, Arm, allocation_id, next_rollout_step
 from flywheel_pipeline.defs.metadata import md_table
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
 from flywheel_pipeline.tracking import sync_aliases
@@ -15,7 +15,7 @@ from flywheel_pipeline.core.stats.decisions import minimum_detectable_effect
 from flywheel_pipeline.core.stats.policy import PolicyConfig, decide
 from flywheel_pipeline.defs.outcomes import outcome_labels
 from flywheel_pipeline.routing import load_routing, routing_path, write_routing
-from flywheel_pipeline.warehouse.experiments import arm_statistics
+from flywheel_pipeline.warehouse.experiments import allocations_logged, arm_statistics
 from flywheel_pipeline.warehouse import model_registry as registry
 
 EXPERIMENTS_GROUP = "experiments"
@@ -128,7 +128,14 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
             arms = {a["ab_group"]: a for a in spec["arms"]}
             if "challenger" not in arms:
                 continue
-            stats, cost = arm_statistics(con, arms["challenger"]["model_id"], arms["champion"]["model_id"])
+            allocation = allocation_id(spec["experiment_id"], [
+                Arm(a["model_id"], a.get("version"), a["ab_group"], float(a["traffic_pct"])) for a in spec["arms"]])
+            if not allocations_logged(con, spec["experiment_id"]):
+                context.log.warning(f"{family}: messages do not record metadata.allocation; comparing all routed "
+                                    "messages, which mixes rollout steps")
+                allocation = None
+            stats, cost = arm_statistics(con, arms["challenger"]["model_id"], arms["champion"]["model_id"],
+                                         allocation)
             weights = {g: float(arms[g]["traffic_pct"]) for g in ("challenger", "champion")}
             decision = decide(stats, weights, cost, policy)
             context.log.info(f"{family}: {decision.decision} - {decision.reason}")
@@ -136,7 +143,8 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
             smaller = min(decision.leads.values())
             mde = (minimum_detectable_effect(champion_reply.mean, smaller)
                    if 0 < champion_reply.mean < 1 and smaller > 0 else None)
-            summary.append((family, arms["challenger"]["model_id"], decision.leads["challenger"],
+            summary.append((family, arms["challenger"]["model_id"], allocation or "all (not logged)",
+                            decision.leads["challenger"],
                             decision.leads["champion"], f"{mde:.4f}" if mde is not None else "",
                             decision.decision, decision.reason))
             for m in decision.metrics or [None]:
@@ -156,7 +164,7 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
     return dg.MaterializeResult(metadata={
         "experiments": len(summary),
         "decisions": dg.MetadataValue.md(md_table(
-            ["family", "challenger", "challenger leads", "champion leads", "reply-rate MDE (80% power)",
+            ["family", "challenger", "allocation", "challenger leads", "champion leads", "reply-rate MDE (80% power)",
              "decision", "reason"], summary)),
         "metrics": dg.MetadataValue.md(md_table(
             ["family", "metric", "challenger", "champion", "lift", "always-valid CI", "Holm p", "P(win)"],

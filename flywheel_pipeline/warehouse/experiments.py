@@ -2,6 +2,11 @@
 
 The unit is the lead: a lead's metrics aggregate all its mature routed messages of the arm
 (reply = any human reply, ..., revenue = sum of closed deal values, messages = count).
+
+Only messages routed under the experiment's current allocation count (``metadata.allocation``,
+recorded by the outreach app from ``choose_model``): after a rollout step leads move between
+arms and the split changes, so arms are compared within one allocation. Messages of an app
+that does not record allocations are all counted (``allocation=None``).
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ WITH routed AS (
            coalesce(m.cost_usd, 0) AS cost, l.quality_score
     FROM outcome_labels l JOIN messages m USING (message_key)
     WHERE l.is_mature AND l.ab_group IN ('challenger', 'champion')
-      AND ((l.ab_group = 'challenger' AND l.model_id = ?) OR (l.ab_group = 'champion' AND l.model_id = ?))
+      AND ((l.ab_group = 'challenger' AND l.model_id = $challenger) OR (l.ab_group = 'champion' AND l.model_id = $champion))
+      AND ($allocation IS NULL OR json_extract_string(m.metadata, '$.allocation') = $allocation)
 ), per_lead AS (
     SELECT arm, lead_id,
            max(replied::INT) AS reply, max(positive_reply::INT) AS positive, max(meeting_booked::INT) AS meeting,
@@ -36,9 +42,16 @@ FROM per_lead GROUP BY arm
 """
 
 
-def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champion_model: str
-                   ) -> tuple[dict[str, dict[str, ArmStats]], dict[str, float]]:
-    rows = {r[0]: r[1:] for r in con.execute(_PER_LEAD, [challenger_model, champion_model]).fetchall()}
+def allocations_logged(con: duckdb.DuckDBPyConnection, experiment_id: str) -> bool:
+    """Whether the outreach app records allocations for this experiment's messages."""
+    return con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE ab_group IN ('challenger', 'champion') "
+                       "AND json_extract_string(metadata, '$.experiment_id') = ?)", [experiment_id]).fetchone()[0]
+
+
+def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champion_model: str,
+                   allocation: str | None = None) -> tuple[dict[str, dict[str, ArmStats]], dict[str, float]]:
+    params = {"challenger": challenger_model, "champion": champion_model, "allocation": allocation}
+    rows = {r[0]: r[1:] for r in con.execute(_PER_LEAD, params).fetchall()}
     stats: dict[str, dict[str, ArmStats]] = {}
     cost: dict[str, float] = {}
     names = ("reply_rate", "positive_reply_rate", "meeting_rate", "close_rate", "negative_reply_rate",
