@@ -16,10 +16,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-# The tests also train a tiny model with the [local] extra. torch is pinned to the CPU build
-# these machines carry on disk (2.13.0), so no multi-GB CUDA build is downloaded.
-$(VENV)/.installed-local: $(VENV)/.installed
-	$(BIN)/python -m pip install --quiet 'torch==2.13.0' -e '.[dev,local]'
+# The tests also train a tiny model with the [local] extra and judge with deepeval ([judge]).
+# torch is pinned to the CPU build these machines carry on disk (2.13.0), so no multi-GB CUDA
+# build is downloaded.
+$(VENV)/.installed-local: $(VENV)/.installed pyproject.toml
+	$(BIN)/python -m pip install --quiet 'torch==2.13.0' -e '.[dev,local,judge]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -15,7 +15,7 @@ from flywheel_pipeline.defs.experiments import EXPERIMENT_ASSETS
 from flywheel_pipeline.defs.ingest import INGEST_ASSETS
 from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS
 from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
-                                              LabelPolicyResource, LandingZoneResource, MlflowResource,
+                                              JudgeResource, LabelPolicyResource, LandingZoneResource, MlflowResource,
                                               WarehouseResource)
 from flywheel_pipeline.defs.training import TRAINING_ASSETS, TRAINING_CHECKS
 from flywheel_pipeline.routing import choose_model, load_routing
@@ -61,7 +61,7 @@ def test_routing_table_asset_routes_ten_percent_to_the_evaluated_challenger(tmp_
     res = {"warehouse": WarehouseResource(database=str(home / "wh.duckdb")),
            "landing": LandingZoneResource(path=str(home / "landing")), "label_policy": LabelPolicyResource(),
            "exports": ExportsResource(path=str(home / "exports")), "fine_tuning": FineTuningResource(),
-           "generation": GenerationResource(), "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path}/m.db")}
+           "generation": GenerationResource(), "judge": JudgeResource(), "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path}/m.db")}
     with dg.instance_for_test() as instance:
         result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *DATASET_CHECKS, *TRAINING_ASSETS,
                                  *TRAINING_CHECKS, *EXPERIMENT_ASSETS], instance=instance, resources=res)

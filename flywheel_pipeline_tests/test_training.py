@@ -17,8 +17,8 @@ from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
 from flywheel_pipeline.defs.ingest import INGEST_ASSETS
 from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS
 from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
-                                              LabelPolicyResource, LandingZoneResource, MlflowResource,
-                                              WarehouseResource)
+                                              JudgeResource, LabelPolicyResource, LandingZoneResource,
+                                              MlflowResource, WarehouseResource)
 from flywheel_pipeline.defs.training import TRAINING_ASSETS, TRAINING_CHECKS
 from flywheel_pipeline.warehouse import model_registry as registry
 from flywheel_pipeline.warehouse.schema import connect
@@ -32,7 +32,7 @@ def resources(root, fine_tuning=None):
             "landing": LandingZoneResource(path=str(root / "landing")),
             "label_policy": LabelPolicyResource(), "exports": ExportsResource(path=str(root / "exports")),
             "fine_tuning": fine_tuning or FineTuningResource(), "generation": GenerationResource(),
-            "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")}
+            "judge": JudgeResource(), "mlflow": MlflowResource(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")}
 
 
 def world(root, days, end):
@@ -222,3 +222,40 @@ def test_offline_evaluation_blocks_a_worse_candidate(tmp_path):
         ok = dg.materialize(ALL, instance=instance, resources=res,
                             selection=dg.AssetSelection.assets("offline_evaluation"))
         assert ok.success
+
+
+def test_geval_judge_through_deepeval_against_an_openai_compatible_server(tmp_path):
+    """The LLM judge: deepeval's G-Eval over the openai SDK against a local server that speaks
+    OpenAI's chat completions (JSON mode); its scores decide, and the gate blocks a worse candidate."""
+    pytest.importorskip("deepeval", reason="the G-Eval judge is the optional extra [judge]")
+    world(tmp_path, 40, date(2026, 4, 15))
+    fake = FakeOpenAI()
+    # the judge prefers a short e-mail that asks a question; it sees only the text, not the model
+    fake.judge_scorer = lambda text: 9 if "?" in text and "!!" not in text else 2
+    fake.answers = {"": GENERIC_ANSWER, "ft:": GOOD}
+    with serve(fake) as url, dg.instance_for_test() as instance:
+        res = {**resources(tmp_path, FineTuningResource(backend="openai", api_key="k", base_url=url, poll_s=0.01)),
+               "generation": GenerationResource(mode="openai", api_key="k", base_url=url),
+               "judge": JudgeResource(mode="geval", model="judge-llm", api_key="k", base_url=url)}
+        result = dg.materialize(ALL, instance=instance, resources=res)
+        meta = result.asset_materializations_for_node("offline_evaluation")[0].metadata
+        assert meta["judge"].value == "deepeval-geval:judge-llm"
+        assert meta["win_rate"].value == 1.0 and meta["mean_candidate_score"].value == 0.9
+        assert meta["mean_champion_score"].value == 0.2
+        judged = [c for c in fake.chat_calls if c["model"] == "judge-llm"]
+        assert judged and all(c["response_format"] == {"type": "json_object"} and c["temperature"] == 0
+                              for c in judged)
+        assert len(judged) == 2 * meta["prompts"].value - 2 * meta["skipped_identical"].value
+        fake.answers = {"": GOOD, "ft:": GENERIC_ANSWER}  # now the candidate writes the worse e-mails
+        blocked = dg.materialize(ALL, instance=instance, resources=res, raise_on_error=False,
+                                 selection=dg.AssetSelection.assets("offline_evaluation"))
+        checks = {e.check_name: e for e in blocked.get_asset_check_evaluations()}
+        assert not checks["candidate_not_worse_than_champion"].passed
+
+
+def test_judge_resource_refuses_incomplete_configuration():
+    with pytest.raises(ValueError, match="needs model and api_key"):
+        JudgeResource(mode="geval").judge()
+    with pytest.raises(ValueError, match="unknown judge mode"):
+        JudgeResource(mode="oracle").judge()
+    assert JudgeResource().judge().name == "heuristic:v1"

@@ -1,5 +1,5 @@
-"""Judging outreach texts: an offline heuristic judge, behind the :class:`PairwiseJudge`
-interface an LLM judge (deepeval G-Eval) can also implement.
+"""Judging outreach texts: an offline heuristic judge behind the :class:`PairwiseJudge`
+interface, which the LLM judge (deepeval G-Eval, core/geval_judge.py) implements too.
 
 The heuristic scores one e-mail in [0, 1] from five documented signals, then compares two
 answers to the same prompt; a difference below ``tie_margin`` is a tie. The two answers are
@@ -64,6 +64,7 @@ class Verdict:
 
 class PairwiseJudge(Protocol):
     name: str
+    last_scores: tuple[float, float]  # the scores behind the latest compare(), in (first, second) order
 
     def compare(self, prompt: str, first: str, second: str) -> str:
         """'first', 'second' or 'tie'."""
@@ -75,9 +76,11 @@ class HeuristicJudge:
 
     def __init__(self, tie_margin: float = 0.02):
         self.tie_margin = tie_margin
+        self.last_scores = (0.0, 0.0)
 
     def compare(self, prompt: str, first: str, second: str) -> str:
         a, b = heuristic_score(first, prompt).total, heuristic_score(second, prompt).total
+        self.last_scores = (a, b)
         if abs(a - b) < self.tie_margin:
             return "tie"
         return "first" if a > b else "second"
@@ -95,5 +98,6 @@ def judge_pair(judge: PairwiseJudge, prompt: str, candidate: str, champion: str,
         winner = "candidate"
     else:
         winner = "champion"
-    return Verdict(winner, heuristic_score(candidate, prompt).total, heuristic_score(champion, prompt).total,
-                   "candidate" if candidate_first else "champion")
+    first_score, second_score = judge.last_scores
+    candidate_score, champion_score = (first_score, second_score) if candidate_first else (second_score, first_score)
+    return Verdict(winner, candidate_score, champion_score, "candidate" if candidate_first else "champion")

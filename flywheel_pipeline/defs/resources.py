@@ -121,6 +121,32 @@ class GenerationResource(dg.ConfigurableResource):
         raise ValueError(f"unknown generation mode {self.mode!r}; expected 'sandbox' or 'openai'")
 
 
+class JudgeResource(dg.ConfigurableResource):
+    """Who judges offline evaluations: ``heuristic`` (default, offline, core/judge.py) or ``geval``
+    (deepeval's G-Eval with ``model`` on any OpenAI-compatible ``base_url``; extra ``[judge]``)."""
+
+    mode: str = Field("heuristic", description="'heuristic' or 'geval'.")
+    model: str | None = Field(None, description="G-Eval: the judge model's name on the endpoint.")
+    api_key: str | None = Field(None, description="G-Eval: bind with EnvVar.")
+    base_url: str | None = Field(None, description="G-Eval: an OpenAI-compatible base URL (None = OpenAI).")
+    tie_margin: float | None = Field(None, description="Score differences below this are ties (default: heuristic "
+                                                       "0.02 on its 0-1 score, G-Eval 0.1 = one point of ten).")
+
+    def judge(self):
+        from flywheel_pipeline.core.judge import HeuristicJudge
+
+        if self.mode == "heuristic":
+            return HeuristicJudge(0.02 if self.tie_margin is None else self.tie_margin)
+        if self.mode == "geval":
+            if not self.model or not self.api_key:
+                raise ValueError("judge mode 'geval' needs model and api_key (bind the key with EnvVar)")
+            from flywheel_pipeline.core.geval_judge import GEvalJudge
+
+            return GEvalJudge(self.model, self.api_key, self.base_url,
+                              tie_margin=0.1 if self.tie_margin is None else self.tie_margin)
+        raise ValueError(f"unknown judge mode {self.mode!r}; expected 'heuristic' or 'geval'")
+
+
 class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str = Field(description="MLflow tracking URI.")
     ui_url: str = Field("http://127.0.0.1:5000", description="Where the MLflow UI is served, for links.")
@@ -151,6 +177,7 @@ def local_resources() -> dict[str, dg.ConfigurableResource]:
         "exports": ExportsResource(path=str(paths.flywheel_home() / "exports")),
         "fine_tuning": FineTuningResource(),
         "generation": GenerationResource(),
+        "judge": JudgeResource(),
         "mlflow": MlflowResource(tracking_uri=_default_tracking_uri()),
     }
 
@@ -159,6 +186,14 @@ def _default_tracking_uri() -> str:
     from flywheel_pipeline.tracking import default_tracking_uri
 
     return default_tracking_uri()
+
+
+def _production_judge() -> JudgeResource:
+    mode = os.environ.get("FLYWHEEL_JUDGE", "heuristic")
+    if mode != "geval":
+        return JudgeResource(mode=mode)
+    return JudgeResource(mode=mode, model=os.environ.get("FLYWHEEL_JUDGE_MODEL"),
+                         api_key=dg.EnvVar("FLYWHEEL_JUDGE_API_KEY"), base_url=os.environ.get("FLYWHEEL_JUDGE_BASE_URL"))
 
 
 def production_resources() -> dict[str, dg.ConfigurableResource]:
@@ -175,5 +210,6 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
         "generation": GenerationResource(mode=os.environ.get("FLYWHEEL_GENERATION_MODE", "openai"),
                                          api_key=dg.EnvVar("FLYWHEEL_GENERATION_API_KEY"),
                                          base_url=os.environ.get("FLYWHEEL_GENERATION_BASE_URL")),
+        "judge": _production_judge(),
         "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
     }

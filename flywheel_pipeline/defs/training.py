@@ -15,10 +15,10 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipeline.core.finetune.base import FineTuneError, JobRequest, TrainingFiles
-from flywheel_pipeline.core.judge import HeuristicJudge, judge_pair
+from flywheel_pipeline.core.judge import judge_pair
 from flywheel_pipeline.defs.datasets import dpo_jsonl_export, sft_jsonl_export, training_examples
 from flywheel_pipeline.defs.metadata import md_table
-from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
+from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource, JudgeResource,
                                               MlflowResource, WarehouseResource)
 from flywheel_pipeline.tracking import log_training_cycle, run_url
 from flywheel_pipeline.warehouse import model_registry as registry
@@ -163,7 +163,6 @@ class OfflineEvaluationConfig(dg.Config):
                                 description="The champion when the family has no deployed model yet.")
     max_prompts: int = Field(200, description="Held-out prompts (validation split) to answer.")
     max_loss_margin: float = Field(0.05, description="Block deployment when loss rate - win rate exceeds this.")
-    tie_margin: float = Field(0.02, description="Heuristic judge: score differences below this are ties.")
     seed: int = 7
 
 
@@ -172,7 +171,7 @@ class OfflineEvaluationConfig(dg.Config):
                       "compares each pair in random order (ties allowed, identical answers skipped).")
 def offline_evaluation(context: dg.AssetExecutionContext, config: OfflineEvaluationConfig,
                        warehouse: WarehouseResource, generation: GenerationResource,
-                       exports: ExportsResource) -> dg.MaterializeResult:
+                       exports: ExportsResource, judge: JudgeResource) -> dg.MaterializeResult:
     with warehouse.connect() as con:
         con.execute(registry.DDL)
         row = con.execute("SELECT model_id, family, dataset_version, method FROM model_registry "
@@ -193,14 +192,14 @@ def offline_evaluation(context: dg.AssetExecutionContext, config: OfflineEvaluat
         train = Path(exports.path) / dataset_version / f"{fmt}.train.jsonl"
         if train.exists():
             generator.remember(candidate, train)
-    judge = HeuristicJudge(config.tie_margin)
+    pairwise = judge.judge()
     rng = random.Random(config.seed)
     tally = {"candidate": 0, "champion": 0, "tie": 0, "skipped": 0}
     cand_scores, champ_scores, samples = [], [], []
     for system, user in prompts:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
         a, b = generator.generate(candidate, messages), generator.generate(champion, messages)
-        verdict = judge_pair(judge, user, a, b, rng)
+        verdict = judge_pair(pairwise, user, a, b, rng)
         tally[verdict.winner] += 1
         if verdict.candidate_score is not None:
             cand_scores.append(verdict.candidate_score)
@@ -213,11 +212,11 @@ def offline_evaluation(context: dg.AssetExecutionContext, config: OfflineEvaluat
     with warehouse.connect() as con:
         con.execute(EVALUATIONS_DDL)
         con.execute("INSERT INTO offline_evaluations VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                    [context.run.run_id, candidate, champion, judge.name, generator.name, len(prompts), tally["candidate"],
+                    [context.run.run_id, candidate, champion, pairwise.name, generator.name, len(prompts), tally["candidate"],
                      tally["champion"], tally["tie"], tally["skipped"], win_rate, loss_rate])
     context.log.info(f"{'[SANDBOX generator] ' if sandbox else ''}{candidate} vs {champion}: {tally}")
     return dg.MaterializeResult(metadata={
-        "candidate": candidate, "champion": champion, "family": family, "judge": judge.name,
+        "candidate": candidate, "champion": champion, "family": family, "judge": pairwise.name,
         "generator": f"{generator.name}{' (SANDBOX stand-in answers)' if sandbox else ''}",
         "prompts": len(prompts), "wins": tally["candidate"], "losses": tally["champion"], "ties": tally["tie"],
         "skipped_identical": tally["skipped"], "win_rate": round(win_rate, 4), "loss_rate": round(loss_rate, 4),

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
@@ -24,6 +27,9 @@ class FakeOpenAI:
         # chat completions: the answer for a model is the first entry whose prefix matches it
         self.answers: dict[str, str] = {"": "Hi {{first_name}}, worth a short call next week?"}
         self.chat_calls: list[dict[str, Any]] = []
+        # a judge model: requests in JSON mode get {"score", "reason"} from this scorer of the
+        # "Actual Output" that deepeval's G-Eval prompt shows (None: answer like any other model)
+        self.judge_scorer: Callable[[str], int] | None = None
         self._ids = itertools.count(1)
         self.app = self._build()
 
@@ -66,10 +72,18 @@ class FakeOpenAI:
             if not body.get("messages") or not body.get("model"):
                 raise HTTPException(400, {"error": {"message": "model and messages are required"}})
             prefix = max((p for p in self.answers if body["model"].startswith(p)), key=len)
+            content = self.answers[prefix]
+            if self.judge_scorer is not None and (body.get("response_format") or {}).get("type") == "json_object":
+                shown = body["messages"][-1]["content"]
+                match = re.search(r"Actual Output:\n(.*?)\n\s*\n\s*\n", shown, re.DOTALL)
+                if match is None:
+                    raise HTTPException(400, {"error": {"message": "no Actual Output in the judge prompt"}})
+                content = "```json\n" + json.dumps({"reason": "scored by the fake judge",
+                                                     "score": self.judge_scorer(match.group(1))}) + "\n```"
             return {"id": f"chatcmpl-{next(self._ids)}", "object": "chat.completion", "created": int(time.time()),
                     "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
-                                 "message": {"role": "assistant", "content": self.answers[prefix]}}],
+                                 "message": {"role": "assistant", "content": content}}],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
 
         @app.get("/v1/fine_tuning/jobs")
