@@ -112,6 +112,12 @@ def test_rate_limiter_refills_over_time():
     now[0] = 2.5
     assert limiter.acquire("a") == 0 and limiter.acquire("a") == 0 and limiter.acquire("a") == 1
     assert RateLimiter(0).acquire("a") == 0  # disabled
+    many = RateLimiter(60, clock=lambda: now[0])
+    many.MAX_KEYS = 3
+    for key in "abcd":
+        many.acquire(key)
+    now[0] += 120  # all refilled: forgotten when a new key arrives, and nothing about them is lost
+    assert many.acquire("e") == 0 and len(many._buckets) == 1
 
 
 def test_hubspot_signed_uri_decodes_only_its_listed_escapes():

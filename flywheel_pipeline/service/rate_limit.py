@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 
 class RateLimiter:
+    MAX_KEYS = 10_000  # beyond this many keys, buckets that have refilled are forgotten
+
     def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic):
         self.per_minute = per_minute
         self._rate = per_minute / 60.0
@@ -25,8 +27,16 @@ class RateLimiter:
             now = self._clock()
             tokens, last = self._buckets.get(key, (float(self.per_minute), now))
             tokens = min(float(self.per_minute), tokens + (now - last) * self._rate)
+            if len(self._buckets) >= self.MAX_KEYS:
+                self._forget_full(now)
             if tokens >= 1.0:
                 self._buckets[key] = (tokens - 1.0, now)
                 return 0
             self._buckets[key] = (tokens, now)
             return max(1, math.ceil((1.0 - tokens) / self._rate))
+
+    def _forget_full(self, now: float) -> None:
+        """A bucket that has refilled holds no state worth keeping (a new one starts full)."""
+        for key, (tokens, last) in list(self._buckets.items()):
+            if tokens + (now - last) * self._rate >= self.per_minute:
+                del self._buckets[key]
