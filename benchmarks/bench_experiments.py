@@ -78,7 +78,7 @@ def speed(assignments: int) -> tuple[float, float]:
     started = time.perf_counter()
     for challenger in range(1, 10):
         stats = {m: {"challenger": arms[challenger][m], "champion": arms[0][m]} for m in arms[0]}
-        decide(stats, {"challenger": 1.0, "champion": 1.0}, {}, PolicyConfig(n_star=assignments / 5))
+        decide(stats, {"challenger": 1.0, "champion": 1.0}, PolicyConfig(n_star=assignments / 5))
     evaluated = time.perf_counter() - started
     return aggregated, evaluated
 

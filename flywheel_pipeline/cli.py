@@ -124,7 +124,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print(f"FLYWHEEL_HOME={paths.flywheel_home()}")
     end = date.fromisoformat(args.end) if args.end else datetime.now(timezone.utc).date()
     weeks = max(0, min(args.experiment_weeks, (args.days - 21) // 7))
-    start_experiment = end - timedelta(days=7 * weeks)
     state_path = paths.flywheel_home() / "simulator" / "demo.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
 
@@ -136,7 +135,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     def as_of(day: date) -> str:
         return datetime.combine(day, datetime.min.time(), tzinfo=timezone.utc).isoformat()
 
-    if state is not None:
+    def save(steps_done: int, complete: bool) -> None:
+        write_json_atomic({"end": end.isoformat(), "weeks": weeks, "steps_done": steps_done,
+                           "complete": complete}, state_path)
+
+    if state is not None and state["complete"]:
         # the demo already ran here: the world only moves forward (simulated time cannot be replayed
         # over a warehouse that has seen the future)
         done = date.fromisoformat(state["end"])
@@ -148,28 +151,41 @@ def cmd_demo(args: argparse.Namespace) -> int:
         simulate_until(end, done)
         if not run_refresh(as_of=as_of(end)) or not _evaluate_experiments() or not run_job(RETRAIN_JOB_NAME):
             return 1
-        write_json_atomic({"end": end.isoformat()}, state_path)
+        save(state["steps_done"], True)
         return cmd_summary(args)
+    steps_done = 0
+    if state is not None:  # an interrupted demo resumes where it stopped, on its own dates
+        end, weeks, steps_done = date.fromisoformat(state["end"]), int(state["weeks"]), int(state["steps_done"])
+        _print(f"Resuming the demo that stopped after step {steps_done} of {weeks + 2} (world up to {end}).")
+    start_experiment = end - timedelta(days=7 * weeks)
 
-    _print(f"\n=== flywheel turn 1: outcomes up to {start_experiment} ===")
-    simulate_until(start_experiment, None)
-    _print("Materializing ingestion and outcome labels through Dagster ...")
-    if not run_refresh(as_of=as_of(start_experiment)):
-        return 1
-    _print("Training data, validated exports, fine-tuning (sandbox backend), registry, MLflow, routing ...")
-    if not run_job(RETRAIN_JOB_NAME):
-        return 1
-    for week in range(1, weeks + 1):
+    def turn_1() -> bool:
+        _print(f"\n=== flywheel turn 1: outcomes up to {start_experiment} ===")
+        simulate_until(start_experiment, None)
+        _print("Materializing ingestion and outcome labels through Dagster ...")
+        if not run_refresh(as_of=as_of(start_experiment)):
+            return False
+        _print("Training data, validated exports, fine-tuning (sandbox backend), registry, MLflow, routing ...")
+        return run_job(RETRAIN_JOB_NAME)
+
+    def live_week(week: int) -> bool:
         week_end = start_experiment + timedelta(days=7 * week)
         _print(f"\n=== live traffic, week {week} of {weeks}: up to {week_end} ===")
         simulate_until(week_end, week_end - timedelta(days=7))
-        if not run_refresh(as_of=as_of(week_end)) or not _evaluate_experiments():
+        return run_refresh(as_of=as_of(week_end)) and _evaluate_experiments()
+
+    def turn_2() -> bool:
+        _print(f"\n=== flywheel turn 2: outcomes up to {end} ===")
+        _print("Training again on everything that matured: a new dataset version, a new model version ...")
+        return run_job(RETRAIN_JOB_NAME)
+
+    steps = [turn_1, *(lambda w=w: live_week(w) for w in range(1, weeks + 1)), turn_2]
+    for number, step in enumerate(steps, 1):
+        if number <= steps_done:
+            continue
+        if not step():
             return 1
-    _print(f"\n=== flywheel turn 2: outcomes up to {end} ===")
-    _print("Training again on everything that matured: a new dataset version, a new model version ...")
-    if not run_job(RETRAIN_JOB_NAME):
-        return 1
-    write_json_atomic({"end": end.isoformat()}, state_path)
+        save(number, number == len(steps))
     cmd_summary(args)
     _print()
     _print("Next: open the Dagster UI on this instance with")
@@ -276,14 +292,14 @@ def build_parser() -> argparse.ArgumentParser:
     def sim_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=int, default=7)
         p.add_argument("--days", type=int, default=90, help="simulated days ending yesterday (default 90)")
-        p.add_argument("--messages-per-day", type=int, default=300)
-        p.add_argument("--leads-per-org", type=int, default=2000, help="leads per simulated organization (3)")
+        p.add_argument("--messages-per-day", type=int, default=500)
+        p.add_argument("--leads-per-org", type=int, default=3000, help="leads per simulated organization (3)")
         p.add_argument("--end", help="first day NOT simulated (ISO date; default today, UTC)")
 
     p = sub.add_parser("demo", help="turn the flywheel on a simulated world: train, A/B test week by week, train again")
     sim_args(p)
-    p.add_argument("--experiment-weeks", type=int, default=7,
-                   help="simulated weeks of live A/B traffic between the two training turns (default 7)")
+    p.add_argument("--experiment-weeks", type=int, default=8,
+                   help="simulated weeks of live A/B traffic between the two training turns (default 8)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("simulate", help="write the demo-world simulator's landing files")
     sim_args(p)

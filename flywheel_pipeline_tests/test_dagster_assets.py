@@ -224,4 +224,23 @@ def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
     assert later.returncode == 0, later.stdout[-3000:]
     assert "moves on: 2026-06-01 -> 2026-06-08" in later.stdout
     assert (home / "landing" / "messages" / "sim-7-messages-2026-06-07.jsonl").exists()
-    assert json.loads((home / "simulator" / "demo.json").read_text()) == {"end": "2026-06-08"}
+    assert json.loads((home / "simulator" / "demo.json").read_text()) == {
+        "end": "2026-06-08", "weeks": 2, "steps_done": 4, "complete": True}
+
+
+def test_cli_demo_resumes_after_an_interruption(home):
+    """A demo cut off after turn 1 resumes with its own dates instead of replaying turn 1."""
+    env = dict(os.environ)
+    small = ["--days", "35", "--experiment-weeks", "1", "--messages-per-day", "40", "--leads-per-org", "100"]
+    (home / "simulator").mkdir(parents=True)
+    first = _cli(["demo", *small, "--end", "2026-06-01"], env)
+    assert first.returncode == 0
+    state = json.loads((home / "simulator" / "demo.json").read_text())
+    assert state == {"end": "2026-06-01", "weeks": 1, "steps_done": 3, "complete": True}
+    # pretend it stopped after turn 1: the next run (another day) picks up at week 1 of that world
+    (home / "simulator" / "demo.json").write_text(json.dumps({**state, "steps_done": 1, "complete": False}))
+    resumed = _cli(["demo", *small, "--end", "2026-07-01"], env)
+    assert resumed.returncode == 0, resumed.stdout[-3000:]
+    assert "Resuming the demo that stopped after step 1 of 3 (world up to 2026-06-01)" in resumed.stdout
+    assert "flywheel turn 1" not in resumed.stdout and "live traffic, week 1 of 1: up to 2026-06-01" in resumed.stdout
+    assert json.loads((home / "simulator" / "demo.json").read_text())["complete"] is True

@@ -113,7 +113,7 @@ def test_ab_test_results_from_routed_traffic(tmp_path, home):
                                          messages_per_day=150, routing_history=((date(2026, 3, 2), table),)))
     con = connect(home / "warehouse.duckdb")
     run_pipeline(con, home / "landing", as_of=datetime(2026, 5, 15, tzinfo=timezone.utc))
-    stats, cost = arm_statistics(con, "sandbox:gpt-4o-mini:supervised:x", "gpt-4o-mini-2024-07-18")
+    stats = arm_statistics(con, "sandbox:gpt-4o-mini:supervised:x", "gpt-4o-mini-2024-07-18")
     per_lead = con.execute("""
         SELECT ab_group, count(DISTINCT lead_id), count(DISTINCT lead_id) FILTER (WHERE replied)
         FROM outcome_labels WHERE ab_group IN ('challenger', 'champion') AND is_mature GROUP BY 1""").fetchall()
@@ -122,7 +122,8 @@ def test_ab_test_results_from_routed_traffic(tmp_path, home):
     for arm in ("challenger", "champion"):
         assert stats["reply_rate"][arm].n == expected[arm][0]
         assert stats["reply_rate"][arm].sum_y == expected[arm][1]
-        assert cost[arm] > 0
+        cpm = stats["cost_per_meeting"][arm]
+        assert cpm.sum_y > 0 and cpm.sum_x == stats["meeting_rate"][arm].sum_y
     assert 0.45 < stats["weighted_score"]["challenger"].n / sum(s.n for s in stats["weighted_score"].values()) < 0.55
     with dg.instance_for_test() as instance:
         res = {"warehouse": WarehouseResource(database=str(home / "warehouse.duckdb"))}
@@ -221,8 +222,8 @@ def test_a_rollout_step_starts_a_new_allocation_and_the_analysis_stays_within_it
     run_pipeline(con, tmp_path / "landing", as_of=datetime(2026, 5, 1, tzinfo=timezone.utc))
     assert allocations_logged(con, "exp-ramp") and not allocations_logged(con, "another")
     step2 = "exp-ramp@challenger=50/champion=50"
-    pooled, _ = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18")
-    current, _ = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18", step2)
+    pooled = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18")
+    current = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18", step2)
     in_step2 = con.execute("SELECT count(DISTINCT (l.lead_id, l.ab_group)) FROM outcome_labels l JOIN messages m USING (message_key) "
                            "WHERE l.is_mature AND m.metadata->>'allocation' = ?", [step2]).fetchone()[0]
     con.close()
@@ -232,3 +233,32 @@ def test_a_rollout_step_starts_a_new_allocation_and_the_analysis_stays_within_it
     assert not sample_ratio_mismatch([leads["challenger"], leads["champion"]], [50, 50]).mismatch
     for weights in ([10, 90], [50, 50]):
         assert sample_ratio_mismatch([both["challenger"], both["champion"]], weights).mismatch
+
+
+def test_a_newer_model_replaces_a_first_step_challenger_but_waits_for_one_mid_rollout(tmp_path, home):
+    import logging
+
+    from flywheel_pipeline.defs.experiments import publish_routing
+    from flywheel_pipeline.warehouse import model_registry as registry
+    from flywheel_pipeline.warehouse.schema import connect
+
+    con = connect(tmp_path / "wh.duckdb")
+
+    def add(model_id: str, dataset: str) -> None:
+        registry.register(con, model_id=model_id, organization_id=None, task_type="all", base_model="base",
+                          backend="sandbox", method="supervised", job_id=None, job_key=None,
+                          dataset_version=dataset, stats={}, hyperparameters={}, trained_tokens=None)
+
+    def arms() -> dict:
+        table, _ = publish_routing(con, "base", 10.0, {"m-1", "m-2"}, logging.getLogger("test"))
+        return {a["model_id"]: (a["ab_group"], a["traffic_pct"]) for a in table["families"]["flywheel-global-all"]["arms"]}
+
+    add("m-1", "d1")
+    assert arms() == {"m-1": ("challenger", 10.0), "base": ("champion", 90.0)}
+    registry.set_status(con, "m-1", "ready", traffic_pct=50.0)  # m-1 earned a rollout step
+    add("m-2", "d2")
+    assert arms() == {"m-1": ("challenger", 50.0), "base": ("champion", 50.0)}  # m-2 waits
+    registry.set_status(con, "m-1", "ready", traffic_pct=10.0)  # back at the first step: m-2 replaces it
+    assert arms() == {"m-2": ("challenger", 10.0), "base": ("champion", 90.0)}
+    assert con.execute("SELECT status FROM model_registry WHERE model_id = 'm-1'").fetchone()[0] == "archived"
+    con.close()

@@ -38,9 +38,16 @@ def publish_routing(con, default_model: str, first_step_pct: float, passed: set[
         newest = con.execute("SELECT model_id, version FROM model_registry WHERE family = ? AND "
                              "status = 'ready' ORDER BY created_at DESC LIMIT 1", [family]).fetchone()
         challenger = None
-        if newest is not None and newest[0] in passed and (current is None or current[0] != newest[0]):
-            # a newer model that passed offline evaluation replaces a running challenger;
-            # its experiment (and so the lead split) starts afresh at the first rollout step
+        mid_rollout = current is not None and float(current[2]) > first_step_pct
+        if newest is not None and newest[0] in passed and (current is None or current[0] != newest[0]) \
+                and mid_rollout:
+            # a challenger that has already earned a rollout step finishes its experiment first;
+            # the newer model waits (ready) for the next training cycle's evaluation and routing
+            log.info(f"{family}: {newest[0]} waits: challenger {current[0]} is mid-rollout at {current[2]:g}%")
+            challenger = (current[0], current[1], float(current[2]))
+        elif newest is not None and newest[0] in passed and (current is None or current[0] != newest[0]):
+            # a newer model that passed offline evaluation replaces a challenger still at the first
+            # step; its experiment (and so the lead split) starts afresh at the first rollout step
             if current is not None:
                 registry.set_status(con, current[0], "archived", traffic_pct=0.0)
                 log.info(f"{family}: challenger {current[0]} replaced by newer {newest[0]}")
@@ -99,7 +106,8 @@ def routing_table(context: dg.AssetExecutionContext, config: RoutingConfig,
 
 class AbTestConfig(dg.Config):
     alpha: float = 0.05
-    n_star: float = Field(5_000, description="Expected leads per experiment (tunes the confidence sequence).")
+    n_star: float = Field(10_000, description="Expected leads per experiment, both arms (tunes the confidence "
+                                             "sequence; the demo world has 9,000 leads).")
     max_cost_increase: float = Field(0.25, description="Guardrail: cost per meeting may rise by this share.")
 
 
@@ -134,10 +142,9 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
                 context.log.warning(f"{family}: messages do not record metadata.allocation; comparing all routed "
                                     "messages, which mixes rollout steps")
                 allocation = None
-            stats, cost = arm_statistics(con, arms["challenger"]["model_id"], arms["champion"]["model_id"],
-                                         allocation)
+            stats = arm_statistics(con, arms["challenger"]["model_id"], arms["champion"]["model_id"], allocation)
             weights = {g: float(arms[g]["traffic_pct"]) for g in ("challenger", "champion")}
-            decision = decide(stats, weights, cost, policy)
+            decision = decide(stats, weights, policy)
             context.log.info(f"{family}: {decision.decision} - {decision.reason}")
             champion_reply = stats["reply_rate"]["champion"]
             smaller = min(decision.leads.values())

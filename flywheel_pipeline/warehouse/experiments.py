@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import duckdb
 
-from flywheel_pipeline.core.stats.policy import PRIMARY
+from flywheel_pipeline.core.stats.policy import COST_PER_MEETING, PRIMARY
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
 _PER_LEAD = """
@@ -37,7 +37,7 @@ SELECT arm, count(*) AS n,
        sum(reply), sum(positive), sum(meeting), sum(close), sum(negative), sum(unsub),
        sum(0.5 * close + 0.3 * meeting + 0.2 * reply), sum(power(0.5 * close + 0.3 * meeting + 0.2 * reply, 2)),
        sum(revenue), sum(revenue * revenue), sum(msgs), sum(msgs * msgs), sum(revenue * msgs), sum(cost),
-       sum(quality), sum(quality * quality)
+       sum(quality), sum(quality * quality), sum(cost * cost), sum(cost * meeting)
 FROM per_lead GROUP BY arm
 """
 
@@ -49,17 +49,16 @@ def allocations_logged(con: duckdb.DuckDBPyConnection, experiment_id: str) -> bo
 
 
 def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champion_model: str,
-                   allocation: str | None = None) -> tuple[dict[str, dict[str, ArmStats]], dict[str, float]]:
+                   allocation: str | None = None) -> dict[str, dict[str, ArmStats]]:
     params = {"challenger": challenger_model, "champion": champion_model, "allocation": allocation}
     rows = {r[0]: r[1:] for r in con.execute(_PER_LEAD, params).fetchall()}
     stats: dict[str, dict[str, ArmStats]] = {}
-    cost: dict[str, float] = {}
     names = ("reply_rate", "positive_reply_rate", "meeting_rate", "close_rate", "negative_reply_rate",
              "unsubscribe_rate")
     for arm in ("challenger", "champion"):
         r = rows.get(arm)
         if r is None:
-            r = (0,) + (0.0,) * 17
+            r = (0,) + (0.0,) * 19
         n = int(r[0])
         for i, name in enumerate(names):
             stats.setdefault(name, {})[arm] = ArmStats.proportion(n, int(r[1 + i]))
@@ -67,6 +66,8 @@ def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champi
         stats.setdefault("revenue_per_lead", {})[arm] = ArmStats(n, float(r[9]), float(r[10]))
         stats.setdefault("revenue_per_message", {})[arm] = ArmStats(n, float(r[9]), float(r[10]), float(r[11]),
                                                                     float(r[12]), float(r[13]))
-        cost[arm] = float(r[14])
+        # cost per meeting as a ratio metric per lead: y = generation cost, x = meeting (0/1)
+        stats.setdefault(COST_PER_MEETING, {})[arm] = ArmStats(n, float(r[14]), float(r[17]), float(r[3]),
+                                                              float(r[3]), float(r[18]))
         stats.setdefault("quality_score", {})[arm] = ArmStats(n, float(r[15]), float(r[16]))
-    return stats, cost
+    return stats

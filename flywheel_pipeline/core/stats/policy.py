@@ -4,7 +4,9 @@ Primary metric: a weighted score per lead (close 50%, meeting 30%, reply 20%). D
 * ``inconclusive`` when the split is broken (sample-ratio mismatch): fix it before trusting any result;
 * ``rollback`` when a guardrail fails: the negative-reply or unsubscribe rate rises
   significantly (always-valid interval above 0), or cost per meeting rises by more than
-  ``max_cost_increase``; or when the primary metric's always-valid interval lies below 0;
+  ``max_cost_increase`` with the always-valid lower bound of the rise above that limit (a
+  ratio metric per lead, delta method on the log scale: a handful of early meetings cannot
+  trip it); or when the primary metric's always-valid interval lies below 0;
 * ``promote`` when the primary metric's always-valid interval lies above 0 and no guardrail fails;
 * ``inconclusive`` when the planned sample (N*) is reached without a verdict; else ``continue``.
 Fixed-horizon p-values are reported too (Holm-adjusted across metrics) but never decide,
@@ -19,10 +21,12 @@ from dataclasses import dataclass, field
 from flywheel_pipeline.core.stats.decisions import gaussian_bayes, holm, sample_ratio_mismatch
 from flywheel_pipeline.core.stats.frequentist import (fisher_exact, needs_exact_test, ratio_diff,
                                                       ratio_mean_and_var, relative_lift, welch_diff)
-from flywheel_pipeline.core.stats.sequential import sequential_diff
+from flywheel_pipeline.core.stats.sequential import cs_radius, sequential_diff
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
 PRIMARY = "weighted_score"
+COST_PER_MEETING = "cost_per_meeting"  # ratio metric: y = generation cost, x = meeting (0/1), per lead
+RATIOS = ("revenue_per_message", COST_PER_MEETING)
 PROPORTIONS = ("reply_rate", "positive_reply_rate", "meeting_rate", "close_rate", "negative_reply_rate",
                "unsubscribe_rate")
 GUARDRAILS = ("negative_reply_rate", "unsubscribe_rate")
@@ -64,7 +68,11 @@ class Decision:
 
 
 def _metric(name: str, t: ArmStats, c: ArmStats, cfg: PolicyConfig) -> MetricResult:
-    if name == "revenue_per_message":
+    if name in RATIOS:
+        if not t.sum_x or not c.sum_x:  # no denominator yet (no meeting in an arm): nothing to estimate
+            nan = float("nan")
+            return MetricResult(name, nan, nan, nan, None, -math.inf, math.inf, nan, None, -math.inf, math.inf,
+                                nan, nan)
         est = ratio_diff(t, c, alpha=cfg.alpha)
         rt, rc = ratio_mean_and_var(t)[0], ratio_mean_and_var(c)[0]
         return MetricResult(name, rt, rc, est.estimate, None if rc == 0 else rt / rc - 1, est.ci_low, est.ci_high,
@@ -81,10 +89,27 @@ def _metric(name: str, t: ArmStats, c: ArmStats, cfg: PolicyConfig) -> MetricRes
                         bayes.expected_loss if bayes else float("nan"), exact)
 
 
-def decide(stats: dict[str, dict[str, ArmStats]], weights: dict[str, float], cost: dict[str, float],
+def cost_per_meeting_rise(t: ArmStats, c: ArmStats, cfg: PolicyConfig) -> tuple[float, float] | None:
+    """Relative change of cost per meeting (challenger / champion - 1) and its always-valid lower
+    bound (asymptotic confidence sequence on the log ratio, delta method); None before both arms
+    have meetings and costs."""
+    if t.n < 2 or c.n < 2 or not t.sum_x or not c.sum_x:
+        return None
+    rt, vt = ratio_mean_and_var(t)
+    rc, vc = ratio_mean_and_var(c)
+    if rt <= 0 or rc <= 0:
+        return None
+    log_ratio = math.log(rt / rc)
+    se = math.sqrt(vt / rt ** 2 + vc / rc ** 2)
+    n = t.n + c.n
+    radius = cs_radius(n, se * math.sqrt(n), cfg.alpha, cfg.n_star)
+    return math.exp(log_ratio) - 1, math.exp(log_ratio - radius) - 1
+
+
+def decide(stats: dict[str, dict[str, ArmStats]], weights: dict[str, float],
            cfg: PolicyConfig | None = None) -> Decision:
-    """``stats[metric][arm]`` for arms 'challenger' and 'champion'; ``weights`` the configured
-    traffic shares; ``cost`` the total generation cost per arm (for cost per meeting)."""
+    """``stats[metric][arm]`` for arms 'challenger' and 'champion' (``cost_per_meeting`` as a
+    ratio metric enables the cost guardrail); ``weights`` the configured traffic shares."""
     cfg = cfg or PolicyConfig()
     arms = ("challenger", "champion")
     leads = {a: stats[PRIMARY][a].n for a in arms}
@@ -104,11 +129,11 @@ def decide(stats: dict[str, dict[str, ArmStats]], weights: dict[str, float], cos
             "the split is broken, so no result can be trusted")
         return decision
     failed = [g for g in GUARDRAILS if g in by and by[g].seq_low > 0]
-    meetings = {a: stats["meeting_rate"][a].sum_y for a in arms} if "meeting_rate" in stats else {}
-    if meetings and all(meetings.values()):
-        cpm = {a: cost.get(a, 0.0) / meetings[a] for a in arms}
-        if cpm["champion"] > 0 and cpm["challenger"] > cpm["champion"] * (1 + cfg.max_cost_increase):
-            failed.append(f"cost_per_meeting ({cpm['challenger']:.4f} vs {cpm['champion']:.4f})")
+    rise = (cost_per_meeting_rise(stats[COST_PER_MEETING]["challenger"], stats[COST_PER_MEETING]["champion"], cfg)
+            if COST_PER_MEETING in stats else None)
+    if rise is not None and rise[1] > cfg.max_cost_increase:
+        failed.append(f"cost_per_meeting up {rise[0]:+.0%} (always-valid lower bound {rise[1]:+.0%}, "
+                      f"limit {cfg.max_cost_increase:+.0%})")
     primary = by[PRIMARY]
     if failed:
         decision.decision, decision.reason = "rollback", "guardrail failed: " + ", ".join(failed)
