@@ -45,6 +45,7 @@ from flywheel_pipeline.service.settings import ServiceSettings
 log = logging.getLogger("flywheel.service")
 
 MAX_RECORDS_PER_REQUEST = 1000
+HUBSPOT_CONCURRENCY = 8
 
 
 class Rejected(Exception):
@@ -234,13 +235,18 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
                                        lost_stages=settings.hubspot_lost_stages)
         except PayloadError as exc:
             raise Rejected(400, "wrong_shape", str(exc)) from exc
-        if hubspot is not None:
-            for fact in normalized.facts:
-                try:
+        if hubspot is not None and normalized.facts:
+            # HubSpot batches up to 100 events and wants an answer within seconds: read them concurrently
+            limit = asyncio.Semaphore(HUBSPOT_CONCURRENCY)
+
+            async def enrich(fact) -> None:
+                async with limit:
                     await run_in_threadpool(hubspot.enrich, fact)
-                except HubSpotUnavailable as exc:
-                    log.error("HubSpot enrichment failed, asking HubSpot to retry: %s", exc)
-                    raise Rejected(503, "crm_api_unavailable", str(exc), {"Retry-After": "60"}) from exc
+            try:
+                await asyncio.gather(*(enrich(f) for f in normalized.facts))
+            except HubSpotUnavailable as exc:
+                log.error("HubSpot enrichment failed, asking HubSpot to retry: %s", exc)
+                raise Rejected(503, "crm_api_unavailable", str(exc), {"Retry-After": "60"}) from exc
         return await _land_facts("hubspot", normalized)
 
     @app.post("/webhooks/pipedrive")
