@@ -3,7 +3,7 @@
 Status lifecycle: ``training`` -> ``ready`` (job succeeded) or ``failed``; ``ready`` ->
 ``deployed`` (promoted, serves traffic) -> ``archived`` (replaced or rolled back).
 One family (``organization_id`` or ``global``, ``task_type``) has at most one ``deployed``
-champion; the experiments issue fills the outcome metric columns.
+champion; the leaderboard fills the outcome metric columns.
 """
 
 from __future__ import annotations
