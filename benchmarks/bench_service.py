@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,17 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 from flywheel_pipeline.core.landing import list_files  # noqa: E402
 from flywheel_pipeline.service.landing_writer import SegmentWriter  # noqa: E402
+from flywheel_pipeline_tests.fakes.http import free_port, start_flywheel_serve  # noqa: E402
 
 
 def batch(i: int, size: int) -> list[dict]:
     return [{"sg_event_id": f"e{i}-{k}", "message_id": f"msg-{i}", "event": "open", "timestamp": 1767225600 + i,
              "email": "lead@example.com", "sg_machine_open": k % 3 == 0} for k in range(size)]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def baseline(home: Path, requests: int, size: int) -> float:
@@ -53,21 +45,6 @@ def baseline(home: Path, requests: int, size: int) -> float:
         writer.append("sendgrid", [json.dumps(e, separators=(",", ":")).encode() for e in batch(i, size)])
     writer.close()
     return time.perf_counter() - started
-
-
-def serve(home: Path, port: int) -> subprocess.Popen:
-    env = dict(os.environ, FLYWHEEL_HOME=str(home), PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "flywheel_pipeline.cli", "serve", "--port", str(port),
-                             "--log-level", "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(proc.stderr.read().decode()[-2000:])
 
 
 def load(port: int, requests: int, size: int, clients: int) -> tuple[float, list[float]]:
@@ -111,7 +88,7 @@ def main() -> int:
         home = Path(tmp)
         base = baseline(home, args.requests, args.batch)
         port = free_port()
-        proc = serve(home, port)
+        proc = start_flywheel_serve(home, port)
         try:
             seconds, latencies = load(port, args.requests, args.batch, args.clients)
         finally:

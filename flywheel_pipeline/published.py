@@ -1,6 +1,6 @@
 """Files the pipeline publishes for other processes (the ingestion service, the outreach app):
 ``$FLYWHEEL_HOME/routing.json`` and ``$FLYWHEEL_HOME/leaderboard.json``, each replaced
-atomically (write a temporary file, fsync, rename) so a reader never sees half a file."""
+atomically (write a temporary file, fsync, rename, fsync the directory) so a reader never sees half a file."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel_pipeline import paths
+from flywheel_pipeline.core.landing import fsync_dir
 
 
 def leaderboard_path() -> Path:
@@ -26,6 +27,7 @@ def write_json_atomic(value: Any, path: Path) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -38,6 +38,16 @@ def load_routing(path: Path | None = None) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def family_arms(family: dict[str, Any]) -> list[Arm]:
+    """The arms of one routing.json family."""
+    return [Arm(a["model_id"], a.get("version"), a["ab_group"], float(a["traffic_pct"])) for a in family["arms"]]
+
+
+def family_allocation(family: dict[str, Any]) -> str:
+    """The allocation id of a routing.json family (its experiment and its arms' shares)."""
+    return allocation_id(family["experiment_id"], family_arms(family))
+
+
 def choose_model(lead_id: str, organization_id: str | None, task_type: str = "all", *,
                  table: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model this lead's next message should use: model_id, version, ab_group, experiment_id and
@@ -48,12 +58,9 @@ def choose_model(lead_id: str, organization_id: str | None, task_type: str = "al
         for task in (task_type, "all"):
             family = families.get(f"flywheel-{org or 'global'}-{task}")
             if family and family.get("arms"):
-                arms = [Arm(a["model_id"], a.get("version"), a["ab_group"], float(a["traffic_pct"]))
-                        for a in family["arms"]]
-                arm = choose_arm(lead_id, family["experiment_id"], arms)
+                arm = choose_arm(lead_id, family["experiment_id"], family_arms(family))
                 return {"model_id": arm.model_id, "version": arm.version, "ab_group": arm.ab_group,
-                        "experiment_id": family["experiment_id"],
-                        "allocation": allocation_id(family["experiment_id"], arms)}
+                        "experiment_id": family["experiment_id"], "allocation": family_allocation(family)}
     default = table.get("default_model")
     if not default:
         raise LookupError(f"no routing for organization {organization_id!r}, task {task_type!r} and no default")

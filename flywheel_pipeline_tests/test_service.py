@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from datetime import timedelta
@@ -28,7 +27,7 @@ from flywheel_pipeline.service.settings import ServiceSettings
 from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.conftest import T0, iso, message, run_pipeline, sg
 from flywheel_pipeline_tests.fakes.hubspot_server import FakeHubSpot
-from flywheel_pipeline_tests.fakes.http import free_port, serve_app
+from flywheel_pipeline_tests.fakes.http import free_port, serve_app, start_flywheel_serve
 
 HUBSPOT_SECRET = "hs-client-secret"
 KEYS = "org-1=key-one,org-2=key-two"
@@ -325,23 +324,8 @@ def test_what_the_service_lands_becomes_outcome_labels(tmp_path, sendgrid_keys):
     assert row == (True, True, True, True, 60000.0, 1.0)
 
 
-SERVE = [sys.executable, "-m", "flywheel_pipeline.cli", "serve", "--host", "127.0.0.1", "--log-level", "warning"]
-
-
 def _start(home: Path, port: int) -> subprocess.Popen:
-    env = dict(os.environ, FLYWHEEL_HOME=str(home), FLYWHEEL_FSYNC_INTERVAL_S="0.2",
-               FLYWHEEL_SEGMENT_MAX_BYTES="1048576", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen(SERVE + ["--port", str(port)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"flywheel serve did not start: {proc.stderr.read().decode()[-2000:]}")
+    return start_flywheel_serve(home, port, FLYWHEEL_FSYNC_INTERVAL_S="0.2", FLYWHEEL_SEGMENT_MAX_BYTES="1048576")
 
 
 def test_kill_minus_nine_mid_stream_loses_no_acknowledged_event(tmp_path):

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import Field
 
-from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS, Arm, allocation_id, next_rollout_step
+from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS, next_rollout_step
 from flywheel_pipeline.defs.metadata import md_table
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
 from flywheel_pipeline.tracking import sync_aliases
@@ -14,7 +14,7 @@ from flywheel_pipeline.defs.training import offline_evaluation
 from flywheel_pipeline.core.stats.decisions import minimum_detectable_effect
 from flywheel_pipeline.core.stats.policy import PolicyConfig, decide
 from flywheel_pipeline.defs.outcomes import outcome_labels
-from flywheel_pipeline.routing import load_routing, routing_path, write_routing
+from flywheel_pipeline.routing import family_allocation, load_routing, routing_path, write_routing
 from flywheel_pipeline.warehouse.experiments import allocations_logged, arm_statistics
 from flywheel_pipeline.warehouse import model_registry as registry
 
@@ -37,15 +37,13 @@ def publish_routing(con, default_model: str, first_step_pct: float, passed: set[
                               [family]).fetchone()
         newest = con.execute("SELECT model_id, version FROM model_registry WHERE family = ? AND "
                              "status = 'ready' ORDER BY created_at DESC LIMIT 1", [family]).fetchone()
-        challenger = None
-        mid_rollout = current is not None and float(current[2]) > first_step_pct
-        if newest is not None and newest[0] in passed and (current is None or current[0] != newest[0]) \
-                and mid_rollout:
+        challenger = None if current is None else (current[0], current[1], float(current[2]))
+        newer = newest is not None and newest[0] in passed and (current is None or current[0] != newest[0])
+        if newer and challenger is not None and challenger[2] > first_step_pct:
             # a challenger that has already earned a rollout step finishes its experiment first;
             # the newer model waits (ready) for the next training cycle's evaluation and routing
             log.info(f"{family}: {newest[0]} waits: challenger {current[0]} is mid-rollout at {current[2]:g}%")
-            challenger = (current[0], current[1], float(current[2]))
-        elif newest is not None and newest[0] in passed and (current is None or current[0] != newest[0]):
+        elif newer:
             # a newer model that passed offline evaluation replaces a challenger still at the first
             # step; its experiment (and so the lead split) starts afresh at the first rollout step
             if current is not None:
@@ -54,8 +52,6 @@ def publish_routing(con, default_model: str, first_step_pct: float, passed: set[
             challenger = (newest[0], newest[1], first_step_pct)
             registry.set_status(con, newest[0], "ready", traffic_pct=first_step_pct,
                                 ab_group="challenger")
-        elif current is not None:
-            challenger = (current[0], current[1], float(current[2]))
         champion_model = champion or (default_model, None)
         arms = []
         if challenger is not None:
@@ -136,8 +132,7 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
             arms = {a["ab_group"]: a for a in spec["arms"]}
             if "challenger" not in arms:
                 continue
-            allocation = allocation_id(spec["experiment_id"], [
-                Arm(a["model_id"], a.get("version"), a["ab_group"], float(a["traffic_pct"])) for a in spec["arms"]])
+            allocation = family_allocation(spec)
             if not allocations_logged(con, spec["experiment_id"]):
                 context.log.warning(f"{family}: messages do not record metadata.allocation; comparing all routed "
                                     "messages, which mixes rollout steps")

@@ -1,8 +1,8 @@
 """Durable, append-only writing into the landing zone for the ingestion service.
 
 Each source has one open segment, a hidden file ``.<source>-<start ns>-<id>.jsonl.open`` in
-``landing/<source>/``. :meth:`SegmentWriter.append` writes a request's lines with one
-``write`` system call each and returns only after the kernel has them, so an acknowledged
+``landing/<source>/``. :meth:`SegmentWriter.append` writes a request's lines in one ``write``
+call (repeated only after a short write) and returns only after the kernel has them, so an acknowledged
 event survives the process being killed (``kill -9``): the page cache belongs to the kernel.
 ``fsync`` runs on rotation, on an append once ``fsync_interval_s`` has passed since the last,
 and from :meth:`SegmentWriter.maintain` (the service's one-second timer), so an acknowledged
