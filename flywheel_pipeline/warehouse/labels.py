@@ -177,6 +177,11 @@ FROM staged
 _SCOPE = "SEMI JOIN _touched USING (message_key)"
 
 
+def render_fold_sql(*, after_batch: int, up_to_batch: int) -> str:
+    """The per-message fold of the email events with ``after_batch < batch_id <= up_to_batch``."""
+    return _FOLD_SELECT.format(where=f"batch_id > {int(after_batch)} AND batch_id <= {int(up_to_batch)}")
+
+
 def _num(value: float) -> str:
     return repr(float(value))
 
@@ -234,11 +239,11 @@ def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = 
         from_batch = 0 if full else last_batch
         if full:
             con.execute("DELETE FROM message_state")
-            con.execute("INSERT INTO message_state " + _FOLD_SELECT.format(where=f"batch_id <= {to_batch}"))
+            con.execute("INSERT INTO message_state " + render_fold_sql(after_batch=0, up_to_batch=to_batch))
             folded = con.execute("SELECT coalesce(sum(events), 0) FROM message_state").fetchone()[0]
         else:
-            con.execute("CREATE OR REPLACE TEMP TABLE _delta AS " + _FOLD_SELECT.format(
-                where=f"batch_id > {from_batch} AND batch_id <= {to_batch}"))
+            con.execute("CREATE OR REPLACE TEMP TABLE _delta AS "
+                        + render_fold_sql(after_batch=from_batch, up_to_batch=to_batch))
             folded = con.execute("SELECT coalesce(sum(events), 0) FROM _delta").fetchone()[0]
             con.execute(_MERGE_STATE)
             con.execute("DELETE FROM message_state WHERE message_key IN (SELECT message_key FROM _delta)")

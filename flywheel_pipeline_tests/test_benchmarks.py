@@ -1,0 +1,57 @@
+"""The benchmark scripts stay runnable: each runs at a tiny size and prints its figures.
+
+The figures at these sizes mean nothing (docs/benchmarks.md has the real runs); what is
+checked is that each script completes, measures every phase and prints its ratio lines.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_benchmark(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, f"{script} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def test_bench_labelling_prints_every_phase_and_the_ratios():
+    out = run_benchmark("bench_labelling.py", "--events", "50000")
+    for phase in ("bare", "fold", "full", "write", "incremental", "full_again"):
+        assert re.search(rf"^{phase}\s+\d+\.\d+ s\s+peak RSS\s+\d+ MB", out, re.M), (phase, out)
+    assert re.search(r"labelling / bare GROUP BY:\s+\d+\.\d+x", out)
+    assert re.search(r"of which the fold's GROUP BY:\s+\d+\.\d+x", out)
+    assert re.search(r"writing the labels alone:\s+\d+\.\d+x", out)
+    assert re.search(r"one new day / full relabel:\s+\d+\.\d+", out)
+    # every generated event is folded by the full relabel; the fold and write phases measure
+    # the same work the full relabel does (one group per message key, one row per label)
+    events = int(re.search(r"'email_events': (\d+)", out).group(1))
+    assert f"'folded_events': {events}," in out
+
+    def detail(phase: str, key: str) -> int:
+        return int(re.search(rf"^{phase}\s.*'{key}': (\d+)", out, re.M).group(1))
+
+    assert detail("fold", "groups") == detail("bare", "groups") > 0
+    assert detail("write", "rows") == detail("full", "labelled") > 0
+
+
+def test_bench_export_compares_against_copy_to_json():
+    out = run_benchmark("bench_export.py", "--examples", "2000", "--repeat", "1")
+    assert re.search(r"export / COPY TO json: \d+\.\d+x", out), out
+
+
+def test_bench_experiments_reports_error_rates_and_speed():
+    out = run_benchmark("bench_experiments.py", "--experiments", "20", "--days", "7", "--per-day", "20",
+                        "--assignments", "10000")
+    assert re.search(r"always-valid sequence, false positives over all looks: \d\.\d{3}", out), out
+    assert re.search(r"power of the always-valid sequence by the last look: +\d\.\d{3}", out), out
+    assert re.search(r"10,000 assignments -> per-arm statistics", out), out
+
+
+def test_bench_service_lands_every_event_exactly_once():
+    out = run_benchmark("bench_service.py", "--requests", "20", "--batch", "5", "--clients", "2")
+    assert "landed: 100 events, 100 distinct: exactly once" in out, out
