@@ -203,6 +203,28 @@ def test_dagster_cli_materializes_from_the_module(home):
     con.close()
 
 
+def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
+    """The README's `dg list defs`: with DAGSTER_HOME on the local instance it lists the code
+    location; without it Dagster reads the top-level (production, PostgreSQL) dagster.yaml
+    and stops on the missing DAGSTER_PG_* variables, as the README warns."""
+    dg_cli = os.path.join(os.path.dirname(sys.executable), "dg")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PG_")}
+    os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
+    listed = subprocess.run([dg_cli, "list", "defs", "--json"], env=env, cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    defs = json.loads(listed.stdout)
+    assert {"messages", "email_events", "outcome_labels", "model_leaderboard"} <= {a["asset_key"] for a in defs["assets"]}
+    assert {j["name"] for j in defs["jobs"]} == {"refresh", "datasets", "retrain", "experiments"}
+    assert {"landing_sensor", "experiment_sensor"} <= {s["name"] for s in defs["sensors"]}
+
+    del env["DAGSTER_HOME"]
+    production = subprocess.run([dg_cli, "list", "defs", "--json"], env=env, cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+    assert production.returncode != 0
+    assert "DAGSTER_PG_USER" in production.stdout + production.stderr
+
+
 def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
     """A small demo: turn 1, two weeks of live routed traffic with the experiment sensor's runs,
     turn 2; run again the same day it adds nothing; a week later it extends the same world."""
