@@ -15,6 +15,42 @@ def _print(msg: str = "") -> None:
     print(msg, flush=True)
 
 
+def iso_date(text: str) -> str:
+    """argparse type: an ISO date (YYYY-MM-DD), kept as text."""
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {text!r}") from None
+    return text
+
+
+def iso_timestamp(text: str) -> str:
+    """argparse type: an ISO 8601 time (a date alone means its midnight, no offset means UTC)."""
+    from datetime import datetime
+
+    try:
+        datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time (e.g. 2026-05-01T00:00:00Z): {text!r}") from None
+    return text
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+# The demo trains turn 1 on the days before the experiment; fewer than this leaves no mature
+# outcomes to train on (14 days of maturity plus a week of sending).
+DEMO_MIN_HISTORY_DAYS = 21
+
+
 def routing_history(follow_from: date | None) -> tuple[tuple[date, dict], ...]:
     """The simulated outreach app's memory of which routing table it used from which day
     (``$FLYWHEEL_HOME/simulator/routing_history.json``). With ``follow_from``, a routing.json
@@ -123,9 +159,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     _print(f"FLYWHEEL_HOME={paths.flywheel_home()}")
     end = date.fromisoformat(args.end) if args.end else datetime.now(timezone.utc).date()
-    weeks = max(0, min(args.experiment_weeks, (args.days - 21) // 7))
+    if args.days < DEMO_MIN_HISTORY_DAYS + 7:
+        print(f"flywheel demo: --days {args.days} is too short: the demo needs {DEMO_MIN_HISTORY_DAYS} days "
+              f"of history to train on and at least one week of live traffic ({DEMO_MIN_HISTORY_DAYS + 7} days)",
+              file=sys.stderr)
+        return 2
+    weeks = min(args.experiment_weeks, (args.days - DEMO_MIN_HISTORY_DAYS) // 7)
     state_path = paths.flywheel_home() / "simulator" / "demo.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
+    if state is None and weeks < args.experiment_weeks:
+        _print(f"--experiment-weeks {args.experiment_weeks} shortened to {weeks}: --days {args.days} leaves "
+               f"{DEMO_MIN_HISTORY_DAYS} days of history to train on and {weeks} weeks of live traffic")
 
     def simulate_until(day: date, follow_from: date | None) -> None:
         cmd_simulate(argparse.Namespace(seed=args.seed, days=args.days - (end - day).days, end=day.isoformat(),
@@ -291,24 +335,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     def sim_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--seed", type=int, default=7)
-        p.add_argument("--days", type=int, default=90, help="simulated days ending yesterday (default 90)")
-        p.add_argument("--messages-per-day", type=int, default=500)
-        p.add_argument("--leads-per-org", type=int, default=3000, help="leads per simulated organization (3)")
-        p.add_argument("--end", help="first day NOT simulated (ISO date; default today, UTC)")
+        p.add_argument("--days", type=positive_int, default=90, help="simulated days ending yesterday (default 90)")
+        p.add_argument("--messages-per-day", type=positive_int, default=500)
+        p.add_argument("--leads-per-org", type=positive_int, default=3000,
+                       help="leads per simulated organization (3)")
+        p.add_argument("--end", type=iso_date, help="first day NOT simulated (ISO date; default today, UTC)")
 
     p = sub.add_parser("demo", help="turn the flywheel on a simulated world: train, A/B test week by week, train again")
     sim_args(p)
-    p.add_argument("--experiment-weeks", type=int, default=8,
+    p.add_argument("--experiment-weeks", type=positive_int, default=8,
                    help="simulated weeks of live A/B traffic between the two training turns (default 8)")
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("simulate", help="write the demo-world simulator's landing files")
     sim_args(p)
-    p.add_argument("--follow-routing-from", help="ISO date: from that day the simulated outreach app sends "
+    p.add_argument("--follow-routing-from", type=iso_date, help="ISO date: from that day the simulated outreach app sends "
                                                  "through $FLYWHEEL_HOME/routing.json")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("refresh", help="ingest the landing zone and refresh labels through Dagster")
     p.add_argument("--full", action="store_true", help="rebuild all labels from all events")
-    p.add_argument("--as-of", help="ISO 8601 time maturity is measured against (default now)")
+    p.add_argument("--as-of", type=iso_timestamp, help="ISO 8601 time maturity is measured against (default now)")
     p.set_defaults(func=cmd_refresh)
     p = sub.add_parser("datasets", help="build training examples, preference pairs and exports through Dagster")
     p.set_defaults(func=cmd_datasets)

@@ -203,6 +203,32 @@ def test_dagster_cli_materializes_from_the_module(home):
     con.close()
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["demo", "--end", "garbage"], "argument --end: not an ISO date (YYYY-MM-DD): 'garbage'"),
+    (["simulate", "--end", "2026-13-01"], "argument --end: not an ISO date"),
+    (["simulate", "--days", "-3"], "argument --days: must be at least 1, got -3"),
+    (["simulate", "--follow-routing-from", "soon"], "argument --follow-routing-from: not an ISO date"),
+    (["demo", "--experiment-weeks", "0"], "argument --experiment-weeks: must be at least 1, got 0"),
+    (["refresh", "--as-of", "yesterday"], "argument --as-of: not an ISO 8601 time"),
+])
+def test_cli_refuses_bad_arguments_before_doing_anything(home, capsys, argv, message):
+    from flywheel_pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not home.exists()  # nothing simulated, no instance, no warehouse
+
+
+def test_cli_demo_refuses_a_world_too_short_to_train_on(home, capsys):
+    from flywheel_pipeline.cli import main
+
+    assert main(["demo", "--days", "27", "--end", "2026-06-01"]) == 2
+    assert "--days 27 is too short" in capsys.readouterr().err
+    assert not (home / "landing").exists()
+
+
 def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
     """The README's `dg list defs`: with DAGSTER_HOME on the local instance it lists the code
     location; without it Dagster reads the top-level (production, PostgreSQL) dagster.yaml
