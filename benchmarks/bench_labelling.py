@@ -246,10 +246,10 @@ def main() -> int:
     print()
     print(f"events: {counts['email_events'] + counts['held_email_events']:,}")
     print(f"labelling / bare GROUP BY:      {ratio:5.2f}x   (target <= 2.5x)  {'OK' if ratio <= 2.5 else 'MISSED'}")
-    print(f"  of which the fold's GROUP BY: {fold['seconds'] / bare['seconds']:5.2f}x   (the aggregation alone, "
-          f"{fold['seconds'] / full['seconds']:.0%} of the labelling)")
-    print(f"  writing the labels alone:     {write['seconds'] / bare['seconds']:5.2f}x   (one persistent row per message, "
-          f"{write['seconds'] / full['seconds']:.0%} of the labelling)")
+    print(f"  of which the fold's GROUP BY: {fold['seconds'] / bare['seconds']:5.2f}x   "
+          f"(the aggregation alone, {fold['seconds'] / full['seconds']:.0%} of the labelling)")
+    print(f"  writing the labels alone:     {write['seconds'] / bare['seconds']:5.2f}x   "
+          f"(one persistent row per message, {write['seconds'] / full['seconds']:.0%} of the labelling)")
     print(f"peak RSS while labelling:       {peak:5.0f} MB (target <= 1536 MB) {'OK' if peak <= 1536 else 'MISSED'}")
     print(f"one new day / full relabel:     {inc_ratio:5.3f}    (target <= 0.10)  {'OK' if inc_ratio <= 0.10 else 'MISSED'}")
     return 0

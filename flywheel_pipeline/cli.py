@@ -348,8 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
     p = sub.add_parser("simulate", help="write the demo-world simulator's landing files")
     sim_args(p)
-    p.add_argument("--follow-routing-from", type=iso_date, help="ISO date: from that day the simulated outreach app sends "
-                                                 "through $FLYWHEEL_HOME/routing.json")
+    p.add_argument("--follow-routing-from", type=iso_date,
+                   help="ISO date: from that day the simulated outreach app sends through $FLYWHEEL_HOME/routing.json")
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("refresh", help="ingest the landing zone and refresh labels through Dagster")
     p.add_argument("--full", action="store_true", help="rebuild all labels from all events")

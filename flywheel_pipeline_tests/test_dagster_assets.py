@@ -240,7 +240,8 @@ def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
                             text=True, timeout=300)
     assert listed.returncode == 0, listed.stderr[-2000:]
     defs = json.loads(listed.stdout)
-    assert {"messages", "email_events", "outcome_labels", "model_leaderboard"} <= {a["asset_key"] for a in defs["assets"]}
+    asset_keys = {a["asset_key"] for a in defs["assets"]}
+    assert {"messages", "email_events", "outcome_labels", "model_leaderboard"} <= asset_keys
     assert {j["name"] for j in defs["jobs"]} == {"refresh", "datasets", "retrain", "experiments"}
     assert {"landing_sensor", "experiment_sensor"} <= {s["name"] for s in defs["sensors"]}
 
