@@ -15,23 +15,23 @@ def _print(msg: str = "") -> None:
     print(msg, flush=True)
 
 
-def iso_date(text: str) -> str:
-    """argparse type: an ISO date (YYYY-MM-DD), kept as text."""
+def iso_date(text: str) -> date:
+    """argparse type: an ISO date (YYYY-MM-DD)."""
     try:
-        date.fromisoformat(text)
+        return date.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO date (YYYY-MM-DD): {text!r}") from None
-    return text
 
 
-def iso_timestamp(text: str) -> str:
-    """argparse type: an ISO 8601 time (a date alone means its midnight, no offset means UTC)."""
-    from datetime import datetime
+def as_of_time(text: str) -> str:
+    """argparse type: a time maturity is measured against, checked here and passed on as text
+    (the run config of `outcome_labels` carries text)."""
+    from flywheel_pipeline.core.label_policy import parse_as_of
 
     try:
-        datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an ISO 8601 time (e.g. 2026-05-01T00:00:00Z): {text!r}") from None
+        parse_as_of(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     return text
 
 
@@ -75,11 +75,9 @@ def routing_history(follow_from: date | None) -> tuple[tuple[date, dict], ...]:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from flywheel_pipeline.core.simulate import SIMULATOR_TAG, SimConfig, simulate
 
-    follow = getattr(args, "follow_routing_from", None)
-    history = routing_history(date.fromisoformat(follow) if isinstance(follow, str) else follow)
+    history = routing_history(args.follow_routing_from)
     cfg = SimConfig(seed=args.seed, days=args.days, messages_per_day=args.messages_per_day,
-                    leads_per_org=args.leads_per_org, end=date.fromisoformat(args.end) if args.end else None,
-                    routing_history=history)
+                    leads_per_org=args.leads_per_org, end=args.end, routing_history=history)
     if history:
         _print(f"[{SIMULATOR_TAG}] the simulated outreach app follows the routing tables it saw: "
                + ", ".join(f"from {d}: " + "; ".join(f"{a['ab_group']} {a['traffic_pct']:g}%"
@@ -158,7 +156,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from flywheel_pipeline.published import write_json_atomic
 
     _print(f"FLYWHEEL_HOME={paths.flywheel_home()}")
-    end = date.fromisoformat(args.end) if args.end else datetime.now(timezone.utc).date()
+    end = args.end or datetime.now(timezone.utc).date()
     if args.days < DEMO_MIN_HISTORY_DAYS + 7:
         print(f"flywheel demo: --days {args.days} is too short: the demo needs {DEMO_MIN_HISTORY_DAYS} days "
               f"of history to train on and at least one week of live traffic ({DEMO_MIN_HISTORY_DAYS + 7} days)",
@@ -172,7 +170,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                f"{DEMO_MIN_HISTORY_DAYS} days of history to train on and {weeks} weeks of live traffic")
 
     def simulate_until(day: date, follow_from: date | None) -> None:
-        cmd_simulate(argparse.Namespace(seed=args.seed, days=args.days - (end - day).days, end=day.isoformat(),
+        cmd_simulate(argparse.Namespace(seed=args.seed, days=args.days - (end - day).days, end=day,
                                         messages_per_day=args.messages_per_day, leads_per_org=args.leads_per_org,
                                         follow_routing_from=follow_from))
 
@@ -353,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_simulate)
     p = sub.add_parser("refresh", help="ingest the landing zone and refresh labels through Dagster")
     p.add_argument("--full", action="store_true", help="rebuild all labels from all events")
-    p.add_argument("--as-of", type=iso_timestamp, help="ISO 8601 time maturity is measured against (default now)")
+    p.add_argument("--as-of", type=as_of_time, help="ISO 8601 time maturity is measured against (default now)")
     p.set_defaults(func=cmd_refresh)
     p = sub.add_parser("datasets", help="build training examples, preference pairs and exports through Dagster")
     p.set_defaults(func=cmd_datasets)

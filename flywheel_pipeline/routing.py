@@ -58,9 +58,11 @@ def choose_model(lead_id: str, organization_id: str | None, task_type: str = "al
         for task in (task_type, "all"):
             family = families.get(f"flywheel-{org or 'global'}-{task}")
             if family and family.get("arms"):
-                arm = choose_arm(lead_id, family["experiment_id"], family_arms(family))
+                arms = family_arms(family)
+                arm = choose_arm(lead_id, family["experiment_id"], arms)
                 return {"model_id": arm.model_id, "version": arm.version, "ab_group": arm.ab_group,
-                        "experiment_id": family["experiment_id"], "allocation": family_allocation(family)}
+                        "experiment_id": family["experiment_id"],
+                        "allocation": allocation_id(family["experiment_id"], arms)}
     default = table.get("default_model")
     if not default:
         raise LookupError(f"no routing for organization {organization_id!r}, task {task_type!r} and no default")

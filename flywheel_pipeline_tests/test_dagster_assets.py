@@ -209,7 +209,7 @@ def test_dagster_cli_materializes_from_the_module(home):
     (["simulate", "--days", "-3"], "argument --days: must be at least 1, got -3"),
     (["simulate", "--follow-routing-from", "soon"], "argument --follow-routing-from: not an ISO date"),
     (["demo", "--experiment-weeks", "0"], "argument --experiment-weeks: must be at least 1, got 0"),
-    (["refresh", "--as-of", "yesterday"], "argument --as-of: not an ISO 8601 time"),
+    (["refresh", "--as-of", "yesterday"], "argument --as-of: as_of must be an ISO 8601 time"),
 ])
 def test_cli_refuses_bad_arguments_before_doing_anything(home, capsys, argv, message):
     from flywheel_pipeline.cli import main

@@ -85,7 +85,11 @@ def test_record_checks_mirror_ingestions_quarantine_reasons():
                            ({**good, "metadata": [1]}, "metadata must be an object"), ([good], "JSON object")):
         with pytest.raises(RecordError, match=reason):
             check_message(broken)
-    check_reply({"reply_id": "r", "received_at": "2026-01-01", "from_email": "a@b.example"})
+    # the message id a reply is threaded to comes back; one given, or from_email alone, gives None
+    assert check_reply({"reply_id": "r", "received_at": "2026-01-01", "from_email": "a@b.example"}) is None
+    threaded = {"reply_id": "r", "received_at": "2026-01-01", "headers": {"In-Reply-To": "<m-7@outreach.example>"}}
+    assert check_reply(threaded, ["outreach.example"]) == "m-7"
+    assert check_reply({**threaded, "message_id": "m-1"}, ["outreach.example"]) is None
     with pytest.raises(RecordError, match="headers must be an object"):
         check_reply({"reply_id": "r", "received_at": "2026-01-01", "message_id": "m", "headers": "x"})
     foreign = {"reply_id": "r", "received_at": "2026-01-01", "headers": {"In-Reply-To": "<a@gmail.example>"}}

@@ -221,6 +221,10 @@ def test_a_rollout_step_starts_a_new_allocation_and_the_analysis_stays_within_it
     con = connect(tmp_path / "wh.duckdb")
     run_pipeline(con, tmp_path / "landing", as_of=datetime(2026, 5, 1, tzinfo=timezone.utc))
     assert allocations_logged(con, "exp-ramp") and not allocations_logged(con, "another")
+    # an app that records the experiment but not the allocation is not "logging allocations"
+    con.execute("UPDATE messages SET metadata = json_object('experiment_id', 'exp-bare') "
+                "WHERE message_key = (SELECT min(message_key) FROM messages WHERE ab_group = 'challenger')")
+    assert not allocations_logged(con, "exp-bare")
     step2 = "exp-ramp@challenger=50/champion=50"
     pooled = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18")
     current = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18", step2)

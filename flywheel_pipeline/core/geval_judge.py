@@ -98,18 +98,8 @@ class GEvalJudge:
                              evaluation_params=[SingleTurnParams.INPUT, SingleTurnParams.ACTUAL_OUTPUT],
                              model=openai_compatible_model(model, api_key, base_url), async_mode=False,
                              verbose_mode=False)
-        self.last_scores: tuple[float, float] = (0.0, 0.0)
-        self.last_reasons: tuple[str, str] = ("", "")
 
-    def score(self, prompt: str, answer: str) -> tuple[float, str]:
+    def score(self, prompt: str, answer: str) -> float:
         from deepeval.test_case import LLMTestCase
 
-        score = self._metric.measure(LLMTestCase(input=prompt, actual_output=answer), _show_indicator=False)
-        return float(score), str(self._metric.reason or "")
-
-    def compare(self, prompt: str, first: str, second: str) -> str:
-        (a, why_a), (b, why_b) = self.score(prompt, first), self.score(prompt, second)
-        self.last_scores, self.last_reasons = (a, b), (why_a, why_b)
-        if abs(a - b) < self.tie_margin:
-            return "tie"
-        return "first" if a > b else "second"
+        return float(self._metric.measure(LLMTestCase(input=prompt, actual_output=answer), _show_indicator=False))

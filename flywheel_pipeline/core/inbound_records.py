@@ -51,8 +51,10 @@ def check_message(record: Any) -> None:
         raise RecordError("metadata must be an object")
 
 
-def check_reply(record: Any, domains: Iterable[str] | None = None) -> None:
-    """``domains``: those of our Message-IDs (see :func:`message_id_from_headers`)."""
+def check_reply(record: Any, domains: Iterable[str] | None = None) -> str | None:
+    """Check a reply; for one without ``message_id``, return the message id its headers thread
+    it to (None: ingestion attributes it by ``from_email``). ``domains``: those of our
+    Message-IDs (see :func:`message_id_from_headers`)."""
     if not isinstance(record, Mapping):
         raise RecordError("a reply is a JSON object")
     _required(record, ("reply_id",))
@@ -60,9 +62,12 @@ def check_reply(record: Any, domains: Iterable[str] | None = None) -> None:
     headers = record.get("headers")
     if headers is not None and not isinstance(headers, Mapping):
         raise RecordError("headers must be an object")
-    if not record.get("message_id") and not record.get("from_email") and \
-            message_id_from_headers(headers or {}, domains) is None:
+    if record.get("message_id"):
+        return None
+    threaded = message_id_from_headers(headers or {}, domains)
+    if threaded is None and not record.get("from_email"):
         raise RecordError("unattributable: no message_id, no In-Reply-To/References of ours, no from_email")
+    return threaded
 
 
 def _header(headers: Mapping[str, Any], name: str) -> str:

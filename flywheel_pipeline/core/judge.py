@@ -1,10 +1,10 @@
 """Judging outreach texts: an offline heuristic judge behind the :class:`PairwiseJudge`
 interface, which the LLM judge (deepeval G-Eval, core/geval_judge.py) implements too.
 
-The heuristic scores one e-mail in [0, 1] from five documented signals, then compares two
-answers to the same prompt; a difference below ``tie_margin`` is a tie. The two answers are
-shown in a seeded random order and the verdict is mapped back, so a position-biased judge
-cannot favour one side; identical answers are skipped, not judged.
+A judge scores one answer at a time (the heuristic: in [0, 1] from five documented signals);
+:func:`judge_pair` scores the candidate's and the champion's answers to the same prompt, in a
+seeded random order, and a difference below the judge's ``tie_margin`` is a tie. Identical
+answers are skipped, not judged.
 """
 
 from __future__ import annotations
@@ -63,11 +63,12 @@ class Verdict:
 
 
 class PairwiseJudge(Protocol):
+    """Scores each answer to a prompt on its own; :func:`judge_pair` compares two scores, and a
+    difference below ``tie_margin`` is a tie."""
     name: str
-    last_scores: tuple[float, float]  # the scores behind the latest compare(), in (first, second) order
+    tie_margin: float
 
-    def compare(self, prompt: str, first: str, second: str) -> str:
-        """'first', 'second' or 'tie'."""
+    def score(self, prompt: str, answer: str) -> float:
         ...
 
 
@@ -76,28 +77,25 @@ class HeuristicJudge:
 
     def __init__(self, tie_margin: float = 0.02):
         self.tie_margin = tie_margin
-        self.last_scores = (0.0, 0.0)
 
-    def compare(self, prompt: str, first: str, second: str) -> str:
-        a, b = heuristic_score(first, prompt).total, heuristic_score(second, prompt).total
-        self.last_scores = (a, b)
-        if abs(a - b) < self.tie_margin:
-            return "tie"
-        return "first" if a > b else "second"
+    def score(self, prompt: str, answer: str) -> float:
+        return heuristic_score(answer, prompt).total
 
 
 def judge_pair(judge: PairwiseJudge, prompt: str, candidate: str, champion: str, rng: random.Random) -> Verdict:
     if candidate.strip() == champion.strip():
         return Verdict("skipped", None, None, "none")
+    # the order the judge sees the two answers in is random, so no order effect of the judge
+    # (an LLM's, or its cache's) favours either side
     candidate_first = rng.random() < 0.5
-    first, second = (candidate, champion) if candidate_first else (champion, candidate)
-    outcome = judge.compare(prompt, first, second)
-    if outcome == "tie":
-        winner = "tie"
-    elif (outcome == "first") == candidate_first:
-        winner = "candidate"
+    if candidate_first:
+        candidate_score = judge.score(prompt, candidate)
+        champion_score = judge.score(prompt, champion)
     else:
-        winner = "champion"
-    first_score, second_score = judge.last_scores
-    candidate_score, champion_score = (first_score, second_score) if candidate_first else (second_score, first_score)
+        champion_score = judge.score(prompt, champion)
+        candidate_score = judge.score(prompt, candidate)
+    if abs(candidate_score - champion_score) < judge.tie_margin:
+        winner = "tie"
+    else:
+        winner = "candidate" if candidate_score > champion_score else "champion"
     return Verdict(winner, candidate_score, champion_score, "candidate" if candidate_first else "champion")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import datetime, timezone
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -113,3 +114,13 @@ def score_stage(policy: LabelPolicy, stage: str, *, deal_value: float | None = N
         value = max(0.0, float(deal_value or 0.0))
         score += policy.deal_bonus * min(value, policy.deal_value_cap) / policy.deal_value_cap
     return round(min(1.0, max(0.0, score)), 6)
+
+
+def parse_as_of(text: str) -> datetime:
+    """The time maturity is measured against, from ISO 8601 text (``Z`` or an offset; a date
+    alone is its midnight; no offset means UTC). Raises ValueError for anything else."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"as_of must be an ISO 8601 time (e.g. 2026-05-01T00:00:00Z), got {text!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 import dagster as dg
 from pydantic import Field
 
-from flywheel_pipeline.core.label_policy import STAGES
+from flywheel_pipeline.core.label_policy import STAGES, parse_as_of
 from flywheel_pipeline.defs.ingest import crm_events, email_events, messages, replies
 from flywheel_pipeline.defs.metadata import md_bar_chart, md_table
 from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, LabelPolicyResource, WarehouseResource
@@ -46,10 +46,9 @@ def _parse_as_of(value: str | None) -> datetime:
     if not value:
         return datetime.now(timezone.utc)
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_as_of(value)
     except ValueError as exc:
-        raise dg.Failure(f"as_of must be an ISO 8601 timestamp, got {value!r}") from exc
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        raise dg.Failure(str(exc)) from exc
 
 
 @dg.asset(group_name=OUTCOMES_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"},

@@ -32,7 +32,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from flywheel_pipeline.core.crm_webhooks import Normalized, PayloadError, hubspot_facts, pipedrive_facts
-from flywheel_pipeline.core.inbound_records import RecordError, check_message, check_reply, message_id_from_headers
+from flywheel_pipeline.core.inbound_records import RecordError, check_message, check_reply
 from flywheel_pipeline.core.signatures import (hubspot_signed_uri, load_sendgrid_public_key, verify_hubspot_v3,
                                                verify_sendgrid)
 from flywheel_pipeline.routing import choose_model
@@ -295,14 +295,12 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
         threaded = 0
         for i, record in enumerate(records):
             try:
-                check_reply(record, settings.message_id_domains)
+                mid = check_reply(record, settings.message_id_domains)
             except RecordError as exc:
                 raise Rejected(400, "invalid_record", f"record {i}: {exc}") from exc
-            if not record.get("message_id"):
-                mid = message_id_from_headers(record.get("headers") or {}, settings.message_id_domains)
-                if mid:
-                    record["message_id"] = mid
-                    threaded += 1
+            if mid:
+                record["message_id"] = mid
+                threaded += 1
         await land("replies", records)
         return {"accepted": len(records), "attributed_by_headers": threaded}
 

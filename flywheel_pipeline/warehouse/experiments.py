@@ -43,9 +43,11 @@ FROM per_lead GROUP BY arm
 
 
 def allocations_logged(con: duckdb.DuckDBPyConnection, experiment_id: str) -> bool:
-    """Whether the outreach app records allocations for this experiment's messages."""
+    """Whether the outreach app records allocations for this experiment's messages (an
+    allocation id starts with its experiment id, see core/assignment.allocation_id)."""
     return con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE ab_group IN ('challenger', 'champion') "
-                       "AND json_extract_string(metadata, '$.experiment_id') = ?)", [experiment_id]).fetchone()[0]
+                       "AND starts_with(json_extract_string(metadata, '$.allocation'), ? || '@'))",
+                       [experiment_id]).fetchone()[0]
 
 
 def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champion_model: str,
