@@ -1,4 +1,4 @@
-"""`flywheel` command line: demo, simulate, refresh, datasets, summary, validate, ui."""
+"""`flywheel` command line: demo, simulate, refresh, datasets, summary, sql, validate, ui, serve."""
 
 from __future__ import annotations
 
@@ -140,6 +140,43 @@ def cmd_summary(args: argparse.Namespace) -> int:
         _print(f"no warehouse at {paths.warehouse_path()}: run `flywheel demo` or `flywheel refresh` first")
         return 1
     print_summary(paths.warehouse_path(), out=_print)
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Run one query against the warehouse, opened read-only, and print its result: a table on
+    the terminal (``--max-rows``), or every row as CSV with ``--csv`` (streamed in chunks)."""
+    import csv
+
+    import duckdb
+
+    from flywheel_pipeline.warehouse.schema import connect
+
+    database = paths.warehouse_path()
+    if not database.exists():
+        print(f"flywheel sql: no warehouse at {database}: run `flywheel demo` or `flywheel refresh` first",
+              file=sys.stderr)
+        return 1
+    try:
+        con = connect(database, read_only=True)
+    except duckdb.IOException as exc:
+        print(f"flywheel sql: cannot open {database}: {exc}\n(DuckDB allows one writing process: wait for "
+              "the Dagster run that holds it to finish)", file=sys.stderr)
+        return 1
+    try:
+        if args.csv:
+            result = con.execute(args.query)
+            writer = csv.writer(sys.stdout, lineterminator="\n")
+            writer.writerow(column[0] for column in result.description)
+            while rows := result.fetchmany(10_000):
+                writer.writerows(rows)
+        else:
+            con.sql(args.query).show(max_rows=args.max_rows, max_width=shutil.get_terminal_size((160, 24)).columns)
+    except duckdb.Error as exc:
+        print(f"flywheel sql: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        con.close()
     return 0
 
 
@@ -357,6 +394,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
     p = sub.add_parser("summary", help="print what the warehouse holds")
     p.set_defaults(func=cmd_summary)
+    p = sub.add_parser("sql", help="query the warehouse read-only, e.g. "
+                       "flywheel sql 'SELECT stage, count(*) FROM outcome_labels GROUP BY 1'")
+    p.add_argument("query", help="one SQL query (DuckDB dialect); the warehouse is opened read-only")
+    p.add_argument("--csv", action="store_true", help="print every row as CSV (header first) instead of a table")
+    p.add_argument("--max-rows", type=positive_int, default=40, help="rows shown in the table (default 40)")
+    p.set_defaults(func=cmd_sql)
     p = sub.add_parser("validate", help="validate a chat (SFT) or preference (DPO) fine-tuning JSONL file")
     p.add_argument("file")
     p.add_argument("--kind", choices=("auto", "chat", "preference"), default="auto")
