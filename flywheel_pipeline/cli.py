@@ -328,7 +328,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from flywheel_pipeline.instance import ensure_local_dagster_home
 
     ensure_local_dagster_home()
-    dagster = shutil.which("dagster") or os.path.join(os.path.dirname(sys.executable), "dagster")
+    # the dagster of this environment (the one that can import flywheel_pipeline), not whichever
+    # comes first on PATH
+    beside = os.path.join(os.path.dirname(sys.executable), "dagster")
+    dagster = beside if os.access(beside, os.X_OK) else shutil.which("dagster")
+    if dagster is None:
+        print("flywheel ui: no `dagster` command in this environment (pip install dagster-webserver)", file=sys.stderr)
+        return 1
     argv = [dagster, "dev", "-m", "flywheel_pipeline.definitions", "--host", args.host, "--port", str(args.port)]
     _print("exec " + " ".join(argv))
     os.execv(argv[0], argv)

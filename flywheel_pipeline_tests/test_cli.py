@@ -1,9 +1,12 @@
-"""`flywheel sql`: the README's way to read `outcome_labels` without a DuckDB CLI."""
+"""`flywheel sql` (the README's way to read `outcome_labels` without a DuckDB CLI) and
+`flywheel ui`. The demo, simulate and refresh commands are tested with Dagster in
+test_dagster_assets.py."""
 
 from __future__ import annotations
 
 import csv
 import io
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -64,3 +67,18 @@ def test_sql_says_what_to_do_without_a_warehouse_or_while_a_run_writes_it(home, 
     warehouse.unlink()
     assert main(["sql", "SELECT 1"]) == 1
     assert "no warehouse at" in capsys.readouterr().err
+
+
+def test_ui_runs_the_dagster_of_this_environment_not_the_first_on_path(home, tmp_path, monkeypatch):
+    impostor = tmp_path / "bin" / "dagster"
+    impostor.parent.mkdir()
+    impostor.write_text("#!/bin/sh\nexit 3\n")
+    impostor.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{impostor.parent}{os.pathsep}{os.environ['PATH']}")
+    execs = []
+    monkeypatch.setattr(os, "execv", lambda path, argv: execs.append(argv))
+    assert main(["ui", "--port", "3123"]) == 0
+    [argv] = execs
+    assert argv[0] == os.path.join(os.path.dirname(sys.executable), "dagster")
+    assert argv[1:] == ["dev", "-m", "flywheel_pipeline.definitions", "--host", "127.0.0.1", "--port", "3123"]
+    assert (home / "dagster" / "dagster.yaml").exists()  # the local (SQLite) instance it opens
