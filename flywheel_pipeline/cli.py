@@ -267,10 +267,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         save(number, number == len(steps))
     cmd_summary(args)
     _print()
+    bin_dir = os.path.dirname(sys.executable)  # this environment's commands, activated or not
     _print("Next: open the Dagster UI on this instance with")
-    _print(f"  DAGSTER_HOME={paths.dagster_home()} FLYWHEEL_HOME={paths.flywheel_home()} dagster dev")
+    _print(f"  FLYWHEEL_HOME={paths.flywheel_home()} {os.path.join(bin_dir, 'flywheel')} ui")
     _print("  (or `make ui`), then browse Assets for metadata and checks; and the MLflow UI with")
-    _print(f"  mlflow ui --backend-store-uri sqlite:///{paths.flywheel_home() / 'mlflow.db'}")
+    mlflow_db = paths.flywheel_home() / "mlflow.db"
+    _print(f"  {os.path.join(bin_dir, 'mlflow')} ui --backend-store-uri sqlite:///{mlflow_db}")
     return 0
 
 

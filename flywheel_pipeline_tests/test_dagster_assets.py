@@ -262,6 +262,10 @@ def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
     out = first.stdout
     assert "live traffic, week 2 of 2" in out and out.count("experiment sensor requested a run") == 2
     assert "challenger 10%" in out and "flywheel turn 2" in out
+    bin_dir = os.path.dirname(sys.executable)  # the UIs it points to are this environment's, PATH or not
+    assert f"FLYWHEEL_HOME={home} {bin_dir}/flywheel ui" in out
+    assert f"{bin_dir}/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db" in out
+    assert os.access(f"{bin_dir}/flywheel", os.X_OK) and os.access(f"{bin_dir}/mlflow", os.X_OK)
     history = json.loads((home / "simulator" / "routing_history.json").read_text())
     assert history[0][0] == "2026-05-18"  # routed from turn 1's end, two weeks before the end
     messages = [json.loads(line) for f in sorted((home / "landing" / "messages").glob("*2026-05-2*.jsonl"))
