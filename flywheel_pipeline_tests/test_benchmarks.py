@@ -55,3 +55,11 @@ def test_bench_experiments_reports_error_rates_and_speed():
 def test_bench_service_lands_every_event_exactly_once():
     out = run_benchmark("bench_service.py", "--requests", "20", "--batch", "5", "--clients", "2")
     assert "landed: 100 events, 100 distinct: exactly once" in out, out
+
+
+def test_bench_ingest_loads_every_event_once_beside_read_json():
+    out = run_benchmark("bench_ingest.py", "--events", "2000")
+    assert re.search(r"^read_json\s+\d+\.\d+ s\s+[\d,]+ events/s\s+peak RSS\s+\d+ MB.*'rows': 2000\}", out, re.M), out
+    # one in ten events is a retried copy: 1,800 distinct events, 200 duplicates, nothing quarantined
+    assert "{'lines': 2000, 'accepted': 1800, 'duplicates': 200, 'quarantined': 0}" in out, out
+    assert re.search(r"ingest / read_json: \d+\.\d+x the time, \d+\.\d+x the peak memory", out), out

@@ -97,6 +97,22 @@ def test_a_broken_contract_fails_the_blocking_check_and_the_run(tmp_path):
         assert "one_label_per_message" in failed
 
 
+def test_a_landing_file_refused_whole_warns_in_the_quarantine_check(tmp_path):
+    from flywheel_pipeline.warehouse.ingest import MAX_FILE_BYTES
+
+    small_world(tmp_path / "landing", days=5)
+    with open(tmp_path / "landing" / "sendgrid" / "backfill.jsonl", "wb") as fh:
+        fh.truncate(MAX_FILE_BYTES + 1)  # sparse: too large for DuckDB to read in one piece
+    with dg.instance_for_test() as instance:
+        result = materialize_all(tmp_path, instance)
+        assert result.success  # a warning: the rest of the landing zone is ingested and labelled
+        [check] = [e for e in result.get_asset_check_evaluations() if e.check_name == "quarantine_rate"]
+        assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN
+        assert check.metadata["files_refused"].value == ["sendgrid/backfill.jsonl"]
+        assert materialization(result, "email_events")["quarantine_reasons"].value["file too large to read"] == 1
+        assert materialization(result, "outcome_labels")["dagster/row_count"].value == 100
+
+
 def test_landing_sensor_requests_a_run_only_for_new_files(tmp_path):
     landing = tmp_path / "landing"
     res = {"landing": LandingZoneResource(path=str(landing))}

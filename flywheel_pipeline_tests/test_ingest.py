@@ -9,7 +9,7 @@ from datetime import date
 
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.core.simulate import SimConfig, simulate
-from flywheel_pipeline.warehouse.ingest import ingest_source
+from flywheel_pipeline.warehouse.ingest import MAX_FILE_BYTES, ingest_source
 from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.conftest import T0, message, run_pipeline, sg
 
@@ -96,6 +96,28 @@ def test_malformed_lines_are_quarantined_with_reason_and_line_and_the_rest_loads
     files = con.execute("SELECT file_name, lines, valid_lines, quarantined FROM landing_files "
                         "WHERE source = 'messages'").fetchall()
     assert files == [("msgs.jsonl", 6, 2, 4)]
+
+
+def test_a_file_too_large_to_read_is_quarantined_whole_and_blocks_nothing(con, landing):
+    """DuckDB reads a file into one string of at most 4 GiB: a larger landing file is refused
+    whole with the reason (line 0), recorded so refreshes do not retry it, and the files beside
+    it load; its contents, split into new files, then load as usual."""
+    write_jsonl(landing, "sendgrid", [sg("m1", "delivered", T0, sg_event_id="a")], name="a-small.jsonl")
+    huge = landing / "sendgrid" / "b-backfill.jsonl"
+    with open(huge, "wb") as fh:  # sparse: its size is all that is looked at
+        fh.truncate(MAX_FILE_BYTES + 1)
+    first = ingest_source(con, landing, "sendgrid")
+    assert (first.files, first.accepted, first.quarantined) == (2, 1, 1)
+    assert first.quarantine_reasons == {"file too large to read": 1}
+    assert con.execute("SELECT source_file, line_no, reason LIKE 'file too large to read: 4.0 GiB, %split it%', "
+                       "raw_line FROM quarantine").fetchall() == [("b-backfill.jsonl", 0, True, None)]
+    assert con.execute("SELECT file_name, lines, quarantined FROM landing_files ORDER BY 1").fetchall() == [
+        ("a-small.jsonl", 1, 0), ("b-backfill.jsonl", 0, 1)]
+    again = ingest_source(con, landing, "sendgrid")
+    assert (again.files, again.quarantined) == (0, 0)
+    huge.unlink()
+    write_jsonl(landing, "sendgrid", [sg("m1", "open", T0, sg_event_id="b")], name="b-backfill-part-1.jsonl")
+    assert ingest_source(con, landing, "sendgrid").accepted == 1
 
 
 def _world(tmp_path, **overrides):

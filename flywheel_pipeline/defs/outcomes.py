@@ -173,16 +173,21 @@ def maturity_consistent(warehouse: WarehouseResource, label_policy: LabelPolicyR
 
 
 @dg.asset_check(asset=outcome_labels, pool=WAREHOUSE_POOL,
-                description="At most 1% of landed lines were quarantined (warning).")
+                description="At most 1% of landed lines were quarantined, and no landing file was refused "
+                            "whole (warning).")
 def quarantine_rate(warehouse: WarehouseResource) -> dg.AssetCheckResult:
     with warehouse.connect() as con:
         lines, quarantined = con.execute(
             "SELECT coalesce(sum(lines), 0), coalesce(sum(quarantined), 0) FROM landing_files").fetchone()
         reasons = con.execute("SELECT source, reason, count(*) FROM quarantine GROUP BY ALL ORDER BY 3 DESC LIMIT 20"
                               ).fetchall()
+        # a file refused whole (line 0, e.g. too large to read) holds lines nobody has counted
+        refused = con.execute("SELECT source || '/' || source_file FROM quarantine WHERE line_no = 0 "
+                              "ORDER BY 1").fetchall()
     rate = quarantined / lines if lines else 0.0
-    return _check(rate <= 0.01, dg.AssetCheckSeverity.WARN, lines=int(lines), quarantined=int(quarantined),
-                  rate=round(rate, 5), reasons=dg.MetadataValue.md(md_table(["source", "reason", "lines"], reasons)))
+    return _check(rate <= 0.01 and not refused, dg.AssetCheckSeverity.WARN, lines=int(lines),
+                  quarantined=int(quarantined), rate=round(rate, 5), files_refused=[r[0] for r in refused],
+                  reasons=dg.MetadataValue.md(md_table(["source", "reason", "lines"], reasons)))
 
 
 @dg.asset_check(asset=email_events, pool=WAREHOUSE_POOL,
