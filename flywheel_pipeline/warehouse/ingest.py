@@ -332,14 +332,16 @@ def _refuse_whole_files(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
     result.quarantine_reasons[TOO_LARGE] = result.quarantine_reasons.get(TOO_LARGE, 0) + len(files)
 
 
-def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
-                  chunk: list[landing_zone.LandingFile], result: IngestResult) -> None:
-    paths = [str(f.path) for f in chunk]
-    # Reading and parsing touch only temporary tables, before the transaction, so the memory of
-    # the raw lines is freed as soon as they are parsed (a table dropped inside a transaction
-    # is kept until it commits). Every line keeps its number (generate_subscripts beside
-    # unnest); blank lines are skipped by the parse. Indexing the split list row by row
-    # (lines[i] over range()), or filtering here, was 2-5x slower on large files.
+def _read_and_parse(con: duckdb.DuckDBPyConnection, spec: SourceSpec, paths: list[str]
+                    ) -> tuple[int, int, int, dict[str, tuple[int, int]], list[tuple[str, int]]]:
+    """Read a chunk's files into ``_parsed`` (one row per non-blank line: its fields, or the
+    reason it is quarantined) and ``_valid`` (the first valid row of each key, by file and line).
+
+    Only temporary tables are written, before the chunk's transaction opens, so the memory of
+    the raw lines is freed as soon as they are parsed (a table dropped inside a transaction is
+    kept until it commits). Every line keeps its number (generate_subscripts beside unnest);
+    blank lines are skipped by the parse. Indexing the split list row by row (lines[i] over
+    range()), or filtering the unnested lines here, was 2-5x slower on large files."""
     con.execute("""
         CREATE OR REPLACE TEMP TABLE _lines AS
         SELECT parse_filename(filename) AS source_file, generate_subscripts(lines, 1) AS line_no,
@@ -351,7 +353,7 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
                     SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN line END AS line)
                     FROM ({spec.parse_sql})""")
     con.execute("DROP TABLE _lines")
-    # the first occurrence of each key in the chunk (by file name and line); a view, read once
+    # a view, read once by the insert
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW _valid AS
         SELECT * EXCLUDE (line) FROM _parsed WHERE reason IS NULL
@@ -360,10 +362,17 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
     lines, valid, quarantined = con.execute(
         "SELECT count(*), count(*) FILTER (reason IS NULL), count(*) FILTER (reason IS NOT NULL) "
         "FROM _parsed").fetchone()
-    per_file = dict((name, (n, v)) for name, n, v in con.execute(
-        "SELECT source_file, count(*), count(*) FILTER (reason IS NULL) FROM _parsed GROUP BY 1").fetchall())
+    per_file = {name: (n, v) for name, n, v in con.execute(
+        "SELECT source_file, count(*), count(*) FILTER (reason IS NULL) FROM _parsed GROUP BY 1").fetchall()}
     reasons = con.execute("SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1").fetchall()
+    return lines, valid, quarantined, per_file, reasons
+
+
+def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
+                  chunk: list[landing_zone.LandingFile], result: IngestResult) -> None:
+    paths = [str(f.path) for f in chunk]
     try:
+        lines, valid, quarantined, per_file, reasons = _read_and_parse(con, spec, paths)
         with transaction(con):
             batch_id = new_batch(con, "ingest", spec.source)
             con.execute("""
@@ -383,6 +392,7 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
     finally:
         con.execute("DROP VIEW IF EXISTS _valid")
         con.execute("DROP TABLE IF EXISTS _parsed")
+        con.execute("DROP TABLE IF EXISTS _lines")
     result.batch_ids.append(batch_id)
     result.files += len(chunk)
     result.lines += lines
