@@ -98,6 +98,17 @@ def test_malformed_lines_are_quarantined_with_reason_and_line_and_the_rest_loads
     assert files == [("msgs.jsonl", 6, 2, 4)]
 
 
+def test_windows_line_endings_a_byte_order_mark_and_blank_lines_are_tolerated(con, landing):
+    lines = [json.dumps(message("m1")), "", "   ", json.dumps(message("m2")), "{broken"]
+    (landing / "messages").mkdir(parents=True)
+    (landing / "messages" / "excel-export.jsonl").write_bytes(("\ufeff" + "\r\n".join(lines) + "\r\n").encode())
+    result = ingest_source(con, landing, "messages")
+    assert (result.lines, result.accepted, result.quarantined) == (3, 2, 1)
+    assert con.execute("SELECT line_no, reason, raw_line FROM quarantine").fetchall() == [
+        (5, "malformed JSON", "{broken")]
+    assert con.execute("SELECT message_id, line_no FROM messages ORDER BY 1").fetchall() == [("m1", 1), ("m2", 4)]
+
+
 def test_a_file_too_large_to_read_is_quarantined_whole_and_blocks_nothing(con, landing):
     """DuckDB reads a file into one string of at most 4 GiB: a larger landing file is refused
     whole with the reason (line 0), recorded so refreshes do not retry it, and the files beside
