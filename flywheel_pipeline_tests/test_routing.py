@@ -132,6 +132,29 @@ def test_ab_test_results_from_routed_traffic(tmp_path, home):
         assert meta["experiments"].value == 1
         assert any(word in meta["decisions"].value for word in ("continue", "promote", "rollback", "inconclusive"))
         assert "weighted_score" in meta["metrics"].value
+        assert "| exp-ab@challenger=50/champion=50 |" in meta["decisions"].value
+
+        def decisions_row() -> list[str]:
+            result = dg.materialize([ab_test_results], instance=instance, resources=res)
+            value = result.asset_materializations_for_node("ab_test_results")[0].metadata["decisions"].value
+            return [cell.strip() for cell in value.strip().splitlines()[-1].strip("|").split("|")]
+
+        # a new experiment, just published: judged on its own (still absent) traffic, not on the
+        # champion's history from earlier experiments
+        spec = table["families"]["flywheel-global-all"]
+        spec["experiment_id"] = "exp-next"
+        spec["arms"][0]["model_id"] = "sandbox:gpt-4o-mini:supervised:next"
+        write_routing(table)
+        row = decisions_row()
+        assert row[2:5] == ["exp-next@challenger=50/champion=50", "0", "0"] and row[6] == "continue"
+        # an app that stops recording allocations: every routed message of the two models is compared
+        con = connect(home / "warehouse.duckdb")
+        con.execute("UPDATE messages SET metadata = NULL")
+        con.close()
+        spec["experiment_id"], spec["arms"][0]["model_id"] = "exp-ab", "sandbox:gpt-4o-mini:supervised:x"
+        write_routing(table)
+        row = decisions_row()
+        assert row[2] == "all (not logged)" and int(row[3]) == stats["reply_rate"]["challenger"].n
 
 
 def test_decisions_roll_out_then_promote_with_mlflow_aliases_or_roll_back(tmp_path, home):

@@ -15,7 +15,7 @@ from flywheel_pipeline.core.stats.decisions import minimum_detectable_effect
 from flywheel_pipeline.core.stats.policy import PolicyConfig, decide
 from flywheel_pipeline.defs.outcomes import outcome_labels
 from flywheel_pipeline.routing import family_allocation, load_routing, routing_path, write_routing
-from flywheel_pipeline.warehouse.experiments import allocations_logged, arm_statistics
+from flywheel_pipeline.warehouse.experiments import allocations_logged, arm_statistics, challenger_has_messages
 from flywheel_pipeline.warehouse import model_registry as registry
 
 EXPERIMENTS_GROUP = "experiments"
@@ -133,10 +133,13 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
             if "challenger" not in arms:
                 continue
             allocation = family_allocation(spec)
-            if not allocations_logged(con, spec["experiment_id"]):
+            logged = allocations_logged(con, spec["experiment_id"])
+            if not logged and challenger_has_messages(con, arms["challenger"]["model_id"]):
                 context.log.warning(f"{family}: messages do not record metadata.allocation; comparing all routed "
                                     "messages, which mixes rollout steps")
                 allocation = None
+            elif not logged:  # just published: compared on its own traffic, of which there is none yet
+                context.log.info(f"{family}: no message sent through experiment {spec['experiment_id']} yet")
             stats = arm_statistics(con, arms["challenger"]["model_id"], arms["champion"]["model_id"], allocation)
             weights = {g: float(arms[g]["traffic_pct"]) for g in ("challenger", "champion")}
             decision = decide(stats, weights, policy)

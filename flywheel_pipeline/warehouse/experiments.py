@@ -50,6 +50,13 @@ def allocations_logged(con: duckdb.DuckDBPyConnection, experiment_id: str) -> bo
                        [experiment_id]).fetchone()[0]
 
 
+def challenger_has_messages(con: duckdb.DuckDBPyConnection, challenger_model: str) -> bool:
+    """Whether any message was sent in the challenger arm with this model (an experiment just
+    published has none yet)."""
+    return con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE ab_group = 'challenger' AND model_id = ?)",
+                       [challenger_model]).fetchone()[0]
+
+
 def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champion_model: str,
                    allocation: str | None = None) -> dict[str, dict[str, ArmStats]]:
     params = {"challenger": challenger_model, "champion": champion_model, "allocation": allocation}
