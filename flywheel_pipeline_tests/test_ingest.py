@@ -109,6 +109,22 @@ def test_windows_line_endings_a_byte_order_mark_and_blank_lines_are_tolerated(co
     assert con.execute("SELECT message_id, line_no FROM messages ORDER BY 1").fetchall() == [("m1", 1), ("m2", 4)]
 
 
+def test_lines_that_are_not_utf8_are_quarantined_and_the_rest_of_the_chunk_loads(con, landing):
+    """DuckDB's read_text refuses a file that is not UTF-8; the chunk is then read as bytes and
+    only the offending line is quarantined, its bytes shown escaped."""
+    write_jsonl(landing, "messages", [message("m1")], name="a-utf8.jsonl")
+    latin1 = json.dumps(message("m3", body="Grüße aus Köln"), ensure_ascii=False).encode("latin-1")
+    utf8 = json.dumps(message("m4", body="Grüße aus Köln"), ensure_ascii=False).encode()
+    (landing / "messages" / "b-mixed.jsonl").write_bytes(
+        "\ufeff".encode() + json.dumps(message("m2")).encode() + b"\r\n" + latin1 + b"\r\n\r\n" + utf8 + b"\n")
+    result = ingest_source(con, landing, "messages")
+    assert (result.files, result.lines, result.accepted, result.quarantined) == (2, 4, 3, 1)
+    [(line_no, reason, raw)] = con.execute("SELECT line_no, reason, raw_line FROM quarantine").fetchall()
+    assert (line_no, reason) == (2, "not UTF-8 text") and "Gr\\xFC\\xDFe aus K\\xF6ln" in raw
+    assert con.execute("SELECT message_id, line_no, body FROM messages ORDER BY 1").fetchall() == [
+        ("m1", 1, message("m1")["body"]), ("m2", 1, message("m2")["body"]), ("m4", 4, "Grüße aus Köln")]
+
+
 def test_a_file_too_large_to_read_is_quarantined_whole_and_blocks_nothing(con, landing):
     """DuckDB reads a file into one string of at most 4 GiB: a larger landing file is refused
     whole with the reason (line 0), recorded so refreshes do not retry it, and the files beside

@@ -13,7 +13,9 @@ DuckDB's JSON functions into temporary tables; then, inside one transaction per 
 A crash mid-chunk rolls the whole chunk back; the next run picks the files up again. A file
 larger than DuckDB can read in one piece (4 GiB) is quarantined whole (line 0, with the
 reason) and recorded, so it blocks nothing; split into new files, its lines load as usual.
-Peak memory is 2.3-2.8x the largest chunk (benchmarks/bench_ingest.py, 0.4-1.2 GiB files).
+Peak memory is 2.3-2.9x the largest chunk (benchmarks/bench_ingest.py, 0.4-1.2 GiB files).
+A chunk with a file that is not UTF-8 is read as bytes instead (about 2x slower, 3.5x the
+file in memory; files over about 2.5 GiB cannot be read that way).
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ def _parse_common(fields: dict[str, str]) -> str:
     structure = json.dumps(fields)
     return f"""
     SELECT source_file, line_no, line,
-           CASE WHEN j IS NULL THEN 'malformed JSON'
+           CASE WHEN NOT utf8 THEN 'not UTF-8 text'
+                WHEN j IS NULL THEN 'malformed JSON'
                 WHEN json_type(j) <> 'OBJECT' THEN 'not a JSON object' END AS base_reason,
            CASE WHEN json_type(j) = 'OBJECT' THEN json_transform(j, '{structure}') END AS r
-    FROM (SELECT source_file, line_no, line,
-                 CASE WHEN json_valid(line) THEN line::JSON END AS j FROM _lines
+    FROM (SELECT source_file, line_no, line, utf8,
+                 CASE WHEN utf8 AND json_valid(line) THEN line::JSON END AS j FROM _lines
           WHERE line <> '' AND (json_valid(line) OR trim(line) <> ''))
     """
 
@@ -332,6 +335,36 @@ def _refuse_whole_files(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
     result.quarantine_reasons[TOO_LARGE] = result.quarantine_reasons.get(TOO_LARGE, 0) + len(files)
 
 
+# Every line of a chunk's files with its number (generate_subscripts beside unnest), CR of
+# CRLF endings and a UTF-8 byte order mark (some Windows tools write one) removed.
+READ_LINES = """
+CREATE OR REPLACE TEMP TABLE _lines AS
+SELECT parse_filename(filename) AS source_file, generate_subscripts(lines, 1) AS line_no,
+       rtrim(unnest(lines), chr(13)) AS line, true AS utf8
+FROM (SELECT filename,
+             string_split(CASE WHEN starts_with(content, chr(65279)) THEN substr(content, 2) ELSE content END,
+                          chr(10)) AS lines
+      FROM read_text(?))
+"""
+
+# The same from the files' bytes, for a chunk read_text refuses (not UTF-8): a BLOB cast to
+# VARCHAR escapes every byte outside printable ASCII, and the backslash itself, as \xNN, so
+# the text '\x0A' only ever stands for a newline and each line decodes on its own. A line that
+# is not UTF-8 keeps its escaped text (utf8 = false), which the quarantine shows.
+READ_LINES_AS_BYTES = """
+CREATE OR REPLACE TEMP TABLE _lines AS
+SELECT source_file, line_no, coalesce(rtrim(decoded, chr(13)), escaped) AS line, decoded IS NOT NULL AS utf8
+FROM (SELECT source_file, line_no, escaped, try(decode(escaped::BLOB)) AS decoded
+      FROM (SELECT parse_filename(filename) AS source_file, generate_subscripts(lines, 1) AS line_no,
+                   unnest(lines) AS escaped
+            FROM (SELECT filename,
+                         string_split(CASE WHEN starts_with(content::VARCHAR, '\\xEF\\xBB\\xBF')
+                                           THEN substr(content::VARCHAR, 13) ELSE content::VARCHAR END,
+                                      '\\x0A') AS lines
+                  FROM read_blob(?))))
+"""
+
+
 def _read_and_parse(con: duckdb.DuckDBPyConnection, spec: SourceSpec, paths: list[str]
                     ) -> tuple[int, int, int, dict[str, tuple[int, int]], list[tuple[str, int]]]:
     """Read a chunk's files into ``_parsed`` (one row per non-blank line: its fields, or the
@@ -339,19 +372,17 @@ def _read_and_parse(con: duckdb.DuckDBPyConnection, spec: SourceSpec, paths: lis
 
     Only temporary tables are written, before the chunk's transaction opens, so the memory of
     the raw lines is freed as soon as they are parsed (a table dropped inside a transaction is
-    kept until it commits). Every line keeps its number (generate_subscripts beside unnest);
-    blank lines are skipped by the parse. Indexing the split list row by row (lines[i] over
-    range()), or filtering the unnested lines here, was 2-5x slower on large files."""
-    con.execute("""
-        CREATE OR REPLACE TEMP TABLE _lines AS
-        SELECT parse_filename(filename) AS source_file, generate_subscripts(lines, 1) AS line_no,
-               rtrim(unnest(lines), chr(13)) AS line
-        FROM (SELECT filename,
-                     -- a UTF-8 byte order mark (files saved by some Windows tools) is not part of line 1
-                     string_split(CASE WHEN starts_with(content, chr(65279)) THEN substr(content, 2)
-                                       ELSE content END, chr(10)) AS lines
-              FROM read_text(?))
-    """, [paths])
+    kept until it commits). Blank lines are skipped by the parse: filtering the unnested lines,
+    or indexing the split list row by row (lines[i] over range()), was 2-5x slower on large
+    files."""
+    try:
+        con.execute(READ_LINES, [paths])
+    except duckdb.InvalidInputException as exc:
+        if "UTF-8" not in str(exc):
+            raise
+        # some file is not UTF-8 text: the chunk is read as bytes, line by line, so that only
+        # the lines that are not UTF-8 are quarantined (rarely needed, and slower)
+        con.execute(READ_LINES_AS_BYTES, [paths])
     # the raw line is kept only where it is quarantined
     con.execute(f"""CREATE OR REPLACE TEMP TABLE _parsed AS
                     SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN line END AS line)
