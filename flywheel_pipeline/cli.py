@@ -120,7 +120,25 @@ def run_job(job_name: str, run_config: dict | None = None, log_level: str = "INF
             for event in result.all_events:
                 if event.is_failure and event.step_key:
                     _print(f"  step {event.step_key} failed: {event.message}")
+        for check in result.get_asset_check_evaluations():
+            if not check.passed:  # why: the check's own figures (the UI shows its tables too)
+                _print(f"  check {check.check_name} on {check.asset_key.to_user_string()} did not pass "
+                       f"({check.severity.value}): {_short_metadata(check.metadata)}")
     return result.success
+
+
+def _short_metadata(metadata: dict) -> str:
+    """The scalar entries of a check's metadata, and short JSON ones, on one line."""
+    import json
+
+    parts = []
+    for key, entry in metadata.items():
+        value = getattr(entry, "value", entry)
+        if isinstance(value, (bool, int, float, str)) and len(str(value)) <= 200 and "\n" not in str(value):
+            parts.append(f"{key}={value}")
+        elif isinstance(value, (dict, list)) and value and len(json.dumps(value)) <= 200:
+            parts.append(f"{key}={json.dumps(value)}")
+    return ", ".join(parts)
 
 
 def cmd_refresh(args: argparse.Namespace) -> int:

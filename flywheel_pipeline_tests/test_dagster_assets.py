@@ -204,6 +204,8 @@ def test_cli_refresh_records_runs_in_dagster_home_and_fails_when_a_run_fails(hom
     bad = _cli(["refresh", "--as-of", AS_OF], env)
     assert bad.returncode == 1
     assert "FAILED" in bad.stdout
+    # and why, in the check's own figures
+    assert "check quality_score_in_range on outcome_labels did not pass (ERROR): out_of_range=1, min=" in bad.stdout
 
 
 def test_dagster_cli_materializes_from_the_module(home):
