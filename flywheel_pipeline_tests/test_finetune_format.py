@@ -69,7 +69,8 @@ def test_valid_chat_examples_pass(example):
 
 
 def test_every_error_kind_is_exercised():
-    exercised = {k for k, _ in CHAT_CASES} | {k for k, _ in PREF_CASES} | {"invalid_json"}
+    exercised = ({k for k, _ in CHAT_CASES} | {k for k, _ in PREF_CASES}
+                 | {"invalid_json", "not_utf8", "byte_order_mark"})  # the file tests below
     assert exercised == set(ERROR_KINDS)
 
 
@@ -108,6 +109,17 @@ def _write(tmp_path, rows, name="f.jsonl"):
     path = tmp_path / name
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return path
+
+
+def test_lines_that_are_not_utf8_or_start_with_a_byte_order_mark_are_reported_by_line(tmp_path):
+    good = json.dumps(GOOD_CHAT).encode()
+    latin1 = json.dumps(msgs(U, {**A, "content": "Grüße"}), ensure_ascii=False).encode("latin-1")
+    path = tmp_path / "windows.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join([good] * 11 + [latin1, good]) + b"\r\n")
+    d = validate_file(path).as_dict()
+    assert d["examples"] == 13
+    assert d["errors"] == {"byte_order_mark": 1, "not_utf8": 1}
+    assert d["first_error_lines"] == {"byte_order_mark": 1, "not_utf8": 12}
 
 
 def test_file_report_counts_errors_by_kind_with_lines_tokens_and_cost(tmp_path):

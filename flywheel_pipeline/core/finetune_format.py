@@ -43,7 +43,8 @@ def preference_example(system: str | None, user: str, preferred: str, non_prefer
 # ---- rules -----------------------------------------------------------------------------------
 
 ERROR_KINDS = (
-    "invalid_json", "not_an_object", "unknown_example_key", "missing_messages", "message_not_an_object",
+    "not_utf8", "byte_order_mark", "invalid_json", "not_an_object", "unknown_example_key", "missing_messages",
+    "message_not_an_object",
     "message_missing_role", "message_missing_content", "message_unknown_key", "unknown_role",
     "invalid_content", "invalid_tool_call", "no_assistant_message", "last_message_not_assistant",
     "invalid_weight",
@@ -291,9 +292,30 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
+class _Unreadable:
+    """Marks a line that could not be parsed; ``kind`` is its error kind."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+
+_NOT_UTF8, _BYTE_ORDER_MARK, _INVALID_JSON = (_Unreadable(k) for k in ("not_utf8", "byte_order_mark",
+                                                                          "invalid_json"))
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str | _Unreadable]]:
+    """Non-blank lines, decoded one by one, so that a line that is not UTF-8 (or starts with
+    a byte order mark, which JSON parsers and hosts reject) is reported with its number."""
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, 1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                yield number, _BYTE_ORDER_MARK
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                yield number, _NOT_UTF8
+                continue
             if line.strip():
                 yield number, line
 
@@ -302,7 +324,8 @@ def validate_examples(examples: Iterable[tuple[int, Any]], *, path: str = "<exam
                       model: str = "gpt-4o-mini-2024-07-18", epochs: int | None = None,
                       price_per_million: float | None = None, counter: TokenCounter | None = None
                       ) -> ValidationReport:
-    """Validate (line number, parsed object) pairs; ``_INVALID_JSON`` marks unparsable lines."""
+    """Validate (line number, parsed object) pairs; an ``_Unreadable`` marks a line that could
+    not be parsed."""
     counter = counter or counter_for_model(model)
     limit, price = model_limits(model)
     report = ValidationReport(path, kind, model, counter.method, token_limit=limit,
@@ -310,8 +333,8 @@ def validate_examples(examples: Iterable[tuple[int, Any]], *, path: str = "<exam
                               epochs=epochs)
     for number, example in examples:
         report.examples += 1
-        if example is _INVALID_JSON:
-            errors = ["invalid_json"]
+        if isinstance(example, _Unreadable):
+            errors = [example.kind]
         else:
             if report.kind == "auto":
                 report.kind = detect_kind(example)
@@ -347,11 +370,11 @@ def validate_examples(examples: Iterable[tuple[int, Any]], *, path: str = "<exam
     return report
 
 
-_INVALID_JSON = object()
-
-
-def _parse(lines: Iterable[tuple[int, str]]) -> Iterator[tuple[int, Any]]:
+def _parse(lines: Iterable[tuple[int, str | _Unreadable]]) -> Iterator[tuple[int, Any]]:
     for number, line in lines:
+        if isinstance(line, _Unreadable):
+            yield number, line
+            continue
         try:
             yield number, json.loads(line)
         except json.JSONDecodeError:
