@@ -305,7 +305,8 @@ _NOT_UTF8, _BYTE_ORDER_MARK, _INVALID_JSON = (_Unreadable(k) for k in ("not_utf8
 
 def _lines(path: Path) -> Iterator[tuple[int, str | _Unreadable]]:
     """Non-blank lines, decoded one by one, so that a line that is not UTF-8 (or starts with
-    a byte order mark, which JSON parsers and hosts reject) is reported with its number."""
+    a byte order mark, which strict JSON parsers such as Python's reject) is reported with its
+    number."""
     with open(path, "rb") as fh:
         for number, raw in enumerate(fh, 1):
             if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
