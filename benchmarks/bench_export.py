@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from phase_runner import best_of, run_phase  # noqa: E402  (this directory)
 from flywheel_pipeline.warehouse.datasets import export_jsonl  # noqa: E402
 from flywheel_pipeline.warehouse.schema import connect  # noqa: E402
 
@@ -90,10 +90,8 @@ def main() -> int:
             for k in range(args.repeat):
                 out = Path(tmp) / f"{name}-{k}"
                 out.mkdir()
-                cmd = [sys.executable, __file__, "--phase", name, "--db", str(db), "--out", str(out)]
-                runs.append(json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True)
-                                       .stdout.strip().splitlines()[-1]))
-            best[name] = min(runs, key=lambda r: r["seconds"])
+                runs.append(run_phase(__file__, name, "--db", str(db), "--out", str(out)))
+            best[name] = best_of(runs)
     for r in best.values():
         print(f"{r['phase']:<11} {r['seconds']:7.2f} s  {r['rows'] / r['seconds']:>10,.0f} examples/s  "
               f"{r['bytes'] / 2**20:7.1f} MiB")

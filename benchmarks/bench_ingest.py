@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import duckdb  # noqa: E402
 
+from phase_runner import best_of, peak_rss_mb, run_phase  # noqa: E402  (this directory)
 from flywheel_pipeline.warehouse.ingest import ingest_source  # noqa: E402
 from flywheel_pipeline.warehouse.schema import connect  # noqa: E402
 
@@ -53,13 +53,6 @@ COPY (
         FROM range({n}) t(i)) e
 ) TO '{path}' (FORMAT json)
 """
-
-
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def generate(landing: Path, events: int) -> Path:
@@ -87,13 +80,7 @@ def phase(name: str, landing: Path, db: Path) -> dict:
         raise ValueError(name)
     seconds = time.perf_counter() - started
     con.close()
-    return {"phase": name, "seconds": seconds, "peak_rss_mb": rss_mb(), **detail}
-
-
-def run_phase(name: str, landing: Path, db: Path) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--phase", name, "--landing", str(landing), "--db", str(db)],
-                         check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+    return {"phase": name, "seconds": seconds, "peak_rss_mb": peak_rss_mb(), **detail}
 
 
 def main() -> int:
@@ -119,9 +106,9 @@ def main() -> int:
             runs = []
             for attempt in range(args.repeat):
                 db = Path(tmp) / f"{name}-{attempt}.duckdb"
-                runs.append(run_phase(name, landing, db))
+                runs.append(run_phase(__file__, name, "--landing", str(landing), "--db", str(db)))
                 db.unlink()
-            results[name] = min(runs, key=lambda r: r["seconds"])
+            results[name] = best_of(runs)
     for r in results.values():
         extra = {k: v for k, v in r.items() if k not in ("phase", "seconds", "peak_rss_mb")}
         print(f"{r['phase']:<10} {r['seconds']:7.2f} s  {args.events / r['seconds']:>10,.0f} events/s   "

@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from phase_runner import best_of, peak_rss_mb, run_phase  # noqa: E402  (this directory)
 from flywheel_pipeline.warehouse.labels import refresh_labels, render_fold_sql  # noqa: E402
 from flywheel_pipeline.warehouse.schema import connect, max_batch  # noqa: E402
 
@@ -78,18 +77,6 @@ CROSS JOIN LATERAL (
 ) k
 WHERE m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT) < TIMESTAMP '{start}' + to_days({days} + 1)
 """
-
-def rss_mb() -> float:
-    """Peak resident memory of this process. VmHWM (Linux) belongs to this process image;
-    ru_maxrss is inherited across exec from the parent, which generated the data."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def generate(db: Path, events: int) -> dict:
     """Write the year into the warehouse tables and the held-back last day into held_* tables.
@@ -175,7 +162,7 @@ def phase(db: Path, name: str, threads: int | None, memory_limit: str | None) ->
         con.execute("DROP TABLE _label_copy")
         con.execute("CHECKPOINT")
         con.close()
-        return {"phase": name, "seconds": seconds, "peak_rss_mb": rss_mb(), **detail}
+        return {"phase": name, "seconds": seconds, "peak_rss_mb": peak_rss_mb(), **detail}
     elif name in ("full", "full_again"):
         run = refresh_labels(con, as_of=AS_OF, full=True)
         detail = {"folded_events": run.folded_events, "labelled": run.touched_messages}
@@ -193,17 +180,16 @@ def phase(db: Path, name: str, threads: int | None, memory_limit: str | None) ->
         raise ValueError(name)
     seconds = time.perf_counter() - started
     con.close()
-    return {"phase": name, "seconds": seconds, "peak_rss_mb": rss_mb(), **detail}
+    return {"phase": name, "seconds": seconds, "peak_rss_mb": peak_rss_mb(), **detail}
 
 
 def run_phase_in_subprocess(db: Path, name: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--phase", name, "--db", str(db)]
+    options = ["--db", str(db)]
     if args.threads:
-        cmd += ["--threads", str(args.threads)]
+        options += ["--threads", str(args.threads)]
     if args.memory_limit:
-        cmd += ["--memory-limit", args.memory_limit]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+        options += ["--memory-limit", args.memory_limit]
+    return run_phase(__file__, name, *options)
 
 
 def main() -> int:
@@ -227,8 +213,7 @@ def main() -> int:
         print(f"warehouse file: {os.path.getsize(db) / 2**20:.0f} MiB", flush=True)
 
         def best(name: str) -> dict:
-            runs = [run_phase_in_subprocess(db, name, args) for _ in range(args.repeat)]
-            return min(runs, key=lambda r: r["seconds"])
+            return best_of([run_phase_in_subprocess(db, name, args) for _ in range(args.repeat)])
 
         bare = best("bare")
         fold = best("fold")

@@ -14,8 +14,8 @@ A crash mid-chunk rolls the whole chunk back; the next run picks the files up ag
 larger than DuckDB can read in one piece (4 GiB) is quarantined whole (line 0, with the
 reason) and recorded, so it blocks nothing; split into new files, its lines load as usual.
 Peak memory is 2.3-2.9x the largest chunk (benchmarks/bench_ingest.py, 0.4-1.2 GiB files).
-A chunk with a file that is not UTF-8 is read as bytes instead (about 2x slower, 3.5x the
-file in memory; files over about 2.5 GiB cannot be read that way).
+A chunk with a file that is not UTF-8 is read as bytes instead (about 2x slower, 3.6x the
+file in memory, and not above about 3 GiB: see docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -245,6 +245,20 @@ class IngestResult:
     attributed: int = 0
     seconds: float = 0.0
 
+    def add(self, batch_id: int, files: int, lines: int, accepted: int, duplicates: int,
+            reasons: Sequence[tuple[str, int]]) -> None:
+        """Count one committed batch; reasons whose detail varies per record (an unknown event
+        type, a file's size) are counted under their common part."""
+        self.batch_ids.append(batch_id)
+        self.files += files
+        self.lines += lines
+        self.accepted += accepted
+        self.duplicates += duplicates
+        for reason, count in reasons:
+            key = reason.split(":")[0] if reason.startswith(("unknown ", TOO_LARGE)) else reason
+            self.quarantine_reasons[key] = self.quarantine_reasons.get(key, 0) + count
+            self.quarantined += count
+
     def as_metadata(self) -> dict[str, object]:
         return {
             "files_ingested": self.files, "lines_read": self.lines, "rows_accepted": self.accepted,
@@ -312,27 +326,33 @@ def ingest_source(con: duckdb.DuckDBPyConnection, landing: Path, source: str, *,
     return result
 
 
+def _close_batch(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_id: int,
+                 files: Sequence[tuple[landing_zone.LandingFile, int, int, int]], accepted: int,
+                 duplicates: int) -> None:
+    """Record the batch's files in ``landing_files`` (so they are never read again), each with
+    its lines, valid lines and quarantined records, and the batch's totals."""
+    for f, lines, valid, quarantined in files:
+        con.execute("INSERT INTO landing_files VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                    [spec.source, f.name, f.size_bytes, lines, valid, quarantined, batch_id])
+    con.execute("""UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, files = ?, lines = ?,
+                   accepted = ?, duplicates = ?, quarantined = ? WHERE batch_id = ?""",
+                [len(files), sum(r[1] for r in files), accepted, duplicates, sum(r[3] for r in files), batch_id])
+
+
 def _refuse_whole_files(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
                         files: list[landing_zone.LandingFile], result: IngestResult) -> None:
     """Files DuckDB cannot read in one piece are quarantined whole (one record, line 0) and
     recorded, so they neither block the files after them nor fail every refresh; the reason
     says to split them into new, smaller files, which are then ingested as usual."""
+    reasons = [(f"{TOO_LARGE}: {f.size_bytes / 2**30:.1f} GiB, more than the 4 GiB DuckDB reads per file; "
+                "split it into smaller files with new names") for f in files]
     with transaction(con):
         batch_id = new_batch(con, "ingest", spec.source)
-        for f in files:
-            reason = (f"{TOO_LARGE}: {f.size_bytes / 2**30:.1f} GiB, more than the 4 GiB DuckDB reads per file; "
-                      "split it into smaller files with new names")
+        for f, reason in zip(files, reasons):
             con.execute("INSERT INTO quarantine VALUES (?, ?, 0, ?, NULL, ?, now()::TIMESTAMP)",
                         [spec.source, f.name, reason, batch_id])
-            con.execute("INSERT INTO landing_files VALUES (?, ?, ?, 0, 0, 1, ?, now()::TIMESTAMP)",
-                        [spec.source, f.name, f.size_bytes, batch_id])
-        con.execute("""UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, files = ?, lines = 0,
-                       accepted = 0, duplicates = 0, quarantined = ? WHERE batch_id = ?""",
-                    [len(files), len(files), batch_id])
-    result.batch_ids.append(batch_id)
-    result.files += len(files)
-    result.quarantined += len(files)
-    result.quarantine_reasons[TOO_LARGE] = result.quarantine_reasons.get(TOO_LARGE, 0) + len(files)
+        _close_batch(con, spec, batch_id, [(f, 0, 0, 1) for f in files], accepted=0, duplicates=0)
+    result.add(batch_id, len(files), 0, 0, 0, [(reason, 1) for reason in reasons])
 
 
 # Every line of a chunk's files with its number (generate_subscripts beside unnest), CR of
@@ -366,9 +386,10 @@ FROM (SELECT source_file, line_no, escaped, try(decode(escaped::BLOB)) AS decode
 
 
 def _read_and_parse(con: duckdb.DuckDBPyConnection, spec: SourceSpec, paths: list[str]
-                    ) -> tuple[int, int, int, dict[str, tuple[int, int]], list[tuple[str, int]]]:
+                    ) -> tuple[dict[str, tuple[int, int]], list[tuple[str, int]]]:
     """Read a chunk's files into ``_parsed`` (one row per non-blank line: its fields, or the
-    reason it is quarantined) and ``_valid`` (the first valid row of each key, by file and line).
+    reason it is quarantined) and ``_valid`` (the first valid row of each key, by file and line);
+    return the lines and valid lines of each file, and the count of each quarantine reason.
 
     Only temporary tables are written, before the chunk's transaction opens, so the memory of
     the raw lines is freed as soon as they are parsed (a table dropped inside a transaction is
@@ -394,20 +415,18 @@ def _read_and_parse(con: duckdb.DuckDBPyConnection, spec: SourceSpec, paths: lis
         SELECT * EXCLUDE (line) FROM _parsed WHERE reason IS NULL
         QUALIFY row_number() OVER (PARTITION BY {spec.key} ORDER BY source_file, line_no) = 1
     """)
-    lines, valid, quarantined = con.execute(
-        "SELECT count(*), count(*) FILTER (reason IS NULL), count(*) FILTER (reason IS NOT NULL) "
-        "FROM _parsed").fetchone()
     per_file = {name: (n, v) for name, n, v in con.execute(
         "SELECT source_file, count(*), count(*) FILTER (reason IS NULL) FROM _parsed GROUP BY 1").fetchall()}
     reasons = con.execute("SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1").fetchall()
-    return lines, valid, quarantined, per_file, reasons
+    return per_file, reasons
 
 
 def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
                   chunk: list[landing_zone.LandingFile], result: IngestResult) -> None:
     paths = [str(f.path) for f in chunk]
     try:
-        lines, valid, quarantined, per_file, reasons = _read_and_parse(con, spec, paths)
+        per_file, reasons = _read_and_parse(con, spec, paths)
+        lines, valid = sum(n for n, _ in per_file.values()), sum(v for _, v in per_file.values())
         with transaction(con):
             batch_id = new_batch(con, "ingest", spec.source)
             con.execute("""
@@ -417,26 +436,16 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
             """, [spec.source, batch_id])
             con.execute(ASSIGN_MESSAGE_KEYS.format(column=spec.message_id_column))
             inserted = con.execute(spec.insert_sql.replace("$batch_id", str(int(batch_id)))).fetchone()[0]
+            recorded = []
             for f in chunk:
                 n, v = per_file.get(f.name, (0, 0))
-                con.execute("INSERT INTO landing_files VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
-                            [spec.source, f.name, f.size_bytes, n, v, n - v, batch_id])
-            con.execute("""UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, files = ?, lines = ?,
-                           accepted = ?, duplicates = ?, quarantined = ? WHERE batch_id = ?""",
-                        [len(chunk), lines, inserted, valid - inserted, quarantined, batch_id])
+                recorded.append((f, n, v, n - v))
+            _close_batch(con, spec, batch_id, recorded, accepted=inserted, duplicates=valid - inserted)
     finally:
         con.execute("DROP VIEW IF EXISTS _valid")
         con.execute("DROP TABLE IF EXISTS _parsed")
         con.execute("DROP TABLE IF EXISTS _lines")
-    result.batch_ids.append(batch_id)
-    result.files += len(chunk)
-    result.lines += lines
-    result.accepted += inserted
-    result.duplicates += valid - inserted
-    result.quarantined += quarantined
-    for reason, count in reasons:
-        key = reason.split(":")[0] if reason.startswith("unknown ") else reason
-        result.quarantine_reasons[key] = result.quarantine_reasons.get(key, 0) + count
+    result.add(batch_id, len(chunk), lines, inserted, valid - inserted, reasons)
 
 
 def attribute_unlinked(con: duckdb.DuckDBPyConnection, table: str, policy: LabelPolicy) -> int:
