@@ -20,10 +20,11 @@ def run_benchmark(script: str, *args: str) -> str:
 
 
 def test_bench_labelling_prints_every_phase_and_the_ratios():
-    out = run_benchmark("bench_labelling.py", "--events", "50000")
+    out = run_benchmark("bench_labelling.py", "--events", "50000", "--repeat", "2")
     for phase in ("bare", "fold", "full", "write", "incremental", "full_again"):
         assert re.search(rf"^{phase}\s+\d+\.\d+ s\s+peak RSS\s+\d+ MB", out, re.M), (phase, out)
     assert re.search(r"labelling / bare GROUP BY:\s+\d+\.\d+x", out)
+    assert re.search(r"each round \(full / bare\):\s+\d+\.\d+x, \d+\.\d+x$", out, re.M)
     assert re.search(r"of which the fold's GROUP BY:\s+\d+\.\d+x", out)
     assert re.search(r"writing the labels alone:\s+\d+\.\d+x", out)
     assert re.search(r"one new day / full relabel:\s+\d+\.\d+", out)

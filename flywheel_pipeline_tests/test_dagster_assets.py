@@ -88,7 +88,7 @@ def test_a_broken_contract_fails_the_blocking_check_and_the_run(tmp_path):
     with dg.instance_for_test() as instance:
         assert materialize_all(tmp_path, instance).success
         con = duckdb.connect(str(tmp_path / "wh.duckdb"))
-        con.execute("INSERT INTO message_labels SELECT * FROM message_labels LIMIT 1")
+        con.execute("INSERT INTO packed_labels SELECT * FROM packed_labels LIMIT 1")
         con.close()
         result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS, *OUTCOME_CHECKS], instance=instance,
                                 resources=resources(tmp_path), raise_on_error=False)
@@ -198,8 +198,8 @@ def test_cli_refresh_records_runs_in_dagster_home_and_fails_when_a_run_fails(hom
     assert summary.returncode == 0 and "outcome labels: 100" in summary.stdout
 
     con = duckdb.connect(str(home / "warehouse.duckdb"))
-    con.execute("UPDATE message_labels SET quality_score = 1.5 WHERE message_key = "
-                "(SELECT min(message_key) FROM message_labels)")
+    con.execute("UPDATE packed_labels SET quality_score = 1.5 WHERE message_key = "
+                "(SELECT min(message_key) FROM packed_labels)")
     con.close()
     bad = _cli(["refresh", "--as-of", AS_OF], env)
     assert bad.returncode == 1

@@ -14,11 +14,27 @@ from pathlib import Path
 
 import duckdb
 
-SCHEMA_VERSION = 1
+from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
+
+SCHEMA_VERSION = 2
+
+# Set by a migration that replaced the label tables: the next label run rebuilds them in full
+# (labels are derived data; events, messages, CRM events and replies are kept).
+REBUILD_LABELS_KEY = "labels_rebuild_required"
+
+# Version 2 stores labels in packed_labels (flags packed, message_labels a view) and a
+# narrower message_state; the version 1 tables are dropped before the DDL recreates them.
+_MIGRATE_FROM_1 = ("DROP VIEW IF EXISTS outcome_labels", "DROP TABLE IF EXISTS message_labels",
+                   "DROP TABLE IF EXISTS message_state")
 
 # SendGrid Event Webhook event types (delivery and engagement events).
 SENDGRID_EVENTS = ("processed", "dropped", "delivered", "deferred", "bounce", "open", "click",
                    "spamreport", "unsubscribe", "group_unsubscribe", "group_resubscribe")
+
+
+def _flag_columns(*names: str) -> str:
+    return ", ".join(f"{unpacked_flag_sql(name)} AS {name}" for name in names)
+
 
 DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS schema_info (
@@ -73,25 +89,31 @@ DDL: tuple[str, ...] = (
         is_auto_reply BOOLEAN NOT NULL, auto_reply_reason VARCHAR, sentiment VARCHAR NOT NULL,
         intent VARCHAR NOT NULL, confidence DOUBLE NOT NULL, classifier VARCHAR NOT NULL,
         batch_id BIGINT NOT NULL)""",
-    # Per-message running aggregate of email events; every column merges with min/max/sum,
-    # so new events fold in without rereading old ones. status_last packs the latest
-    # delivery-status event: epoch microseconds * 2, plus 1 for a bounce/drop (which so wins
-    # a tie with a delivery).
+    # Per-message running aggregate of email events; every column merges with
+    # least/greatest/bit_or/+, so new events fold in without rereading old ones (see
+    # warehouse/labels.py). status_last packs the latest delivery-status event: epoch
+    # microseconds * 2, plus 1 for a bounce/drop (which so wins a tie with a delivery);
+    # signals has a bit per human signal (labels.SIGNAL_BITS).
     """CREATE TABLE IF NOT EXISTS message_state (
-        message_key BIGINT NOT NULL, events BIGINT NOT NULL,
-        delivered_first TIMESTAMP, status_last BIGINT, human_open_first TIMESTAMP,
-        machine_opens BIGINT NOT NULL, spam_first TIMESTAMP, unsub_first TIMESTAMP)""",
-    # The labels themselves, keyed by message_key; `outcome_labels` (below) is the view users
-    # read, which adds the message's identity columns from `messages`.
-    """CREATE TABLE IF NOT EXISTS message_labels (
-        message_key BIGINT NOT NULL, sent_at TIMESTAMP NOT NULL,
-        delivered BOOLEAN, bounced BOOLEAN, opened BOOLEAN, clicked BOOLEAN, replied BOOLEAN,
-        reply_sentiment VARCHAR, positive_reply BOOLEAN, meeting_booked BOOLEAN,
-        meeting_completed BOOLEAN, deal_closed BOOLEAN, deal_value DOUBLE, deal_lost BOOLEAN,
-        unsubscribed BOOLEAN, spam_reported BOOLEAN,
-        machine_opens BIGINT, scanner_clicks BIGINT, auto_replies BIGINT,
-        stage VARCHAR, quality_score DOUBLE, is_terminal BOOLEAN, is_mature BOOLEAN,
-        last_event_at TIMESTAMP, label_run_id BIGINT)""",
+        message_key BIGINT NOT NULL, delivered_first TIMESTAMP, status_last BIGINT,
+        signals UTINYINT, machine_opens BIGINT NOT NULL, last_at TIMESTAMP)""",
+    # The labels as stored, keyed by message_key, the funnel flags packed into one integer
+    # (warehouse/label_layout.py). Readers use the views below.
+    """CREATE TABLE IF NOT EXISTS packed_labels (
+        message_key BIGINT NOT NULL, sent_at TIMESTAMP NOT NULL, flags USMALLINT NOT NULL,
+        reply_sentiment VARCHAR, deal_value DOUBLE,
+        machine_opens INTEGER, scanner_clicks INTEGER, auto_replies INTEGER,
+        quality_score DOUBLE, is_mature BOOLEAN, last_event_at TIMESTAMP, label_run_id BIGINT)""",
+    # message_labels: one row per label with every flag as a BOOLEAN (no join);
+    # outcome_labels adds the message's identity columns from `messages`.
+    f"""CREATE OR REPLACE VIEW message_labels AS
+        SELECT message_key, sent_at, {_flag_columns("delivered", "bounced", "opened", "clicked", "replied")},
+               reply_sentiment, {_flag_columns("positive_reply", "meeting_booked", "meeting_completed", "deal_closed")},
+               deal_value, {_flag_columns("deal_lost", "unsubscribed", "spam_reported")},
+               machine_opens, scanner_clicks, auto_replies,
+               {stage_name_sql(unpacked_flag_sql)} AS stage, quality_score,
+               (flags & {TERMINAL_MASK} <> 0) AS is_terminal, is_mature, last_event_at, label_run_id
+        FROM packed_labels""",
     """CREATE OR REPLACE VIEW outcome_labels AS
         SELECT m.message_id, m.organization_id, m.campaign_id, m.lead_id, m.model_id, m.model_version,
                m.ab_group, m.task_type, l.sent_at, l.delivered, l.bounced, l.opened, l.clicked, l.replied,
@@ -145,9 +167,16 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
                                f"({SCHEMA_VERSION}); upgrade flywheel_pipeline")
         if int(row[0]) == SCHEMA_VERSION:
             return
-    for statement in DDL:
-        con.execute(statement)
-    con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+    migrating_from_1 = row is not None and int(row[0]) == 1
+    with transaction(con):
+        if migrating_from_1:
+            for statement in _MIGRATE_FROM_1:
+                con.execute(statement)
+        for statement in DDL:
+            con.execute(statement)
+        if migrating_from_1:
+            con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])
+        con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
 
 @contextlib.contextmanager
