@@ -232,3 +232,29 @@ def test_sql_labels_agree_with_the_reference_policy(tmp_path):
         assert (stage, score) == (expected, score_stage(policy, expected, deal_value=value, negative=negative))
         stages.add(stage)
     assert len(rows) > 500 and len(stages) >= 8  # the world exercises nearly every stage
+
+
+def test_a_schema_1_warehouse_is_migrated_and_relabelled_in_full(tmp_path):
+    """Schema 1 stored labels unpacked in a message_labels table: opening it drops the old
+    label tables, keeps the ingested data, and the next refresh rebuilds the labels in full."""
+    world = _world(tmp_path)
+    db = tmp_path / "w.duckdb"
+    con = connect(db)
+    first = run_pipeline(con, world, as_of=T0.replace(year=2026, month=6, day=1))["labels"]
+    expected = labels(con)
+    # turn it back into what schema 1 left: its tables, its version
+    for statement in ("DROP VIEW outcome_labels", "DROP VIEW message_labels", "DROP TABLE packed_labels",
+                      "DROP TABLE message_state",
+                      "CREATE TABLE message_state (message_key BIGINT NOT NULL, events BIGINT NOT NULL)",
+                      "CREATE TABLE message_labels (message_key BIGINT NOT NULL, stage VARCHAR)",
+                      "UPDATE schema_info SET value = '1' WHERE key = 'schema_version'"):
+        con.execute(statement)
+    con.close()
+    con = connect(db)
+    assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() == ("2",)
+    second = run_pipeline(con, world, as_of=T0.replace(year=2026, month=6, day=1))["labels"]
+    assert second.full_relabel and not first.policy_changed
+    assert second.folded_events == first.folded_events > 0
+    assert labels(con) == expected
+    third = run_pipeline(con, world, as_of=T0.replace(year=2026, month=6, day=1))["labels"]
+    assert not third.full_relabel  # the rebuild was asked for once

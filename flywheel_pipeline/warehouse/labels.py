@@ -4,11 +4,12 @@ Two steps, both in DuckDB:
 
 1. **Fold** email events with ``batch_id`` above the last folded batch into
    ``message_state``, a per-message aggregate whose columns all merge with
-   min/max/sum/list_concat. Old events are never reread (``batch_id`` is append-ordered, so
+   least/greatest/bit_or/+. Old events are never reread (``batch_id`` is append-ordered, so
    row-group zone maps skip history).
 2. **Label** the *touched* messages (new messages, new email events, newly attributed CRM
    events, newly classified replies) from ``message_state`` + ``messages`` + ``crm_events``
-   + ``reply_intents``, and replace their rows in ``outcome_labels``. Maturity, which moves
+   + ``reply_intents``, and replace their rows in ``packed_labels`` (read through the
+   ``message_labels`` and ``outcome_labels`` views). Maturity, which moves
    with the clock, is then refreshed for every label with one cheap pass over the label
    table (one row per message, no events).
 
