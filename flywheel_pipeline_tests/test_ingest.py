@@ -253,7 +253,7 @@ def test_a_schema_1_warehouse_is_migrated_and_relabelled_in_full(tmp_path):
     con = connect(db)
     assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() == ("2",)
     second = run_pipeline(con, world, as_of=T0.replace(year=2026, month=6, day=1))["labels"]
-    assert second.full_relabel and not first.policy_changed
+    assert second.full_relabel
     assert second.folded_events == first.folded_events > 0
     assert labels(con) == expected
     third = run_pipeline(con, world, as_of=T0.replace(year=2026, month=6, day=1))["labels"]
