@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+import random
+from datetime import datetime, timedelta
 
 import pytest
 
 from flywheel_pipeline.core.label_policy import LabelPolicy
 from flywheel_pipeline.core.landing import write_jsonl
+from flywheel_pipeline.warehouse.labels import render_label_sql
 from flywheel_pipeline_tests.conftest import T0, crm, label, message, reply, run_pipeline, sg
 
 S = timedelta(seconds=1)
@@ -60,6 +62,41 @@ def test_scanner_click_rule_needs_the_delivery_time_even_when_it_arrives_later(c
     land(landing, "sendgrid", [delivered("m1", T0 + 10 * S)])  # the delivered event arrives late
     run_pipeline(con, landing)
     assert label(con, "m1")["clicked"] is False
+
+
+def test_per_message_click_shortcut_agrees_with_the_per_second_analysis(con, landing):
+    """Messages with at most two clicks are classified from per-message aggregates; every other
+    message by second and link. Random click patterns around the scanner window (same and
+    different seconds and links, clicks at the window's edge, clicks without a URL, before and without a delivery, one to
+    three tracked links) must get the same labels both ways."""
+    rng = random.Random(7)
+    links = [f"https://x.example/{k}" for k in range(3)]
+    messages, events, clicks_per_message = [], [], []
+    for i in range(400):
+        mid = f"m{i}"
+        tracked = rng.choice((1, 2, 2, 3))
+        messages.append(message(mid, body="see " + " ".join(links[:tracked])))
+        d = T0 + rng.randrange(0, 30) * S
+        if rng.random() < 0.85:
+            events.append(delivered(mid, d))
+        n = rng.choice((0, 1, 2, 2, 2, 3, 4))
+        clicks_per_message.append(n)
+        second = d + rng.choice((-1, 3, 4, 5, 6, 3600)) * S  # around d + 5 s, or much later
+        for _ in range(n):
+            at = second + rng.choice((0, 0, 1, 2)) * S + timedelta(milliseconds=rng.choice((0, rng.randrange(1000))))
+            url = {} if rng.random() < 0.1 else {"url": rng.choice(links[:tracked])}
+            events.append(sg(mid, "click", at, timestamp=at.timestamp(), **url))
+    land(landing, "messages", messages)
+    land(landing, "sendgrid", events)
+    run_pipeline(con, landing)
+    as_of = datetime(2026, 4, 1)
+    shortcut, general = (sorted(con.execute(render_label_sql(LabelPolicy(), 99, as_of, scoped=False,
+                                                             fast_clicks=fast)).fetchall())
+                         for fast in (True, False))
+    assert shortcut == general
+    counts = con.execute("SELECT sum(clicked::INT), sum(scanner_clicks) FROM message_labels").fetchone()
+    assert counts[0] > 50 and counts[1] > 100  # both kinds of click occur
+    assert sum(n > 2 for n in clicks_per_message) > 50 and sum(0 < n <= 2 for n in clicks_per_message) > 100
 
 
 def test_bounce_after_delivered_means_not_delivered_and_event_time_not_arrival_decides(con, landing):

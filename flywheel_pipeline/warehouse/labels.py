@@ -77,33 +77,44 @@ WITH m AS NOT MATERIALIZED (
     SELECT message_key, sent_at, tracked_links FROM messages {scope}
 ), s AS NOT MATERIALIZED (
     SELECT * FROM {state} {scope}
-), click_rows AS (
+), click_rows AS NOT MATERIALIZED (
     -- click detail is read from the events (clicks are a small share of them), so the scanner
     -- rules see the delivery time even when the click arrived before the delivered event
-    SELECT e.message_key, e.occurred_at AS ts, e.url, date_trunc('second', e.occurred_at) AS sec
+    SELECT e.message_key, e.occurred_at AS ts, e.url
     FROM email_events e {scope}
     WHERE e.event = 'click'
+), click_msgs AS (
+    -- per message: enough to apply both scanner rules to at most two clicks (see
+    -- _FAST_CLICKS); two links differ when their hashes differ (equal hashes go the slow way)
+    SELECT message_key, count(*) AS clicks, count(url) AS with_url, min(ts) AS first_click_at,
+           max(ts) AS last_click_at, min(hash(url)) AS url_lo, max(hash(url)) AS url_hi
+    FROM click_rows GROUP BY message_key
+), slow_keys AS (
+    SELECT message_key FROM click_msgs WHERE NOT ({fast_clicks})
+), slow_rows AS (
+    SELECT r.*, date_trunc('second', r.ts) AS sec FROM click_rows r SEMI JOIN slow_keys USING (message_key)
 ), click_links AS (
-    -- per message, second and link: how many clicks, and how many came sooner than the
-    -- scanner window after the first delivery (count(DISTINCT url) beside the other
-    -- aggregates made DuckDB aggregate twice and join; two plain GROUP BYs are faster)
+    -- the general case, per message, second and link: how many clicks, and how many came
+    -- sooner than the scanner window after the first delivery
     SELECT r.message_key, r.sec, r.url, count(*) AS clicks,
            count(*) FILTER (s.delivered_first IS NOT NULL
                             AND r.ts < s.delivered_first + to_microseconds({p_scanner_us})) AS early
-    FROM click_rows r LEFT JOIN s USING (message_key)
+    FROM slow_rows r LEFT JOIN (SELECT * FROM s SEMI JOIN slow_keys USING (message_key)) s USING (message_key)
     GROUP BY r.message_key, r.sec, r.url
 ), click_seconds AS (
     -- urls: the distinct links clicked in that second (a click without a URL is no link)
     SELECT message_key, sec, sum(clicks) AS clicks, count(url) AS urls, sum(early) AS early
     FROM click_links GROUP BY message_key, sec
-), clicks AS (
+), slow_clicks AS (
     -- a second in which every tracked link (at least 2) was clicked is a scanner burst
     SELECT c.message_key,
            sum(CASE WHEN coalesce(m.tracked_links >= 2 AND c.urls >= m.tracked_links, false) THEN 0
-                    ELSE c.clicks - c.early END) AS human_clicks,
-           sum(c.clicks) AS all_clicks
-    FROM click_seconds c LEFT JOIN m USING (message_key)
+                    ELSE c.clicks - c.early END) AS human_clicks
+    FROM click_seconds c LEFT JOIN (SELECT * FROM m SEMI JOIN slow_keys USING (message_key)) m USING (message_key)
     GROUP BY c.message_key
+), clicks AS (
+    SELECT c.*, h.human_clicks AS slow_human_clicks
+    FROM click_msgs c LEFT JOIN slow_clicks h USING (message_key)
 ), crm AS (
     SELECT c.message_key,
            min(occurred_at) FILTER (type = 'meeting_booked') AS booked_at,
@@ -135,7 +146,7 @@ WITH m AS NOT MATERIALIZED (
            coalesce(s.status_last % 2 = 0, false) AS delivered,
            coalesce(s.status_last % 2 = 1, false) AS bounced,
            coalesce(s.signals & {sig_human_open} <> 0, false) AS opened,
-           coalesce(x.human_clicks, 0) > 0 AS clicked,
+           coalesce({human_clicks}, 0) AS human_clicks,
            coalesce(x.human_replies, 0) > 0 AS replied,
            x.first_sentiment AS reply_sentiment,
            coalesce(x.any_positive, false) AS positive_reply,
@@ -149,12 +160,14 @@ WITH m AS NOT MATERIALIZED (
            coalesce(s.signals & {sig_unsubscribe} <> 0, false) AS unsubscribed,
            coalesce(s.signals & {sig_spam_report} <> 0, false) AS spam_reported,
            coalesce(s.machine_opens, 0)::INTEGER AS machine_opens,
-           coalesce(x.all_clicks - x.human_clicks, 0)::INTEGER AS scanner_clicks,
+           coalesce(x.clicks, 0) AS all_clicks,
            coalesce(x.auto_replies, 0)::INTEGER AS auto_replies,
            greatest(s.last_at, x.crm_last, x.reply_last) AS last_event_at
     FROM m
     LEFT JOIN s USING (message_key)
     LEFT JOIN side x USING (message_key)
+), counted AS (
+    SELECT *, human_clicks > 0 AS clicked, (all_clicks - human_clicks)::INTEGER AS scanner_clicks FROM flags
 ), staged AS (
     SELECT *,
            {stage_no} AS stage_no,
@@ -162,7 +175,7 @@ WITH m AS NOT MATERIALIZED (
            -- the lead also booked a meeting or closed a deal (see docs/labelling.md)
            spam_reported OR (unsubscribed AND NOT (meeting_booked OR deal_closed)) AS negative,
            {terminal} AS terminal
-    FROM flags
+    FROM counted
 )
 SELECT message_key, sent_at, {pack_flags} AS flags, reply_sentiment,
        CASE WHEN deal_closed THEN coalesce(closed_value, 0) END AS deal_value,
@@ -181,6 +194,23 @@ FROM staged
 
 _SCOPE = "SEMI JOIN _touched USING (message_key)"
 
+# A message with at most two clicks is classified from its per-message click aggregates
+# (click_msgs), in the label projection where the delivery time and the tracked links are at
+# hand: two clicks in different seconds cannot be a burst, two in one second are one when
+# their links differ and the message tracks exactly two. Every other message (three or more
+# clicks, or two in one second whose URL hashes are equal) goes through the per-second
+# analysis. Both ways give the same labels (test_labels.py compares them).
+_FAST_CLICKS = ("clicks = 1 OR (clicks = 2 AND (date_trunc('second', first_click_at) <> "
+                "date_trunc('second', last_click_at) OR with_url < 2 OR url_lo <> url_hi))")
+_NO_FAST_CLICKS = "false"
+_HUMAN_CLICKS = """CASE
+    WHEN x.slow_human_clicks IS NOT NULL THEN x.slow_human_clicks
+    WHEN x.clicks = 2 AND x.with_url = 2 AND x.url_lo <> x.url_hi AND m.tracked_links = 2
+         AND date_trunc('second', x.first_click_at) = date_trunc('second', x.last_click_at) THEN 0
+    ELSE x.clicks - coalesce(x.first_click_at < s.delivered_first + to_microseconds({p_scanner_us}), false)::INTEGER
+         - coalesce(x.clicks = 2 AND x.last_click_at < s.delivered_first + to_microseconds({p_scanner_us}), false)::INTEGER
+    END"""
+
 
 def render_fold_sql(*, after_batch: int, up_to_batch: int) -> str:
     """The per-message fold of the email events with ``after_batch < batch_id <= up_to_batch``."""
@@ -197,9 +227,15 @@ def _cutoff_sql(policy: LabelPolicy, as_of: datetime) -> str:
 
 
 def render_label_sql(policy: LabelPolicy, run_id: int, as_of: datetime, *, scoped: bool,
-                     state: str = "message_state") -> str:
-    """The label rows (packed_labels' columns) of every message, or of those in ``_touched``."""
+                     state: str = "message_state", fast_clicks: bool = True) -> str:
+    """The label rows (packed_labels' columns) of every message, or of those in ``_touched``.
+
+    ``fast_clicks=False`` sends every clicked message through the per-second scanner analysis
+    (for tests that compare it with the per-message shortcut)."""
+    scanner_us = int(round(policy.scanner_click_window_s * 1_000_000))
     return _LABEL_SELECT.format(
+        fast_clicks=_FAST_CLICKS if fast_clicks else _NO_FAST_CLICKS,
+        human_clicks=_HUMAN_CLICKS.format(p_scanner_us=scanner_us),
         scope=_SCOPE if scoped else "", state=state,
         scope_c="SEMI JOIN _touched t ON t.message_key = c.message_key" if scoped else "",
         scope_r="SEMI JOIN _touched t ON t.message_key = r.message_key" if scoped else "",
@@ -207,7 +243,7 @@ def render_label_sql(policy: LabelPolicy, run_id: int, as_of: datetime, *, scope
         sig_unsubscribe=SIGNAL_BITS["unsubscribe"],
         stage_no=deepest_stage_sql(lambda name: name), pack_flags=pack_flags_sql(),
         terminal=" OR ".join(TERMINAL_FLAGS),
-        p_scanner_us=int(round(policy.scanner_click_window_s * 1_000_000)),
+        p_scanner_us=scanner_us,
         p_negative=_num(policy.negative_score),
         p_stage_scores=", ".join(_num(policy.stage_scores[stage]) for stage in STAGES),
         p_bonus=_num(policy.deal_bonus), p_cap=_num(policy.deal_value_cap),
@@ -313,12 +349,9 @@ def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = 
             touched = con.execute("SELECT count(*) FROM _touched").fetchone()[0]
             con.execute("DELETE FROM packed_labels WHERE message_key IN (SELECT message_key FROM _touched)")
         # A full relabel reads the fold it just computed (a temporary table) rather than the
-        # state table it was copied into. The labels are computed into a temporary table and
-        # then copied: at 1M labels that took 0.50 + 0.14 s, inserting the label query's rows
-        # straight into packed_labels 0.72-0.84 s (docs/benchmarks.md).
-        con.execute("CREATE OR REPLACE TEMP TABLE _labels AS " + render_label_sql(
+        # state table it was copied into.
+        con.execute("INSERT INTO packed_labels " + render_label_sql(
             policy, run_id, as_of_utc, scoped=not relabel_all, state="_delta" if full else "message_state"))
-        con.execute("INSERT INTO packed_labels SELECT * FROM _labels")
         # maturity moves with the clock: one pass over the labels, no events
         cutoff = _cutoff_sql(policy, as_of_utc)
         mature = f"(flags & {TERMINAL_MASK} <> 0 OR sent_at <= {cutoff})"
@@ -331,7 +364,7 @@ def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = 
         con.execute("INSERT INTO label_runs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP, ?)",
                     [run_id, as_of_utc, from_batch, to_batch, full, fingerprint,
                      json.dumps(policy.model_dump()), touched, folded, seconds])
-        for temp in ("_delta", "_merged", "_touched", "_labels"):
+        for temp in ("_delta", "_merged", "_touched"):
             con.execute(f"DROP TABLE IF EXISTS {temp}")
     return LabelRunResult(run_id, as_of_utc, full, policy_changed, from_batch, to_batch, int(folded),
                           int(touched), int(maturity_changes), time.perf_counter() - started)
