@@ -9,7 +9,7 @@ import pytest
 
 from flywheel_pipeline.core.label_policy import LabelPolicy
 from flywheel_pipeline.core.landing import write_jsonl
-from flywheel_pipeline.warehouse.labels import render_label_sql
+from flywheel_pipeline.warehouse.labels import count_click_paths, render_label_sql
 from flywheel_pipeline_tests.conftest import T0, crm, label, message, reply, run_pipeline, sg
 
 S = timedelta(seconds=1)
@@ -65,10 +65,10 @@ def test_scanner_click_rule_needs_the_delivery_time_even_when_it_arrives_later(c
 
 
 def test_per_message_click_shortcut_agrees_with_the_per_second_analysis(con, landing):
-    """Messages with at most two clicks are classified from per-message aggregates; every other
-    message by second and link. Random click patterns around the scanner window (same and
-    different seconds and links, clicks at the window's edge, clicks without a URL, before and without a delivery, one to
-    three tracked links) must get the same labels both ways."""
+    """Most messages are classified from per-message click aggregates, the rest by second and
+    link. Random click patterns around the scanner window (same and different seconds and
+    links, bursts at one instant, clicks at the window's edge, clicks without a URL, before
+    and without a delivery, one to three tracked links) must get the same labels both ways."""
     rng = random.Random(7)
     links = [f"https://x.example/{k}" for k in range(3)]
     messages, events, clicks_per_message = [], [], []
@@ -76,19 +76,30 @@ def test_per_message_click_shortcut_agrees_with_the_per_second_analysis(con, lan
         mid = f"m{i}"
         tracked = rng.choice((1, 2, 2, 3))
         messages.append(message(mid, body="see " + " ".join(links[:tracked])))
-        d = T0 + rng.randrange(0, 30) * S
+        d = T0 + rng.randrange(0, 30) * S + timedelta(milliseconds=rng.choice((0, rng.randrange(1000))))
         if rng.random() < 0.85:
-            events.append(delivered(mid, d))
+            events.append(sg(mid, "delivered", d, timestamp=d.timestamp()))
         n = rng.choice((0, 1, 2, 2, 2, 3, 4))
         clicks_per_message.append(n)
         second = d + rng.choice((-1, 3, 4, 5, 6, 3600)) * S  # around d + 5 s, or much later
-        for _ in range(n):
-            at = second + rng.choice((0, 0, 1, 2)) * S + timedelta(milliseconds=rng.choice((0, rng.randrange(1000))))
-            url = {} if rng.random() < 0.1 else {"url": rng.choice(links[:tracked])}
+        burst = rng.random() < 0.3  # a scanner: every click at one instant, links in turn
+        for k in range(n):
+            at = second if burst else (second + rng.choice((0, 0, 1, 2)) * S
+                                       + timedelta(milliseconds=rng.choice((0, rng.randrange(1000)))))
+            link = links[k % tracked] if burst else rng.choice(links[:tracked])
+            url = {} if rng.random() < 0.1 else {"url": link}
             events.append(sg(mid, "click", at, timestamp=at.timestamp(), **url))
+    # and one case spelled out: three clicks within one second across the window's end
+    messages.append(message("edge", body="see " + " ".join(links)))
+    d = T0 + 10.5 * S
+    events.append(sg("edge", "delivered", d, timestamp=d.timestamp()))
+    for ms, url in ((4700, {"url": links[0]}), (4900, {"url": links[1]}), (5300, {})):
+        at = d + timedelta(milliseconds=ms)
+        events.append(sg("edge", "click", at, timestamp=at.timestamp(), **url))
     land(landing, "messages", messages)
     land(landing, "sendgrid", events)
     run_pipeline(con, landing)
+    assert (label(con, "edge")["clicked"], label(con, "edge")["scanner_clicks"]) == (True, 2)
     as_of = datetime(2026, 4, 1)
     shortcut, general = (sorted(con.execute(render_label_sql(LabelPolicy(), 99, as_of, scoped=False,
                                                              fast_clicks=fast)).fetchall())
@@ -97,6 +108,8 @@ def test_per_message_click_shortcut_agrees_with_the_per_second_analysis(con, lan
     counts = con.execute("SELECT sum(clicked::INT), sum(scanner_clicks) FROM message_labels").fetchone()
     assert counts[0] > 50 and counts[1] > 100  # both kinds of click occur
     assert sum(n > 2 for n in clicks_per_message) > 50 and sum(0 < n <= 2 for n in clicks_per_message) > 100
+    paths = count_click_paths(con)  # both ways were taken
+    assert paths["shortcut"] > 150 and paths["per_second"] > 30, paths
 
 
 def test_bounce_after_delivered_means_not_delivered_and_event_time_not_arrival_decides(con, landing):

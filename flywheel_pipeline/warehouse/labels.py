@@ -84,11 +84,7 @@ WITH m AS NOT MATERIALIZED (
     FROM email_events e {scope}
     WHERE e.event = 'click'
 ), click_msgs AS (
-    -- per message: enough to apply both scanner rules to at most two clicks (see
-    -- _FAST_CLICKS); two links differ when their hashes differ (equal hashes go the slow way)
-    SELECT message_key, count(*) AS clicks, count(url) AS with_url, min(ts) AS first_click_at,
-           max(ts) AS last_click_at, min(hash(url)) AS url_lo, max(hash(url)) AS url_hi
-    FROM click_rows GROUP BY message_key
+    {click_msgs}
 ), slow_keys AS (
     SELECT message_key FROM click_msgs WHERE NOT ({fast_clicks})
 ), slow_rows AS (
@@ -194,21 +190,38 @@ FROM staged
 
 _SCOPE = "SEMI JOIN _touched USING (message_key)"
 
-# A message with at most two clicks is classified from its per-message click aggregates
-# (click_msgs), in the label projection where the delivery time and the tracked links are at
-# hand: two clicks in different seconds cannot be a burst, two in one second are one when
-# their links differ and the message tracks exactly two. Every other message (three or more
-# clicks, or two in one second whose URL hashes are equal) goes through the per-second
-# analysis. Both ways give the same labels (test_labels.py compares them).
+# Per message, from its clicks (ts, url): enough to apply both scanner rules to most messages
+# (see _FAST_CLICKS). link_buckets: how many of 64 hash buckets the clicked URLs fall in, a
+# lower bound of the distinct links clicked, equal to it when it equals the URL clicks.
+_CLICK_MSGS = """SELECT message_key, count(*) AS clicks, count(url) AS with_url, min(ts) AS first_click_at,
+           max(ts) AS last_click_at,
+           coalesce(bit_count(bit_or(1::UBIGINT << (hash(url) % 64)::INTEGER) FILTER (url IS NOT NULL)), 0)
+               AS link_buckets
+    FROM {clicks} GROUP BY message_key"""
+
+# Most messages are classified from their per-message click aggregates (click_msgs), in the
+# label projection where the delivery time and the tracked links are at hand, without the
+# per-second analysis: a message with one click; with two clicks, which cannot be a burst in
+# different seconds and are one in the same second when their links differ and the message
+# tracks exactly two; and a message whose clicks all came at one instant on distinct links (a
+# scanner's burst: SendGrid's timestamps are whole seconds), which is a burst when it clicked
+# every tracked link, else all or none of its clicks fall in the scanner window. Distinct
+# links are known exactly when every URL click has its own hash bucket (link_buckets =
+# with_url); otherwise, and for three or more clicks spread over time, the per-second
+# analysis decides. Both ways give the same labels (test_labels.py compares them).
 _FAST_CLICKS = ("clicks = 1 OR (clicks = 2 AND (date_trunc('second', first_click_at) <> "
-                "date_trunc('second', last_click_at) OR with_url < 2 OR url_lo <> url_hi))")
+                "date_trunc('second', last_click_at) OR link_buckets = with_url)) "
+                "OR (first_click_at = last_click_at AND link_buckets = with_url)")
 _NO_FAST_CLICKS = "false"
+# Within the shortcut: a burst needs one second and every tracked link (at least 2); the early
+# clicks are the first and, of the others (all at the last click's time when there are more
+# than two), those before the window's end.
 _HUMAN_CLICKS = """CASE
     WHEN x.slow_human_clicks IS NOT NULL THEN x.slow_human_clicks
-    WHEN x.clicks = 2 AND x.with_url = 2 AND x.url_lo <> x.url_hi AND m.tracked_links = 2
+    WHEN m.tracked_links >= 2 AND x.with_url >= m.tracked_links AND x.link_buckets = x.with_url
          AND date_trunc('second', x.first_click_at) = date_trunc('second', x.last_click_at) THEN 0
     ELSE x.clicks - coalesce(x.first_click_at < s.delivered_first + to_microseconds({p_scanner_us}), false)::INTEGER
-         - coalesce(x.clicks = 2 AND x.last_click_at < s.delivered_first + to_microseconds({p_scanner_us}), false)::INTEGER
+         - (x.clicks - 1) * coalesce(x.last_click_at < s.delivered_first + to_microseconds({p_scanner_us}), false)::INTEGER
     END"""
 
 
@@ -234,6 +247,7 @@ def render_label_sql(policy: LabelPolicy, run_id: int, as_of: datetime, *, scope
     (for tests that compare it with the per-message shortcut)."""
     scanner_us = int(round(policy.scanner_click_window_s * 1_000_000))
     return _LABEL_SELECT.format(
+        click_msgs=_CLICK_MSGS.format(clicks="click_rows"),
         fast_clicks=_FAST_CLICKS if fast_clicks else _NO_FAST_CLICKS,
         human_clicks=_HUMAN_CLICKS.format(p_scanner_us=scanner_us),
         scope=_SCOPE if scoped else "", state=state,
@@ -248,6 +262,15 @@ def render_label_sql(policy: LabelPolicy, run_id: int, as_of: datetime, *, scope
         p_stage_scores=", ".join(_num(policy.stage_scores[stage]) for stage in STAGES),
         p_bonus=_num(policy.deal_bonus), p_cap=_num(policy.deal_value_cap),
         p_cutoff=_cutoff_sql(policy, as_of), run_id=int(run_id))
+
+
+def count_click_paths(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
+    """How many clicked messages the label query classifies from per-message aggregates
+    (``shortcut``) and how many through the per-second analysis (``per_second``)."""
+    clicks = "(SELECT message_key, occurred_at AS ts, url FROM email_events WHERE event = 'click')"
+    row = con.execute(f"SELECT count(*) FILTER ({_FAST_CLICKS}), count(*) FILTER (NOT ({_FAST_CLICKS})) "
+                      f"FROM ({_CLICK_MSGS.format(clicks=clicks)})").fetchone()
+    return {"shortcut": int(row[0]), "per_second": int(row[1])}
 
 
 @dataclass
