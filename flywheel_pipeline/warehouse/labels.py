@@ -71,7 +71,9 @@ FROM _delta d LEFT JOIN message_state s USING (message_key)
 
 # Labels for the messages in scope: every message (full) or the keys in _touched. {scope}
 # is empty or a semi-join on _touched; {state} is message_state or, in a full relabel, the
-# fold just computed; {p_*} are policy numbers rendered as SQL literals.
+# fold just computed; {click_msgs}, {fast_clicks} and {human_clicks} are the per-message click
+# shortcut (_CLICK_MSGS, _FAST_CLICKS, _HUMAN_CLICKS below); {p_*} are policy numbers
+# rendered as SQL literals.
 _LABEL_SELECT = """
 WITH m AS NOT MATERIALIZED (
     SELECT message_key, sent_at, tracked_links FROM messages {scope}
