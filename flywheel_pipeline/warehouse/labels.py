@@ -82,9 +82,7 @@ WITH m AS NOT MATERIALIZED (
 ), click_rows AS NOT MATERIALIZED (
     -- click detail is read from the events (clicks are a small share of them), so the scanner
     -- rules see the delivery time even when the click arrived before the delivered event
-    SELECT e.message_key, e.occurred_at AS ts, e.url
-    FROM email_events e {scope}
-    WHERE e.event = 'click'
+    {click_rows}
 ), click_msgs AS (
     {click_msgs}
 ), slow_keys AS (
@@ -192,6 +190,9 @@ FROM staged
 
 _SCOPE = "SEMI JOIN _touched USING (message_key)"
 
+# The clicks (message_key, ts, url) of the messages in {scope}.
+_CLICK_ROWS = "SELECT e.message_key, e.occurred_at AS ts, e.url FROM email_events e {scope} WHERE e.event = 'click'"
+
 # Per message, from its clicks (ts, url): enough to apply both scanner rules to most messages
 # (see _FAST_CLICKS). link_buckets: how many of 64 hash buckets the clicked URLs fall in, a
 # lower bound of the distinct links clicked, equal to it when it equals the URL clicks.
@@ -249,6 +250,7 @@ def render_label_sql(policy: LabelPolicy, run_id: int, as_of: datetime, *, scope
     (for tests that compare it with the per-message shortcut)."""
     scanner_us = int(round(policy.scanner_click_window_s * 1_000_000))
     return _LABEL_SELECT.format(
+        click_rows=_CLICK_ROWS.format(scope=_SCOPE if scoped else ""),
         click_msgs=_CLICK_MSGS.format(clicks="click_rows"),
         fast_clicks=_FAST_CLICKS if fast_clicks else _NO_FAST_CLICKS,
         human_clicks=_HUMAN_CLICKS.format(p_scanner_us=scanner_us),
@@ -269,7 +271,7 @@ def render_label_sql(policy: LabelPolicy, run_id: int, as_of: datetime, *, scope
 def count_click_paths(con: duckdb.DuckDBPyConnection) -> dict[str, int]:
     """How many clicked messages the label query classifies from per-message aggregates
     (``shortcut``) and how many through the per-second analysis (``per_second``)."""
-    clicks = "(SELECT message_key, occurred_at AS ts, url FROM email_events WHERE event = 'click')"
+    clicks = f"({_CLICK_ROWS.format(scope='')})"
     row = con.execute(f"SELECT count(*) FILTER ({_FAST_CLICKS}), count(*) FILTER (NOT ({_FAST_CLICKS})) "
                       f"FROM ({_CLICK_MSGS.format(clicks=clicks)})").fetchone()
     return {"shortcut": int(row[0]), "per_second": int(row[1])}
