@@ -330,10 +330,13 @@ def _evaluate_experiments() -> bool:
 
     con = connect(paths.warehouse_path(), read_only=True)
     try:
-        for family, challenger, leads_c, leads_p, decision, reason in con.execute("""
-                SELECT family, challenger, challenger_leads, champion_leads, decision, reason FROM ab_test_results
-                QUALIFY row_number() OVER (PARTITION BY family ORDER BY evaluated_at DESC) = 1""").fetchall():
-            _print(f"  {family}: challenger {challenger} ({leads_c} mature leads vs {leads_p}): "
+        for family, challenger, step, leads_c, leads_p, decision, reason in con.execute("""
+                SELECT family, challenger, step, challenger_leads, champion_leads, decision, reason
+                FROM ab_test_results
+                QUALIFY rank() OVER (PARTITION BY family ORDER BY evaluated_at DESC) = 1
+                    AND row_number() OVER (PARTITION BY family, arm, evaluated_at) = 1
+                ORDER BY family, arm""").fetchall():
+            _print(f"  {family}: challenger {challenger}, {step} step ({leads_c} mature leads vs {leads_p}): "
                    f"{decision.upper()} - {reason}")
         for model, version, status, pct in con.execute(
                 "SELECT model_id, version, status, traffic_pct FROM model_registry "

@@ -46,10 +46,13 @@ def test_bench_export_compares_against_copy_to_json():
 
 
 def test_bench_experiments_reports_error_rates_and_speed():
-    out = run_benchmark("bench_experiments.py", "--experiments", "20", "--days", "7", "--per-day", "20",
-                        "--assignments", "10000")
-    assert re.search(r"always-valid sequence, false positives over all looks: \d\.\d{3}", out), out
-    assert re.search(r"power of the always-valid sequence by the last look: +\d\.\d{3}", out), out
+    out = run_benchmark("bench_experiments.py", "--experiments", "10", "--days", "5", "--leads", "500",
+                        "--assignments", "10000", "--jobs", "1")
+    for cell in ("A/A 10/90", "A/A 50/50", "A/A 80/10/10", "+25% 50/50", "-40% 10/90"):
+        for method in ("engine", "engine without CUPED", "naive daily fixed test"):
+            line = rf"^{re.escape(cell)} +{method} +\d\.\d{{3}} \[\d\.\d{{3}}, \d\.\d{{3}}\]"
+            assert re.search(line, out, re.M), (cell, method, out)
+    assert re.search(r"CUPED removed \d+\.\d% of the weighted score's variance", out), out
     assert re.search(r"10,000 assignments -> per-arm statistics", out), out
 
 

@@ -113,7 +113,8 @@ def test_ab_test_results_from_routed_traffic(tmp_path, home):
                                          messages_per_day=150, routing_history=((date(2026, 3, 2), table),)))
     con = connect(home / "warehouse.duckdb")
     run_pipeline(con, home / "landing", as_of=datetime(2026, 5, 15, tzinfo=timezone.utc))
-    stats = arm_statistics(con, "sandbox:gpt-4o-mini:supervised:x", "gpt-4o-mini-2024-07-18")
+    stats = arm_statistics(con, {"challenger": "sandbox:gpt-4o-mini:supervised:x",
+                                 "champion": "gpt-4o-mini-2024-07-18"})
     per_lead = con.execute("""
         SELECT ab_group, count(DISTINCT lead_id), count(DISTINCT lead_id) FILTER (WHERE replied)
         FROM outcome_labels WHERE ab_group IN ('challenger', 'champion') AND is_mature GROUP BY 1""").fetchall()
@@ -146,7 +147,7 @@ def test_ab_test_results_from_routed_traffic(tmp_path, home):
         spec["arms"][0]["model_id"] = "sandbox:gpt-4o-mini:supervised:next"
         write_routing(table)
         row = decisions_row()
-        assert row[2:5] == ["exp-next@challenger=50/champion=50", "0", "0"] and row[6] == "continue"
+        assert row[3] == "exp-next@challenger=50/champion=50" and row[5:8] == ["0", "0", "continue"]
         # an app that stops recording allocations: every routed message of the two models is compared
         con = connect(home / "warehouse.duckdb")
         con.execute("UPDATE messages SET metadata = NULL")
@@ -154,7 +155,7 @@ def test_ab_test_results_from_routed_traffic(tmp_path, home):
         spec["experiment_id"], spec["arms"][0]["model_id"] = "exp-ab", "sandbox:gpt-4o-mini:supervised:x"
         write_routing(table)
         row = decisions_row()
-        assert row[2] == "all (not logged)" and int(row[3]) == stats["reply_rate"]["challenger"].n
+        assert row[3] == "all (not logged)" and int(row[5]) == stats["reply_rate"]["challenger"].n
 
 
 def test_decisions_roll_out_then_promote_with_mlflow_aliases_or_roll_back(tmp_path, home):
@@ -165,6 +166,7 @@ def test_decisions_roll_out_then_promote_with_mlflow_aliases_or_roll_back(tmp_pa
     from flywheel_pipeline.routing import load_routing
     from flywheel_pipeline.tracking import log_training_cycle
     from flywheel_pipeline.warehouse import model_registry as registry
+    from flywheel_pipeline.warehouse.experiments import ensure_ab_results
     from flywheel_pipeline.warehouse.schema import connect
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -182,16 +184,18 @@ def test_decisions_roll_out_then_promote_with_mlflow_aliases_or_roll_back(tmp_pa
         registry.set_mlflow(con, model, rec.run_id, rec.registered_version)
     registry.set_status(con, "champ", "deployed", traffic_pct=100, ab_group="champion")
     registry.set_status(con, "chall", "ready", traffic_pct=10, ab_group="challenger")
+    # a table from before experiments had several arms: ensure_ab_results adds the new columns
     con.execute("CREATE TABLE IF NOT EXISTS ab_test_results AS SELECT now()::TIMESTAMP AS evaluated_at, "
                 "'flywheel-global-all' AS family, 'e' AS experiment_id, 'chall' AS challenger, 'champ' AS champion, "
                 "'promote' AS decision, 'better' AS reason LIMIT 0")
     con.close()
 
-    def decide_and_apply(challenger, decision):
+    def decide_and_apply(challenger, decision, final=False):
         c = connect(home / "warehouse.duckdb")
+        ensure_ab_results(c)
         c.execute("INSERT INTO ab_test_results (evaluated_at, family, experiment_id, challenger, champion, decision, "
-                  "reason) VALUES (now()::TIMESTAMP, 'flywheel-global-all', 'e', ?, 'champ', ?, 'test')",
-                  [challenger, decision])
+                  "reason, arm, final) VALUES (now()::TIMESTAMP, 'flywheel-global-all', 'e', ?, 'champ', ?, 'test', "
+                  "'challenger', ?)", [challenger, decision, final])
         c.close()
         with dg.instance_for_test() as instance:
             res = {"warehouse": WarehouseResource(database=str(home / "warehouse.duckdb")),
@@ -215,6 +219,16 @@ def test_decisions_roll_out_then_promote_with_mlflow_aliases_or_roll_back(tmp_pa
     assert decide_and_apply("worse", "rollback") == {"champion": ("chall", 100.0)}
     c = connect(home / "warehouse.duckdb")
     assert c.execute("SELECT status FROM model_registry WHERE model_id = 'worse'").fetchone()[0] == "archived"
+    registry.register(c, model_id="equal", dataset_version="d4", **kw)
+    registry.set_status(c, "equal", "ready", traffic_pct=10, ab_group="challenger")
+    c.close()
+    # inconclusive before the step's planned end (a broken split): nothing changes
+    assert decide_and_apply("equal", "inconclusive") == {"challenger": ("equal", 10.0), "champion": ("chall", 90.0)}
+    # inconclusive at the planned end: the experiment ends, the champion keeps the traffic
+    assert decide_and_apply("equal", "inconclusive", final=True) == {"champion": ("chall", 100.0)}
+    c = connect(home / "warehouse.duckdb")
+    assert c.execute("SELECT status, ab_group FROM model_registry WHERE model_id = 'equal'").fetchone() == (
+        "archived", "inconclusive")
     c.close()
     with dg.instance_for_test() as instance:
         skip = experiment_sensor(dg.build_sensor_context(instance=instance))
@@ -249,8 +263,9 @@ def test_a_rollout_step_starts_a_new_allocation_and_the_analysis_stays_within_it
                 "WHERE message_key = (SELECT min(message_key) FROM messages WHERE ab_group = 'challenger')")
     assert not allocations_logged(con, "exp-bare")
     step2 = "exp-ramp@challenger=50/champion=50"
-    pooled = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18")
-    current = arm_statistics(con, "sandbox:x", "gpt-4o-mini-2024-07-18", step2)
+    arms = {"challenger": "sandbox:x", "champion": "gpt-4o-mini-2024-07-18"}
+    pooled = arm_statistics(con, arms)
+    current = arm_statistics(con, arms, step2)
     in_step2 = con.execute("SELECT count(DISTINCT (l.lead_id, l.ab_group)) FROM outcome_labels l JOIN messages m USING (message_key) "
                            "WHERE l.is_mature AND m.metadata->>'allocation' = ?", [step2]).fetchone()[0]
     con.close()
@@ -289,3 +304,60 @@ def test_a_newer_model_replaces_a_first_step_challenger_but_waits_for_one_mid_ro
     assert arms() == {"m-2": ("challenger", 10.0), "base": ("champion", 90.0)}
     assert con.execute("SELECT status FROM model_registry WHERE model_id = 'm-1'").fetchone()[0] == "archived"
     con.close()
+
+
+def test_experiments_with_several_arms_from_routed_traffic(tmp_path, home):
+    """Three arms with equal shares (an efficacy step): sticky K-arm assignment in the simulated
+    outreach app, per-arm statistics in SQL (with each lead's pre-experiment engagement as the CUPED
+    covariate), a verdict per challenger in ab_test_results, and the step's plan in the metadata."""
+    from datetime import datetime, timezone
+
+    from flywheel_pipeline.defs.experiments import ab_test_results
+    from flywheel_pipeline.routing import write_routing
+    from flywheel_pipeline.warehouse.experiments import arm_statistics
+    from flywheel_pipeline.warehouse.schema import connect
+    from flywheel_pipeline_tests.conftest import run_pipeline
+
+    spec = {"experiment_id": "exp-k", "arms": [
+        {"model_id": "sandbox:a", "version": "1.0.0", "ab_group": "challenger", "traffic_pct": 100 / 3},
+        {"model_id": "gpt-4.1-mini-2025-04-14", "version": None, "ab_group": "challenger_2", "traffic_pct": 100 / 3},
+        {"model_id": "gpt-4o-mini-2024-07-18", "version": None, "ab_group": "champion", "traffic_pct": 100 / 3}]}
+    table = {"default_model": "gpt-4o-mini-2024-07-18", "families": {"flywheel-global-all": spec}}
+    write_routing(table)
+    simulate(home / "landing", SimConfig(seed=21, days=40, end=date(2026, 4, 10), organizations=1,
+                                         leads_per_org=1500, messages_per_day=150,
+                                         routing_history=((date(2026, 3, 20), table),)))
+    con = connect(home / "warehouse.duckdb")
+    run_pipeline(con, home / "landing", as_of=datetime(2026, 5, 20, tzinfo=timezone.utc))
+    arms = {a["ab_group"]: a["model_id"] for a in spec["arms"]}
+    allocation = "exp-k@challenger=33.3333/challenger_2=33.3333/champion=33.3333"
+    stats = arm_statistics(con, arms, allocation)
+    expected = dict(con.execute("""
+        SELECT l.ab_group, count(DISTINCT l.lead_id) FROM outcome_labels l JOIN messages m USING (message_key)
+        WHERE l.is_mature AND m.metadata->>'allocation' = ? GROUP BY 1""", [allocation]).fetchall())
+    # the covariate, computed another way: per lead in the experiment, human opens, clicks and
+    # replies on its messages sent before the allocation's first message
+    engagement = dict(con.execute("""
+        WITH start AS (SELECT min(sent_at) AS first_sent FROM messages WHERE metadata->>'allocation' = $a),
+        inside AS (SELECT DISTINCT l.ab_group, l.lead_id FROM outcome_labels l JOIN messages m USING (message_key)
+                   WHERE l.is_mature AND m.metadata->>'allocation' = $a)
+        SELECT i.ab_group, sum((SELECT count(*) FILTER (WHERE o.opened) + count(*) FILTER (WHERE o.clicked)
+                                       + count(*) FILTER (WHERE o.replied)
+                                FROM outcome_labels o WHERE o.lead_id = i.lead_id AND o.sent_at < (SELECT first_sent FROM start)))
+        FROM inside i GROUP BY 1""", {"a": allocation}).fetchall())
+    con.close()
+    assert {a: stats["weighted_score"][a].n for a in arms} == expected
+    assert {a: stats["weighted_score"][a].sum_x for a in arms} == {a: float(v) for a, v in engagement.items()}
+    assert all(v > 0 for v in engagement.values())
+    with dg.instance_for_test() as instance:
+        res = {"warehouse": WarehouseResource(database=str(home / "warehouse.duckdb"))}
+        meta = dg.materialize([ab_test_results], instance=instance,
+                              resources=res).asset_materializations_for_node("ab_test_results")[0].metadata
+    decisions = meta["decisions"].value
+    assert "| challenger | sandbox:a |" in decisions and "| challenger_2 | gpt-4.1-mini-2025-04-14 |" in decisions
+    assert "| efficacy |" in decisions and "| efficacy |" in meta["plan"].value
+    con = connect(home / "warehouse.duckdb")
+    rows = con.execute("SELECT DISTINCT arm, step, planned_leads, variance_reduction IS NOT NULL "
+                       "FROM ab_test_results ORDER BY 1").fetchall()
+    con.close()
+    assert rows == [("challenger", "efficacy", 10_000.0, True), ("challenger_2", "efficacy", 10_000.0, True)]

@@ -12,8 +12,8 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import proportion_confint, proportion_effectsize
 
-from flywheel_pipeline.core.stats.decisions import (benjamini_hochberg, gaussian_bayes, holm, leads_per_arm,
-                                                    minimum_detectable_effect, sample_ratio_mismatch)
+from flywheel_pipeline.core.stats.decisions import benjamini_hochberg, gaussian_bayes, holm, sample_ratio_mismatch
+from flywheel_pipeline.core.stats.planning import leads_per_arm, minimum_detectable_effect
 from flywheel_pipeline.core.stats.frequentist import (fisher_exact, needs_exact_test, ratio_diff, relative_lift,
                                                       welch_diff, wilson_interval)
 from flywheel_pipeline.core.stats.sequential import cs_radius, sequential_diff
@@ -146,3 +146,68 @@ def test_bad_inputs_are_rejected():
         welch_diff(ArmStats.proportion(10, 1), ArmStats.proportion(10, 2), alternative="bigger")
     with pytest.raises(ValueError):
         leads_per_arm(0.0, 0.1)
+
+
+def test_cuped_matches_welch_on_the_adjusted_values_and_removes_the_explained_variance():
+    """Independent reference: theta from numpy's covariance of both arms together, then scipy's
+    Welch test on y - theta x; the variance removed is about corr(x, y)^2."""
+    from flywheel_pipeline.core.stats import regression_adjusted
+
+    x_c, x_t = RNG.poisson(2, 3000).astype(float), RNG.poisson(2, 3300).astype(float)
+    y_c, y_t = 0.5 * x_c + RNG.normal(0, 1, 3000), 0.5 * x_t + RNG.normal(0.08, 1, 3300)
+    x, y = np.concatenate([x_c, x_t]), np.concatenate([y_c, y_t])
+    theta = np.cov(x, y)[0, 1] / np.var(x, ddof=1)
+    ref = stats.ttest_ind(y_t - theta * x_t, y_c - theta * x_c, equal_var=False)
+    ours = regression_adjusted(ArmStats.from_values(y_t, x_t), ArmStats.from_values(y_c, x_c))
+    assert ours.theta == pytest.approx(theta, rel=1e-9)
+    assert ours.p_value == pytest.approx(ref.pvalue, rel=1e-6) and ours.df == pytest.approx(ref.df, rel=1e-9)
+    assert ours.estimate == pytest.approx((y_t - theta * x_t).mean() - (y_c - theta * x_c).mean(), rel=1e-9)
+    assert ours.variance_reduction == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, abs=0.02)
+    plain = welch_diff(ArmStats.from_values(y_t), ArmStats.from_values(y_c))
+    assert ours.se < plain.se
+    # relative: the adjusted difference over the control's unadjusted mean
+    rel = regression_adjusted(ArmStats.from_values(y_t, x_t), ArmStats.from_values(y_c, x_c), relative=True)
+    assert rel.estimate == pytest.approx(ours.estimate / y_c.mean(), rel=1e-9)
+
+
+def test_power_and_sample_size_match_statsmodels_and_each_other():
+    from statsmodels.stats.power import NormalIndPower as Power
+
+    from flywheel_pipeline.core.stats.planning import (leads_needed, minimum_detectable_lift, power,
+                                                       proportion_moments)
+
+    mean, var = proportion_moments(0.05)
+    # 10/90: 1,000 treatment leads, ratio 9; statsmodels' effect size is the standardised difference
+    ref = Power().power(effect_size=mean * 0.25 / math.sqrt(var), nobs1=1000, alpha=0.05, ratio=9,
+                        alternative="larger")
+    assert power(mean=mean, var=var, n=10_000, share=0.1, lift=0.25) == pytest.approx(ref, rel=1e-9)
+    n = leads_needed(mean=mean, var=var, share=0.5, lift=0.25)
+    assert power(mean=mean, var=var, n=n, share=0.5, lift=0.25) >= 0.8 > power(mean=mean, var=var, n=n - 1,
+                                                                                share=0.5, lift=0.25)
+    mde = minimum_detectable_lift(mean=mean, var=var, n=n, share=0.5)
+    assert mde == pytest.approx(0.25, rel=1e-3)
+    seq = leads_needed(mean=mean, var=var, share=0.5, lift=0.25, sequential=True)
+    assert seq > n  # looking every day costs leads
+    assert power(mean=mean, var=var, n=seq, share=0.5, lift=0.25, sequential=True) >= 0.8
+
+
+def test_sequential_power_is_a_lower_bound_of_the_simulated_power():
+    """Normal data, daily looks up to N*: the always-valid test rejects at least as often as the
+    power computed for the last look."""
+    from flywheel_pipeline.core.stats.planning import power
+
+    experiments, looks, per_look, effect = 600, 20, 100, 0.25
+    n_star = 2 * looks * per_look
+    hits = 0
+    for _ in range(experiments):
+        a = RNG.normal(effect, 1, (looks, per_look)).cumsum(axis=None).reshape(looks, per_look)[:, -1]
+        b = RNG.normal(0, 1, (looks, per_look)).cumsum(axis=None).reshape(looks, per_look)[:, -1]
+        for k in range(looks):
+            n = (k + 1) * per_look
+            if sequential_diff(ArmStats(n, a[k], a[k] ** 2 / n + n - 1), ArmStats(n, b[k], b[k] ** 2 / n + n - 1),
+                               alpha=0.05, n_star=n_star).ci_low > 0:
+                hits += 1
+                break
+    bound = power(mean=1.0, var=1.0, n=n_star, share=0.5, lift=effect, one_sided=False, sequential=True,
+                  n_star=n_star)
+    assert hits / experiments >= bound - 0.04

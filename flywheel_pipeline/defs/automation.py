@@ -165,7 +165,7 @@ def experiment_sensor(context: dg.SensorEvaluationContext):
     from flywheel_pipeline.routing import load_routing
 
     running = sorted(f"{name}:{spec['experiment_id']}" for name, spec in load_routing().get("families", {}).items()
-                     if any(a["ab_group"] == "challenger" for a in spec.get("arms", [])))
+                     if any(a["ab_group"] != "champion" for a in spec.get("arms", [])))
     if not running:
         return dg.SkipReason("no experiment is running (no challenger in routing.json)")
     day = datetime.now(timezone.utc).date().isoformat()

@@ -11,11 +11,12 @@ from flywheel_pipeline.defs.metadata import md_table
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
 from flywheel_pipeline.tracking import sync_aliases
 from flywheel_pipeline.defs.training import offline_evaluation
-from flywheel_pipeline.core.stats.decisions import minimum_detectable_effect
-from flywheel_pipeline.core.stats.policy import PolicyConfig, decide
+from flywheel_pipeline.core.stats.policy import CONTROL, PRIMARY, Decision, PolicyConfig, StepPlan, decide, plan_step
 from flywheel_pipeline.defs.outcomes import outcome_labels
 from flywheel_pipeline.routing import family_allocation, load_routing, routing_path, write_routing
-from flywheel_pipeline.warehouse.experiments import allocations_logged, arm_statistics, challenger_has_messages
+from flywheel_pipeline.warehouse.experiments import (allocations_logged, arm_has_messages, arm_statistics, baseline,
+                                                     ensure_ab_results, latest_verdicts, leads_per_day,
+                                                     record_decision)
 from flywheel_pipeline.warehouse import model_registry as registry
 
 EXPERIMENTS_GROUP = "experiments"
@@ -101,78 +102,101 @@ def routing_table(context: dg.AssetExecutionContext, config: RoutingConfig,
 
 
 class AbTestConfig(dg.Config):
-    alpha: float = 0.05
-    n_star: float = Field(10_000, description="Expected leads per experiment, both arms (tunes the confidence "
-                                             "sequence; the demo world has 9,000 leads).")
-    max_cost_increase: float = Field(0.25, description="Guardrail: cost per meeting may rise by this share.")
+    alpha: float = Field(PolicyConfig.alpha, description="Family-wise error of each step's verdicts (harm; "
+                                                         "promotion), held over every daily look.")
+    n_star: float = Field(PolicyConfig.n_star, description="Planned leads of each rollout step, all arms: the "
+                                                           "step's final test is made when they are reached.")
+    max_cost_increase: float = Field(PolicyConfig.max_cost_increase,
+                                     description="Guardrail: cost per meeting may rise by this share.")
+    tolerated_drop: float = Field(PolicyConfig.tolerated_drop,
+                                  description="A harm step moves on only if the weighted score is at most this "
+                                              "much lower than the champion's.")
+    target_lift: float = Field(0.25, description="The relative change the plan in the metadata is computed for.")
+
+    def policy(self) -> PolicyConfig:
+        return PolicyConfig(alpha=self.alpha, n_star=self.n_star, max_cost_increase=self.max_cost_increase,
+                            tolerated_drop=self.tolerated_drop)
 
 
-AB_DDL = """
-CREATE TABLE IF NOT EXISTS ab_test_results (
-    evaluated_at TIMESTAMP, family VARCHAR, experiment_id VARCHAR, challenger VARCHAR, champion VARCHAR,
-    decision VARCHAR, reason VARCHAR, srm_p_value DOUBLE, challenger_leads BIGINT, champion_leads BIGINT,
-    metric VARCHAR, challenger_value DOUBLE, champion_value DOUBLE, lift DOUBLE, relative_lift DOUBLE,
-    ci_low DOUBLE, ci_high DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, seq_low DOUBLE, seq_high DOUBLE,
-    chance_to_win DOUBLE, expected_loss DOUBLE, exact_test BOOLEAN)
-"""
+def _evaluate(con, family: str, spec: dict, config: AbTestConfig, log) -> tuple[Decision, StepPlan, str | None]:
+    """One experiment: per-arm statistics within its current allocation, the verdicts, the plan."""
+    arms = {a["ab_group"]: a["model_id"] for a in spec["arms"]}
+    allocation = family_allocation(spec)
+    if not allocations_logged(con, spec["experiment_id"]):
+        if any(arm_has_messages(con, g, m) for g, m in arms.items() if g != CONTROL):
+            log.warning(f"{family}: messages do not record metadata.allocation; comparing all routed messages, "
+                        "which mixes rollout steps")
+            allocation = None
+        else:  # just published: compared on its own traffic, of which there is none yet
+            log.info(f"{family}: no message sent through experiment {spec['experiment_id']} yet")
+    stats = arm_statistics(con, arms, allocation)
+    weights = {a["ab_group"]: float(a["traffic_pct"]) for a in spec["arms"]}
+    policy = config.policy()
+    decision = decide(stats, weights, policy)
+    champion = stats[PRIMARY][CONTROL]
+    rate = leads_per_day(con, arms, allocation)
+    if champion.n < 100 or rate is None:  # before the step has traffic: the champion's recent history
+        history, history_rate = baseline(con, arms[CONTROL], organization_id=spec.get("organization_id"),
+                                         task_type=spec.get("task_type") or "all")
+        champion = champion if champion.n >= 100 else history
+        rate = rate or history_rate or None
+    plan = plan_step(champion.without_x(), weights, policy, leads_so_far=sum(decision.leads.values()),
+                     leads_per_day=rate, target_lift=config.target_lift)
+    return decision, plan, allocation
+
+
+def _days(value: float | None) -> str:
+    return "" if value is None else f"{value:.0f}"
 
 
 @dg.asset(group_name=EXPERIMENTS_GROUP, kinds={"duckdb"}, deps=[routing_table, outcome_labels],
-          description="Per experiment and arm: reply, positive-reply, meeting and close rates, revenue per lead and "
-                      "per message, the weighted score; fixed-horizon and always-valid intervals, chance to win, "
-                      "SRM, and a decision (continue, promote, rollback, inconclusive) with its reason.")
+          description="Per experiment (a champion and one or more challengers) within its current allocation: "
+                      "reply, positive-reply, meeting and close rates, revenue, cost per meeting, the weighted "
+                      "score (CUPED-adjusted by each lead's engagement before the experiment); fixed-horizon and "
+                      "always-valid intervals, chance to win, SRM; each challenger's verdict at this step of the "
+                      "ramp (continue, promote, rollback, inconclusive) with its reason, and the step's plan "
+                      "(days to its planned end at the current traffic, power and detectable effect).")
 def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
                     warehouse: WarehouseResource) -> dg.MaterializeResult:
     table = load_routing()
-    policy = PolicyConfig(alpha=config.alpha, n_star=config.n_star, max_cost_increase=config.max_cost_increase)
-    summary, metric_rows = [], []
+    summary, metric_rows, plans = [], [], []
+    evaluated_at = datetime.now(timezone.utc).replace(tzinfo=None)
     with warehouse.connect() as con:
-        con.execute(AB_DDL)
+        ensure_ab_results(con)
         for family, spec in sorted(table.get("families", {}).items()):
-            arms = {a["ab_group"]: a for a in spec["arms"]}
-            if "challenger" not in arms:
+            arms = {a["ab_group"]: a["model_id"] for a in spec["arms"]}
+            if len(arms) < 2 or CONTROL not in arms:
                 continue
-            allocation = family_allocation(spec)
-            logged = allocations_logged(con, spec["experiment_id"])
-            if not logged and challenger_has_messages(con, arms["challenger"]["model_id"]):
-                context.log.warning(f"{family}: messages do not record metadata.allocation; comparing all routed "
-                                    "messages, which mixes rollout steps")
-                allocation = None
-            elif not logged:  # just published: compared on its own traffic, of which there is none yet
-                context.log.info(f"{family}: no message sent through experiment {spec['experiment_id']} yet")
-            stats = arm_statistics(con, arms["challenger"]["model_id"], arms["champion"]["model_id"], allocation)
-            weights = {g: float(arms[g]["traffic_pct"]) for g in ("challenger", "champion")}
-            decision = decide(stats, weights, policy)
+            decision, plan, allocation = _evaluate(con, family, spec, config, context.log)
             context.log.info(f"{family}: {decision.decision} - {decision.reason}")
-            champion_reply = stats["reply_rate"]["champion"]
-            smaller = min(decision.leads.values())
-            mde = (minimum_detectable_effect(champion_reply.mean, smaller)
-                   if 0 < champion_reply.mean < 1 and smaller > 0 else None)
-            summary.append((family, arms["challenger"]["model_id"], allocation or "all (not logged)",
-                            decision.leads["challenger"],
-                            decision.leads["champion"], f"{mde:.4f}" if mde is not None else "",
-                            decision.decision, decision.reason))
-            for m in decision.metrics or [None]:
-                con.execute("INSERT INTO ab_test_results VALUES (now()::TIMESTAMP, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
-                            "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                            [family, spec["experiment_id"], arms["challenger"]["model_id"],
-                             arms["champion"]["model_id"], decision.decision, decision.reason, decision.srm_p_value,
-                             decision.leads["challenger"], decision.leads["champion"],
-                             *(([m.metric, m.challenger, m.champion, m.lift, m.relative_lift, m.ci_low, m.ci_high,
-                                 m.p_value, m.p_adjusted, m.seq_low, m.seq_high, m.chance_to_win, m.expected_loss,
-                                 m.exact_test]) if m else [None] * 14)])
-                if m:
-                    metric_rows.append((family, m.metric, round(m.challenger, 4), round(m.champion, 4),
-                                        round(m.lift, 4), f"[{m.seq_low:.4f}, {m.seq_high:.4f}]",
-                                        round(m.p_adjusted, 4) if m.p_adjusted is not None else None,
-                                        round(m.chance_to_win, 3)))
+            record_decision(con, evaluated_at=evaluated_at, family=family, experiment_id=spec["experiment_id"],
+                            arms=arms, decision=decision, planned_leads=config.n_star)
+            for arm, verdict in decision.arms.items():
+                summary.append((family, arm, arms[arm], allocation or "all (not logged)", decision.step,
+                                decision.leads[arm], decision.leads[CONTROL], verdict, decision.reasons[arm]))
+            plans.append((family, plan.step, f"{plan.leads_so_far} / {plan.planned_leads:.0f}",
+                          f"{plan.leads_per_day:.0f}" if plan.leads_per_day else "", _days(plan.days_to_planned_end),
+                          f"{plan.mde_at_planned_end:.0%}" if plan.mde_at_planned_end is not None else "",
+                          f"{plan.power_at_planned_end:.0%}" if plan.power_at_planned_end is not None else "",
+                          _days(plan.days_for_80pct_power),
+                          f"{decision.variance_reduction:.1%}" if decision.variance_reduction is not None else ""))
+            for m in decision.metrics:
+                metric_rows.append((family, m.arm, m.metric, round(m.challenger, 4), round(m.champion, 4),
+                                    round(m.lift, 4), f"[{m.seq_low:.4f}, {m.seq_high:.4f}]",
+                                    round(m.p_adjusted, 4) if m.p_adjusted is not None else None,
+                                    round(m.chance_to_win, 3)))
+    lift = f"{config.target_lift:.0%}"
     return dg.MaterializeResult(metadata={
-        "experiments": len(summary),
+        "experiments": len(plans),
         "decisions": dg.MetadataValue.md(md_table(
-            ["family", "challenger", "allocation", "challenger leads", "champion leads", "reply-rate MDE (80% power)",
-             "decision", "reason"], summary)),
+            ["family", "arm", "challenger", "allocation", "step", "challenger leads", "champion leads", "decision",
+             "reason"], summary)),
+        "plan": dg.MetadataValue.md(md_table(
+            ["family", "step", "leads / planned", "new leads a day", "days to planned end",
+             "detectable change at planned end (80% power)", f"power for {lift} at planned end",
+             f"days to 80% power for {lift}", "CUPED variance reduction"], plans)),
         "metrics": dg.MetadataValue.md(md_table(
-            ["family", "metric", "challenger", "champion", "lift", "always-valid CI", "Holm p", "P(win)"],
+            ["family", "arm", "metric", "challenger", "champion", "lift", "always-valid CI", "Holm p", "P(win)"],
             metric_rows))})
 
 
@@ -183,22 +207,19 @@ class DecisionConfig(dg.Config):
 
 
 @dg.asset(group_name=EXPERIMENTS_GROUP, kinds={"duckdb", "mlflow"}, deps=[ab_test_results],
-          description="Applies each experiment's latest decision: promote moves the challenger to the next rollout "
-                      "step and, at the last, makes it the champion (registry, MLflow aliases, routing); rollback "
-                      "archives the challenger and routes everything to the champion.")
+          description="Applies each challenger's latest verdict: promote moves it to the next rollout step and, at "
+                      "the last, makes it the champion (registry, MLflow aliases, routing); rollback archives it; "
+                      "inconclusive at the step's planned end archives it too (the champion keeps the traffic).")
 def experiment_decisions(context: dg.AssetExecutionContext, config: DecisionConfig, warehouse: WarehouseResource,
                          mlflow: MlflowResource) -> dg.MaterializeResult:
     actions = []
     with warehouse.connect() as con:
-        con.execute(AB_DDL)
-        latest = con.execute("""
-            SELECT family, challenger, champion, decision, reason FROM ab_test_results
-            QUALIFY row_number() OVER (PARTITION BY family ORDER BY evaluated_at DESC) = 1""").fetchall()
-        for family, challenger, champion, decision, reason in latest:
+        con.execute(registry.DDL)
+        for family, arm, challenger, champion, decision, reason, final in latest_verdicts(con):
             row = con.execute("SELECT status, traffic_pct, mlflow_model_version FROM model_registry WHERE model_id = ?",
                               [challenger]).fetchone()
             if row is None or row[0] != "ready":
-                continue  # already acted on, or replaced
+                continue  # already acted on, replaced, or not a registry model
             if decision == "promote":
                 step = next_rollout_step(float(row[1]), tuple(config.rollout_steps))
                 if step < config.rollout_steps[-1]:
@@ -211,12 +232,14 @@ def experiment_decisions(context: dg.AssetExecutionContext, config: DecisionConf
                     registry.set_status(con, challenger, "deployed", traffic_pct=100.0, ab_group="champion")
                     _sync(mlflow, family, row[2], None, context)
                     actions.append((family, challenger, "promoted to champion", reason))
-            elif decision == "rollback":
-                registry.set_status(con, challenger, "archived", traffic_pct=0.0, ab_group="rolled_back")
+            elif decision == "rollback" or (decision == "inconclusive" and final):
+                group = "rolled_back" if decision == "rollback" else "inconclusive"
+                registry.set_status(con, challenger, "archived", traffic_pct=0.0, ab_group=group)
                 champion_version = con.execute("SELECT mlflow_model_version FROM model_registry WHERE model_id = ?",
                                                [champion]).fetchone()
                 _sync(mlflow, family, champion_version[0] if champion_version else None, None, context)
-                actions.append((family, challenger, "rolled back", reason))
+                actions.append((family, challenger, "rolled back" if decision == "rollback" else
+                                "ended inconclusive", reason))
         publish_routing(con, config.default_model, config.rollout_steps[0], set(), context.log)
     for action in actions:
         context.log.info(f"{action[0]}: {action[1]} {action[2]} ({action[3]})")

@@ -1,4 +1,5 @@
-"""Per-arm sufficient statistics of per-lead metrics for a running experiment, in SQL.
+"""Experiments in SQL: per-arm sufficient statistics of per-lead metrics, the traffic a step
+gets, and the ``ab_test_results`` table.
 
 The unit is the lead: a lead's metrics aggregate all its mature routed messages of the arm
 (reply = any human reply, ..., revenue = sum of closed deal values, messages = count).
@@ -7,24 +8,39 @@ Only messages routed under the experiment's current allocation count (``metadata
 recorded by the outreach app from ``choose_model``): after a rollout step leads move between
 arms and the split changes, so arms are compared within one allocation. Messages of an app
 that does not record allocations are all counted (``allocation=None``).
+
+CUPED covariate of the weighted score: the lead's engagement before the experiment's current
+allocation started (its first routed message): how many of its earlier messages a human
+opened, clicked and replied to (each counted once per message), whatever model wrote them.
+Measured before the lead was assigned, it cannot have been moved by the arm.
 """
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import duckdb
 
-from flywheel_pipeline.core.stats.policy import COST_PER_MEETING, PRIMARY
+from flywheel_pipeline.core.stats.policy import CONTROL, COST_PER_MEETING, PRIMARY, SCORE_WEIGHTS, Decision
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
+_SCORE = (f"{SCORE_WEIGHTS['close']} * close + {SCORE_WEIGHTS['meeting']} * meeting + "
+          f"{SCORE_WEIGHTS['reply']} * reply")
+
 _PER_LEAD = """
-WITH routed AS (
+WITH arms(arm, model) AS (SELECT * FROM (VALUES {arms})),
+routed AS (
     SELECT l.lead_id, l.ab_group AS arm, l.replied, l.positive_reply, l.meeting_booked, l.deal_closed,
            coalesce(l.deal_value, 0) AS revenue, l.unsubscribed, l.reply_sentiment = 'negative' AS negative_reply,
-           coalesce(m.cost_usd, 0) AS cost, l.quality_score
-    FROM outcome_labels l JOIN messages m USING (message_key)
-    WHERE l.is_mature AND l.ab_group IN ('challenger', 'champion')
-      AND ((l.ab_group = 'challenger' AND l.model_id = $challenger) OR (l.ab_group = 'champion' AND l.model_id = $champion))
+           coalesce(m.cost_usd, 0) AS cost, l.quality_score, m.sent_at
+    FROM outcome_labels l JOIN messages m USING (message_key) JOIN arms a ON a.arm = l.ab_group AND a.model = l.model_id
+    WHERE l.is_mature
       AND ($allocation IS NULL OR json_extract_string(m.metadata, '$.allocation') = $allocation)
+), started AS (
+    SELECT coalesce(
+        (SELECT min(sent_at) FROM messages WHERE $allocation IS NOT NULL
+            AND json_extract_string(metadata, '$.allocation') = $allocation),
+        (SELECT min(sent_at) FROM routed)) AS first_sent
 ), per_lead AS (
     SELECT arm, lead_id,
            max(replied::INT) AS reply, max(positive_reply::INT) AS positive, max(meeting_booked::INT) AS meeting,
@@ -32,46 +48,64 @@ WITH routed AS (
            max(unsubscribed::INT) AS unsub, sum(revenue) AS revenue, count(*) AS msgs, sum(cost) AS cost,
            avg(quality_score) AS quality
     FROM routed GROUP BY ALL
+), pre AS (
+    SELECT l.lead_id, sum(l.opened::INT + l.clicked::INT + l.replied::INT)::DOUBLE AS engagement
+    FROM outcome_labels l
+    WHERE l.sent_at < (SELECT first_sent FROM started) AND l.lead_id IN (SELECT lead_id FROM per_lead)
+    GROUP BY l.lead_id
+), scored AS (
+    SELECT p.*, {score} AS score, coalesce(pre.engagement, 0) AS x
+    FROM per_lead p LEFT JOIN pre USING (lead_id)
 )
 SELECT arm, count(*) AS n,
        sum(reply), sum(positive), sum(meeting), sum(close), sum(negative), sum(unsub),
-       sum(0.5 * close + 0.3 * meeting + 0.2 * reply), sum(power(0.5 * close + 0.3 * meeting + 0.2 * reply, 2)),
+       sum(score), sum(score * score),
        sum(revenue), sum(revenue * revenue), sum(msgs), sum(msgs * msgs), sum(revenue * msgs), sum(cost),
-       sum(quality), sum(quality * quality), sum(cost * cost), sum(cost * meeting)
-FROM per_lead GROUP BY arm
+       sum(quality), sum(quality * quality), sum(cost * cost), sum(cost * meeting),
+       sum(x), sum(x * x), sum(x * score)
+FROM scored GROUP BY arm
 """
+
+PROPORTION_COLUMNS = ("reply_rate", "positive_reply_rate", "meeting_rate", "close_rate", "negative_reply_rate",
+                      "unsubscribe_rate")
+
+
+def _arms_sql(arms: dict[str, str]) -> tuple[str, list[str]]:
+    if not arms or CONTROL not in arms:
+        raise ValueError(f"arms need the control arm {CONTROL!r}, got {sorted(arms)}")
+    return ", ".join(["(?, ?)"] * len(arms)), [v for pair in arms.items() for v in pair]
 
 
 def allocations_logged(con: duckdb.DuckDBPyConnection, experiment_id: str) -> bool:
     """Whether the outreach app records allocations for this experiment's messages (an
     allocation id starts with its experiment id, see core/assignment.allocation_id)."""
-    return con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE ab_group IN ('challenger', 'champion') "
+    return con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE ab_group IS NOT NULL AND ab_group <> 'default' "
                        "AND starts_with(json_extract_string(metadata, '$.allocation'), ? || '@'))",
                        [experiment_id]).fetchone()[0]
 
 
-def challenger_has_messages(con: duckdb.DuckDBPyConnection, challenger_model: str) -> bool:
-    """Whether any message was sent in the challenger arm with this model (an experiment just
-    published has none yet)."""
-    return con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE ab_group = 'challenger' AND model_id = ?)",
-                       [challenger_model]).fetchone()[0]
+def arm_has_messages(con: duckdb.DuckDBPyConnection, arm: str, model_id: str) -> bool:
+    """Whether any message was sent in this arm with this model (an experiment just published
+    has none yet)."""
+    return con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE ab_group = ? AND model_id = ?)",
+                       [arm, model_id]).fetchone()[0]
 
 
-def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champion_model: str,
+def arm_statistics(con: duckdb.DuckDBPyConnection, arms: dict[str, str],
                    allocation: str | None = None) -> dict[str, dict[str, ArmStats]]:
-    params = {"challenger": challenger_model, "champion": champion_model, "allocation": allocation}
-    rows = {r[0]: r[1:] for r in con.execute(_PER_LEAD, params).fetchall()}
+    """``stats[metric][arm]`` for the arms {ab_group: model_id} (one of them ``champion``)."""
+    values, params = _arms_sql(arms)
+    sql = _PER_LEAD.format(arms=values, score=_SCORE).replace("$allocation", "?")
+    rows = {r[0]: r[1:] for r in con.execute(sql, params + [allocation] * 4).fetchall()}
     stats: dict[str, dict[str, ArmStats]] = {}
-    names = ("reply_rate", "positive_reply_rate", "meeting_rate", "close_rate", "negative_reply_rate",
-             "unsubscribe_rate")
-    for arm in ("challenger", "champion"):
-        r = rows.get(arm)
-        if r is None:
-            r = (0,) + (0.0,) * 19
+    for arm in arms:
+        r = rows.get(arm) or (0,) + (0.0,) * 22
         n = int(r[0])
-        for i, name in enumerate(names):
+        for i, name in enumerate(PROPORTION_COLUMNS):
             stats.setdefault(name, {})[arm] = ArmStats.proportion(n, int(r[1 + i]))
-        stats.setdefault(PRIMARY, {})[arm] = ArmStats(n, float(r[7]), float(r[8]))
+        # the weighted score with the lead's pre-experiment engagement as CUPED covariate
+        stats.setdefault(PRIMARY, {})[arm] = ArmStats(n, float(r[7]), float(r[8]), float(r[19]), float(r[20]),
+                                                      float(r[21]))
         stats.setdefault("revenue_per_lead", {})[arm] = ArmStats(n, float(r[9]), float(r[10]))
         stats.setdefault("revenue_per_message", {})[arm] = ArmStats(n, float(r[9]), float(r[10]), float(r[11]),
                                                                     float(r[12]), float(r[13]))
@@ -80,3 +114,89 @@ def arm_statistics(con: duckdb.DuckDBPyConnection, challenger_model: str, champi
                                                               float(r[3]), float(r[18]))
         stats.setdefault("quality_score", {})[arm] = ArmStats(n, float(r[15]), float(r[16]))
     return stats
+
+
+def leads_per_day(con: duckdb.DuckDBPyConnection, arms: dict[str, str], allocation: str | None) -> float | None:
+    """New leads a day that this allocation's arms have reached so far (all routed messages,
+    mature or not); None before there are two days of traffic."""
+    values, params = _arms_sql(arms)
+    row = con.execute(f"""
+        WITH arms(arm, model) AS (SELECT * FROM (VALUES {values}))
+        SELECT count(DISTINCT m.lead_id), date_diff('second', min(m.sent_at), max(m.sent_at)) / 86400.0
+        FROM messages m JOIN arms a ON a.arm = m.ab_group AND a.model = m.model_id
+        WHERE ? IS NULL OR json_extract_string(m.metadata, '$.allocation') = ?""",
+                      params + [allocation, allocation]).fetchone()
+    leads, days = row
+    return leads / days if leads and days and days >= 1 else None
+
+
+def baseline(con: duckdb.DuckDBPyConnection, model_id: str, *, organization_id: str | None,
+             task_type: str, days: int = 28) -> tuple[ArmStats, float]:
+    """The champion's recent traffic, for planning an experiment before it starts: the weighted
+    score per lead of its mature messages in the last ``days`` days of sending, and new leads a day."""
+    row = con.execute(f"""
+        WITH recent AS (
+            SELECT lead_id, replied::INT AS reply, meeting_booked::INT AS meeting, deal_closed::INT AS close, sent_at
+            FROM outcome_labels
+            WHERE model_id = ? AND is_mature AND (? IS NULL OR organization_id = ?) AND (? = 'all' OR task_type = ?)
+              AND sent_at >= (SELECT max(sent_at) FROM messages WHERE model_id = ?) - INTERVAL {int(days)} DAY
+        ), per_lead AS (
+            SELECT lead_id, max(reply) AS reply, max(meeting) AS meeting, max(close) AS close FROM recent GROUP BY 1
+        )
+        SELECT count(*), coalesce(sum({_SCORE}), 0), coalesce(sum(power({_SCORE}, 2)), 0),
+               (SELECT date_diff('second', min(sent_at), max(sent_at)) / 86400.0 FROM recent)
+        FROM per_lead""", [model_id, organization_id, organization_id, task_type, task_type, model_id]).fetchone()
+    n, s, s2, span = row
+    return ArmStats(int(n), float(s), float(s2)), (n / span if n and span and span >= 1 else 0.0)
+
+
+AB_RESULTS_DDL = """
+CREATE TABLE IF NOT EXISTS ab_test_results (
+    evaluated_at TIMESTAMP, family VARCHAR, experiment_id VARCHAR, challenger VARCHAR, champion VARCHAR,
+    decision VARCHAR, reason VARCHAR, srm_p_value DOUBLE, challenger_leads BIGINT, champion_leads BIGINT,
+    metric VARCHAR, challenger_value DOUBLE, champion_value DOUBLE, lift DOUBLE, relative_lift DOUBLE,
+    ci_low DOUBLE, ci_high DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, seq_low DOUBLE, seq_high DOUBLE,
+    chance_to_win DOUBLE, expected_loss DOUBLE, exact_test BOOLEAN)
+"""
+# Columns added since the table's first version (experiments with several arms, the ramp's steps,
+# CUPED): added in place to a warehouse that has the table without them.
+AB_RESULTS_COLUMNS = (("arm", "VARCHAR"), ("step", "VARCHAR"), ("final", "BOOLEAN"), ("planned_leads", "DOUBLE"),
+                      ("variance_reduction", "DOUBLE"), ("overall_decision", "VARCHAR"))
+
+
+def ensure_ab_results(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(AB_RESULTS_DDL)
+    for name, kind in AB_RESULTS_COLUMNS:
+        con.execute(f"ALTER TABLE ab_test_results ADD COLUMN IF NOT EXISTS {name} {kind}")
+
+
+def record_decision(con: duckdb.DuckDBPyConnection, *, evaluated_at: datetime, family: str, experiment_id: str,
+                    arms: dict[str, str], decision: Decision, planned_leads: float) -> None:
+    """One row per challenger and metric (one row per challenger without metrics yet)."""
+    rows = []
+    for arm, verdict in decision.arms.items():
+        metrics = [m for m in decision.metrics if m.arm == arm] or [None]
+        for m in metrics:
+            rows.append([evaluated_at, family, experiment_id, arms[arm], arms[CONTROL], verdict, decision.reasons[arm],
+                         decision.srm_p_value, decision.leads[arm], decision.leads[CONTROL],
+                         *([m.metric, m.challenger, m.champion, m.lift, m.relative_lift, m.ci_low, m.ci_high,
+                            m.p_value, m.p_adjusted, m.seq_low, m.seq_high, m.chance_to_win, m.expected_loss,
+                            m.exact_test] if m else [None] * 14),
+                         arm, decision.step, decision.final, planned_leads, decision.variance_reduction,
+                         decision.decision])
+    columns = 24 + len(AB_RESULTS_COLUMNS)
+    con.executemany(f"INSERT INTO ab_test_results VALUES ({', '.join(['?'] * columns)})", rows)
+
+
+def latest_verdicts(con: duckdb.DuckDBPyConnection) -> list[tuple]:
+    """The latest evaluation of each family's challengers:
+    (family, arm, challenger model, champion model, verdict, reason, final)."""
+    ensure_ab_results(con)
+    return con.execute("""
+        WITH latest AS (
+            SELECT family, max(evaluated_at) AS at FROM ab_test_results GROUP BY family
+        )
+        SELECT DISTINCT r.family, coalesce(r.arm, 'challenger'), r.challenger, r.champion, r.decision, r.reason,
+               coalesce(r.final, false)
+        FROM ab_test_results r JOIN latest l ON r.family = l.family AND r.evaluated_at = l.at
+        ORDER BY 1, 2""").fetchall()

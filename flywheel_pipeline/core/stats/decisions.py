@@ -1,4 +1,4 @@
-"""Bayesian view (Gaussian approximation), sample-ratio mismatch, multiple testing, power."""
+"""Bayesian view (Gaussian approximation), sample-ratio mismatch, multiple testing."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
@@ -37,8 +37,9 @@ def gaussian_bayes(treatment: ArmStats, control: ArmStats, *, prior_mean: float 
     if sd == 0:
         return BayesResult(float(mean > 0), max(0.0, -mean), mean, 0.0)
     z = mean / sd
-    chance = float(stats.norm.cdf(z))
-    loss = float(sd * stats.norm.pdf(z) - mean * stats.norm.cdf(-z))  # E[max(0, -D)]
+    chance = float(special.ndtr(z))
+    pdf = math.exp(-z * z / 2) / math.sqrt(2 * math.pi)
+    loss = float(sd * pdf - mean * special.ndtr(-z))  # E[max(0, -D)]
     return BayesResult(chance, loss, mean, sd)
 
 
@@ -85,26 +86,18 @@ def benjamini_hochberg(p_values: list[float], alpha: float = 0.05) -> tuple[list
     return [a <= alpha for a in adjusted], adjusted
 
 
-def cohens_h(p1: float, p2: float) -> float:
-    return 2 * math.asin(math.sqrt(p2)) - 2 * math.asin(math.sqrt(p1))
-
-
-def leads_per_arm(baseline: float, lift: float, *, alpha: float = 0.05, power: float = 0.8,
-                  relative: bool = True) -> int:
-    """Leads per arm to detect ``lift`` on a rate (two-sided, equal arms; arcsine/Cohen's h
-    normal approximation, as statsmodels' NormalIndPower)."""
-    target = baseline * (1 + lift) if relative else baseline + lift
-    if not 0 < baseline < 1 or not 0 < target < 1:
-        raise ValueError("rates must be in (0, 1)")
-    h = abs(cohens_h(baseline, target))
-    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    return math.ceil((z / h) ** 2 * 2)  # n per arm for two equal independent samples
-
-
-def minimum_detectable_effect(baseline: float, n_per_arm: int, *, alpha: float = 0.05,
-                              power: float = 0.8) -> float:
-    """Smallest absolute rate difference detectable with ``n_per_arm`` leads in each arm."""
-    z = stats.norm.ppf(1 - alpha / 2) + stats.norm.ppf(power)
-    h = z * math.sqrt(2 / n_per_arm)
-    target = math.sin(math.asin(math.sqrt(baseline)) + h / 2) ** 2
-    return target - baseline
+def weighted_holm(p_values: list[float], weights: list[float], alpha: float = 0.05) -> list[bool]:
+    """Holm's weighted step-down procedure (Holm 1979): hypothesis i gets the share
+    ``weights[i]`` of alpha; in order of p / weight, reject while p <= alpha * weight / (sum of
+    the weights not yet rejected). Controls the family-wise error at alpha for any dependence;
+    with equal weights it is Holm's procedure."""
+    if len(p_values) != len(weights) or any(w <= 0 for w in weights):
+        raise ValueError("one positive weight per p-value")
+    rejected = [False] * len(p_values)
+    remaining = sum(weights)
+    for i in sorted(range(len(p_values)), key=lambda i: p_values[i] / weights[i]):
+        if p_values[i] > alpha * weights[i] / remaining:
+            break
+        rejected[i] = True
+        remaining -= weights[i]
+    return rejected
