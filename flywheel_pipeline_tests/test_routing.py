@@ -359,5 +359,9 @@ def test_experiments_with_several_arms_from_routed_traffic(tmp_path, home):
     con = connect(home / "warehouse.duckdb")
     rows = con.execute("SELECT DISTINCT arm, step, planned_leads, variance_reduction IS NOT NULL "
                        "FROM ab_test_results ORDER BY 1").fetchall()
+    plan = con.execute("SELECT step, planned_leads, baseline_leads FROM experiment_plans WHERE allocation = ?",
+                       [allocation]).fetchone()
     con.close()
-    assert rows == [("challenger", "efficacy", 10_000.0, True), ("challenger_2", "efficacy", 10_000.0, True)]
+    # planned before the step from the champion's history (its messages before the allocation started)
+    assert plan[0] == "efficacy" and plan[1] >= 1_000 and plan[2] > 100
+    assert rows == [("challenger", "efficacy", plan[1], True), ("challenger_2", "efficacy", plan[1], True)]

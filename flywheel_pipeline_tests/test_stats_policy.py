@@ -220,8 +220,25 @@ def test_an_aa_challenger_at_ten_percent_with_rare_outcomes_is_rarely_rolled_bac
 def test_plan_step_reports_power_days_and_detectable_change():
     base = score_arm(10_000, 0.05, 0.01, 0.003)
     plan = plan_step(base, W, PolicyConfig(n_star=10_000), leads_so_far=2_000, leads_per_day=400)
-    assert plan.step == "efficacy" and plan.days_to_planned_end == pytest.approx(20)
-    assert 0 < plan.power_at_planned_end < 1 and plan.leads_for_80pct_power > 0
+    assert plan.step == "efficacy" and plan.days_to_planned_end == pytest.approx(20) and plan.change == 0.25
+    assert 0 < plan.power_at_planned_end < 1
     harm = plan_step(base, RAMP, PolicyConfig(n_star=10_000), leads_per_day=400)
-    assert harm.step == "harm" and harm.mde_at_planned_end > plan.mde_at_planned_end  # 10/90 sees less
+    assert harm.step == "harm" and harm.change == -0.40
+    assert harm.mde_at_planned_end > plan.mde_at_planned_end  # 10/90 sees less
     assert plan_step(ArmStats(0, 0.0, 0.0), W, PolicyConfig()).power_at_planned_end is None
+
+
+def test_steps_are_planned_to_find_what_they_exist_for():
+    """The planned size gives the step's final test the target power for its question."""
+    from flywheel_pipeline.core.stats.planning import power
+    from flywheel_pipeline.core.stats.policy import DEFAULT_PLANNED_LEADS, MIN_PLANNED_LEADS, planned_leads
+
+    base = score_arm(20_000, 0.05, 0.01, 0.003)
+    cfg = PolicyConfig()
+    harm, efficacy = planned_leads(base, RAMP, cfg), planned_leads(base, W, cfg)
+    assert power(mean=base.mean, var=base.var, n=harm, share=0.1, lift=-0.4,
+                 alpha=cfg.final_alpha * cfg.primary_share) == pytest.approx(0.8, abs=1e-3)
+    assert power(mean=base.mean, var=base.var, n=efficacy, share=0.5, lift=0.25,
+                 alpha=cfg.final_alpha) == pytest.approx(0.8, abs=1e-3)
+    assert planned_leads(ArmStats(10, 1.0, 1.0), W, cfg) == DEFAULT_PLANNED_LEADS  # no usable baseline
+    assert planned_leads(score_arm(20_000, 0.6, 0.3, 0.1), W, cfg) == MIN_PLANNED_LEADS

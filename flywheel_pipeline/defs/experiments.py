@@ -11,12 +11,14 @@ from flywheel_pipeline.defs.metadata import md_table
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
 from flywheel_pipeline.tracking import sync_aliases
 from flywheel_pipeline.defs.training import offline_evaluation
-from flywheel_pipeline.core.stats.policy import CONTROL, PRIMARY, Decision, PolicyConfig, StepPlan, decide, plan_step
+from flywheel_pipeline.core.stats.policy import (CONTROL, DEFAULT_PLANNED_LEADS, Decision, PolicyConfig, StepPlan,
+                                                 decide, plan_step, planned_leads, step_of)
 from flywheel_pipeline.defs.outcomes import outcome_labels
 from flywheel_pipeline.routing import family_allocation, load_routing, routing_path, write_routing
-from flywheel_pipeline.warehouse.experiments import (allocations_logged, arm_has_messages, arm_statistics, baseline,
-                                                     ensure_ab_results, latest_verdicts, leads_per_day,
-                                                     record_decision)
+from flywheel_pipeline.warehouse.experiments import (allocation_start, allocations_logged, arm_has_messages,
+                                                     arm_statistics, baseline, ensure_ab_results, latest_verdicts,
+                                                     record_decision, save_step_plan, step_plan,
+                                                     traffic)
 from flywheel_pipeline.warehouse import model_registry as registry
 
 EXPERIMENTS_GROUP = "experiments"
@@ -104,23 +106,30 @@ def routing_table(context: dg.AssetExecutionContext, config: RoutingConfig,
 class AbTestConfig(dg.Config):
     alpha: float = Field(PolicyConfig.alpha, description="Family-wise error of each step's verdicts (harm; "
                                                          "promotion), held over every daily look.")
-    n_star: float = Field(PolicyConfig.n_star, description="Planned leads of each rollout step, all arms: the "
-                                                           "step's final test is made when they are reached.")
-    max_cost_increase: float = Field(PolicyConfig.max_cost_increase,
-                                     description="Guardrail: cost per meeting may rise by this share.")
+    n_star: float | None = Field(None, description="Planned leads of every rollout step, all arms; default: each "
+                                                   "step planned before it starts from the champion's baseline "
+                                                   "(harm_to_detect, lift_to_detect, target_power).")
+    harm_to_detect: float = Field(PolicyConfig.harm_to_detect,
+                                  description="A harm step is sized to find a weighted score this much lower.")
+    lift_to_detect: float = Field(PolicyConfig.lift_to_detect,
+                                  description="The efficacy step is sized to find a weighted score this much higher.")
+    target_power: float = Field(PolicyConfig.target_power, description="Chance of finding them by the planned end.")
     tolerated_drop: float = Field(PolicyConfig.tolerated_drop,
                                   description="A harm step moves on only if the weighted score is at most this "
                                               "much lower than the champion's.")
-    target_lift: float = Field(0.25, description="The relative change the plan in the metadata is computed for.")
+    max_cost_increase: float = Field(PolicyConfig.max_cost_increase,
+                                     description="Guardrail: cost per meeting may rise by this share.")
 
-    def policy(self) -> PolicyConfig:
-        return PolicyConfig(alpha=self.alpha, n_star=self.n_star, max_cost_increase=self.max_cost_increase,
-                            tolerated_drop=self.tolerated_drop)
+    def policy(self, n_star: float) -> PolicyConfig:
+        return PolicyConfig(alpha=self.alpha, n_star=n_star, max_cost_increase=self.max_cost_increase,
+                            tolerated_drop=self.tolerated_drop, harm_to_detect=self.harm_to_detect,
+                            lift_to_detect=self.lift_to_detect, target_power=self.target_power)
 
 
 def _evaluate(con, family: str, spec: dict, config: AbTestConfig, log) -> tuple[Decision, StepPlan, str | None]:
     """One experiment: per-arm statistics within its current allocation, the verdicts, the plan."""
     arms = {a["ab_group"]: a["model_id"] for a in spec["arms"]}
+    weights = {a["ab_group"]: float(a["traffic_pct"]) for a in spec["arms"]}
     allocation = family_allocation(spec)
     if not allocations_logged(con, spec["experiment_id"]):
         if any(arm_has_messages(con, g, m) for g, m in arms.items() if g != CONTROL):
@@ -129,19 +138,21 @@ def _evaluate(con, family: str, spec: dict, config: AbTestConfig, log) -> tuple[
             allocation = None
         else:  # just published: compared on its own traffic, of which there is none yet
             log.info(f"{family}: no message sent through experiment {spec['experiment_id']} yet")
-    stats = arm_statistics(con, arms, allocation)
-    weights = {a["ab_group"]: float(a["traffic_pct"]) for a in spec["arms"]}
-    policy = config.policy()
-    decision = decide(stats, weights, policy)
-    champion = stats[PRIMARY][CONTROL]
-    rate = leads_per_day(con, arms, allocation)
-    if champion.n < 100 or rate is None:  # before the step has traffic: the champion's recent history
-        history, history_rate = baseline(con, arms[CONTROL], organization_id=spec.get("organization_id"),
-                                         task_type=spec.get("task_type") or "all")
-        champion = champion if champion.n >= 100 else history
-        rate = rate or history_rate or None
-    plan = plan_step(champion.without_x(), weights, policy, leads_so_far=sum(decision.leads.values()),
-                     leads_per_day=rate, target_lift=config.target_lift)
+    started = allocation_start(con, arms, allocation)
+    champion = baseline(con, arms[CONTROL], organization_id=spec.get("organization_id"),
+                        task_type=spec.get("task_type") or "all", before=started)
+    n_star = config.n_star
+    if n_star is None:  # planned once per step, from the champion before the step started
+        key = allocation or f"{spec['experiment_id']}@all"
+        n_star = step_plan(con, key)
+        if n_star is None:
+            n_star = planned_leads(champion, weights, config.policy(DEFAULT_PLANNED_LEADS))
+            save_step_plan(con, allocation=key, family=family, experiment_id=spec["experiment_id"],
+                           step=step_of(weights, config.policy(n_star)), planned=n_star, champion_baseline=champion)
+    policy = config.policy(n_star)
+    decision = decide(arm_statistics(con, arms, allocation), weights, policy)
+    reached, rate = traffic(con, arms, allocation)
+    plan = plan_step(champion, weights, policy, leads_so_far=reached, leads_per_day=rate)
     return decision, plan, allocation
 
 
@@ -170,31 +181,30 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
             decision, plan, allocation = _evaluate(con, family, spec, config, context.log)
             context.log.info(f"{family}: {decision.decision} - {decision.reason}")
             record_decision(con, evaluated_at=evaluated_at, family=family, experiment_id=spec["experiment_id"],
-                            arms=arms, decision=decision, planned_leads=config.n_star)
+                            arms=arms, decision=decision, planned_leads=plan.planned_leads)
             for arm, verdict in decision.arms.items():
                 summary.append((family, arm, arms[arm], allocation or "all (not logged)", decision.step,
                                 decision.leads[arm], decision.leads[CONTROL], verdict, decision.reasons[arm]))
             plans.append((family, plan.step, f"{plan.leads_so_far} / {plan.planned_leads:.0f}",
                           f"{plan.leads_per_day:.0f}" if plan.leads_per_day else "", _days(plan.days_to_planned_end),
-                          f"{plan.mde_at_planned_end:.0%}" if plan.mde_at_planned_end is not None else "",
+                          f"{plan.change:+.0%}",
                           f"{plan.power_at_planned_end:.0%}" if plan.power_at_planned_end is not None else "",
-                          _days(plan.days_for_80pct_power),
+                          f"{plan.mde_at_planned_end:.0%}" if plan.mde_at_planned_end is not None else "",
                           f"{decision.variance_reduction:.1%}" if decision.variance_reduction is not None else ""))
             for m in decision.metrics:
                 metric_rows.append((family, m.arm, m.metric, round(m.challenger, 4), round(m.champion, 4),
                                     round(m.lift, 4), f"[{m.seq_low:.4f}, {m.seq_high:.4f}]",
                                     round(m.p_adjusted, 4) if m.p_adjusted is not None else None,
                                     round(m.chance_to_win, 3)))
-    lift = f"{config.target_lift:.0%}"
     return dg.MaterializeResult(metadata={
         "experiments": len(plans),
         "decisions": dg.MetadataValue.md(md_table(
             ["family", "arm", "challenger", "allocation", "step", "challenger leads", "champion leads", "decision",
              "reason"], summary)),
         "plan": dg.MetadataValue.md(md_table(
-            ["family", "step", "leads / planned", "new leads a day", "days to planned end",
-             "detectable change at planned end (80% power)", f"power for {lift} at planned end",
-             f"days to 80% power for {lift}", "CUPED variance reduction"], plans)),
+            ["family", "step", "leads reached / planned", "new leads a day", "days of traffic to planned end",
+             "sized to find", "power for it at planned end", f"detectable at planned end ({config.target_power:.0%} power)",
+             "CUPED variance reduction"], plans)),
         "metrics": dg.MetadataValue.md(md_table(
             ["family", "arm", "metric", "challenger", "champion", "lift", "always-valid CI", "Holm p", "P(win)"],
             metric_rows))})

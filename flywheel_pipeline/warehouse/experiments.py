@@ -116,38 +116,71 @@ def arm_statistics(con: duckdb.DuckDBPyConnection, arms: dict[str, str],
     return stats
 
 
-def leads_per_day(con: duckdb.DuckDBPyConnection, arms: dict[str, str], allocation: str | None) -> float | None:
-    """New leads a day that this allocation's arms have reached so far (all routed messages,
-    mature or not); None before there are two days of traffic."""
+def traffic(con: duckdb.DuckDBPyConnection, arms: dict[str, str], allocation: str | None) -> tuple[int, float | None]:
+    """Leads this allocation's arms have reached so far (mature or not) and new leads a day
+    (None before a day of traffic)."""
     values, params = _arms_sql(arms)
-    row = con.execute(f"""
+    leads, days = con.execute(f"""
         WITH arms(arm, model) AS (SELECT * FROM (VALUES {values}))
         SELECT count(DISTINCT m.lead_id), date_diff('second', min(m.sent_at), max(m.sent_at)) / 86400.0
         FROM messages m JOIN arms a ON a.arm = m.ab_group AND a.model = m.model_id
         WHERE ? IS NULL OR json_extract_string(m.metadata, '$.allocation') = ?""",
-                      params + [allocation, allocation]).fetchone()
-    leads, days = row
-    return leads / days if leads and days and days >= 1 else None
+                              params + [allocation, allocation]).fetchone()
+    return int(leads), (leads / days if leads and days and days >= 1 else None)
 
 
-def baseline(con: duckdb.DuckDBPyConnection, model_id: str, *, organization_id: str | None,
-             task_type: str, days: int = 28) -> tuple[ArmStats, float]:
-    """The champion's recent traffic, for planning an experiment before it starts: the weighted
-    score per lead of its mature messages in the last ``days`` days of sending, and new leads a day."""
+def allocation_start(con: duckdb.DuckDBPyConnection, arms: dict[str, str], allocation: str | None) -> datetime | None:
+    """When the allocation's first message was sent (None before any)."""
+    values, params = _arms_sql(arms)
+    return con.execute(f"""
+        WITH arms(arm, model) AS (SELECT * FROM (VALUES {values}))
+        SELECT min(m.sent_at) FROM messages m JOIN arms a ON a.arm = m.ab_group AND a.model = m.model_id
+        WHERE ? IS NULL OR json_extract_string(m.metadata, '$.allocation') = ?""",
+                       params + [allocation, allocation]).fetchone()[0]
+
+
+def baseline(con: duckdb.DuckDBPyConnection, model_id: str, *, organization_id: str | None, task_type: str,
+             before: datetime | None = None, days: int = 28) -> ArmStats:
+    """The champion's weighted score per lead over its mature messages of the ``days`` days
+    before ``before`` (default: its latest message), for planning a step before it starts."""
     row = con.execute(f"""
         WITH recent AS (
-            SELECT lead_id, replied::INT AS reply, meeting_booked::INT AS meeting, deal_closed::INT AS close, sent_at
+            SELECT lead_id, replied::INT AS reply, meeting_booked::INT AS meeting, deal_closed::INT AS close
             FROM outcome_labels
-            WHERE model_id = ? AND is_mature AND (? IS NULL OR organization_id = ?) AND (? = 'all' OR task_type = ?)
-              AND sent_at >= (SELECT max(sent_at) FROM messages WHERE model_id = ?) - INTERVAL {int(days)} DAY
+            WHERE model_id = $model AND is_mature AND ($org IS NULL OR organization_id = $org)
+              AND ($task = 'all' OR task_type = $task)
+              AND sent_at < coalesce($before, (SELECT max(sent_at) + INTERVAL 1 SECOND FROM messages
+                                               WHERE model_id = $model))
+              AND sent_at >= coalesce($before, (SELECT max(sent_at) FROM messages WHERE model_id = $model))
+                             - INTERVAL {int(days)} DAY
         ), per_lead AS (
             SELECT lead_id, max(reply) AS reply, max(meeting) AS meeting, max(close) AS close FROM recent GROUP BY 1
         )
-        SELECT count(*), coalesce(sum({_SCORE}), 0), coalesce(sum(power({_SCORE}, 2)), 0),
-               (SELECT date_diff('second', min(sent_at), max(sent_at)) / 86400.0 FROM recent)
-        FROM per_lead""", [model_id, organization_id, organization_id, task_type, task_type, model_id]).fetchone()
-    n, s, s2, span = row
-    return ArmStats(int(n), float(s), float(s2)), (n / span if n and span and span >= 1 else 0.0)
+        SELECT count(*), coalesce(sum({_SCORE}), 0), coalesce(sum(power({_SCORE}, 2)), 0) FROM per_lead""",
+                      {"model": model_id, "org": organization_id, "task": task_type, "before": before}).fetchone()
+    return ArmStats(int(row[0]), float(row[1]), float(row[2]))
+
+
+PLANS_DDL = """
+CREATE TABLE IF NOT EXISTS experiment_plans (
+    allocation VARCHAR PRIMARY KEY, family VARCHAR, experiment_id VARCHAR, step VARCHAR, planned_leads DOUBLE,
+    baseline_leads BIGINT, baseline_mean DOUBLE, baseline_var DOUBLE, planned_at TIMESTAMP)
+"""
+
+
+def step_plan(con: duckdb.DuckDBPyConnection, allocation: str) -> float | None:
+    """The planned leads of a step, fixed when it was first evaluated (None if not yet planned)."""
+    con.execute(PLANS_DDL)
+    row = con.execute("SELECT planned_leads FROM experiment_plans WHERE allocation = ?", [allocation]).fetchone()
+    return None if row is None else float(row[0])
+
+
+def save_step_plan(con: duckdb.DuckDBPyConnection, *, allocation: str, family: str, experiment_id: str, step: str,
+                   planned: float, champion_baseline: ArmStats) -> None:
+    con.execute(PLANS_DDL)
+    con.execute("INSERT OR IGNORE INTO experiment_plans VALUES (?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+                [allocation, family, experiment_id, step, planned, champion_baseline.n, champion_baseline.mean,
+                 champion_baseline.var])
 
 
 AB_RESULTS_DDL = """

@@ -70,6 +70,9 @@ class PolicyConfig:
     interim_share: float = 0.2  # of alpha, for the daily always-valid looks; the rest at the planned end
     primary_share: float = 0.6  # of the harm family's alpha, for the weighted score; guardrails share the rest
     tolerated_drop: float = 0.10  # a harm step moves on only if the weighted score is at most this much lower
+    harm_to_detect: float = 0.40  # planning: a harm step is sized to find a weighted score this much lower...
+    lift_to_detect: float = 0.25  # ...and the efficacy step to find it this much higher...
+    target_power: float = 0.80  # ...with this chance by the planned end
     step: str = "auto"  # "harm", "efficacy", or "auto": efficacy when every arm has the same share
     cuped: bool = True  # adjust the weighted score by the pre-experiment covariate when the arms carry one
 
@@ -86,6 +89,8 @@ class PolicyConfig:
             raise ValueError("max_cost_increase cannot be negative")
         if not 0 <= self.tolerated_drop < 1:
             raise ValueError("tolerated_drop must be in [0, 1)")
+        if not 0 < self.harm_to_detect < 1 or not self.lift_to_detect > 0 or not 0 < self.target_power < 1:
+            raise ValueError("harm_to_detect must be in (0, 1), lift_to_detect positive, target_power in (0, 1)")
 
     @property
     def interim_alpha(self) -> float:
@@ -318,8 +323,9 @@ def decide(stats: dict[str, dict[str, ArmStats]], weights: dict[str, float],
     verdicts, reasons = {}, {}
     for a in challengers:
         report = next(r for r in decision.metrics if r.arm == a and r.metric == PRIMARY)
+        adjusted = " CUPED-adjusted" if theta is not None else ""
         score = (f"weighted score {report.challenger:.4f} vs {report.champion:.4f}"
-                 + (f" ({report.relative_lift:+.1%})" if report.relative_lift is not None else ""))
+                 + (f" ({report.relative_lift:+.1%}{adjusted})" if report.relative_lift is not None else ""))
         hurt = [f"{h.label} ({how})" for h, how in harmed if h.arm == a]
         if hurt:
             verdicts[a], reasons[a] = "rollback", f"harm: {', '.join(hurt)}; {score}"
@@ -364,41 +370,58 @@ def _overall(decision: Decision, verdicts: dict[str, str], reasons: dict[str, st
     return decision
 
 
+# A step is never planned smaller than this (the normal approximations and the sample-ratio
+# check need some size), and without a usable baseline it is planned at DEFAULT_PLANNED_LEADS.
+MIN_PLANNED_LEADS = 1_000
+DEFAULT_PLANNED_LEADS = 10_000
+
+
+def _step_question(weights: dict[str, float], cfg: PolicyConfig) -> tuple[str, float, float, float, float]:
+    """(step, the change it is sized for, its test's alpha, challenger share, control share)."""
+    step = step_of(weights, cfg)
+    challengers = [a for a in weights if a != CONTROL]
+    total = sum(weights.values())
+    alpha = cfg.final_alpha * (cfg.primary_share if step == "harm" else 1) / len(challengers)
+    lift = -cfg.harm_to_detect if step == "harm" else cfg.lift_to_detect
+    return step, lift, alpha, weights[challengers[0]] / total, weights[CONTROL] / total
+
+
+def planned_leads(baseline: ArmStats, weights: dict[str, float], cfg: PolicyConfig) -> int:
+    """The leads (all arms) a step is planned for, before it starts, from the champion's weighted
+    score per lead: enough that its final test finds the change it exists for (a harm step: a
+    score ``harm_to_detect`` lower; the efficacy step: ``lift_to_detect`` higher) with
+    ``target_power``. Fixed for the step, so the planned end does not depend on its own results."""
+    step, lift, alpha, share, control = _step_question(weights, cfg)
+    if baseline.n < 100 or baseline.mean <= 0 or baseline.var <= 0:
+        return DEFAULT_PLANNED_LEADS
+    return max(MIN_PLANNED_LEADS, planning.leads_needed(mean=baseline.mean, var=baseline.var, share=share,
+                                                        control_share=control, lift=lift, alpha=alpha,
+                                                        target_power=cfg.target_power))
+
+
 @dataclass(frozen=True)
 class StepPlan:
     """What a step needs and can see, from the champion's baseline and the traffic so far."""
     step: str
     planned_leads: float
-    leads_so_far: int
+    leads_so_far: int  # reached so far (their outcomes mature later)
     leads_per_day: float | None
-    days_to_planned_end: float | None  # None without traffic to extrapolate from
-    target_lift: float  # the step's question: a drop of this much (harm) or a rise (efficacy)
+    days_to_planned_end: float | None  # days of traffic until it reaches the planned leads; None without traffic
+    change: float  # the change the step is sized for: negative at a harm step
     power_at_planned_end: float | None
-    leads_for_80pct_power: int | None
-    days_for_80pct_power: float | None
-    mde_at_planned_end: float | None  # smallest relative change found with 80% power by the planned end
-
-    def as_dict(self) -> dict[str, object]:
-        return dict(self.__dict__)
+    mde_at_planned_end: float | None  # smallest relative change found with target_power by the planned end
 
 
 def plan_step(baseline: ArmStats, weights: dict[str, float], cfg: PolicyConfig, *, leads_so_far: int = 0,
-              leads_per_day: float | None = None, target_lift: float = 0.25) -> StepPlan:
-    """Power and days for the test that ends the step: at a harm step, finding a weighted score
-    ``target_lift`` lower (one-sided, the primary's share of the final alpha); at the efficacy
-    step, finding it ``target_lift`` higher. ``baseline`` is the champion's weighted score per lead."""
-    step = step_of(weights, cfg)
-    challengers = [a for a in weights if a != CONTROL]
-    total = sum(weights.values())
-    share, control = weights[challengers[0]] / total, weights[CONTROL] / total
-    alpha = cfg.final_alpha * (cfg.primary_share if step == "harm" else 1) / len(challengers)
-    remaining = max(0.0, cfg.n_star - leads_so_far)
-    days = remaining / leads_per_day if leads_per_day else None
-    power_at = leads_80 = days_80 = mde = None
+              leads_per_day: float | None = None) -> StepPlan:
+    """Days to the planned end (``cfg.n_star``) at the current traffic, and the power and
+    detectable change of the step's final test there."""
+    step, lift, alpha, share, control = _step_question(weights, cfg)
+    days = max(0.0, cfg.n_star - leads_so_far) / leads_per_day if leads_per_day else None
+    power_at = mde = None
     if baseline.n >= 2 and baseline.mean > 0 and baseline.var > 0:
-        common = dict(mean=baseline.mean, var=baseline.var, share=share, control_share=control, alpha=alpha)
-        power_at = planning.power(n=cfg.n_star, lift=target_lift, **common)
-        leads_80 = planning.leads_needed(lift=target_lift, **common)
-        days_80 = max(0.0, leads_80 - leads_so_far) / leads_per_day if leads_per_day else None
-        mde = planning.minimum_detectable_lift(n=cfg.n_star, **common)
-    return StepPlan(step, cfg.n_star, leads_so_far, leads_per_day, days, target_lift, power_at, leads_80, days_80, mde)
+        common = dict(mean=baseline.mean, var=baseline.var, n=cfg.n_star, share=share, control_share=control,
+                      alpha=alpha)
+        power_at = planning.power(lift=lift, **common)
+        mde = planning.minimum_detectable_lift(target_power=cfg.target_power, **common)
+    return StepPlan(step, cfg.n_star, leads_so_far, leads_per_day, days, lift, power_at, mde)
