@@ -27,6 +27,24 @@ def arms(pct):
     return [Arm("challenger-model", "1.1.0", "challenger", pct), Arm("champion-model", "1.0.0", "champion", 100 - pct)]
 
 
+def test_k_arm_split_is_sticky_and_proportional():
+    """80/10/10, then both challengers at a third: each keeps its leads as its share grows."""
+    def k_arms(pct):
+        return [Arm("a", None, "challenger", pct), Arm("b", None, "challenger_2", pct),
+                Arm("c", None, "champion", 100 - 2 * pct)]
+
+    small = {lead: choose_arm(lead, "exp-k", k_arms(10)).ab_group for lead in LEADS}
+    even = {lead: choose_arm(lead, "exp-k", k_arms(100 / 3)).ab_group for lead in LEADS}
+    for groups, shares in ((small, (0.1, 0.1, 0.8)), (even, (1 / 3, 1 / 3, 1 / 3))):
+        for group, share in zip(("challenger", "challenger_2", "champion"), shares, strict=True):
+            assert abs(sum(g == group for g in groups.values()) / len(LEADS) - share) < 0.012
+    for group in ("challenger", "challenger_2"):
+        assert all(even[lead] == group for lead, g in small.items() if g == group)
+    assert small == {lead: choose_arm(lead, "exp-k", k_arms(10)).ab_group for lead in LEADS}
+    with pytest.raises(ValueError, match="at most"):
+        choose_arm("lead", "exp-k", k_arms(40))
+
+
 def test_split_is_sticky_proportional_and_monotone_when_the_share_grows():
     at10 = {lead: choose_arm(lead, "exp-1", arms(10)).ab_group for lead in LEADS}
     at50 = {lead: choose_arm(lead, "exp-1", arms(50)).ab_group for lead in LEADS}

@@ -1,7 +1,8 @@
 """Deterministic traffic split: a lead's arm follows from a hash of the lead id and the
-experiment id, so a lead stays in its arm for the whole experiment, and raising the
-challenger's share (10% -> 50% -> 100%) keeps every lead already in the challenger arm there
-(the challenger owns the lowest buckets; raising its share only adds buckets)."""
+experiment id, so a lead stays in its arm for the whole experiment, and raising a
+challenger's share (10% -> 50% -> 100%, or 10% -> 33% beside another challenger) keeps every
+lead already in that challenger's arm there (a challenger owns the lowest buckets of its slot;
+raising its share only adds buckets)."""
 
 from __future__ import annotations
 
@@ -26,16 +27,20 @@ class Arm:
 
 
 def choose_arm(lead_id: str, experiment_id: str, arms: list[Arm]) -> Arm:
-    """Challenger arms take the lowest buckets in list order; the champion takes the rest."""
+    """Each challenger owns a slot of the buckets and takes the lowest ones of it; the champion
+    takes the rest. One challenger: its slot is every bucket ([0, share)). K arms with several
+    challengers: challenger k (in list order) owns [k * 100/K, (k + 1) * 100/K), so each can grow
+    to an equal split (80/10/10 -> 34/33/33) keeping every lead it already has."""
     if not arms:
         raise ValueError("no arms to choose from")
+    challengers = [a for a in arms if a.ab_group != "champion"]
+    width = 100.0 / len(arms) if len(challengers) > 1 else 100.0
     b = bucket(lead_id, experiment_id)
-    edge = 0.0
-    for arm in arms:
-        if arm.ab_group == "champion":
-            continue
-        edge += arm.traffic_pct
-        if b < edge:
+    for k, arm in enumerate(challengers):
+        if arm.traffic_pct > width + 1e-9:
+            raise ValueError(f"{arm.ab_group} has {arm.traffic_pct:g}% of traffic; with {len(arms)} arms a "
+                             f"challenger can have at most {width:g}%")
+        if k * width <= b < k * width + arm.traffic_pct:
             return arm
     champions = [a for a in arms if a.ab_group == "champion"]
     return champions[0] if champions else arms[-1]
