@@ -237,8 +237,8 @@ def main() -> int:
           f"alpha {args.alpha}, lead affinity sigma {args.affinity_sigma} ({time.perf_counter() - started:.0f}s)")
     print("promoted at a 10/90 or 80/10/10 step = moved on to the next step; ended inconclusive at a 10/90 step "
           "= not proven harmful but more than 10% lower")
-    print(f"{'cell':16} {'method':24} {'ever promoted [95% CI] median day':38} {'ever rolled back [95% CI] median day':38}"
-          " inconclusive")
+    print(f"{'cell':16} {'method':24} {'ever promoted [95% CI] median day':38} "
+          f"{'ever rolled back [95% CI] median day':38} inconclusive")
     for cell, (result, reduction) in zip(cells, results, strict=True):
         for method in METHODS:
             ended = sum(v == "inconclusive" for v, _ in result[method]) / len(result[method])

@@ -361,7 +361,8 @@ def test_experiments_with_several_arms_from_routed_traffic(tmp_path, home):
                    WHERE l.is_mature AND m.metadata->>'allocation' = $a)
         SELECT i.ab_group, sum((SELECT count(*) FILTER (WHERE o.opened) + count(*) FILTER (WHERE o.clicked)
                                        + count(*) FILTER (WHERE o.replied)
-                                FROM outcome_labels o WHERE o.lead_id = i.lead_id AND o.sent_at < (SELECT first_sent FROM start)))
+                                FROM outcome_labels o
+                                WHERE o.lead_id = i.lead_id AND o.sent_at < (SELECT first_sent FROM start)))
         FROM inside i GROUP BY 1""", {"a": allocation}).fetchall())
     con.close()
     assert {a: stats["weighted_score"][a].n for a in arms} == expected

@@ -11,7 +11,7 @@ from statsmodels.stats.multitest import multipletests
 
 from flywheel_pipeline.core.stats import ArmStats, PolicyConfig, decide
 from flywheel_pipeline.core.stats.decisions import weighted_holm
-from flywheel_pipeline.core.stats.policy import cost_per_meeting_rise, plan_step
+from flywheel_pipeline.core.stats.policy import plan_step
 from flywheel_pipeline.core.stats.sequential import always_valid_p, one_sided
 
 W = {"challenger": 50.0, "champion": 50.0}
@@ -104,10 +104,9 @@ def test_cost_per_meeting_guardrail_needs_evidence_not_a_few_meetings():
     # 15 leads with one meeting against 160 with eight: a point estimate far above the limit, no evidence
     early = arms(15, 160, same, same)
     early["cost_per_meeting"] = {"challenger": cost_arm(15, 0.002, 1), "champion": cost_arm(160, 0.002, 16)}
-    rise, lower = cost_per_meeting_rise(early["cost_per_meeting"]["challenger"],
-                                        early["cost_per_meeting"]["champion"], PolicyConfig())
-    assert rise > 0.25 and lower < 0.25
-    assert decide(early, RAMP, PolicyConfig()).decision != "rollback"
+    cpm = next(m for m in decide(early, RAMP, PolicyConfig()).metrics if m.metric == "cost_per_meeting")
+    assert cpm.relative_lift > 0.25  # a point estimate far above the limit...
+    assert decide(early, RAMP, PolicyConfig()).decision != "rollback"  # ...is no evidence
     # no meeting in an arm yet: the ratio is undefined, reported with a note and never decisive
     none = arms(200, 200, same, same)
     none["cost_per_meeting"] = {"challenger": cost_arm(200, 0.002, 0), "champion": cost_arm(200, 0.002, 20)}

@@ -203,7 +203,8 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
              "reason"], summary)),
         "plan": dg.MetadataValue.md(md_table(
             ["family", "step", "leads reached / planned", "new leads a day", "days of traffic to planned end",
-             "sized to find", "power for it at planned end", f"detectable at planned end ({config.target_power:.0%} power)",
+             "sized to find", "power for it at planned end",
+             f"detectable at planned end ({config.target_power:.0%} power)",
              "CUPED variance reduction"], plans)),
         "metrics": dg.MetadataValue.md(md_table(
             ["family", "arm", "metric", "challenger", "champion", "lift", "always-valid CI", "Holm p", "P(win)"],

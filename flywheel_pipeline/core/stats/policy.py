@@ -44,7 +44,7 @@ from flywheel_pipeline.core.stats import cuped, planning
 from flywheel_pipeline.core.stats.decisions import gaussian_bayes, holm, sample_ratio_mismatch, weighted_holm
 from flywheel_pipeline.core.stats.frequentist import (Moments, check_alpha, fisher_exact, needs_exact_test,
                                                       null_pooled_z, ratio_diff, ratio_mean_and_var, welch_test)
-from flywheel_pipeline.core.stats.sequential import always_valid_p, cs_radius, one_sided, sequential_test
+from flywheel_pipeline.core.stats.sequential import always_valid_p, one_sided, sequential_test
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
 CONTROL = "champion"
@@ -174,19 +174,6 @@ def _report(name: str, arm: str, t: ArmStats, c: ArmStats, cfg: PolicyConfig, th
                         seq.ci_low, seq.ci_high, bayes.chance_to_win, bayes.expected_loss, exact, arm=arm)
 
 
-def cost_per_meeting_rise(t: ArmStats, c: ArmStats, cfg: PolicyConfig) -> tuple[float, float] | None:
-    """Relative change of cost per meeting (challenger / champion - 1) and its always-valid lower
-    bound (asymptotic confidence sequence on the log ratio, delta method); None before both arms
-    have meetings and costs."""
-    z = _cost_rise_z(t, c, cfg)
-    if z is None:
-        return None
-    log_ratio, se, _ = z
-    n = t.n + c.n
-    radius = cs_radius(n, se * math.sqrt(n), cfg.alpha, cfg.n_star)
-    return math.exp(log_ratio) - 1, math.exp(log_ratio - radius) - 1
-
-
 def _cost_rise_z(t: ArmStats, c: ArmStats, cfg: PolicyConfig) -> tuple[float, float, float] | None:
     """(log ratio of cost per meeting, its standard error, z against the allowed rise)."""
     if t.n < 2 or c.n < 2 or not t.sum_x or not c.sum_x:
@@ -217,33 +204,39 @@ def _interim_p(z: float, n: int, worse_is_up: bool, cfg: PolicyConfig) -> float:
     return one_sided(always_valid_p(z, n, cfg.interim_alpha, cfg.n_star), z > 0 if worse_is_up else z < 0)
 
 
+def _upper_tail_p(name: str, t: ArmStats, c: ArmStats, z: float) -> float:
+    """Fixed-horizon one-sided p-value that the challenger's rate is higher: Fisher's exact test
+    for a proportion with small expected counts, else the pooled z."""
+    if name in PROPORTIONS and needs_exact_test(int(t.sum_y), t.n, int(c.sum_y), c.n):
+        return fisher_exact(int(t.sum_y), t.n, int(c.sum_y), c.n, alternative="greater")
+    return float(special.ndtr(-z))
+
+
 def _harm_hypotheses(arm: str, stats: dict[str, dict[str, ArmStats]], cfg: PolicyConfig,
                      theta: float | None, final: bool) -> list[_Hypothesis]:
-    """The one-sided harm tests of one challenger, with their shares of the family's alpha."""
+    """The one-sided harm tests of one challenger, each with its share of the family's alpha (the
+    weighted score ``primary_share``, the guardrails the rest) and, at the planned end, its
+    fixed-horizon p-value."""
     t, c = stats[PRIMARY][arm], stats[PRIMARY][CONTROL]
-    z, n = _pooled_primary(t, c, theta)
-    tests = [("weighted score lower", z, n, False, lambda: special.ndtr(z))]
+    n = t.n + c.n
+    z, _ = _pooled_primary(t, c, theta)
+    guards = []
     for name in GUARDRAILS:
-        if name not in stats:
-            continue
-        gt, gc = stats[name][arm], stats[name][CONTROL]
-        gz = null_pooled_z(Moments.of(gt), Moments.of(gc), (gt + gc).var)
-
-        def exact(name=name, gt=gt, gc=gc, gz=gz) -> float:
-            if name in PROPORTIONS and needs_exact_test(int(gt.sum_y), gt.n, int(gc.sum_y), gc.n):
-                return fisher_exact(int(gt.sum_y), gt.n, int(gc.sum_y), gc.n, alternative="greater")
-            return float(special.ndtr(-gz))
-        tests.append((f"{name} higher", gz, gt.n + gc.n, True, exact))
-    if COST_PER_MEETING in stats:
-        rise = _cost_rise_z(stats[COST_PER_MEETING][arm], stats[COST_PER_MEETING][CONTROL], cfg)
-        if rise is not None:
-            cz = rise[2]
-            tests.append((f"cost_per_meeting up {math.expm1(rise[0]):+.0%} (limit {cfg.max_cost_increase:+.0%})",
-                          cz, t.n + c.n, True, lambda cz=cz: float(special.ndtr(-cz))))
-    guard_weight = (1 - cfg.primary_share) / (len(tests) - 1) if len(tests) > 1 else 0.0
-    return [_Hypothesis(arm, label, cfg.primary_share if i == 0 else guard_weight,
-                        _interim_p(tz, tn, up, cfg), float(final_p()) if final else 1.0)
-            for i, (label, tz, tn, up, final_p) in enumerate(tests)]
+        if name in stats:
+            gt, gc = stats[name][arm], stats[name][CONTROL]
+            gz = null_pooled_z(Moments.of(gt), Moments.of(gc), (gt + gc).var)
+            guards.append((f"{name} higher", _interim_p(gz, n, True, cfg),
+                           _upper_tail_p(name, gt, gc, gz) if final else 1.0))
+    rise = (_cost_rise_z(stats[COST_PER_MEETING][arm], stats[COST_PER_MEETING][CONTROL], cfg)
+            if COST_PER_MEETING in stats else None)
+    if rise is not None:
+        log_ratio, _, cz = rise
+        guards.append((f"cost_per_meeting up {math.expm1(log_ratio):+.0%} (limit {cfg.max_cost_increase:+.0%})",
+                       _interim_p(cz, n, True, cfg), float(special.ndtr(-cz)) if final else 1.0))
+    share = (1 - cfg.primary_share) / len(guards) if guards else 0.0
+    return ([_Hypothesis(arm, "weighted score lower", cfg.primary_share, _interim_p(z, n, False, cfg),
+                         float(special.ndtr(z)) if final else 1.0)]
+            + [_Hypothesis(arm, label, share, p_interim, p_final) for label, p_interim, p_final in guards])
 
 
 def _family(hypotheses: list[_Hypothesis], alpha_interim: float, alpha_final: float) -> list[tuple[_Hypothesis, str]]:
@@ -309,15 +302,15 @@ def decide(stats: dict[str, dict[str, ArmStats]], weights: dict[str, float],
         return _overall(decision, {a: "inconclusive" for a in challengers}, {a: reason for a in challengers})
 
     final = decision.final = total >= cfg.n_star
-    k = len(challengers)
+    # one family of harm tests over all challengers, one of "better" tests: weighted Holm shares
+    # each family's alpha in proportion to the weights, so challengers share it equally
     harm = [h for a in challengers for h in _harm_hypotheses(a, stats, cfg, theta, final)]
-    harm = [_Hypothesis(h.arm, h.label, h.weight / k, h.p_interim, h.p_final) for h in harm]
     harmed = _family(harm, cfg.interim_alpha, cfg.final_alpha)
     better = []
     if step == "efficacy":
         for a in challengers:
             z, n = _pooled_primary(primary[a], primary[CONTROL], theta)
-            better.append(_Hypothesis(a, "weighted score higher", 1 / k, _interim_p(z, n, True, cfg),
+            better.append(_Hypothesis(a, "weighted score higher", 1.0, _interim_p(z, n, True, cfg),
                                       float(special.ndtr(-z)) if final else 1.0))
     won = {h.arm: how for h, how in _family(better, cfg.interim_alpha, cfg.final_alpha)}
     verdicts, reasons = {}, {}
