@@ -58,11 +58,13 @@ routed AS (
     FROM per_lead p LEFT JOIN pre USING (lead_id)
 )
 SELECT arm, count(*) AS n,
-       sum(reply), sum(positive), sum(meeting), sum(close), sum(negative), sum(unsub),
-       sum(score), sum(score * score),
-       sum(revenue), sum(revenue * revenue), sum(msgs), sum(msgs * msgs), sum(revenue * msgs), sum(cost),
-       sum(quality), sum(quality * quality), sum(cost * cost), sum(cost * meeting),
-       sum(x), sum(x * x), sum(x * score)
+       sum(reply) AS reply_rate, sum(positive) AS positive_reply_rate, sum(meeting) AS meeting_rate,
+       sum(close) AS close_rate, sum(negative) AS negative_reply_rate, sum(unsub) AS unsubscribe_rate,
+       sum(score) AS score, sum(score * score) AS score2, sum(x) AS x, sum(x * x) AS x2, sum(x * score) AS x_score,
+       sum(revenue) AS revenue, sum(revenue * revenue) AS revenue2, sum(msgs) AS msgs, sum(msgs * msgs) AS msgs2,
+       sum(revenue * msgs) AS revenue_msgs, sum(cost) AS cost, sum(cost * cost) AS cost2,
+       sum(cost * meeting) AS cost_meeting,
+       sum(quality) AS quality, sum(quality * quality) AS quality2
 FROM scored GROUP BY arm
 """
 
@@ -96,23 +98,28 @@ def arm_statistics(con: duckdb.DuckDBPyConnection, arms: dict[str, str],
     """``stats[metric][arm]`` for the arms {ab_group: model_id} (one of them ``champion``)."""
     values, params = _arms_sql(arms)
     sql = _PER_LEAD.format(arms=values, score=_SCORE).replace("$allocation", "?")
-    rows = {r[0]: r[1:] for r in con.execute(sql, params + [allocation] * 4).fetchall()}
+    cursor = con.execute(sql, params + [allocation] * 4)
+    columns = [d[0] for d in cursor.description]
+    rows = {row[0]: dict(zip(columns, row)) for row in cursor.fetchall()}
     stats: dict[str, dict[str, ArmStats]] = {}
     for arm in arms:
-        r = rows.get(arm) or (0,) + (0.0,) * 22
-        n = int(r[0])
-        for i, name in enumerate(PROPORTION_COLUMNS):
-            stats.setdefault(name, {})[arm] = ArmStats.proportion(n, int(r[1 + i]))
+        r = {k: float(v or 0) for k, v in rows.get(arm, {}).items() if k != "arm"}
+        n = int(r.get("n", 0))
+
+        def s(*names: str, r: dict[str, float] = r) -> list[float]:
+            return [r.get(name, 0.0) for name in names]
+
+        for name in PROPORTION_COLUMNS:
+            stats.setdefault(name, {})[arm] = ArmStats.proportion(n, int(r.get(name, 0)))
         # the weighted score with the lead's pre-experiment engagement as CUPED covariate
-        stats.setdefault(PRIMARY, {})[arm] = ArmStats(n, float(r[7]), float(r[8]), float(r[19]), float(r[20]),
-                                                      float(r[21]))
-        stats.setdefault("revenue_per_lead", {})[arm] = ArmStats(n, float(r[9]), float(r[10]))
-        stats.setdefault("revenue_per_message", {})[arm] = ArmStats(n, float(r[9]), float(r[10]), float(r[11]),
-                                                                    float(r[12]), float(r[13]))
-        # cost per meeting as a ratio metric per lead: y = generation cost, x = meeting (0/1)
-        stats.setdefault(COST_PER_MEETING, {})[arm] = ArmStats(n, float(r[14]), float(r[17]), float(r[3]),
-                                                              float(r[3]), float(r[18]))
-        stats.setdefault("quality_score", {})[arm] = ArmStats(n, float(r[15]), float(r[16]))
+        stats.setdefault(PRIMARY, {})[arm] = ArmStats(n, *s("score", "score2", "x", "x2", "x_score"))
+        stats.setdefault("revenue_per_lead", {})[arm] = ArmStats(n, *s("revenue", "revenue2"))
+        stats.setdefault("revenue_per_message", {})[arm] = ArmStats(
+            n, *s("revenue", "revenue2", "msgs", "msgs2", "revenue_msgs"))
+        # cost per meeting as a ratio metric per lead: y = generation cost, x = meeting (0/1, so x2 = x)
+        stats.setdefault(COST_PER_MEETING, {})[arm] = ArmStats(
+            n, *s("cost", "cost2", "meeting_rate", "meeting_rate", "cost_meeting"))
+        stats.setdefault("quality_score", {})[arm] = ArmStats(n, *s("quality", "quality2"))
     return stats
 
 

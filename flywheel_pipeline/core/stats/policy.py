@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 from scipy import special
 
@@ -57,7 +58,8 @@ RATIOS = ("revenue_per_message", COST_PER_MEETING)
 PROPORTIONS = ("reply_rate", "positive_reply_rate", "meeting_rate", "close_rate", "negative_reply_rate",
                "unsubscribe_rate")
 GUARDRAILS = ("negative_reply_rate", "unsubscribe_rate")
-VERDICTS = ("promote", "rollback", "continue", "inconclusive")
+Verdict = Literal["promote", "rollback", "continue", "inconclusive"]
+Step = Literal["harm", "efficacy"]
 STEPS = ("auto", "harm", "efficacy")
 
 
@@ -123,14 +125,14 @@ class MetricResult:
 
 @dataclass
 class Decision:
-    decision: str  # the overall verdict (the challenger's, with one challenger)
+    decision: Verdict  # the overall verdict (the challenger's, with one challenger)
     reason: str
     srm_p_value: float
     leads: dict[str, int]
     metrics: list[MetricResult] = field(default_factory=list)
-    arms: dict[str, str] = field(default_factory=dict)  # verdict per challenger
+    arms: dict[str, Verdict] = field(default_factory=dict)  # verdict per challenger
     reasons: dict[str, str] = field(default_factory=dict)  # reason per challenger
-    step: str = "harm"
+    step: Step = "harm"
     final: bool = False  # the step's planned size is reached: this verdict ends the step
     variance_reduction: float | None = None  # CUPED on the weighted score (share of variance removed)
 
@@ -250,7 +252,7 @@ def _family(hypotheses: list[_Hypothesis], alpha_interim: float, alpha_final: fl
             for h, i, f in zip(hypotheses, interim, final, strict=True) if i or f]
 
 
-def step_of(weights: dict[str, float], cfg: PolicyConfig) -> str:
+def step_of(weights: dict[str, float], cfg: PolicyConfig) -> Step:
     if cfg.step != "auto":
         return cfg.step
     shares = list(weights.values())
