@@ -146,9 +146,10 @@ def _evaluate(con, family: str, spec: dict, config: AbTestConfig, log) -> tuple[
         key = allocation or f"{spec['experiment_id']}@all"
         n_star = step_plan(con, key)
         if n_star is None:
-            n_star = planned_leads(champion, weights, config.policy(DEFAULT_PLANNED_LEADS))
+            unplanned = config.policy(DEFAULT_PLANNED_LEADS)
+            n_star = planned_leads(champion, weights, unplanned)
             save_step_plan(con, allocation=key, family=family, experiment_id=spec["experiment_id"],
-                           step=step_of(weights, config.policy(n_star)), planned=n_star, champion_baseline=champion)
+                           step=step_of(weights, unplanned), planned=n_star, champion_baseline=champion)
     policy = config.policy(n_star)
     decision = decide(arm_statistics(con, arms, allocation), weights, policy)
     reached, rate = traffic(con, arms, allocation)
