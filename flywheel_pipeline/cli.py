@@ -109,11 +109,17 @@ def run_job(job_name: str, run_config: dict | None = None, log_level: str = "INF
 
     from flywheel_pipeline.definitions import defs
 
+    from flywheel_pipeline.defs.resources import WAREHOUSE_POOL
+    from flywheel_pipeline.run_guard import process_tags, reap_dead_runs, wait_for_pool
+
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
     with dg.DagsterInstance.get() as instance:
+        # a run whose process was killed keeps its pool slot: free it before waiting for one
+        reap_dead_runs(instance, _print)
+        wait_for_pool(instance, WAREHOUSE_POOL, _print)
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, run_config=run_config, raise_on_error=False,
-            tags={"flywheel/trigger": "cli"})
+            tags={"flywheel/trigger": "cli", **process_tags()})
         _print(f"Dagster run {result.run_id} of job {job_name} ({'succeeded' if result.success else 'FAILED'}), "
                f"recorded in DAGSTER_HOME={home}")
         if not result.success:
@@ -448,9 +454,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; Ctrl-C or SIGTERM stops it cleanly (a Dagster run in progress is
+    interrupted at its next step boundary and recorded as failed) with exit status 130."""
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"flywheel {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
