@@ -367,13 +367,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def bind_refusal(host: str, settings, *, allow_unauthenticated: bool) -> str | None:
+    """Why `flywheel serve` must not listen on ``host``: a non-loopback address while an enabled
+    route accepts unauthenticated requests (None: it may)."""
     import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    open_routes = settings.unverified_sources()
+    if loopback or not open_routes or allow_unauthenticated:
+        return None
+    return (f"refusing to listen on {host}: these enabled routes accept unauthenticated requests: "
+            f"{', '.join(open_routes)} (configure their secrets or FLYWHEEL_API_KEYS, switch them off with "
+            "FLYWHEEL_DISABLED_ROUTES, or pass --allow-unauthenticated)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
     from flywheel_pipeline.service.app import create_app
+    from flywheel_pipeline.service.server import serve
     from flywheel_pipeline.service.settings import ServiceSettings
 
     try:
@@ -381,18 +396,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"flywheel serve: bad configuration: {exc}", file=sys.stderr)
         return 2
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback and not settings.api_keys and not args.allow_unauthenticated:
-        print(f"flywheel serve: refusing to listen on {args.host} with no FLYWHEEL_API_KEYS: anyone could post "
-              "messages and replies (set the keys, or pass --allow-unauthenticated)", file=sys.stderr)
+    refusal = bind_refusal(args.host, settings, allow_unauthenticated=args.allow_unauthenticated)
+    if refusal:
+        print(f"flywheel serve: {refusal}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _print(f"flywheel serve: landing zone {settings.landing}, http://{args.host}:{args.port}")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level.lower(),
-                timeout_graceful_shutdown=10)
+    try:
+        serve(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level.lower())
+    except KeyboardInterrupt:
+        pass  # uvicorn shut down gracefully (segments sealed), then re-raised the signal
     return 0
 
 
@@ -449,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--allow-unauthenticated", action="store_true",
-                   help="listen beyond loopback without FLYWHEEL_API_KEYS")
+                   help="listen beyond loopback although some enabled route accepts unauthenticated requests")
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -465,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
     import threading
 
     args = build_parser().parse_args(argv)
+    # everything the flywheel writes (landing, warehouse, exports, MLflow, Dagster storage) holds
+    # personal data: readable by the owner only, in this process and the ones it starts
+    os.umask(0o077)
     previous = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _interrupt)

@@ -5,7 +5,8 @@
                                        leaderboard files beside it
 ``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
                                        shows it); unset = events accepted unsigned
-``FLYWHEEL_SENDGRID_MAX_AGE_S``        timestamp tolerance, default 600; 0 disables the check
+``FLYWHEEL_SENDGRID_MAX_AGE_S``        timestamp tolerance, default 300 (as Stripe and HubSpot);
+                                       0 disables the check (a non-finite timestamp is always refused)
 ``FLYWHEEL_HUBSPOT_CLIENT_SECRET``     the HubSpot app's client secret (signature v3)
 ``FLYWHEEL_HUBSPOT_ACCESS_TOKEN``      token for reading deals/meetings/contacts (HubSpot's
                                        webhooks carry ids only); unset = no enrichment
@@ -25,6 +26,11 @@
 ``FLYWHEEL_MAX_BODY_BYTES``            default 4 MiB
 ``FLYWHEEL_SEGMENT_MAX_BYTES`` / ``FLYWHEEL_SEGMENT_MAX_AGE_S`` / ``FLYWHEEL_FSYNC_INTERVAL_S``
                                        landing segment rotation (8 MiB / 60 s) and fsync cadence (1 s)
+``FLYWHEEL_DISABLED_ROUTES``           routes switched off (404): any of ``sendgrid``, ``hubspot``,
+                                       ``pipedrive``, ``messages``, ``replies``, ``route``, ``leaderboard``
+``FLYWHEEL_HEADER_TIMEOUT_S``          a connection's request line and headers must arrive within it (10 s)
+``FLYWHEEL_BODY_TIMEOUT_S``            a request's body must arrive within it (30 s; 408 ``body_timeout``)
+``FLYWHEEL_MAX_CONNECTIONS``           concurrent connections and requests; beyond it 503 (default 200)
 =====================================  =========================================================
 """
 
@@ -34,9 +40,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from flywheel_pipeline import paths
+from flywheel_pipeline.core.signatures import load_sendgrid_public_key
+
+# the routes that can be switched off (FLYWHEEL_DISABLED_ROUTES); /healthz and /metrics cannot
+ROUTES = ("sendgrid", "hubspot", "pipedrive", "messages", "replies", "route", "leaderboard")
 
 
 def _csv(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -63,7 +73,7 @@ class ServiceSettings(BaseModel):
     landing: Path
     home: Path
     sendgrid_public_key: str | None = None
-    sendgrid_max_age_s: float = Field(600.0, ge=0)
+    sendgrid_max_age_s: float = Field(300.0, ge=0, allow_inf_nan=False)
     hubspot_client_secret: SecretStr | None = None
     hubspot_access_token: SecretStr | None = None
     hubspot_api_base: str = "https://api.hubapi.com"
@@ -82,6 +92,29 @@ class ServiceSettings(BaseModel):
     segment_max_bytes: int = Field(8 << 20, ge=0)
     segment_max_age_s: float = Field(60.0, ge=0)
     fsync_interval_s: float = Field(1.0, ge=0)
+    disabled_routes: tuple[str, ...] = ()
+    header_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+    body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
+    max_connections: int = Field(200, ge=1)
+
+    @field_validator("sendgrid_public_key")
+    @classmethod
+    def _valid_sendgrid_key(cls, value: str | None) -> str | None:
+        if value:
+            load_sendgrid_public_key(value)  # ValueError: a configuration error, said at start
+        return value
+
+    @field_validator("disabled_routes")
+    @classmethod
+    def _known_routes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(value) - set(ROUTES)
+        if unknown:
+            raise ValueError(f"FLYWHEEL_DISABLED_ROUTES: unknown route(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(ROUTES)}")
+        return value
+
+    def enabled(self, route: str) -> bool:
+        return route not in self.disabled_routes
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -103,26 +136,26 @@ class ServiceSettings(BaseModel):
                   "pipedrive_message_id_field": "PIPEDRIVE_MESSAGE_ID_FIELD",
                   "default_model": "DEFAULT_MODEL", "rate_limit_per_minute": "RATE_LIMIT_PER_MINUTE",
                   "max_body_bytes": "MAX_BODY_BYTES", "segment_max_bytes": "SEGMENT_MAX_BYTES",
-                  "segment_max_age_s": "SEGMENT_MAX_AGE_S", "fsync_interval_s": "FSYNC_INTERVAL_S"}
+                  "segment_max_age_s": "SEGMENT_MAX_AGE_S", "fsync_interval_s": "FSYNC_INTERVAL_S",
+                  "header_timeout_s": "HEADER_TIMEOUT_S", "body_timeout_s": "BODY_TIMEOUT_S",
+                  "max_connections": "MAX_CONNECTIONS"}
         for field, name in scalar.items():
             if (value := get(name)) is not None:
                 values[field] = value
         for field, name in (("hubspot_won_stages", "HUBSPOT_WON_STAGES"),
                             ("hubspot_lost_stages", "HUBSPOT_LOST_STAGES"),
-                            ("message_id_domains", "MESSAGE_ID_DOMAINS")):
+                            ("message_id_domains", "MESSAGE_ID_DOMAINS"),
+                            ("disabled_routes", "DISABLED_ROUTES")):
             if (value := get(name)) is not None:
                 values[field] = _csv(value)
         return cls(**values)
 
     def unverified_sources(self) -> list[str]:
-        """Webhook sources accepted without a signature or credentials (said at start and in /healthz)."""
-        out = []
-        if not self.sendgrid_public_key:
-            out.append("sendgrid")
-        if self.hubspot_client_secret is None:
-            out.append("hubspot")
-        if not (self.pipedrive_user and self.pipedrive_password):
-            out.append("pipedrive")
-        if not self.api_keys:
-            out.append("messages/replies (no FLYWHEEL_API_KEYS)")
-        return out
+        """Enabled routes that accept requests without a signature, credentials or API key (said
+        at start and in /healthz; a non-loopback bind refuses to start while there is one)."""
+        unauthenticated = {"sendgrid": not self.sendgrid_public_key,
+                           "hubspot": self.hubspot_client_secret is None,
+                           "pipedrive": not (self.pipedrive_user and self.pipedrive_password),
+                           "messages": not self.api_keys, "replies": not self.api_keys,
+                           "route": not self.api_keys, "leaderboard": not self.api_keys}
+        return [route for route in ROUTES if unauthenticated[route] and self.enabled(route)]

@@ -1,0 +1,77 @@
+"""Running the ingestion service under uvicorn with timeouts and limits.
+
+* Header read timeout (``header_timeout_s``): a connection whose request line and headers are
+  not complete within it, from when it opens or from its previous response, is closed (one
+  log line), so slow or idle connections cannot pile up (uvicorn itself only times out idle
+  keep-alive connections, and only until their first byte).
+* Body read timeout (``body_timeout_s``): in the app, 408 ``body_timeout`` (service/app.py).
+* Concurrency limit (``max_connections``): uvicorn's ``limit_concurrency``: beyond it new
+  requests get a 503 (plain text, from uvicorn) and may retry.
+* A client that disconnects mid-body is one log line (service/app.py), not a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from flywheel_pipeline.service.settings import ServiceSettings
+
+log = logging.getLogger("flywheel.service")
+
+
+class HeaderTimeoutH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing connections that do not send a request's headers in time."""
+
+    header_timeout_s: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        in_progress = self.cycle is not None and not self.cycle.response_complete
+        if in_progress or self.transport.is_closing():
+            return  # this request's headers arrived; it is served (the body has its own timeout)
+        client = "%s:%d" % self.client if self.client else "unknown"
+        log.warning("closed connection from %s: no complete request headers within %gs", client,
+                 self.header_timeout_s)
+        self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def protocol_for(settings: ServiceSettings) -> type[HeaderTimeoutH11Protocol]:
+    return type("ConfiguredH11Protocol", (HeaderTimeoutH11Protocol,), {"header_timeout_s": settings.header_timeout_s})
+
+
+def uvicorn_config(app, settings: ServiceSettings, *, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol_for(settings),
+                          limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+                          timeout_graceful_shutdown=10)
+
+
+def serve(app, settings: ServiceSettings, *, host: str, port: int, log_level: str = "info") -> None:
+    uvicorn.Server(uvicorn_config(app, settings, host=host, port=port, log_level=log_level)).run()
