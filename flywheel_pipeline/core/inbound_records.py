@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 from flywheel_pipeline.core.strict_json import canonical_id
-from flywheel_pipeline.core.timestamps import TimestampError, parse_iso, parse_unix_seconds
+from flywheel_pipeline.core.timestamps import TimestampError, parse_iso, parse_unix_seconds, unix_range
 
 _MSG_ID = re.compile(r"<([^<>@\s]+)@([^<>\s]+)>")
 
@@ -103,18 +103,30 @@ def message_id_from_headers(headers: Mapping[str, Any], domains: Iterable[str] |
     return None
 
 
-def check_sendgrid_event(event: Any) -> None:
-    """One element of a SendGrid Event Webhook array: an object whose ids are text (integers
+def check_sendgrid_events(events: list[Any]) -> None:
+    """The elements of a SendGrid Event Webhook array: objects whose ids are text (integers
     replaced by their text) and whose ``timestamp`` is unix seconds under the shared policy.
-    Other fields land as sent; ingestion checks the event type and attribution."""
-    if not isinstance(event, dict):
-        raise RecordError("not an event object")
-    _ids(event, ("sg_event_id",), ("message_id", "sg_message_id"))
-    if not isinstance(event.get("event"), str) or not event["event"]:
-        raise RecordError("event must be the event type's name")
-    if event.get("timestamp") is None:
-        raise RecordError("missing timestamp")
-    try:
-        parse_unix_seconds(event["timestamp"], "timestamp")
-    except TimestampError as exc:
-        raise RecordError(str(exc)) from exc
+    Other fields land as sent; ingestion checks the event type and attribution. Raises
+    RecordError naming the first bad event (the common case is checked inline: this runs for
+    every event the service takes)."""
+    earliest, latest = unix_range()
+    for i, event in enumerate(events):
+        if not isinstance(event, dict):
+            raise RecordError(f"event {i}: not an event object")
+        if not (type(event.get("sg_event_id")) is str and type(event.get("message_id", "")) is str
+                and type(event.get("sg_message_id", "")) is str):
+            try:
+                _ids(event, ("sg_event_id",), ("message_id", "sg_message_id"))
+            except RecordError as exc:
+                raise RecordError(f"event {i}: {exc}") from exc
+        if type(event.get("event")) is not str or not event["event"]:
+            raise RecordError(f"event {i}: event must be the event type's name")
+        ts = event.get("timestamp")
+        if type(ts) is int and earliest <= ts <= latest:
+            continue
+        if ts is None:
+            raise RecordError(f"event {i}: missing timestamp")
+        try:
+            parse_unix_seconds(ts, "timestamp")
+        except TimestampError as exc:
+            raise RecordError(f"event {i}: {exc}") from exc

@@ -6,8 +6,8 @@ What enters (:func:`loads`) and what is written (:func:`dumps`) follow RFC 8259 
   holding a lone surrogate escape (``"\\ud800"``) is refused: it cannot be written as UTF-8;
 * ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON and are refused, and so is a number
   that overflows to infinity (``1e400``);
-* integers are at most 64 bits (|n| < 2**63, what the warehouse's BIGINT holds); longer ones
-  are refused before Python spends time converting them;
+* integers are at most 64 bits (|n| < 2**63, what the warehouse's BIGINT holds); Python's own
+  limit (4,300 digits) bounds the time a huge literal can cost;
 * nesting is at most :data:`MAX_DEPTH` levels (arrays and objects), so a ``[`` x 100,000 body
   is a clear refusal, not a recursion error.
 
@@ -21,12 +21,12 @@ from __future__ import annotations
 import json
 import math
 import re
+from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
 MAX_DEPTH = 32
 INT_LIMIT = 2**63
-# a run of more digits than any 64-bit integer has (19): refused before int() converts it
-_LONG_DIGITS = re.compile(rb"\d{20,}")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class JsonRefused(ValueError):
@@ -46,8 +46,11 @@ def _float(text: str) -> float:
     return value
 
 
+_DECODER = json.JSONDecoder(parse_constant=_constant, parse_float=_float)
+
+
 def _check_tree(value: Any) -> None:
-    """Depth and integer range, in one iterative pass over the containers."""
+    """Nesting depth and the 64-bit integer range, in one iterative pass over the containers."""
     stack = [(value, 1)]
     while stack:
         node, depth = stack.pop()
@@ -57,15 +60,13 @@ def _check_tree(value: Any) -> None:
             kind = type(item)
             if kind is dict or kind is list:
                 stack.append((item, depth + 1))
-            elif kind is int and not -INT_LIMIT < item < INT_LIMIT:
+            elif kind is int and not -INT_LIMIT <= item < INT_LIMIT:
                 raise JsonRefused("invalid_number", "integer beyond 64 bits")
 
 
 def loads(raw: bytes | str) -> Any:
     """Parse one JSON document under the policy above; raises :class:`JsonRefused`."""
     if isinstance(raw, bytes):
-        if _LONG_DIGITS.search(raw) and _long_number(raw):
-            raise JsonRefused("invalid_number", "integer beyond 64 bits")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -73,40 +74,21 @@ def loads(raw: bytes | str) -> Any:
     else:
         text = raw
     try:
-        value = json.loads(text, parse_constant=_constant, parse_float=_float)
+        value = _DECODER.decode(text)
     except JsonRefused:
         raise
     except RecursionError as exc:
         raise JsonRefused("too_deep", f"JSON nested deeper than {MAX_DEPTH} levels") from exc
-    except ValueError as exc:  # JSONDecodeError, and int() refusing a huge literal
+    except ValueError as exc:
+        if "integer string conversion" in str(exc):  # Python's own limit (4,300 digits)
+            raise JsonRefused("invalid_number", "integer beyond 64 bits") from exc
         raise JsonRefused("malformed_json", f"body is not JSON: {exc}") from exc
     if type(value) is dict or type(value) is list:
         _check_tree(value)
-    if "\\" in text and _has_lone_surrogate(value):
+    # a lone surrogate can only come from a \udXXX escape (the text itself is valid UTF-8)
+    if "\\u" in text and _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(value):
         raise JsonRefused("malformed_json", "a string holds a lone UTF-16 surrogate (\\ud800-\\udfff)")
     return value
-
-
-def _long_number(raw: bytes) -> bool:
-    """Is one of the long digit runs a number (not inside a string)? Parsing tells exactly:
-    a document whose long runs are all inside strings parses with integers bounded below."""
-    try:
-        json.loads(raw, parse_int=_bounded_int, parse_constant=lambda name: None)
-    except _TooLong:
-        return True
-    except (ValueError, RecursionError):
-        return False  # refused later for its own reason
-    return False
-
-
-class _TooLong(Exception):
-    pass
-
-
-def _bounded_int(text: str) -> int:
-    if len(text.lstrip("-")) > 19:
-        raise _TooLong
-    return int(text)
 
 
 def _has_lone_surrogate(value: Any) -> bool:
@@ -127,9 +109,23 @@ def _has_lone_surrogate(value: Any) -> bool:
     return False
 
 
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# CPython's C encoder built once: JSONEncoder.encode builds one per call, which is half the
+# cost of a small record (the service encodes every event it lands). No cycle check: the values
+# come from parsed JSON.
+_C_ENCODE = (c_make_encoder(None, _not_json, c_encode_basestring, None, ":", ",", False, False, False)
+             if c_make_encoder is not None and c_encode_basestring is not None else None)
+
+
 def dumps(value: Any) -> str:
     """Compact JSON text; NaN and Infinity raise ValueError (never written)."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    if _C_ENCODE is not None and type(value) is dict:
+        return "".join(_C_ENCODE(value, 0))
+    return _ENCODER.encode(value)
 
 
 def canonical_id(value: Any, name: str) -> str:

@@ -52,6 +52,11 @@ def parse_iso(value: Any, name: str, *, received: datetime | None = None) -> dat
     return _in_range(ts, name, received)
 
 
+def unix_range(received: datetime | None = None) -> tuple[float, float]:
+    """The plausible range as unix seconds (for checking many timestamps of one request)."""
+    return EARLIEST.timestamp(), (received or datetime.now(timezone.utc)).timestamp() + MAX_FUTURE.total_seconds()
+
+
 def parse_unix_seconds(value: Any, name: str, *, received: datetime | None = None) -> datetime:
     """Unix seconds (a JSON number, or its text) under the policy, as an aware UTC datetime."""
     if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -62,7 +67,8 @@ def parse_unix_seconds(value: Any, name: str, *, received: datetime | None = Non
         raise TimestampError(f"invalid {name}: not unix seconds ({str(value)[:60]!r})") from exc
     if not math.isfinite(seconds):
         raise TimestampError(f"invalid {name}: not a finite number ({str(value)[:60]!r})")
-    if not EARLIEST.timestamp() <= seconds <= (received or datetime.now(timezone.utc)).timestamp() + 86400:
+    earliest, latest = unix_range(received)
+    if not earliest <= seconds <= latest:
         raise TimestampError(f"invalid {name}: {seconds:.0f} is before {EARLIEST.date()} or more than a day "
                              "in the future")
     return datetime.fromtimestamp(seconds, tz=timezone.utc)

@@ -35,7 +35,7 @@ from starlette.requests import ClientDisconnect
 
 from flywheel_pipeline.core.crm_webhooks import Normalized, PayloadError, hubspot_facts, pipedrive_facts
 from flywheel_pipeline.core import strict_json
-from flywheel_pipeline.core.inbound_records import RecordError, check_message, check_reply, check_sendgrid_event
+from flywheel_pipeline.core.inbound_records import RecordError, check_message, check_reply, check_sendgrid_events
 from flywheel_pipeline.core.signatures import (hubspot_signed_uri, load_sendgrid_public_key, verify_hubspot_v3,
                                                verify_sendgrid)
 from flywheel_pipeline.routing import choose_model
@@ -258,11 +258,10 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
         for i, event in enumerate(events):
             if not isinstance(event, dict):
                 raise Rejected(400, "wrong_shape", f"element {i} is not an event object")
-        for i, event in enumerate(events):
-            try:
-                check_sendgrid_event(event)
-            except RecordError as exc:
-                raise Rejected(400, "invalid_record", f"event {i}: {exc}") from exc
+        try:
+            check_sendgrid_events(events)
+        except RecordError as exc:
+            raise Rejected(400, "invalid_record", str(exc)) from exc
         if events:
             await land("sendgrid", events)
         return {"accepted": len(events)}

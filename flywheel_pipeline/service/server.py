@@ -3,7 +3,8 @@
 * Header read timeout (``header_timeout_s``): a connection whose request line and headers are
   not complete within it, from when it opens or from its previous response, is closed (one
   log line), so slow or idle connections cannot pile up (uvicorn itself only times out idle
-  keep-alive connections, and only until their first byte).
+  keep-alive connections, and only until their first byte). The protocol is the one uvicorn
+  would pick (httptools when installed, else h11) with this timer mixed in.
 * Body read timeout (``body_timeout_s``): in the app, 408 ``body_timeout`` (service/app.py).
 * Concurrency limit (``max_connections``): uvicorn's ``limit_concurrency``: beyond it new
   requests get a 503 (plain text, from uvicorn) and may retry.
@@ -16,20 +17,32 @@ import asyncio
 import logging
 
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from flywheel_pipeline.service.settings import ServiceSettings
 
 log = logging.getLogger("flywheel.service")
 
 
-class HeaderTimeoutH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol, closing connections that do not send a request's headers in time."""
+def _uvicorn_protocol() -> type[asyncio.Protocol]:
+    """The HTTP protocol uvicorn's "auto" picks: httptools when installed (about twice as fast
+    as h11 here), else h11."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        return HttpToolsProtocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        return H11Protocol
+
+
+class HeaderTimeout:
+    """Mixed into uvicorn's HTTP protocol: closes connections that do not send a request's
+    headers in time (both uvicorn protocols have ``cycle``, ``loop``, ``transport`` and
+    ``on_response_complete``)."""
 
     header_timeout_s: float = 10.0
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
         self._header_timer: asyncio.TimerHandle | None = None
         self._arm()
 
@@ -54,17 +67,18 @@ class HeaderTimeoutH11Protocol(H11Protocol):
         self.transport.close()
 
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        super().on_response_complete()  # type: ignore[misc]
         if not self.transport.is_closing():
             self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        super().connection_lost(exc)
+        super().connection_lost(exc)  # type: ignore[misc]
 
 
-def protocol_for(settings: ServiceSettings) -> type[HeaderTimeoutH11Protocol]:
-    return type("ConfiguredH11Protocol", (HeaderTimeoutH11Protocol,), {"header_timeout_s": settings.header_timeout_s})
+def protocol_for(settings: ServiceSettings) -> type[asyncio.Protocol]:
+    return type("FlywheelHttpProtocol", (HeaderTimeout, _uvicorn_protocol()),
+                {"header_timeout_s": settings.header_timeout_s})
 
 
 def uvicorn_config(app, settings: ServiceSettings, *, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
