@@ -2,11 +2,11 @@
 
 What enters (:func:`loads`) and what is written (:func:`dumps`) follow RFC 8259 strictly:
 
-* the body is UTF-8 (no byte order mark games, no surrogates encoded in bytes), and a string
-  holding a lone surrogate escape (``"\\ud800"``) is refused: it cannot be written as UTF-8;
+* the body is UTF-8 (strictly: surrogates encoded as bytes are refused), and a string holding
+  a lone surrogate escape (``"\\ud800"``) is refused: it cannot be written as UTF-8;
 * ``NaN``, ``Infinity`` and ``-Infinity`` are not JSON and are refused, and so is a number
   that overflows to infinity (``1e400``);
-* integers are at most 64 bits (|n| < 2**63, what the warehouse's BIGINT holds); Python's own
+* integers are at most 64 bits (-2**63 <= n < 2**63, what the warehouse's BIGINT holds); Python's own
   limit (4,300 digits) bounds the time a huge literal can cost;
 * nesting is at most :data:`MAX_DEPTH` levels (arrays and objects), so a ``[`` x 100,000 body
   is a clear refusal, not a recursion error.
