@@ -5,6 +5,7 @@ server timeouts and limits, private files."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -295,3 +296,47 @@ def test_files_the_flywheel_command_creates_are_private(home, monkeypatch):
         os.umask(old)
     files = [p for p in (home / "landing").rglob("*")]
     assert files and all(stat.S_IMODE(p.stat().st_mode) & 0o077 == 0 for p in files)
+
+
+def test_failed_authentication_is_rate_limited_before_credentials_are_checked(tmp_path):
+    settings = settings_for(tmp_path, FLYWHEEL_API_KEYS=KEYS, FLYWHEEL_AUTH_FAILURES_PER_MINUTE="3",
+                            FLYWHEEL_PIPEDRIVE_USER="pd", FLYWHEEL_PIPEDRIVE_PASSWORD="s3cret")
+    with serve_app(create_app(settings)) as base, httpx.Client(base_url=base) as http:
+        assert http.post("/messages", json=message("m1"), headers=ONE).status_code == 200
+        for guess in ("a", "b", "c"):
+            r = http.post("/messages", json=message("m2"), headers={"Authorization": f"Bearer {guess}"})
+            assert (r.status_code, r.json()["error"]) == (401, "unauthorized")
+        r = http.post("/messages", json=message("m2"), headers={"Authorization": "Bearer d"})
+        assert (r.status_code, r.json()["error"]) == (429, "rate_limited") and int(r.headers["retry-after"]) >= 1
+        # over its budget, the client is refused before its key is looked at, on every route
+        assert http.post("/messages", json=message("m2"), headers=ONE).status_code == 429
+        assert http.post("/webhooks/pipedrive", json={}, auth=("pd", "guess")).status_code == 429
+        text = http.get("/metrics").text
+        assert metric(text, "flywheel_requests_rejected_total", reason="unauthorized") == 3
+    assert [m["message_id"] for m in landed(tmp_path, "messages")] == ["m1"]
+
+
+def test_several_keys_are_valid_at_once_for_rotation(tmp_path, sendgrid_keys):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    private, public_b64 = sendgrid_keys
+    new_private = ec.generate_private_key(ec.SECP256R1())
+    other_private = ec.generate_private_key(ec.SECP256R1())
+    new_public = base64.b64encode(new_private.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).decode()
+    settings = settings_for(tmp_path, FLYWHEEL_API_KEYS="org-1=old-key,org-2=key-two,org-1=new-key",
+                            FLYWHEEL_SENDGRID_PUBLIC_KEY=f"{public_b64},{new_public}")
+    body = json.dumps([sg("m-1", "open", T0)]).encode()
+    with serve_app(create_app(settings)) as base, httpx.Client(base_url=base) as http:
+        for key in ("old-key", "new-key"):
+            r = http.post("/messages", json=message(f"m-{key}"), headers={"X-API-Key": key})
+            assert r.status_code == 200, r.text
+        assert http.post("/messages", json=message("m-x"), headers={"X-API-Key": "key-two"}).status_code == 403
+        for signer in (private, new_private):
+            assert http.post("/webhooks/sendgrid", content=body,
+                             headers=sendgrid_headers(signer, body)).status_code == 200
+        r = http.post("/webhooks/sendgrid", content=body, headers=sendgrid_headers(other_private, body))
+        assert (r.status_code, r.json()["error"]) == (401, "bad_signature")
+    with pytest.raises(ValueError):
+        settings_for(tmp_path, FLYWHEEL_SENDGRID_PUBLIC_KEY=f"{public_b64},not-a-key")

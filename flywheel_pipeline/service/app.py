@@ -87,13 +87,15 @@ class _PublishedJson:
 
 def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = None) -> FastAPI:
     """Build the app. ``hubspot`` overrides the client built from the settings (tests)."""
-    sendgrid_key = load_sendgrid_public_key(settings.sendgrid_public_key) if settings.sendgrid_public_key else None
+    sendgrid_keys = [load_sendgrid_public_key(k) for k in settings.sendgrid_public_keys()]
     if hubspot is None and settings.hubspot_access_token is not None:
         hubspot = HubSpotClient(settings.hubspot_api_base, settings.hubspot_access_token.get_secret_value(),
                                 settings.hubspot_message_id_property)
     metrics = ServiceMetrics()
     limiter = RateLimiter(settings.rate_limit_per_minute)
-    keys = {org: key.get_secret_value().encode() for org, key in settings.api_keys.items()}
+    auth_failures = RateLimiter(settings.auth_failures_per_minute)
+    keys = [(org, key.get_secret_value().encode()) for org, org_keys in settings.api_keys.items() for key in org_keys]
+    organizations = set(settings.api_keys)
     routing = _PublishedJson(settings.home / "routing.json")
     leaderboard = _PublishedJson(settings.home / "leaderboard.json")
     state: dict[str, Any] = {}
@@ -132,6 +134,8 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
+        if exc.status == 401:  # a failed authentication counts against the client's budget
+            auth_failures.acquire(_client(request))
         metrics.rejected.labels(_route(request), exc.reason).inc()
         return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status,
                             headers=exc.headers)
@@ -204,15 +208,27 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
         metrics.accepted.labels(source).inc(len(lines))
         metrics.landing_bytes.labels(source).inc(written)
 
+    def auth_gate(request: Request) -> None:
+        """A client over its failed-authentication budget is refused before its credentials are
+        checked, so keys and secrets cannot be guessed at speed."""
+        wait = auth_failures.blocked(_client(request))
+        if wait:
+            raise Rejected(429, "rate_limited", f"more than {settings.auth_failures_per_minute} failed "
+                           "authentications a minute from this client", {"Retry-After": str(wait)})
+
     def authenticate(request: Request) -> str | None:
         """The organization of the request's API key; None when no keys are configured."""
         if not keys:
             return None
+        auth_gate(request)
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        for org, key in keys.items():
-            if given and hmac.compare_digest(given.encode(), key):
-                return org
+        found = None
+        for org, key in keys:  # every key compared, in constant time each
+            if hmac.compare_digest(given.encode(), key) and given:
+                found = org
+        if found is not None:
+            return found
         raise Rejected(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)",
                        {"WWW-Authenticate": "Bearer"})
 
@@ -225,7 +241,7 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
     def check_org(org: str | None, claimed: Any, where: str) -> None:
         """A key speaks for its own organization only (no keys configured: nothing to check)."""
         if org is not None and claimed != org:
-            known = "a known" if claimed in keys else "an unknown"
+            known = "a known" if claimed in organizations else "an unknown"
             raise Rejected(403, "unknown_organization",
                            f"{where}: organization_id {claimed!r} is {known} organization, not this key's")
 
@@ -245,13 +261,15 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     @enabled("sendgrid", app.post("/webhooks/sendgrid"))
     async def sendgrid(request: Request) -> dict:
+        if sendgrid_keys:
+            auth_gate(request)
         raw = await body(request)
-        if sendgrid_key is not None:
-            verdict = verify_sendgrid(sendgrid_key, request.headers.get("x-twilio-email-event-webhook-signature"),
-                                      request.headers.get("x-twilio-email-event-webhook-timestamp"), raw,
-                                      max_age_s=settings.sendgrid_max_age_s)
-            if not verdict.ok:
-                raise Rejected(401, _signature_reason(verdict.reason), verdict.reason)
+        if sendgrid_keys:
+            verdicts = [verify_sendgrid(key, request.headers.get("x-twilio-email-event-webhook-signature"),
+                                        request.headers.get("x-twilio-email-event-webhook-timestamp"), raw,
+                                        max_age_s=settings.sendgrid_max_age_s) for key in sendgrid_keys]
+            if not any(v.ok for v in verdicts):  # any key in force (rotation) may have signed it
+                raise Rejected(401, _signature_reason(verdicts[0].reason), verdicts[0].reason)
         events = parse(raw)
         if not isinstance(events, list):
             raise Rejected(400, "wrong_shape", "SendGrid posts a JSON array of event objects")
@@ -268,6 +286,8 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     @enabled("hubspot", app.post("/webhooks/hubspot"))
     async def hubspot_webhook(request: Request) -> dict:
+        if settings.hubspot_client_secret is not None:
+            auth_gate(request)
         raw = await body(request)
         if settings.hubspot_client_secret is not None:
             uri = hubspot_signed_uri(_public_url(request, settings.public_base_url))
@@ -298,6 +318,7 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
     @enabled("pipedrive", app.post("/webhooks/pipedrive"))
     async def pipedrive_webhook(request: Request) -> dict:
         if settings.pipedrive_user and settings.pipedrive_password is not None:
+            auth_gate(request)
             _check_basic(request.headers.get("authorization"), settings.pipedrive_user,
                          settings.pipedrive_password.get_secret_value())
         raw = await body(request)

@@ -4,7 +4,8 @@
 ``FLYWHEEL_HOME``                      landing zone at ``$FLYWHEEL_HOME/landing``, routing and
                                        leaderboard files beside it
 ``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
-                                       shows it); unset = events accepted unsigned
+                                       shows it), or several separated by commas while it is
+                                       rotated; unset = events accepted unsigned
 ``FLYWHEEL_SENDGRID_MAX_AGE_S``        timestamp tolerance, default 300 (as Stripe and HubSpot);
                                        0 disables the check (a non-finite timestamp is always refused)
 ``FLYWHEEL_HUBSPOT_CLIENT_SECRET``     the HubSpot app's client secret (signature v3)
@@ -19,7 +20,10 @@
                                        sits in front; the v3 signature covers the full URI
 ``FLYWHEEL_PIPEDRIVE_USER`` / ``_PASSWORD``  HTTP Basic credentials set on the Pipedrive webhook
 ``FLYWHEEL_PIPEDRIVE_MESSAGE_ID_FIELD``  key of the deal/activity custom field with our message id
-``FLYWHEEL_API_KEYS``                  ``org-a=key1,org-b=key2``: one API key per organization
+``FLYWHEEL_API_KEYS``                  ``org-a=key1,org-b=key2``: API keys per organization (an
+                                       organization named twice has two valid keys: rotation)
+``FLYWHEEL_AUTH_FAILURES_PER_MINUTE``  failed authentications a client may make per minute before
+                                       it gets 429 without its credentials being checked (30; 0 off)
 ``FLYWHEEL_MESSAGE_ID_DOMAINS``        domains of our Message-IDs, default ``outreach.example``
 ``FLYWHEEL_DEFAULT_MODEL``             the model /route returns when nothing is routed
 ``FLYWHEEL_RATE_LIMIT_PER_MINUTE``     per organization, default 100 (0 disables)
@@ -55,17 +59,19 @@ def _csv(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def parse_api_keys(value: str | None) -> dict[str, SecretStr]:
-    """``org-a=key1,org-b=key2`` -> {org: key}; refuses malformed pairs and repeated keys."""
-    keys: dict[str, SecretStr] = {}
+def parse_api_keys(value: str | None) -> dict[str, tuple[SecretStr, ...]]:
+    """``org-a=key1,org-b=key2,org-a=key3`` -> {org: keys}: an organization may have several
+    keys at once (rotation: add the new key, move the clients, remove the old one); refuses
+    malformed pairs and a key given twice."""
+    keys: dict[str, tuple[SecretStr, ...]] = {}
     for pair in _csv(value):
         org, sep, key = pair.partition("=")
         if not sep or not org.strip() or not key.strip():
             raise ValueError("FLYWHEEL_API_KEYS must look like 'org-a=key1,org-b=key2'")
-        keys[org.strip()] = SecretStr(key.strip())
-    secrets = [k.get_secret_value() for k in keys.values()]
+        keys[org.strip()] = (*keys.get(org.strip(), ()), SecretStr(key.strip()))
+    secrets = [k.get_secret_value() for org_keys in keys.values() for k in org_keys]
     if len(set(secrets)) != len(secrets):
-        raise ValueError("FLYWHEEL_API_KEYS gives two organizations the same key")
+        raise ValueError("FLYWHEEL_API_KEYS gives the same key twice")
     return keys
 
 
@@ -84,7 +90,7 @@ class ServiceSettings(BaseModel):
     pipedrive_user: str | None = None
     pipedrive_password: SecretStr | None = None
     pipedrive_message_id_field: str | None = None
-    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    api_keys: dict[str, tuple[SecretStr, ...]] = Field(default_factory=dict)
     message_id_domains: tuple[str, ...] = ("outreach.example",)
     default_model: str | None = None
     rate_limit_per_minute: int = Field(100, ge=0)
@@ -96,13 +102,18 @@ class ServiceSettings(BaseModel):
     header_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
     body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     max_connections: int = Field(200, ge=1)
+    auth_failures_per_minute: int = Field(30, ge=0)
 
     @field_validator("sendgrid_public_key")
     @classmethod
     def _valid_sendgrid_key(cls, value: str | None) -> str | None:
-        if value:
-            load_sendgrid_public_key(value)  # ValueError: a configuration error, said at start
+        for key in _csv(value):
+            load_sendgrid_public_key(key)  # ValueError: a configuration error, said at start
         return value
+
+    def sendgrid_public_keys(self) -> tuple[str, ...]:
+        """The verification keys in force (several while SendGrid's key is rotated)."""
+        return _csv(self.sendgrid_public_key)
 
     @field_validator("disabled_routes")
     @classmethod
@@ -138,7 +149,7 @@ class ServiceSettings(BaseModel):
                   "max_body_bytes": "MAX_BODY_BYTES", "segment_max_bytes": "SEGMENT_MAX_BYTES",
                   "segment_max_age_s": "SEGMENT_MAX_AGE_S", "fsync_interval_s": "FSYNC_INTERVAL_S",
                   "header_timeout_s": "HEADER_TIMEOUT_S", "body_timeout_s": "BODY_TIMEOUT_S",
-                  "max_connections": "MAX_CONNECTIONS"}
+                  "max_connections": "MAX_CONNECTIONS", "auth_failures_per_minute": "AUTH_FAILURES_PER_MINUTE"}
         for field, name in scalar.items():
             if (value := get(name)) is not None:
                 values[field] = value
