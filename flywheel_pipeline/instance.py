@@ -40,7 +40,8 @@ def ensure_local_dagster_home() -> Path:
     from flywheel_pipeline import paths
 
     home = paths.dagster_home()
-    home.mkdir(parents=True, exist_ok=True)
+    home.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # FLYWHEEL_HOME: owner only
+    home.mkdir(mode=0o700, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
         config.write_text(LOCAL_DAGSTER_YAML)

@@ -340,3 +340,14 @@ def test_several_keys_are_valid_at_once_for_rotation(tmp_path, sendgrid_keys):
         assert (r.status_code, r.json()["error"]) == (401, "bad_signature")
     with pytest.raises(ValueError):
         settings_for(tmp_path, FLYWHEEL_SENDGRID_PUBLIC_KEY=f"{public_b64},not-a-key")
+
+
+def test_the_flywheel_home_is_created_private_without_the_commands_umask(tmp_path):
+    from flywheel_pipeline.warehouse.schema import connect
+
+    old = os.umask(0o022)  # a process started outside `flywheel` (e.g. a bare `dagster dev`)
+    try:
+        connect(tmp_path / "fw" / "warehouse.duckdb").close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "fw").stat().st_mode) == 0o700

@@ -110,7 +110,8 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.landing.mkdir(parents=True, exist_ok=True)
+        settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # personal data: owner only
+        settings.landing.mkdir(mode=0o700, exist_ok=True)
         for path in recover(settings.landing):
             log.warning("recovered landing segment left open by a previous process: %s", path.name)
         writer = SegmentWriter(settings.landing, max_bytes=settings.segment_max_bytes,
