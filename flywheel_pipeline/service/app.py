@@ -188,7 +188,7 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
                            {"Connection": "close"}) from None
         except ClientDisconnect:
             log.warning("client %s disconnected before sending its whole body (%s %s, %d bytes read)",
-                     request.client.host if request.client else "unknown", request.method, request.url.path, size)
+                        request.client.host if request.client else "unknown", request.method, request.url.path, size)
             raise Rejected(400, "client_disconnected", "the client closed the connection mid-body") from None
         return b"".join(chunks)
 

@@ -1,5 +1,6 @@
-"""Request limits (per organization; failed authentications per client): a token bucket per key (``rate`` requests per minute,
-bursts up to ``rate``), answering how long to wait when a request is refused."""
+"""Request limits (per organization; failed authentications per client): a token bucket per
+key (``rate`` requests per minute, bursts up to ``rate``), answering how long to wait when a
+request is refused."""
 
 from __future__ import annotations
 
