@@ -109,11 +109,17 @@ def run_job(job_name: str, run_config: dict | None = None, log_level: str = "INF
 
     from flywheel_pipeline.definitions import defs
 
+    from flywheel_pipeline.defs.resources import WAREHOUSE_POOL
+    from flywheel_pipeline.run_guard import process_tags, reap_dead_runs, wait_for_pool
+
     run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
     with dg.DagsterInstance.get() as instance:
+        # a run whose process was killed keeps its pool slot: free it before waiting for one
+        reap_dead_runs(instance, _print)
+        wait_for_pool(instance, WAREHOUSE_POOL, _print)
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, run_config=run_config, raise_on_error=False,
-            tags={"flywheel/trigger": "cli"})
+            tags={"flywheel/trigger": "cli", **process_tags()})
         _print(f"Dagster run {result.run_id} of job {job_name} ({'succeeded' if result.success else 'FAILED'}), "
                f"recorded in DAGSTER_HOME={home}")
         if not result.success:
@@ -364,13 +370,28 @@ def cmd_ui(args: argparse.Namespace) -> int:
     return 0  # pragma: no cover
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def bind_refusal(host: str, settings, *, allow_unauthenticated: bool) -> str | None:
+    """Why `flywheel serve` must not listen on ``host``: a non-loopback address while an enabled
+    route accepts unauthenticated requests (None: it may)."""
     import ipaddress
+
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    open_routes = settings.unverified_sources()
+    if loopback or not open_routes or allow_unauthenticated:
+        return None
+    return (f"refusing to listen on {host}: these enabled routes accept unauthenticated requests: "
+            f"{', '.join(open_routes)} (configure their secrets or FLYWHEEL_API_KEYS, switch them off with "
+            "FLYWHEEL_DISABLED_ROUTES, or pass --allow-unauthenticated)")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
     import logging
 
-    import uvicorn
-
     from flywheel_pipeline.service.app import create_app
+    from flywheel_pipeline.service.server import serve
     from flywheel_pipeline.service.settings import ServiceSettings
 
     try:
@@ -378,18 +399,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"flywheel serve: bad configuration: {exc}", file=sys.stderr)
         return 2
-    try:
-        loopback = ipaddress.ip_address(args.host).is_loopback
-    except ValueError:
-        loopback = args.host == "localhost"
-    if not loopback and not settings.api_keys and not args.allow_unauthenticated:
-        print(f"flywheel serve: refusing to listen on {args.host} with no FLYWHEEL_API_KEYS: anyone could post "
-              "messages and replies (set the keys, or pass --allow-unauthenticated)", file=sys.stderr)
+    refusal = bind_refusal(args.host, settings, allow_unauthenticated=args.allow_unauthenticated)
+    if refusal:
+        print(f"flywheel serve: {refusal}", file=sys.stderr)
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _print(f"flywheel serve: landing zone {settings.landing}, http://{args.host}:{args.port}")
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level.lower(),
-                timeout_graceful_shutdown=10)
+    try:
+        serve(create_app(settings), settings, host=args.host, port=args.port, log_level=args.log_level.lower())
+    except KeyboardInterrupt:
+        pass  # uvicorn shut down gracefully (segments sealed), then re-raised the signal
     return 0
 
 
@@ -446,14 +465,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     p.add_argument("--allow-unauthenticated", action="store_true",
-                   help="listen beyond loopback without FLYWHEEL_API_KEYS")
+                   help="listen beyond loopback although some enabled route accepts unauthenticated requests")
     p.set_defaults(func=cmd_serve)
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; Ctrl-C or SIGTERM stops it cleanly (a Dagster run in progress is
+    interrupted at its next step boundary and recorded as failed) with exit status 130."""
+    import signal
+    import threading
+
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    # everything the flywheel writes (landing, warehouse, exports, MLflow, Dagster storage) holds
+    # personal data: readable by the owner only, in this process and the ones it starts
+    os.umask(0o077)
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        print(f"flywheel {args.command}: interrupted", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

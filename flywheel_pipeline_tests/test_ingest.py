@@ -64,7 +64,8 @@ def test_malformed_lines_are_quarantined_with_reason_and_line_and_the_rest_loads
     lines = [good, "{not json", "[1, 2]", {**message("m2"), "sent_at": "yesterday-ish"},
              {k: v for k, v in message("m3").items() if k != "lead_id"}, message("m4"), ""]
     write_jsonl(landing, "messages", lines[:-1], name="msgs.jsonl")
-    write_jsonl(landing, "sendgrid", [sg("m1", "open", T0), {"event": "open", "timestamp": 1, "sg_event_id": "z"},
+    write_jsonl(landing, "sendgrid", [sg("m1", "open", T0),
+                                      {"event": "open", "timestamp": int(T0.timestamp()), "sg_event_id": "z"},
                                       {**sg("m1", "open", T0), "timestamp": "soon"}], name="sg.jsonl")
     write_jsonl(landing, "crm", [{"event_id": "c1", "type": "deal_closed", "occurred_at": "2026-01-01T00:00:00Z"},
                                  {"event_id": "c2", "type": "deal_won", "occurred_at": "2026-01-01T00:00:00Z",

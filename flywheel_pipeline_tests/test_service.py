@@ -286,9 +286,10 @@ def test_route_reads_the_published_routing_table_and_leaderboard(tmp_path):
         assert set(picks.values()) == {"ft:challenger", "ft:champion"}
         again = http.get("/route", params={"lead_id": "lead-7", "organization_id": "org-1"}, headers=one)
         assert again.json()["model_id"] == picks["lead-7"]  # sticky per lead
-        assert http.get("/leaderboard").status_code == 404
+        assert http.get("/leaderboard", headers=one).status_code == 404
         (home / "leaderboard.json").write_text(json.dumps({"models": [{"model": "ft:champion", "rank": 1}]}))
-        assert http.get("/leaderboard").json()["models"][0]["rank"] == 1
+        assert http.get("/leaderboard", headers=one).json()["models"][0]["rank"] == 1
+        assert http.get("/leaderboard").status_code == 401  # with API keys configured, a key is needed
         health = http.get("/healthz").json()
         assert health["status"] == "ok" and health["routing_published"] and "sendgrid" in health["unauthenticated"]
 
@@ -324,6 +325,13 @@ def test_what_the_service_lands_becomes_outcome_labels(tmp_path, sendgrid_keys):
     assert row == (True, True, True, True, 60000.0, 1.0)
 
 
+def _until(predicate, what: str, timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
 def _start(home: Path, port: int) -> subprocess.Popen:
     return start_flywheel_serve(home, port, FLYWHEEL_FSYNC_INTERVAL_S="0.2", FLYWHEEL_SEGMENT_MAX_BYTES="1048576")
 
@@ -339,7 +347,8 @@ def test_kill_minus_nine_mid_stream_loses_no_acknowledged_event(tmp_path):
         # would be a duplicate made by the service, not a retry
         with httpx.Client(base_url=f"http://127.0.0.1:{proc_port}", timeout=5) as http:
             while not stop.is_set():
-                batch = [{"sg_event_id": f"e{n}-{k}", "message_id": f"m-{n}", "event": "open", "timestamp": n}
+                batch = [{"sg_event_id": f"e{n}-{k}", "message_id": f"m-{n}", "event": "open",
+                          "timestamp": int(T0.timestamp()) + n}
                          for k in range(5)]
                 try:
                     ok = http.post("/webhooks/sendgrid", json=batch).status_code == 200
@@ -352,8 +361,7 @@ def test_kill_minus_nine_mid_stream_loses_no_acknowledged_event(tmp_path):
     proc = _start(home, port)
     sender = threading.Thread(target=post_forever, args=(port, 0))
     sender.start()
-    while len(acked) < 150:
-        time.sleep(0.01)
+    _until(lambda: len(acked) >= 150, "150 acknowledged batches")
     os.kill(proc.pid, signal.SIGKILL)  # no shutdown hook runs: the open segment stays open
     proc.wait()
     sender.join(timeout=10)
@@ -364,8 +372,7 @@ def test_kill_minus_nine_mid_stream_loses_no_acknowledged_event(tmp_path):
     stop.clear()
     sender = threading.Thread(target=post_forever, args=(port, 100_000))
     sender.start()
-    while len(acked) < before_restart + 50:
-        time.sleep(0.01)
+    _until(lambda: len(acked) >= before_restart + 50, "50 more acknowledged batches")
     stop.set()
     sender.join(timeout=10)
     proc.send_signal(signal.SIGTERM)  # graceful: the open segment is sealed (uvicorn re-raises the signal)

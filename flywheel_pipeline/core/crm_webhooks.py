@@ -31,8 +31,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Any
+
+from flywheel_pipeline.core.strict_json import canonical_id, finite_number
+from flywheel_pipeline.core.timestamps import TimestampError, parse_iso, parse_unix_seconds
 
 HUBSPOT_DEAL_TYPE = "0-3"
 HUBSPOT_MEETING_TYPE = "0-47"
@@ -83,10 +85,34 @@ class Normalized:
 
 
 def _iso_ms(ms: Any) -> str:
+    if isinstance(ms, bool) or not isinstance(ms, int | float | str):
+        raise PayloadError(f"occurredAt is not a millisecond timestamp: {str(ms)[:40]!r}")
     try:
-        return datetime.fromtimestamp(int(ms) / 1000, tz=timezone.utc).isoformat().replace("+00:00", "Z")
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise PayloadError(f"occurredAt is not a millisecond timestamp: {ms!r}") from exc
+        seconds = float(ms) / 1000
+    except (ValueError, OverflowError) as exc:
+        raise PayloadError(f"occurredAt is not a millisecond timestamp: {str(ms)[:40]!r}") from exc
+    try:
+        ts = parse_unix_seconds(seconds, "occurredAt")
+    except TimestampError as exc:
+        raise PayloadError(str(exc)) from exc
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def _iso(value: Any, name: str) -> str:
+    """A provider's time as our ISO text, checked under the shared timestamp policy."""
+    text = str(value).replace(" ", "T") if isinstance(value, str) else value
+    try:
+        parse_iso(text, name)
+    except TimestampError as exc:
+        raise PayloadError(str(exc)) from exc
+    return text
+
+
+def _id(value: Any, name: str) -> str:
+    try:
+        return canonical_id(value, name)
+    except ValueError as exc:
+        raise PayloadError(str(exc)) from exc
 
 
 def hubspot_facts(events: Any, *, won_stages: Iterable[str], lost_stages: Iterable[str]) -> Normalized:
@@ -103,8 +129,12 @@ def hubspot_facts(events: Any, *, won_stages: Iterable[str], lost_stages: Iterab
         if "." not in sub or event.get("objectId") is None or event.get("eventId") is None:
             raise PayloadError(f"event {i} lacks subscriptionType, objectId or eventId")
         kind, action = sub.split(".", 1)
-        object_type = str(event.get("objectTypeId") or _HUBSPOT_LEGACY_TYPES.get(kind, kind))
+        object_id, event_id = _id(event["objectId"], "objectId"), _id(event["eventId"], "eventId")
+        portal = _id(event["portalId"], "portalId") if event.get("portalId") is not None else None
+        object_type = _id(event.get("objectTypeId") or _HUBSPOT_LEGACY_TYPES.get(kind, kind), "objectTypeId")
         prop, value = event.get("propertyName"), event.get("propertyValue")
+        if isinstance(value, dict | list) or isinstance(prop, dict | list):
+            raise PayloadError(f"event {i}: propertyName and propertyValue are text, not objects or arrays")
         fact_type = None
         if object_type == HUBSPOT_DEAL_TYPE and action == "propertyChange" and prop == "dealstage":
             fact_type = "deal_closed" if value in won else "deal_lost" if value in lost else None
@@ -116,11 +146,10 @@ def hubspot_facts(events: Any, *, won_stages: Iterable[str], lost_stages: Iterab
         if fact_type is None:
             ignored += 1
             continue
-        portal = event.get("portalId")
         facts.append(CrmFact(
-            event_id=f"hubspot-{portal}-{event['eventId']}", source="hubspot", type=fact_type,
+            event_id=f"hubspot-{portal}-{event_id}", source="hubspot", type=fact_type,
             occurred_at=_iso_ms(event.get("occurredAt")), object_type=object_type,
-            object_id=str(event["objectId"]),
+            object_id=object_id,
             external={"portal_id": portal, "subscription_type": sub, "property_value": value}))
     return Normalized(facts, ignored)
 
@@ -136,7 +165,7 @@ def _custom_field(data: Mapping[str, Any], key: str | None) -> str | None:
         value = data.get(key)
     if isinstance(value, Mapping):
         value = value.get("value")
-    return str(value) if value not in (None, "") else None
+    return _id(value, f"custom field {key}") if value is not None and value != "" else None
 
 
 def _person_email(data: Mapping[str, Any]) -> str | None:
@@ -144,7 +173,7 @@ def _person_email(data: Mapping[str, Any]) -> str | None:
     emails = person.get("emails") or person.get("email") if isinstance(person, Mapping) else None
     if isinstance(emails, list):
         emails = next((e.get("value") if isinstance(e, Mapping) else e for e in emails), None)
-    return str(emails).strip().lower() if emails else None
+    return emails.strip().lower() if isinstance(emails, str) and emails.strip() else None
 
 
 def pipedrive_facts(body: Any, *, message_id_field: str | None) -> Normalized:
@@ -156,8 +185,12 @@ def pipedrive_facts(body: Any, *, message_id_field: str | None) -> Normalized:
     previous = body.get("previous") or {}
     if not isinstance(data, Mapping) or not isinstance(previous, Mapping):
         raise PayloadError("'data' and 'previous' must be objects (or null)")
-    entity, action = str(meta.get("entity") or ""), str(meta.get("action") or "")
-    entity_id = str(meta.get("entity_id") or data.get("id") or "")
+    entity, action = meta.get("entity") or "", meta.get("action") or ""
+    if not isinstance(entity, str) or not isinstance(action, str):
+        raise PayloadError("meta.entity and meta.action are text")
+    raw_id = meta.get("entity_id") or data.get("id")
+    entity_id = _id(raw_id, "entity_id") if raw_id is not None else ""
+    company = _id(meta["company_id"], "company_id") if meta.get("company_id") is not None else ""
     if not entity or not action or not entity_id:
         raise PayloadError("meta lacks entity, action or entity_id")
     fact_type, occurred = None, None
@@ -181,13 +214,18 @@ def pipedrive_facts(body: Any, *, message_id_field: str | None) -> Normalized:
         raise PayloadError("no time for the event (meta.timestamp missing)")
     value = data.get("value") if fact_type == "deal_closed" else None
     try:
-        deal_value = float(value) if value is not None else None
-    except (TypeError, ValueError) as exc:
-        raise PayloadError(f"deal value is not a number: {value!r}") from exc
+        deal_value = finite_number(value, "deal value")
+    except ValueError as exc:
+        raise PayloadError(str(exc)) from exc
+    if deal_value is not None and deal_value < 0:
+        raise PayloadError("deal value is negative")
+    currency = data.get("currency") if fact_type == "deal_closed" else None
+    if currency is not None and not isinstance(currency, str):
+        raise PayloadError("currency is text")
     return Normalized([CrmFact(
-        event_id=f"pipedrive-{meta.get('company_id', '')}-{entity}-{entity_id}-{fact_type}",
-        source="pipedrive", type=fact_type, occurred_at=str(occurred).replace(" ", "T"),
+        event_id=f"pipedrive-{company}-{entity}-{entity_id}-{fact_type}",
+        source="pipedrive", type=fact_type, occurred_at=_iso(occurred, "occurred time"),
         object_type=entity, object_id=entity_id,
         message_id=_custom_field(data, message_id_field), email=_person_email(data),
-        deal_value=deal_value, currency=data.get("currency") if fact_type == "deal_closed" else None,
+        deal_value=deal_value, currency=currency,
         external={"company_id": meta.get("company_id"), "action": action})], 0)

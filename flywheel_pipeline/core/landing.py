@@ -3,7 +3,8 @@
 ``<landing>/<source>/*.jsonl`` holds one JSON object per line. Writers create a file under a
 hidden temporary name in the same directory, fsync it, and rename it into place, so a
 reader never sees a partial file; a visible file never changes afterwards. Readers list
-only visible ``*.jsonl`` names.
+only visible ``*.jsonl`` names. Files are created readable by their owner only (0600) and
+hold strict JSON (never NaN or Infinity).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def write_jsonl(landing: Path, source: str, records: Iterable[Mapping[str, Any] 
     arrived malformed, so that ingestion can quarantine them instead of losing them).
     """
     directory = source_dir(landing, source)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     final_name = name or f"{source}-{uuid.uuid4().hex}.jsonl"
     if not final_name.endswith(".jsonl") or "/" in final_name or final_name.startswith("."):
         raise ValueError(f"landing file names are plain '*.jsonl' names, got {final_name!r}")
@@ -53,10 +54,11 @@ def write_jsonl(landing: Path, source: str, records: Iterable[Mapping[str, Any] 
     if final.exists():
         raise FileExistsError(f"landing files are immutable and {final} already exists")
     tmp = directory / f".{final_name}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
+    # personal data: readable by the owner only; strict JSON (NaN and Infinity raise ValueError)
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as fh:
         for record in records:
             line = record if isinstance(record, str) else json.dumps(record, separators=(",", ":"),
-                                                                      default=str)
+                                                                      default=str, allow_nan=False)
             if "\n" in line:
                 raise ValueError("a landing record must fit on one line")
             fh.write(line)

@@ -7,7 +7,7 @@
   trailing CRLF breaks SendGrid's own test vector.
 * HubSpot signature v3: base64 HMAC-SHA256 with the app's client secret over
   ``method + full URI + raw body + timestamp`` (``X-HubSpot-Signature-v3``,
-  ``X-HubSpot-Request-Timestamp`` in milliseconds); requests older than 5 minutes are refused.
+  ``X-HubSpot-Request-Timestamp`` in milliseconds); requests more than 5 minutes old (or ahead) are refused.
   HubSpot signs the URI with a fixed set of percent-escapes decoded (:func:`hubspot_signed_uri`).
 """
 
@@ -17,6 +17,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import math
 import time
 from dataclasses import dataclass
 
@@ -48,14 +49,17 @@ def load_sendgrid_public_key(public_key_b64: str) -> ec.EllipticCurvePublicKey:
 
 
 def verify_sendgrid(key: ec.EllipticCurvePublicKey, signature_b64: str | None, timestamp: str | None,
-                    raw_body: bytes, *, max_age_s: float = 600, now: float | None = None) -> Verdict:
+                    raw_body: bytes, *, max_age_s: float = 300, now: float | None = None) -> Verdict:
     if not signature_b64 or not timestamp:
         return Verdict(False, "missing signature or timestamp header")
+    try:
+        sent = float(timestamp)
+    except ValueError:
+        return Verdict(False, "timestamp header is not a number")
+    if not math.isfinite(sent):  # abs(nan) > max_age_s is false: refuse it before comparing
+        return Verdict(False, "timestamp header is not a finite number")
     if max_age_s > 0:
-        try:
-            age = (now if now is not None else time.time()) - float(timestamp)
-        except ValueError:
-            return Verdict(False, "timestamp header is not a number")
+        age = (now if now is not None else time.time()) - sent
         if abs(age) > max_age_s:
             return Verdict(False, f"stale timestamp ({age:.0f}s old, tolerance {max_age_s:g}s)")
     try:
@@ -96,7 +100,7 @@ def verify_hubspot_v3(client_secret: str, method: str, uri: str, raw_body: bytes
         age = (now if now is not None else time.time()) - int(timestamp_ms) / 1000
     except ValueError:
         return Verdict(False, "timestamp header is not a number")
-    if age > HUBSPOT_MAX_AGE_S:
+    if abs(age) > HUBSPOT_MAX_AGE_S:
         return Verdict(False, f"stale timestamp ({age:.0f}s old, HubSpot allows {HUBSPOT_MAX_AGE_S}s)")
     expected = hubspot_v3_signature(client_secret, method, uri, raw_body, timestamp_ms)
     if not hmac.compare_digest(expected, signature):

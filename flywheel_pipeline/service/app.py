@@ -30,9 +30,12 @@ from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from flywheel_pipeline.core.crm_webhooks import Normalized, PayloadError, hubspot_facts, pipedrive_facts
-from flywheel_pipeline.core.inbound_records import RecordError, check_message, check_reply
+from flywheel_pipeline.core import strict_json
+from flywheel_pipeline.core.inbound_records import RecordError, check_message, check_reply, check_sendgrid_events
 from flywheel_pipeline.core.signatures import (hubspot_signed_uri, load_sendgrid_public_key, verify_hubspot_v3,
                                                verify_sendgrid)
 from flywheel_pipeline.routing import choose_model
@@ -55,7 +58,12 @@ class Rejected(Exception):
 
 
 def _dumps(record: Any) -> bytes:
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False).encode()
+    """One landing line: strict JSON (NaN/Infinity raise ValueError), UTF-8 (a lone surrogate
+    raises UnicodeEncodeError)."""
+    return strict_json.dumps(record).encode()
+
+
+_HTTP_REASONS = {404: "not_found", 405: "method_not_allowed"}
 
 
 class _PublishedJson:
@@ -79,13 +87,15 @@ class _PublishedJson:
 
 def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = None) -> FastAPI:
     """Build the app. ``hubspot`` overrides the client built from the settings (tests)."""
-    sendgrid_key = load_sendgrid_public_key(settings.sendgrid_public_key) if settings.sendgrid_public_key else None
+    sendgrid_keys = [load_sendgrid_public_key(k) for k in settings.sendgrid_public_keys()]
     if hubspot is None and settings.hubspot_access_token is not None:
         hubspot = HubSpotClient(settings.hubspot_api_base, settings.hubspot_access_token.get_secret_value(),
                                 settings.hubspot_message_id_property)
     metrics = ServiceMetrics()
     limiter = RateLimiter(settings.rate_limit_per_minute)
-    keys = {org: key.get_secret_value().encode() for org, key in settings.api_keys.items()}
+    auth_failures = RateLimiter(settings.auth_failures_per_minute)
+    keys = [(org, key.get_secret_value().encode()) for org, org_keys in settings.api_keys.items() for key in org_keys]
+    organizations = set(settings.api_keys)
     routing = _PublishedJson(settings.home / "routing.json")
     leaderboard = _PublishedJson(settings.home / "leaderboard.json")
     state: dict[str, Any] = {}
@@ -100,14 +110,16 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        settings.landing.mkdir(parents=True, exist_ok=True)
+        settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # personal data: owner only
+        settings.landing.mkdir(mode=0o700, exist_ok=True)
         for path in recover(settings.landing):
             log.warning("recovered landing segment left open by a previous process: %s", path.name)
         writer = SegmentWriter(settings.landing, max_bytes=settings.segment_max_bytes,
                                max_age_s=settings.segment_max_age_s, fsync_interval_s=settings.fsync_interval_s)
         state["writer"] = writer
-        for source in settings.unverified_sources():
-            log.warning("%s: requests are NOT authenticated (configure its secret to verify them)", source)
+        for route in settings.unverified_sources():
+            log.warning("%s: requests are NOT authenticated (configure its secret or key, or switch it off "
+                        "with FLYWHEEL_DISABLED_ROUTES)", route)
         task = asyncio.create_task(maintain(writer))
         try:
             yield
@@ -123,6 +135,8 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     @app.exception_handler(Rejected)
     async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
+        if exc.status == 401:  # a failed authentication counts against the client's budget
+            auth_failures.acquire(_client(request))
         metrics.rejected.labels(_route(request), exc.reason).inc()
         return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status,
                             headers=exc.headers)
@@ -131,6 +145,18 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
     async def _invalid_query(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         return await _rejected(request, Rejected(422, "invalid_request", problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = _HTTP_REASONS.get(exc.status_code, f"http_{exc.status_code}")
+        return await _rejected(request, Rejected(exc.status_code, reason, str(exc.detail),
+                                                 dict(exc.headers or {})))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # a bug, never a bad payload (those are 4xx): one log line with the traceback, counted
+        log.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return await _rejected(request, Rejected(500, "internal_error", "unexpected error (logged)"))
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):
@@ -147,34 +173,63 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise Rejected(413, "body_too_large", f"request body of {declared} bytes exceeds {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise Rejected(413, "body_too_large", f"request body exceeds {limit} bytes")
-            chunks.append(chunk)
+
+        async def read() -> None:
+            nonlocal size
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(413, "body_too_large", f"request body exceeds {limit} bytes")
+                chunks.append(chunk)
+        try:
+            await asyncio.wait_for(read(), settings.body_timeout_s or None)
+        except asyncio.TimeoutError:
+            raise Rejected(408, "body_timeout", f"request body not received within {settings.body_timeout_s:g}s",
+                           {"Connection": "close"}) from None
+        except ClientDisconnect:
+            log.warning("client %s disconnected before sending its whole body (%s %s, %d bytes read)",
+                        request.client.host if request.client else "unknown", request.method, request.url.path, size)
+            raise Rejected(400, "client_disconnected", "the client closed the connection mid-body") from None
         return b"".join(chunks)
 
     def parse(raw: bytes) -> Any:
         try:
-            return json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise Rejected(400, "malformed_json", f"body is not JSON: {exc}") from exc
+            return strict_json.loads(raw)
+        except strict_json.JsonRefused as exc:
+            raise Rejected(400, exc.reason, exc.detail) from exc
 
     async def land(source: str, records: list[Any]) -> None:
-        lines = [_dumps(r) for r in records]
+        try:
+            lines = [_dumps(r) for r in records]
+        except UnicodeEncodeError as exc:
+            raise Rejected(400, "malformed_json", "a string holds a lone UTF-16 surrogate") from exc
+        except ValueError as exc:
+            raise Rejected(400, "invalid_number", f"not strict JSON: {exc}") from exc
         written = await run_in_threadpool(state["writer"].append, source, lines)
         metrics.accepted.labels(source).inc(len(lines))
         metrics.landing_bytes.labels(source).inc(written)
+
+    def auth_gate(request: Request) -> None:
+        """A client over its failed-authentication budget is refused before its credentials are
+        checked, so keys and secrets cannot be guessed at speed."""
+        wait = auth_failures.blocked(_client(request))
+        if wait:
+            raise Rejected(429, "rate_limited", f"more than {settings.auth_failures_per_minute} failed "
+                           "authentications a minute from this client", {"Retry-After": str(wait)})
 
     def authenticate(request: Request) -> str | None:
         """The organization of the request's API key; None when no keys are configured."""
         if not keys:
             return None
+        auth_gate(request)
         auth = request.headers.get("authorization", "")
         given = auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
-        for org, key in keys.items():
-            if given and hmac.compare_digest(given.encode(), key):
-                return org
+        found = None
+        for org, key in keys:  # every key compared, in constant time each
+            if hmac.compare_digest(given.encode(), key) and given:
+                found = org
+        if found is not None:
+            return found
         raise Rejected(401, "unauthorized", "missing or unknown API key (Authorization: Bearer <key>)",
                        {"WWW-Authenticate": "Bearer"})
 
@@ -187,7 +242,7 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
     def check_org(org: str | None, claimed: Any, where: str) -> None:
         """A key speaks for its own organization only (no keys configured: nothing to check)."""
         if org is not None and claimed != org:
-            known = "a known" if claimed in keys else "an unknown"
+            known = "a known" if claimed in organizations else "an unknown"
             raise Rejected(403, "unknown_organization",
                            f"{where}: organization_id {claimed!r} is {known} organization, not this key's")
 
@@ -201,27 +256,39 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     # ---- provider webhooks ------------------------------------------------------------
 
-    @app.post("/webhooks/sendgrid")
+    def enabled(name: str, decorator):
+        """Register the route unless FLYWHEEL_DISABLED_ROUTES switches it off (then it is a 404)."""
+        return decorator if settings.enabled(name) else (lambda fn: fn)
+
+    @enabled("sendgrid", app.post("/webhooks/sendgrid"))
     async def sendgrid(request: Request) -> dict:
+        if sendgrid_keys:
+            auth_gate(request)
         raw = await body(request)
-        if sendgrid_key is not None:
-            verdict = verify_sendgrid(sendgrid_key, request.headers.get("x-twilio-email-event-webhook-signature"),
-                                      request.headers.get("x-twilio-email-event-webhook-timestamp"), raw,
-                                      max_age_s=settings.sendgrid_max_age_s)
-            if not verdict.ok:
-                raise Rejected(401, _signature_reason(verdict.reason), verdict.reason)
+        if sendgrid_keys:
+            verdicts = [verify_sendgrid(key, request.headers.get("x-twilio-email-event-webhook-signature"),
+                                        request.headers.get("x-twilio-email-event-webhook-timestamp"), raw,
+                                        max_age_s=settings.sendgrid_max_age_s) for key in sendgrid_keys]
+            if not any(v.ok for v in verdicts):  # any key in force (rotation) may have signed it
+                raise Rejected(401, _signature_reason(verdicts[0].reason), verdicts[0].reason)
         events = parse(raw)
         if not isinstance(events, list):
             raise Rejected(400, "wrong_shape", "SendGrid posts a JSON array of event objects")
         for i, event in enumerate(events):
             if not isinstance(event, dict):
                 raise Rejected(400, "wrong_shape", f"element {i} is not an event object")
+        try:
+            check_sendgrid_events(events)
+        except RecordError as exc:
+            raise Rejected(400, "invalid_record", str(exc)) from exc
         if events:
             await land("sendgrid", events)
         return {"accepted": len(events)}
 
-    @app.post("/webhooks/hubspot")
+    @enabled("hubspot", app.post("/webhooks/hubspot"))
     async def hubspot_webhook(request: Request) -> dict:
+        if settings.hubspot_client_secret is not None:
+            auth_gate(request)
         raw = await body(request)
         if settings.hubspot_client_secret is not None:
             uri = hubspot_signed_uri(_public_url(request, settings.public_base_url))
@@ -249,9 +316,10 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
                 raise Rejected(503, "crm_api_unavailable", str(exc), {"Retry-After": "60"}) from exc
         return await _land_facts("hubspot", normalized)
 
-    @app.post("/webhooks/pipedrive")
+    @enabled("pipedrive", app.post("/webhooks/pipedrive"))
     async def pipedrive_webhook(request: Request) -> dict:
         if settings.pipedrive_user and settings.pipedrive_password is not None:
+            auth_gate(request)
             _check_basic(request.headers.get("authorization"), settings.pipedrive_user,
                          settings.pipedrive_password.get_secret_value())
         raw = await body(request)
@@ -273,7 +341,7 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     # ---- the outreach app's own records ------------------------------------------------
 
-    @app.post("/messages")
+    @enabled("messages", app.post("/messages"))
     async def messages(request: Request) -> dict:
         org = authenticate(request)
         throttle(org or _client(request))
@@ -287,7 +355,7 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
         await land("messages", records)
         return {"accepted": len(records)}
 
-    @app.post("/replies")
+    @enabled("replies", app.post("/replies"))
     async def replies(request: Request) -> dict:
         org = authenticate(request)
         throttle(org or _client(request))
@@ -306,7 +374,7 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     # ---- published files -----------------------------------------------------------------
 
-    @app.get("/route")
+    @enabled("route", app.get("/route"))
     async def route(request: Request, lead_id: str = Query(min_length=1),
                     organization_id: str = Query(min_length=1), task_type: str = "all") -> dict:
         org = authenticate(request)
@@ -319,8 +387,9 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
         except LookupError as exc:
             raise Rejected(404, "no_route", str(exc)) from exc
 
-    @app.get("/leaderboard")
-    async def get_leaderboard() -> Any:
+    @enabled("leaderboard", app.get("/leaderboard"))
+    async def get_leaderboard(request: Request) -> Any:
+        authenticate(request)
         board = leaderboard.get()
         if board is None:
             raise Rejected(404, "not_published", "no leaderboard yet (materialize model_leaderboard)")

@@ -81,13 +81,13 @@ class SegmentWriter:
 
     def _open(self, source: str) -> _Segment:
         directory = self.landing / source
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # names sort in creation order (nanosecond clock, strictly increasing per writer), so
         # readers that list files by name see segments in the order they were written
         self._last_ns = max(time.time_ns(), self._last_ns + 1)
         name = f".{source}-{self._last_ns:020d}-{uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
         path = directory / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)  # personal data: the owner's only
         fsync_dir(directory)  # the open segment's name survives a crash
         now = time.monotonic()
         return _Segment(path, fd, now, 0, now)

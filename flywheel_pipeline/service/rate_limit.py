@@ -1,5 +1,6 @@
-"""Per-organization request limits: a token bucket per key (``rate`` requests per minute,
-bursts up to ``rate``), answering how long to wait when a request is refused."""
+"""Request limits (per organization; failed authentications per client): a token bucket per
+key (``rate`` requests per minute, bursts up to ``rate``), answering how long to wait when a
+request is refused."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ class RateLimiter:
                 return 0
             self._buckets[key] = (tokens, now)
             return max(1, math.ceil((1.0 - tokens) / self._rate))
+
+    def blocked(self, key: str) -> int:
+        """0 if ``key`` could make a request now, else the whole seconds to wait (consumes nothing)."""
+        if self.per_minute <= 0:
+            return 0
+        with self._lock:
+            now = self._clock()
+            tokens, last = self._buckets.get(key, (float(self.per_minute), now))
+            tokens = min(float(self.per_minute), tokens + (now - last) * self._rate)
+            return 0 if tokens >= 1.0 else max(1, math.ceil((1.0 - tokens) / self._rate))
 
     def _forget_full(self, now: float) -> None:
         """A bucket that has refilled holds no state worth keeping (a new one starts full)."""

@@ -4,8 +4,10 @@
 ``FLYWHEEL_HOME``                      landing zone at ``$FLYWHEEL_HOME/landing``, routing and
                                        leaderboard files beside it
 ``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
-                                       shows it); unset = events accepted unsigned
-``FLYWHEEL_SENDGRID_MAX_AGE_S``        timestamp tolerance, default 600; 0 disables the check
+                                       shows it), or several separated by commas while it is
+                                       rotated; unset = events accepted unsigned
+``FLYWHEEL_SENDGRID_MAX_AGE_S``        timestamp tolerance, default 300 (as Stripe and HubSpot);
+                                       0 disables the check (a non-finite timestamp is always refused)
 ``FLYWHEEL_HUBSPOT_CLIENT_SECRET``     the HubSpot app's client secret (signature v3)
 ``FLYWHEEL_HUBSPOT_ACCESS_TOKEN``      token for reading deals/meetings/contacts (HubSpot's
                                        webhooks carry ids only); unset = no enrichment
@@ -18,13 +20,21 @@
                                        sits in front; the v3 signature covers the full URI
 ``FLYWHEEL_PIPEDRIVE_USER`` / ``_PASSWORD``  HTTP Basic credentials set on the Pipedrive webhook
 ``FLYWHEEL_PIPEDRIVE_MESSAGE_ID_FIELD``  key of the deal/activity custom field with our message id
-``FLYWHEEL_API_KEYS``                  ``org-a=key1,org-b=key2``: one API key per organization
+``FLYWHEEL_API_KEYS``                  ``org-a=key1,org-b=key2``: API keys per organization (an
+                                       organization named twice has two valid keys: rotation)
+``FLYWHEEL_AUTH_FAILURES_PER_MINUTE``  failed authentications a client may make per minute before
+                                       it gets 429 without its credentials being checked (30; 0 off)
 ``FLYWHEEL_MESSAGE_ID_DOMAINS``        domains of our Message-IDs, default ``outreach.example``
 ``FLYWHEEL_DEFAULT_MODEL``             the model /route returns when nothing is routed
 ``FLYWHEEL_RATE_LIMIT_PER_MINUTE``     per organization, default 100 (0 disables)
 ``FLYWHEEL_MAX_BODY_BYTES``            default 4 MiB
 ``FLYWHEEL_SEGMENT_MAX_BYTES`` / ``FLYWHEEL_SEGMENT_MAX_AGE_S`` / ``FLYWHEEL_FSYNC_INTERVAL_S``
                                        landing segment rotation (8 MiB / 60 s) and fsync cadence (1 s)
+``FLYWHEEL_DISABLED_ROUTES``           routes switched off (404): any of ``sendgrid``, ``hubspot``,
+                                       ``pipedrive``, ``messages``, ``replies``, ``route``, ``leaderboard``
+``FLYWHEEL_HEADER_TIMEOUT_S``          a connection's request line and headers must arrive within it (10 s)
+``FLYWHEEL_BODY_TIMEOUT_S``            a request's body must arrive within it (30 s; 408 ``body_timeout``)
+``FLYWHEEL_MAX_CONNECTIONS``           concurrent connections and requests; beyond it 503 (default 200)
 =====================================  =========================================================
 """
 
@@ -34,9 +44,13 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from flywheel_pipeline import paths
+from flywheel_pipeline.core.signatures import load_sendgrid_public_key
+
+# the routes that can be switched off (FLYWHEEL_DISABLED_ROUTES); /healthz and /metrics cannot
+ROUTES = ("sendgrid", "hubspot", "pipedrive", "messages", "replies", "route", "leaderboard")
 
 
 def _csv(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -45,17 +59,19 @@ def _csv(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip())
 
 
-def parse_api_keys(value: str | None) -> dict[str, SecretStr]:
-    """``org-a=key1,org-b=key2`` -> {org: key}; refuses malformed pairs and repeated keys."""
-    keys: dict[str, SecretStr] = {}
+def parse_api_keys(value: str | None) -> dict[str, tuple[SecretStr, ...]]:
+    """``org-a=key1,org-b=key2,org-a=key3`` -> {org: keys}: an organization may have several
+    keys at once (rotation: add the new key, move the clients, remove the old one); refuses
+    malformed pairs and a key given twice."""
+    keys: dict[str, tuple[SecretStr, ...]] = {}
     for pair in _csv(value):
         org, sep, key = pair.partition("=")
         if not sep or not org.strip() or not key.strip():
             raise ValueError("FLYWHEEL_API_KEYS must look like 'org-a=key1,org-b=key2'")
-        keys[org.strip()] = SecretStr(key.strip())
-    secrets = [k.get_secret_value() for k in keys.values()]
+        keys[org.strip()] = (*keys.get(org.strip(), ()), SecretStr(key.strip()))
+    secrets = [k.get_secret_value() for org_keys in keys.values() for k in org_keys]
     if len(set(secrets)) != len(secrets):
-        raise ValueError("FLYWHEEL_API_KEYS gives two organizations the same key")
+        raise ValueError("FLYWHEEL_API_KEYS gives the same key twice")
     return keys
 
 
@@ -63,7 +79,7 @@ class ServiceSettings(BaseModel):
     landing: Path
     home: Path
     sendgrid_public_key: str | None = None
-    sendgrid_max_age_s: float = Field(600.0, ge=0)
+    sendgrid_max_age_s: float = Field(300.0, ge=0, allow_inf_nan=False)
     hubspot_client_secret: SecretStr | None = None
     hubspot_access_token: SecretStr | None = None
     hubspot_api_base: str = "https://api.hubapi.com"
@@ -74,7 +90,7 @@ class ServiceSettings(BaseModel):
     pipedrive_user: str | None = None
     pipedrive_password: SecretStr | None = None
     pipedrive_message_id_field: str | None = None
-    api_keys: dict[str, SecretStr] = Field(default_factory=dict)
+    api_keys: dict[str, tuple[SecretStr, ...]] = Field(default_factory=dict)
     message_id_domains: tuple[str, ...] = ("outreach.example",)
     default_model: str | None = None
     rate_limit_per_minute: int = Field(100, ge=0)
@@ -82,6 +98,34 @@ class ServiceSettings(BaseModel):
     segment_max_bytes: int = Field(8 << 20, ge=0)
     segment_max_age_s: float = Field(60.0, ge=0)
     fsync_interval_s: float = Field(1.0, ge=0)
+    disabled_routes: tuple[str, ...] = ()
+    header_timeout_s: float = Field(10.0, gt=0, allow_inf_nan=False)
+    body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
+    max_connections: int = Field(200, ge=1)
+    auth_failures_per_minute: int = Field(30, ge=0)
+
+    @field_validator("sendgrid_public_key")
+    @classmethod
+    def _valid_sendgrid_key(cls, value: str | None) -> str | None:
+        for key in _csv(value):
+            load_sendgrid_public_key(key)  # ValueError: a configuration error, said at start
+        return value
+
+    def sendgrid_public_keys(self) -> tuple[str, ...]:
+        """The verification keys in force (several while SendGrid's key is rotated)."""
+        return _csv(self.sendgrid_public_key)
+
+    @field_validator("disabled_routes")
+    @classmethod
+    def _known_routes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = set(value) - set(ROUTES)
+        if unknown:
+            raise ValueError(f"FLYWHEEL_DISABLED_ROUTES: unknown route(s) {', '.join(sorted(unknown))}; "
+                             f"known: {', '.join(ROUTES)}")
+        return value
+
+    def enabled(self, route: str) -> bool:
+        return route not in self.disabled_routes
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ServiceSettings:
@@ -103,26 +147,26 @@ class ServiceSettings(BaseModel):
                   "pipedrive_message_id_field": "PIPEDRIVE_MESSAGE_ID_FIELD",
                   "default_model": "DEFAULT_MODEL", "rate_limit_per_minute": "RATE_LIMIT_PER_MINUTE",
                   "max_body_bytes": "MAX_BODY_BYTES", "segment_max_bytes": "SEGMENT_MAX_BYTES",
-                  "segment_max_age_s": "SEGMENT_MAX_AGE_S", "fsync_interval_s": "FSYNC_INTERVAL_S"}
+                  "segment_max_age_s": "SEGMENT_MAX_AGE_S", "fsync_interval_s": "FSYNC_INTERVAL_S",
+                  "header_timeout_s": "HEADER_TIMEOUT_S", "body_timeout_s": "BODY_TIMEOUT_S",
+                  "max_connections": "MAX_CONNECTIONS", "auth_failures_per_minute": "AUTH_FAILURES_PER_MINUTE"}
         for field, name in scalar.items():
             if (value := get(name)) is not None:
                 values[field] = value
         for field, name in (("hubspot_won_stages", "HUBSPOT_WON_STAGES"),
                             ("hubspot_lost_stages", "HUBSPOT_LOST_STAGES"),
-                            ("message_id_domains", "MESSAGE_ID_DOMAINS")):
+                            ("message_id_domains", "MESSAGE_ID_DOMAINS"),
+                            ("disabled_routes", "DISABLED_ROUTES")):
             if (value := get(name)) is not None:
                 values[field] = _csv(value)
         return cls(**values)
 
     def unverified_sources(self) -> list[str]:
-        """Webhook sources accepted without a signature or credentials (said at start and in /healthz)."""
-        out = []
-        if not self.sendgrid_public_key:
-            out.append("sendgrid")
-        if self.hubspot_client_secret is None:
-            out.append("hubspot")
-        if not (self.pipedrive_user and self.pipedrive_password):
-            out.append("pipedrive")
-        if not self.api_keys:
-            out.append("messages/replies (no FLYWHEEL_API_KEYS)")
-        return out
+        """Enabled routes that accept requests without a signature, credentials or API key (said
+        at start and in /healthz; a non-loopback bind refuses to start while there is one)."""
+        unauthenticated = {"sendgrid": not self.sendgrid_public_key,
+                           "hubspot": self.hubspot_client_secret is None,
+                           "pipedrive": not (self.pipedrive_user and self.pipedrive_password),
+                           "messages": not self.api_keys, "replies": not self.api_keys,
+                           "route": not self.api_keys, "leaderboard": not self.api_keys}
+        return [route for route in ROUTES if unauthenticated[route] and self.enabled(route)]

@@ -258,7 +258,7 @@ def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: li
     directory, name the directory by the sha256 of its files (the dataset version) and
     rename it into ``exports_root/<version>/`` atomically. The same content yields the same
     version; an existing version directory is reused, never overwritten."""
-    exports_root.mkdir(parents=True, exist_ok=True)
+    exports_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = exports_root / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     files: dict[str, Path] = {}

@@ -30,10 +30,14 @@ import duckdb
 
 from flywheel_pipeline.core import landing as landing_zone
 from flywheel_pipeline.core.label_policy import LabelPolicy
+from flywheel_pipeline.core.timestamps import EARLIEST, ISO_PATTERN, MAX_FUTURE, sql_range
 from flywheel_pipeline.warehouse.schema import SENDGRID_EVENTS, new_batch, transaction
 
-# ISO 8601 text -> UTC TIMESTAMP (offsets honoured, no offset read as UTC).
-_TS = "timezone('UTC', try_cast({expr} AS TIMESTAMPTZ))"
+# ISO 8601 text in the form the service accepts too (core/timestamps.py) -> UTC TIMESTAMP
+# (offsets honoured, no offset read as UTC); other text -> NULL (quarantined).
+_TS = ("CASE WHEN regexp_full_match({expr}, '" + ISO_PATTERN.replace("{", "{{").replace("}", "}}") + "') "
+       "THEN timezone('UTC', try_cast({expr} AS TIMESTAMPTZ)) END")
+_RANGE = f"before {EARLIEST.date()} or more than a day after ingestion"
 
 
 def _parse_common(fields: dict[str, str]) -> str:
@@ -80,7 +84,10 @@ SELECT *,
                      WHEN organization_id IS NULL OR organization_id = '' THEN 'missing organization_id'
                      WHEN lead_id IS NULL OR lead_id = '' THEN 'missing lead_id'
                      WHEN sent_at_text IS NULL THEN 'missing sent_at'
-                     WHEN sent_at IS NULL THEN 'invalid sent_at: not an ISO 8601 timestamp' END) AS reason
+                     WHEN sent_at IS NULL THEN 'invalid sent_at: not an ISO 8601 timestamp'
+                     WHEN NOT {sql_range('sent_at')} THEN 'invalid sent_at: {_RANGE}'
+                     WHEN NOT isfinite(cost_usd) THEN 'invalid cost_usd: not a finite number'
+                     WHEN NOT isfinite(latency_ms) THEN 'invalid latency_ms: not a finite number' END) AS reason
 FROM f
 """
 
@@ -98,6 +105,9 @@ ON CONFLICT DO NOTHING
 SENDGRID_FIELDS = {k: _V for k in ("sg_event_id", "message_id", "event", "timestamp", "email",
                                    "sg_machine_open", "url", "type", "reason", "sg_message_id")}
 
+_EPOCH_OK = (f"ts_epoch BETWEEN {int(EARLIEST.timestamp())} "
+             f"AND epoch(now()) + {int(MAX_FUTURE.total_seconds())}")
+
 SENDGRID_SQL = f"""
 WITH p AS ({_parse_common(SENDGRID_FIELDS)}),
 f AS (
@@ -108,15 +118,15 @@ f AS (
            r.url, r.type AS bounce_type, r.reason AS reason_text, r.sg_message_id
     FROM p)
 SELECT *,
-       CASE WHEN ts_epoch IS NOT NULL AND ts_epoch BETWEEN 0 AND 32503680000
+       CASE WHEN ts_epoch IS NOT NULL AND {_EPOCH_OK}
             THEN timezone('UTC', to_timestamp(ts_epoch)) END AS occurred_at,
        coalesce(base_reason,
                 CASE WHEN sg_event_id IS NULL OR sg_event_id = '' THEN 'missing sg_event_id'
                      WHEN event IS NULL OR event = '' THEN 'missing event'
                      WHEN event NOT IN {SENDGRID_EVENTS} THEN 'unknown event type: ' || event
                      WHEN ts_text IS NULL THEN 'missing timestamp'
-                     WHEN ts_epoch IS NULL OR NOT ts_epoch BETWEEN 0 AND 32503680000
-                         THEN 'invalid timestamp: not unix seconds'
+                     WHEN ts_epoch IS NULL OR NOT isfinite(ts_epoch) THEN 'invalid timestamp: not unix seconds'
+                     WHEN NOT {_EPOCH_OK} THEN 'invalid timestamp: {_RANGE}'
                      WHEN message_id IS NULL OR message_id = ''
                          THEN 'unattributable: no message_id custom arg' END) AS reason
 FROM f
@@ -153,7 +163,9 @@ SELECT *,
                      WHEN type NOT IN {CRM_TYPES} THEN 'unknown type: ' || type
                      WHEN occurred_text IS NULL THEN 'missing occurred_at'
                      WHEN occurred_at IS NULL THEN 'invalid occurred_at: not an ISO 8601 timestamp'
+                     WHEN NOT {sql_range('occurred_at')} THEN 'invalid occurred_at: {_RANGE}'
                      WHEN deal_value_text IS NOT NULL AND deal_value IS NULL THEN 'invalid deal_value'
+                     WHEN NOT isfinite(deal_value) THEN 'invalid deal_value: not a finite number'
                      WHEN deal_value < 0 THEN 'invalid deal_value: negative'
                      WHEN given_message_id IS NULL AND lead_id IS NULL AND email IS NULL
                          THEN 'unattributable: no message_id, lead_id or email' END) AS reason
@@ -187,6 +199,7 @@ SELECT *,
                 CASE WHEN reply_id IS NULL OR reply_id = '' THEN 'missing reply_id'
                      WHEN received_text IS NULL THEN 'missing received_at'
                      WHEN received_at IS NULL THEN 'invalid received_at: not an ISO 8601 timestamp'
+                     WHEN NOT {sql_range('received_at')} THEN 'invalid received_at: {_RANGE}'
                      WHEN headers_type IS NOT NULL AND headers_type NOT IN ('OBJECT', 'NULL')
                          THEN 'invalid headers: not an object'
                      WHEN given_message_id IS NULL AND from_email IS NULL

@@ -136,7 +136,7 @@ def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | No
     """Open the warehouse (creating and migrating it unless read-only)."""
     database = str(path)
     if database != ":memory:" and not database.startswith("md:"):
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # personal data: owner only
     con = duckdb.connect(database, read_only=read_only)
     con.execute("SET TimeZone = 'UTC'")
     con.execute("SET enable_progress_bar = false")

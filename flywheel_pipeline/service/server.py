@@ -1,0 +1,91 @@
+"""Running the ingestion service under uvicorn with timeouts and limits.
+
+* Header read timeout (``header_timeout_s``): a connection whose request line and headers are
+  not complete within it, from when it opens or from its previous response, is closed (one
+  log line), so slow or idle connections cannot pile up (uvicorn itself only times out idle
+  keep-alive connections, and only until their first byte). The protocol is the one uvicorn
+  would pick (httptools when installed, else h11) with this timer mixed in.
+* Body read timeout (``body_timeout_s``): in the app, 408 ``body_timeout`` (service/app.py).
+* Concurrency limit (``max_connections``): uvicorn's ``limit_concurrency``: beyond it new
+  requests get a 503 (plain text, from uvicorn) and may retry.
+* A client that disconnects mid-body is one log line (service/app.py), not a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import uvicorn
+
+from flywheel_pipeline.service.settings import ServiceSettings
+
+log = logging.getLogger("flywheel.service")
+
+
+def _uvicorn_protocol() -> type[asyncio.Protocol]:
+    """The HTTP protocol uvicorn's "auto" picks: httptools when installed (about twice as fast
+    as h11 here), else h11."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+        return HttpToolsProtocol
+    except ImportError:
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+        return H11Protocol
+
+
+class HeaderTimeout:
+    """Mixed into uvicorn's HTTP protocol: closes connections that do not send a request's
+    headers in time (both uvicorn protocols have ``cycle``, ``loop``, ``transport`` and
+    ``on_response_complete``)."""
+
+    header_timeout_s: float = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self._header_timer: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        timer = getattr(self, "_header_timer", None)
+        if timer is not None:
+            timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_timer = None
+        in_progress = self.cycle is not None and not self.cycle.response_complete
+        if in_progress or self.transport.is_closing():
+            return  # this request's headers arrived; it is served (the body has its own timeout)
+        client = "%s:%d" % self.client if self.client else "unknown"
+        log.warning("closed connection from %s: no complete request headers within %gs", client,
+                 self.header_timeout_s)
+        self.transport.close()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        if not self.transport.is_closing():
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+def protocol_for(settings: ServiceSettings) -> type[asyncio.Protocol]:
+    return type("FlywheelHttpProtocol", (HeaderTimeout, _uvicorn_protocol()),
+                {"header_timeout_s": settings.header_timeout_s})
+
+
+def uvicorn_config(app, settings: ServiceSettings, *, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol_for(settings),
+                          limit_concurrency=settings.max_connections, timeout_keep_alive=5,
+                          timeout_graceful_shutdown=10)
+
+
+def serve(app, settings: ServiceSettings, *, host: str, port: int, log_level: str = "info") -> None:
+    uvicorn.Server(uvicorn_config(app, settings, host=host, port=port, log_level=log_level)).run()
