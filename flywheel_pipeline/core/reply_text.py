@@ -114,14 +114,12 @@ def _quote_start(lines: list[str]) -> int:
 
 
 def _signature_start(lines: list[str]) -> int:
-    """Index where the signature begins (len(lines) if none). The first line never counts,
-    so a reply that is only "Thanks." keeps its words."""
+    """Index where the signature begins (len(lines) if none). A sign-off on the first line
+    does not count, so a reply that is only "Thanks." keeps its words."""
     for i, line in enumerate(lines):
-        if i == 0:
-            continue
         if _SIGNATURE_LINE.match(line):
             return i
-        if _SIGN_OFF_LINE.match(line):
+        if i > 0 and _SIGN_OFF_LINE.match(line):
             rest = [r for r in lines[i + 1:] if r.strip()]
             if len(rest) <= _SIGNATURE_BLOCK_MAX_LINES and all(len(r) <= 80 for r in rest):
                 return i
