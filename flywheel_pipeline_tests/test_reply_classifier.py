@@ -115,7 +115,7 @@ def test_classifiers_by_name(monkeypatch):
     monkeypatch.setenv("FLYWHEEL_REPLY_CLASSIFIER", "rule_based")
     assert make_reply_classifier().name == "rule_based"
     assert make_reply_classifier("cue_model").name == "cue_model"
-    with pytest.raises(ValueError, match="known: cue_model, rule_based"):
+    with pytest.raises(ValueError, match="known: cue_model, llm, rule_based"):
         make_reply_classifier("gpt")
 
 

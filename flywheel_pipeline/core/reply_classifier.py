@@ -63,6 +63,10 @@ class ReplyIntent:
     confidence: float
     is_auto_reply: bool
     auto_reply_reason: str | None = None
+    # set when another classifier than the one asked decided (the llm classifier's offline
+    # fallback): the row keeps who really decided, so a later run can ask again
+    classifier: str | None = None
+    classifier_version: str | None = None
 
 
 class ReplyClassifier(Protocol):

@@ -3,6 +3,11 @@
 ``cue_model`` (default): offline, quoted mail and signatures stripped, words and cues weighed
 by a linear model trained on the shipped tuning split (core/reply_cue_model.py).
 ``rule_based``: the first offline classifier, first matching regex wins (kept for comparison).
+``llm``: any OpenAI-compatible endpoint (core/reply_llm_classifier.py), configured by
+``FLYWHEEL_REPLY_LLM_MODEL`` (required), ``FLYWHEEL_REPLY_LLM_BASE_URL``,
+``FLYWHEEL_REPLY_LLM_API_KEY``, ``FLYWHEEL_REPLY_LLM_BATCH_SIZE`` (default 20) and
+``FLYWHEEL_REPLY_LLM_MAX_REQUESTS`` (per run, default 200); answers cached in
+``$FLYWHEEL_HOME/cache/reply_llm.sqlite``.
 
 The pipeline's classifier is the ``reply_intents`` asset's ``classifier`` config, else the
 ``FLYWHEEL_REPLY_CLASSIFIER`` environment variable, else ``cue_model``.
@@ -25,9 +30,35 @@ def _cue_model() -> ReplyClassifier:
     return CueModelReplyClassifier()
 
 
+def _llm() -> ReplyClassifier:
+    from flywheel_pipeline import paths
+    from flywheel_pipeline.core.reply_llm_classifier import LLMReplyClassifier, LLMSettings
+
+    model = os.environ.get("FLYWHEEL_REPLY_LLM_MODEL")
+    if not model:
+        raise ValueError("the llm reply classifier needs FLYWHEEL_REPLY_LLM_MODEL (and, for a host other "
+                         "than OpenAI's, FLYWHEEL_REPLY_LLM_BASE_URL; the key in FLYWHEEL_REPLY_LLM_API_KEY)")
+    return LLMReplyClassifier(LLMSettings(
+        model=model, base_url=os.environ.get("FLYWHEEL_REPLY_LLM_BASE_URL") or None,
+        api_key=os.environ.get("FLYWHEEL_REPLY_LLM_API_KEY") or None,
+        batch_size=_positive_env("FLYWHEEL_REPLY_LLM_BATCH_SIZE", 20),
+        max_requests=_positive_env("FLYWHEEL_REPLY_LLM_MAX_REQUESTS", 200),
+        cache_path=paths.reply_llm_cache_path()))
+
+
+def _positive_env(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if not value:
+        return default
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
+
+
 REPLY_CLASSIFIERS: dict[str, Callable[[], ReplyClassifier]] = {
     "cue_model": _cue_model,
     "rule_based": RuleBasedReplyClassifier,
+    "llm": _llm,
 }
 
 

@@ -76,7 +76,11 @@ def _class_metrics(label: str, gold: Sequence[bool], predicted: Sequence[bool]) 
 def evaluate(classifier: ReplyClassifier, rows: Sequence[LabelledReply]) -> Evaluation:
     """Classify every row (timed) and compare with its gold intent and sentiment."""
     started = time.perf_counter()
-    predictions = [classifier.classify(subject=row.subject, text=row.text, headers=row.headers) for row in rows]
+    batch = getattr(classifier, "classify_batch", None)  # the llm classifier asks in batches
+    if batch is not None:
+        predictions = list(batch([(row.subject, row.text, row.headers) for row in rows]))
+    else:
+        predictions = [classifier.classify(subject=row.subject, text=row.text, headers=row.headers) for row in rows]
     seconds = time.perf_counter() - started
     labels = [intent for intent in INTENTS
               if any(r.intent == intent for r in rows) or any(p.intent == intent for p in predictions)]

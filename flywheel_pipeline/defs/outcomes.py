@@ -19,7 +19,7 @@ OUTCOMES_GROUP = "outcomes"
 
 class ReplyIntentsConfig(dg.Config):
     classifier: str | None = Field(
-        None, description="Reply classifier by name ('cue_model', 'rule_based'); default: the "
+        None, description="Reply classifier by name ('cue_model', 'rule_based', 'llm'); default: the "
                           "FLYWHEEL_REPLY_CLASSIFIER environment variable, else 'cue_model'.")
 
 

@@ -75,14 +75,15 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
                                "FROM _todo WHERE n > ? AND n <= ? ORDER BY n",
                                [start, start + batch_size]).fetchall()
             new, again = [], []
+            intents = _classify_rows(classifier, rows)
             for (reply_id, message_id, message_key, received_at, subject, text, headers,
-                 stored, old_sentiment, old_intent, old_auto, old_batch) in rows:
-                intent = classifier.classify(subject=subject, text=text, headers=_headers(headers))
+                 stored, old_sentiment, old_intent, old_auto, old_batch), intent in zip(rows, intents):
                 same = stored and (old_sentiment, old_intent, old_auto) == (
                     intent.sentiment, intent.intent, intent.is_auto_reply)
                 row = (reply_id, message_id, message_key, received_at, intent.is_auto_reply,
                        intent.auto_reply_reason, intent.sentiment, intent.intent, float(intent.confidence),
-                       name, version, old_batch if same else batch_id)
+                       intent.classifier or name, intent.classifier_version or version,
+                       old_batch if same else batch_id)
                 (again if stored else new).append(row)
                 result.changed += int(stored and not same)
                 result.by_intent[intent.intent] += 1
@@ -105,6 +106,15 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
         con.execute("UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, accepted = ? "
                     "WHERE batch_id = ?", [result.classified + result.changed, batch_id])
     return result
+
+
+def _classify_rows(classifier: ReplyClassifier, rows: list[tuple]) -> list:
+    """Each row's intent; a classifier with ``classify_batch`` (the llm one) gets them all at once."""
+    replies = [(subject, text, _headers(headers)) for _, _, _, _, subject, text, headers, *_ in rows]
+    batch = getattr(classifier, "classify_batch", None)
+    if batch is not None:
+        return list(batch(replies))
+    return [classifier.classify(subject=subject, text=text, headers=headers) for subject, text, headers in replies]
 
 
 def _headers(headers: object) -> dict:
