@@ -92,3 +92,44 @@ def test_a_schema_2_warehouse_gets_its_classifier_version_split_out(tmp_path, la
     # the default classifier is not rule_based:1, so the next run re-classifies every reply
     assert classify_new_replies(con).reclassified == 4
     con.close()
+
+
+def test_the_reply_intents_asset_takes_its_classifier_from_config_and_lands_reviewed_labels(tmp_path):
+    """Through Dagster: the default classifier, then rule_based by run config (re-classifying
+    and relabelling), then a reviewed label landed in reply_labels overriding it."""
+    import dagster as dg
+
+    from flywheel_pipeline.defs.ingest import INGEST_ASSETS
+    from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS
+    from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
+
+    landing = tmp_path / "landing"
+    _world(landing)
+    resources = {"warehouse": WarehouseResource(database=str(tmp_path / "wh.duckdb")),
+                 "landing": LandingZoneResource(path=str(landing)), "label_policy": LabelPolicyResource()}
+
+    def run(**reply_config):
+        with dg.instance_for_test() as instance:
+            result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS], instance=instance, resources=resources,
+                                    run_config={"ops": {"reply_intents": {"config": reply_config},
+                                                        "outcome_labels": {"config": {"as_of": "2026-04-01T00:00:00Z"}}}})
+            assert result.success
+            events = [e for e in result.get_asset_materialization_events()
+                      if e.asset_key.to_user_string() == "reply_intents"]
+            return events[0].materialization.metadata
+
+    first = run()
+    assert first["classifier"].value.startswith("cue_model:2.") and first["classified_now"].value == 4
+    switched = run(classifier="rule_based")
+    assert switched["classifier"].value == "rule_based:1"
+    assert (switched["reclassified_now"].value, switched["changed_by_reclassifying"].value) == (4, 2)
+    write_jsonl(landing, "reply_labels", [{"label_id": "L1", "reply_id": "r-m3", "intent": "interested",
+                                           "sentiment": "positive", "labelled_at": "2026-03-03T00:00:00Z"}],
+                name="review.jsonl")
+    reviewed = run(classifier="rule_based")
+    assert reviewed["set_from_reviewed_labels_now"].value == 1
+    con = connect(tmp_path / "wh.duckdb")
+    assert con.execute("SELECT classifier, classifier_version, intent FROM reply_intents WHERE reply_id = 'r-m3'"
+                       ).fetchone() == ("human", "L1", "interested")
+    assert label(con, "m3")["positive_reply"]
+    con.close()

@@ -7,12 +7,11 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipeline.core.label_policy import STAGES, parse_as_of
-from flywheel_pipeline.core.reply_classifiers import make_reply_classifier
-from flywheel_pipeline.defs.ingest import crm_events, email_events, messages, replies
+from flywheel_pipeline.defs.ingest import crm_events, email_events, messages, replies, reply_labels
 from flywheel_pipeline.defs.metadata import md_bar_chart, md_table
 from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, LabelPolicyResource, WarehouseResource
 from flywheel_pipeline.warehouse.labels import refresh_labels
-from flywheel_pipeline.warehouse.reply_intents import classify_new_replies
+from flywheel_pipeline.warehouse.reply_intents import classify_new_replies, pipeline_classifier
 
 OUTCOMES_GROUP = "outcomes"
 
@@ -23,14 +22,14 @@ class ReplyIntentsConfig(dg.Config):
                           "FLYWHEEL_REPLY_CLASSIFIER environment variable, else 'cue_model'.")
 
 
-@dg.asset(group_name=OUTCOMES_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "python"}, deps=[replies],
+@dg.asset(group_name=OUTCOMES_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "python"}, deps=[replies, reply_labels],
           description="Sentiment, intent, confidence and auto-reply flag for every reply, with the "
                       "classifier and version that decided them (offline cue_model by default; a reply "
                       "is classified again only when the classifier or its version changes).")
 def reply_intents(context: dg.AssetExecutionContext, config: ReplyIntentsConfig,
                   warehouse: WarehouseResource) -> dg.MaterializeResult:
-    classifier = make_reply_classifier(config.classifier)
     with warehouse.connect() as con:
+        classifier = pipeline_classifier(con, config.classifier)
         result = classify_new_replies(con, classifier, progress=context.log.info)
         totals = con.execute("SELECT intent, sentiment, count(*) FROM reply_intents GROUP BY ALL ORDER BY 3 DESC"
                              ).fetchall()
@@ -43,6 +42,7 @@ def reply_intents(context: dg.AssetExecutionContext, config: ReplyIntentsConfig,
         "relinked_now": result.relinked,
         "auto_replies_now": result.auto_replies,
         "classifier": result.classifier,
+        "set_from_reviewed_labels_now": result.reviewed,
         "intents": dg.MetadataValue.md(md_table(["intent", "sentiment", "replies"], totals)),
     })
 

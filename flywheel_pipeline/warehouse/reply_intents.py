@@ -7,7 +7,10 @@ one, core/reply_classifiers.py) and keeps the classifier's name, version and con
 A reply is classified again only when the configured classifier's name or version differs
 from the one that classified it; its row then takes a new ``batch_id`` only if what labels
 read changed (sentiment, intent, auto-reply flag), so ``refresh_labels`` relabels just those
-messages. Replies whose attribution arrives later are re-linked without re-classifying.
+messages. A reviewed label (``reply_labels``, ``flywheel replies correct``) overrides the
+classifier: the row takes the label's intent and sentiment, confidence 1, classifier
+``human`` and the label's id as version. Replies whose attribution arrives later are
+re-linked without re-classifying.
 """
 
 from __future__ import annotations
@@ -20,10 +23,12 @@ from dataclasses import dataclass, field
 import duckdb
 import pandas as pd
 
-from flywheel_pipeline.core.reply_classifier import ReplyClassifier
+from flywheel_pipeline.core.reply_classifier import ReplyClassifier, ReplyIntent
 from flywheel_pipeline.core.reply_classifiers import make_reply_classifier
+from flywheel_pipeline.warehouse.reply_labels import LATEST_LABELS_SQL, labelled_replies
 from flywheel_pipeline.warehouse.schema import new_batch, transaction
 
+HUMAN = "human"  # the classifier name of rows decided by a reviewed label
 _COLUMNS = ["reply_id", "message_id", "message_key", "received_at", "is_auto_reply", "auto_reply_reason",
             "sentiment", "intent", "confidence", "classifier", "classifier_version", "batch_id"]
 
@@ -35,6 +40,7 @@ class ClassifyResult:
     classified: int = 0       # new replies classified
     reclassified: int = 0     # replies classified again by a new classifier or version
     changed: int = 0          # of those, whose sentiment, intent or auto-reply flag changed
+    reviewed: int = 0         # rows set from a reviewed label (reply_labels) this time
     relinked: int = 0
     by_intent: Counter = field(default_factory=Counter)
     by_sentiment: Counter = field(default_factory=Counter)
@@ -59,25 +65,39 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
             WHERE r.reply_id = i.reply_id AND r.message_key IS NOT NULL
               AND i.message_key IS DISTINCT FROM r.message_key
         """).fetchone()[0]
-        con.execute("""
+        # a reviewed label (reply_labels) decides instead of the classifier: classifier 'human',
+        # version the label's id
+        con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _todo AS
             SELECT row_number() OVER (ORDER BY r.reply_id) AS n, r.reply_id, r.message_id, r.message_key,
                    r.received_at, r.subject, r.text, r.headers,
                    i.reply_id IS NOT NULL AS stored, i.sentiment AS old_sentiment, i.intent AS old_intent,
-                   i.is_auto_reply AS old_auto, i.batch_id AS old_batch
+                   i.is_auto_reply AS old_auto, i.batch_id AS old_batch,
+                   l.label_id, l.intent AS label_intent, l.sentiment AS label_sentiment
             FROM replies r LEFT JOIN reply_intents i USING (reply_id)
-            WHERE i.reply_id IS NULL OR i.classifier IS DISTINCT FROM ? OR i.classifier_version IS DISTINCT FROM ?
+                 LEFT JOIN ({LATEST_LABELS_SQL}) l USING (reply_id)
+            WHERE CASE WHEN l.label_id IS NOT NULL
+                       THEN i.reply_id IS NULL OR i.classifier <> '{HUMAN}' OR i.classifier_version <> l.label_id
+                       ELSE i.reply_id IS NULL OR i.classifier IS DISTINCT FROM ?
+                            OR i.classifier_version IS DISTINCT FROM ? END
         """, [name, version])
         total = con.execute("SELECT count(*) FROM _todo").fetchone()[0]
         for start in range(0, total, batch_size):
             rows = con.execute("SELECT reply_id, message_id, message_key, received_at, subject, text, headers, "
-                               "stored, old_sentiment, old_intent, old_auto, old_batch "
+                               "stored, old_sentiment, old_intent, old_auto, old_batch, "
+                               "label_id, label_intent, label_sentiment "
                                "FROM _todo WHERE n > ? AND n <= ? ORDER BY n",
                                [start, start + batch_size]).fetchall()
             new, again = [], []
-            intents = _classify_rows(classifier, rows)
+            intents = _classify_rows(classifier, [row for row in rows if row[12] is None])[::-1]
             for (reply_id, message_id, message_key, received_at, subject, text, headers,
-                 stored, old_sentiment, old_intent, old_auto, old_batch), intent in zip(rows, intents):
+                 stored, old_sentiment, old_intent, old_auto, old_batch,
+                 label_id, label_intent, label_sentiment) in rows:
+                if label_id is not None:
+                    intent = _reviewed(label_id, label_intent, label_sentiment)
+                    result.reviewed += 1
+                else:
+                    intent = intents.pop()
                 same = stored and (old_sentiment, old_intent, old_auto) == (
                     intent.sentiment, intent.intent, intent.is_auto_reply)
                 row = (reply_id, message_id, message_key, received_at, intent.is_auto_reply,
@@ -106,6 +126,28 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
         con.execute("UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, accepted = ? "
                     "WHERE batch_id = ?", [result.classified + result.changed, batch_id])
     return result
+
+
+def pipeline_classifier(con: duckdb.DuckDBPyConnection, name: str | None = None) -> ReplyClassifier:
+    """The configured classifier; ``cue_model`` also learns from the replies people labelled
+    (reply_labels) beside the shipped tuning split, so its version moves with them."""
+    classifier = make_reply_classifier(name)
+    labelled = labelled_replies(con)
+    if classifier.name != "cue_model" or not labelled:
+        return classifier
+    from flywheel_pipeline.core.reply_cue_model import CueModelReplyClassifier, train
+    from flywheel_pipeline.core.reply_eval_set import shipped_set
+    from flywheel_pipeline.core.reply_text import own_text
+
+    examples = [(own_text(row.text), row.intent) for row in shipped_set("tuning")]
+    examples += [(own_text(text), intent) for text, intent in labelled]
+    return CueModelReplyClassifier(train(examples))
+
+
+def _reviewed(label_id: str, intent: str, sentiment: str) -> ReplyIntent:
+    auto = intent == "auto_reply"
+    return ReplyIntent(sentiment, intent, 1.0, auto, "reviewed label" if auto else None,
+                       classifier=HUMAN, classifier_version=label_id)
 
 
 def _classify_rows(classifier: ReplyClassifier, rows: list[tuple]) -> list:

@@ -29,7 +29,7 @@ _MIGRATE_FROM_1 = ("DROP VIEW IF EXISTS outcome_labels", "DROP TABLE IF EXISTS m
 
 # Version 3 keeps the reply classifier's version in its own column (it was "name:version" in
 # `classifier`); a stored intent whose classifier or version differs from the configured one
-# is re-classified (warehouse/reply_intents.py).
+# is re-classified (warehouse/reply_intents.py). It adds reply_labels (created by the DDL).
 _MIGRATE_TO_3 = ("ALTER TABLE reply_intents ADD COLUMN IF NOT EXISTS classifier_version VARCHAR",
                  "UPDATE reply_intents SET classifier_version = coalesce(nullif(split_part(classifier, ':', 2), ''), '?'),"
                  " classifier = split_part(classifier, ':', 1) WHERE classifier_version IS NULL")
@@ -96,6 +96,12 @@ DDL: tuple[str, ...] = (
         is_auto_reply BOOLEAN NOT NULL, auto_reply_reason VARCHAR, sentiment VARCHAR NOT NULL,
         intent VARCHAR NOT NULL, confidence DOUBLE NOT NULL, classifier VARCHAR NOT NULL,
         batch_id BIGINT NOT NULL, classifier_version VARCHAR)""",
+    # Reviewed reply labels (landing/reply_labels, `flywheel replies correct`): the latest per
+    # reply overrides the classifier in reply_intents (classifier 'human').
+    """CREATE TABLE IF NOT EXISTS reply_labels (
+        label_id VARCHAR PRIMARY KEY, reply_id VARCHAR NOT NULL, intent VARCHAR NOT NULL,
+        sentiment VARCHAR NOT NULL, labelled_at TIMESTAMP NOT NULL, labelled_by VARCHAR,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
     # Per-message running aggregate of email events; every column merges with
     # least/greatest/bit_or/+, so new events fold in without rereading old ones (see
     # warehouse/labels.py). status_last packs the latest delivery-status event: epoch
