@@ -53,7 +53,8 @@ def main() -> int:
         rate = throughput(classifier, args.replies, args.repeat)
         results[classifier.name] = (evaluation, rate)
         print(format_evaluation(evaluation, title="the measuring split"))
-        print(f"throughput {classifier.name:<12} {rate:,.0f} replies/s ({args.replies:,} replies, best of {args.repeat})")
+        print(f"throughput {classifier.name:<12} {rate:,.0f} replies/s "
+              f"({args.replies:,} replies, best of {args.repeat})")
         print()
     new, new_rate = results["cue_model"]
     old, old_rate = results["rule_based"]

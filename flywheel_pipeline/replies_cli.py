@@ -123,7 +123,8 @@ def cmd_replies_correct(args: argparse.Namespace) -> int:
                 "labelled_at": now, "labelled_by": by} for row in rows]
     predicted = {}
     for line in raw.decode("utf-8").splitlines():
-        obj = json.loads(line) if line.strip() else {}
+        line = line.strip().lstrip("\ufeff")
+        obj = json.loads(line) if line else {}
         if isinstance(obj, dict) and "predicted_intent" in obj:
             predicted[obj.get("id")] = obj["predicted_intent"]
     changed = sum(1 for row in rows if row.id in predicted and predicted[row.id] != row.intent)

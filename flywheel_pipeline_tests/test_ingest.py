@@ -251,7 +251,8 @@ def test_a_schema_1_warehouse_is_migrated_and_relabelled_in_full(tmp_path):
         con.execute(statement)
     con.close()
     con = connect(db)
-    assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
     second = run_pipeline(con, world, as_of=T0.replace(year=2026, month=6, day=1))["labels"]
     assert second.full_relabel
     assert second.folded_events == first.folded_events > 0

@@ -22,7 +22,8 @@ def test_eval_prints_positive_and_per_intent_metrics_with_intervals(capsys):
 
 def test_eval_any_classifier_on_a_users_file(tmp_path, capsys):
     rows = [{"id": "a", "text": "Sure, Tuesday at 3pm works for me.", "intent": "meeting_request"},
-            {"id": "b", "text": "Not interested.\n\nOn Mon, Alex wrote:\n> Interested in a call?", "intent": "not_interested"},
+            {"id": "b", "text": "Not interested.\n\nOn Mon, Alex wrote:\n> Interested in a call?",
+             "intent": "not_interested"},
             {"id": "c", "text": "Yes please!", "intent": "interested", "sentiment": "positive"}]
     path = tmp_path / "mine.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

@@ -86,7 +86,8 @@ def test_a_schema_2_warehouse_gets_its_classifier_version_split_out(tmp_path, la
     con.execute("UPDATE schema_info SET value = '2' WHERE key = 'schema_version'")
     con.close()
     con = connect(db)
-    assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
     assert con.execute("SELECT DISTINCT classifier, classifier_version FROM reply_intents").fetchall() == \
         [("rule_based", "1")]
     # the default classifier is not rule_based:1, so the next run re-classifies every reply
@@ -110,9 +111,10 @@ def test_the_reply_intents_asset_takes_its_classifier_from_config_and_lands_revi
 
     def run(**reply_config):
         with dg.instance_for_test() as instance:
+            ops = {"reply_intents": {"config": reply_config},
+                   "outcome_labels": {"config": {"as_of": "2026-04-01T00:00:00Z"}}}
             result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS], instance=instance, resources=resources,
-                                    run_config={"ops": {"reply_intents": {"config": reply_config},
-                                                        "outcome_labels": {"config": {"as_of": "2026-04-01T00:00:00Z"}}}})
+                                    run_config={"ops": ops})
             assert result.success
             events = [e for e in result.get_asset_materialization_events()
                       if e.asset_key.to_user_string() == "reply_intents"]

@@ -65,7 +65,8 @@ CUES: dict[str, re.Pattern[str]] = {name: re.compile(pattern) for name, pattern 
     "already_have": r"\b(already (use|have|tried|signed|committed)|happy with (our|what)|stick(ing)? with|"
                     r"all set|fully covered|in-house|we'?re good|we have (that|one)|locked in|committed "
                     r"(elsewhere|to))\b",
-    "deferral": r"\b(until|till|through|in) (20\d\d|end of)\b|\b(runs|contract ends)\b|" rf"\b(next|this coming) (quarter|year|month|spring|summer|autumn|fall|winter|fiscal)\b|"
+    "deferral": r"\b(until|till|through|in) (20\d\d|end of)\b|\b(runs|contract ends)\b|"
+                rf"\b(next|this coming) (quarter|year|month|spring|summer|autumn|fall|winter|fiscal)\b|"
                 r"\bq[1-4]\b|\bh[12]\b|\b(after|until|before) (the|our|christmas|new year|then)\b|"
                 rf"\b(in|after|around|until|before) ({_MONTHS})\b|\b(circle|check|get) back\b|"
                 r"\b(follow up|reach out|ping me|try (me|again)|drop me a line|remind me)\b.{0,30}"
@@ -106,7 +107,8 @@ CUES: dict[str, re.Pattern[str]] = {name: re.compile(pattern) for name, pattern 
                         r"laugh|permission|scrape\w*|another day|revolutionary|it didn'?t|please\.$)\b|"
                         r"\bnot\.\s*$|'[^']{3,40}'",
     "question_mark": r"\?",
-    "wh_question": r"^\W*(how|what|who|where|which|why|is|are|do|does|did|can you (tell|clarify)|(hi|hello),? can you tell|"
+    "wh_question": r"^\W*(how|what|who|where|which|why|is|are|do|does|did|can you (tell|clarify)|"
+                   r"(hi|hello),? can you tell|"
                    r"wie|was|c'est quoi|¿)\b",
 }.items()}
 

@@ -34,7 +34,8 @@ MAX_REPLY_CHARS = 1_500  # of a reply's own words sent to the model
 SYSTEM_PROMPT = """You label replies to B2B sales outreach emails. For each reply give:
 - intent, one of:
   meeting_request: wants a call, demo or meeting, proposes or accepts a time
-  interested: wants to go on without a meeting yet (pricing, a quote, a deck, a trial, more information), also conditional interest that asks for the next step
+  interested: wants to go on without a meeting yet (pricing, a quote, a deck, a trial, more
+    information), also conditional interest that asks for the next step
   question: asks about the offer or the sender without asking to go on
   referral: points to someone else who decides
   not_now: defers (timing, budget, a contract that runs on), even when warm
@@ -44,7 +45,8 @@ SYSTEM_PROMPT = """You label replies to B2B sales outreach emails. For each repl
   wrong_person: left the company, wrong address, not a buyer
   auto_reply: out-of-office or other automatic answer
   other: nothing to understand
-- sentiment: positive (meeting_request, interested), negative (not_interested, unsubscribe_request, hostile), else neutral
+- sentiment: positive (meeting_request, interested), negative (not_interested,
+  unsubscribe_request, hostile), else neutral
 - confidence: 0 to 1
 - reason: one short line
 Answer for every reply, by its number n."""

@@ -89,7 +89,7 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
                                "FROM _todo WHERE n > ? AND n <= ? ORDER BY n",
                                [start, start + batch_size]).fetchall()
             new, again = [], []
-            intents = _classify_rows(classifier, [row for row in rows if row[12] is None])[::-1]
+            classified = iter(_classify_rows(classifier, [row for row in rows if row[12] is None]))
             for (reply_id, message_id, message_key, received_at, subject, text, headers,
                  stored, old_sentiment, old_intent, old_auto, old_batch,
                  label_id, label_intent, label_sentiment) in rows:
@@ -97,7 +97,7 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
                     intent = _reviewed(label_id, label_intent, label_sentiment)
                     result.reviewed += 1
                 else:
-                    intent = intents.pop()
+                    intent = next(classified)
                 same = stored and (old_sentiment, old_intent, old_auto) == (
                     intent.sentiment, intent.intent, intent.is_auto_reply)
                 row = (reply_id, message_id, message_key, received_at, intent.is_auto_reply,

@@ -31,8 +31,9 @@ _MIGRATE_FROM_1 = ("DROP VIEW IF EXISTS outcome_labels", "DROP TABLE IF EXISTS m
 # `classifier`); a stored intent whose classifier or version differs from the configured one
 # is re-classified (warehouse/reply_intents.py). It adds reply_labels (created by the DDL).
 _MIGRATE_TO_3 = ("ALTER TABLE reply_intents ADD COLUMN IF NOT EXISTS classifier_version VARCHAR",
-                 "UPDATE reply_intents SET classifier_version = coalesce(nullif(split_part(classifier, ':', 2), ''), '?'),"
-                 " classifier = split_part(classifier, ':', 1) WHERE classifier_version IS NULL")
+                 "UPDATE reply_intents SET classifier = split_part(classifier, ':', 1), "
+                 "classifier_version = coalesce(nullif(split_part(classifier, ':', 2), ''), '?') "
+                 "WHERE classifier_version IS NULL")
 
 # SendGrid Event Webhook event types (delivery and engagement events).
 SENDGRID_EVENTS = ("processed", "dropped", "delivered", "deferred", "bounce", "open", "click",
