@@ -123,7 +123,7 @@ def generate(db: Path, events: int) -> dict:
         INSERT INTO _reply_intents
         SELECT 'r-' || n, message_id, message_key, sent_at + INTERVAL 1 DAY, hash(n) % 10 = 0, NULL,
                CASE WHEN hash(n, 3) % 2 = 0 THEN 'positive' ELSE 'negative' END, 'other', 0.5, 'bench',
-               least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 1 DAY) + 1, {HISTORY_DAYS + 1})
+               least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 1 DAY) + 1, {HISTORY_DAYS + 1}), '1'
         FROM _messages WHERE hash(n, 9) % 100 < 6""")
     con.execute("CREATE TEMP TABLE _crm_events AS SELECT * FROM crm_events LIMIT 0")
     con.execute(f"""

@@ -9,6 +9,7 @@ import sys
 from datetime import date, timedelta
 
 from flywheel_pipeline import paths
+from flywheel_pipeline.replies_cli import add_replies_parser
 
 
 def _print(msg: str = "") -> None:
@@ -456,6 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--price-per-million", type=float, help="USD per 1M training tokens (default: list price)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_validate)
+    add_replies_parser(sub)
     p = sub.add_parser("ui", help="start `dagster dev` on the local instance")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=3000)

@@ -6,6 +6,7 @@
     warehouse.duckdb           the DuckDB warehouse
     dagster/                   the local Dagster instance (DAGSTER_HOME unless set)
     mlflow.db, mlartifacts/    the local MLflow store
+    cache/reply_llm.sqlite     the llm reply classifier's answers (by reply hash and version)
 """
 
 from __future__ import annotations
@@ -24,6 +25,10 @@ def landing_dir() -> Path:
 
 def warehouse_path() -> Path:
     return flywheel_home() / "warehouse.duckdb"
+
+
+def reply_llm_cache_path() -> Path:
+    return flywheel_home() / "cache" / "reply_llm.sqlite"
 
 
 def dagster_home() -> Path:

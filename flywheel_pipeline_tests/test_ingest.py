@@ -10,7 +10,7 @@ from datetime import date
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.core.simulate import SimConfig, simulate
 from flywheel_pipeline.warehouse.ingest import MAX_FILE_BYTES, ingest_source
-from flywheel_pipeline.warehouse.schema import connect
+from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect
 from flywheel_pipeline_tests.conftest import T0, message, run_pipeline, sg
 
 LABEL_COLUMNS = ("message_id, delivered, bounced, opened, clicked, replied, reply_sentiment, positive_reply, "
@@ -252,7 +252,8 @@ def test_a_schema_1_warehouse_is_migrated_and_relabelled_in_full(tmp_path):
         con.execute(statement)
     con.close()
     con = connect(db)
-    assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() == ("2",)
+    version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
     second = run_pipeline(con, world, as_of=T0.replace(year=2026, month=6, day=1))["labels"]
     assert second.full_relabel
     assert second.folded_events == first.folded_events > 0

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 SOURCES: tuple[str, ...] = ("messages", "sendgrid", "crm", "replies")
+# What people write rather than the outside world: reviewed reply labels
+# (`flywheel replies correct`), which override the reply classifier.
+LABEL_SOURCES: tuple[str, ...] = ("reply_labels",)
 
 
 @dataclass(frozen=True)
@@ -33,8 +36,8 @@ class LandingFile:
 
 
 def source_dir(landing: Path, source: str) -> Path:
-    if source not in SOURCES:
-        raise ValueError(f"unknown landing source {source!r}; expected one of {', '.join(SOURCES)}")
+    if source not in SOURCES + LABEL_SOURCES:
+        raise ValueError(f"unknown landing source {source!r}; expected one of {', '.join(SOURCES + LABEL_SOURCES)}")
     return landing / source
 
 
@@ -92,7 +95,7 @@ def list_files(landing: Path, source: str) -> list[LandingFile]:
     return files
 
 
-def fingerprint(landing: Path, sources: Iterable[str] = SOURCES) -> dict[str, str]:
+def fingerprint(landing: Path, sources: Iterable[str] = SOURCES + LABEL_SOURCES) -> dict[str, str]:
     """A cheap digest per source of which files are visible (names and sizes).
 
     The landing sensor compares digests to decide whether to launch an ingestion run;

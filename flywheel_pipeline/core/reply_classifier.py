@@ -1,6 +1,7 @@
-"""Reply understanding: auto-reply detection (RFC 3834 and common vendor headers) and an
-offline, rule-based sentiment/intent classifier behind the :class:`ReplyClassifier`
-interface, so an LLM classifier can replace it without touching the pipeline.
+"""Reply understanding: auto-reply detection (RFC 3834 and common vendor headers), the
+:class:`ReplyClassifier` interface, and the first offline classifier (``rule_based``, first
+matching regex wins), kept by name for comparison. The default classifier is
+``cue_model`` (core/reply_cue_model.py); core/reply_classifiers.py names them all.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from typing import Protocol
 
 SENTIMENTS = ("positive", "neutral", "negative")
 INTENTS = ("meeting_request", "interested", "referral", "question", "not_now",
-           "not_interested", "unsubscribe_request", "auto_reply", "other")
+           "not_interested", "unsubscribe_request", "auto_reply", "other", "wrong_person", "hostile")
+# A positive reply wants to go on: a meeting, or more about the offer (pricing, a deck, a
+# trial). A question without such a request is neutral (docs/replies.md).
+POSITIVE_INTENTS = ("meeting_request", "interested")
+SENTIMENT_OF_INTENT = {intent: "positive" if intent in POSITIVE_INTENTS else
+                       "negative" if intent in ("not_interested", "unsubscribe_request", "hostile") else "neutral"
+                       for intent in INTENTS}
 
 _AUTO_PRECEDENCE = {"auto_reply", "bulk", "junk", "list"}
 _AUTO_SUBJECT = re.compile(
@@ -56,6 +63,10 @@ class ReplyIntent:
     confidence: float
     is_auto_reply: bool
     auto_reply_reason: str | None = None
+    # set when another classifier than the one asked decided (the llm classifier's offline
+    # fallback): the row keeps who really decided, so a later run can ask again
+    classifier: str | None = None
+    classifier_version: str | None = None
 
 
 class ReplyClassifier(Protocol):

@@ -88,4 +88,14 @@ def replies(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
             "newly_attributed": attributed, "unattributed_waiting": int(unlinked)})
 
 
-INGEST_ASSETS = [messages, email_events, crm_events, replies]
+@dg.asset(group_name=INGEST_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"},
+          description="Reviewed reply labels from landing/reply_labels (`flywheel replies correct`); the "
+                      "latest per reply overrides the classifier in reply_intents.")
+def reply_labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                 landing: LandingZoneResource) -> dg.MaterializeResult:
+    with warehouse.connect() as con:
+        result = ingest_source(con, landing.root, "reply_labels", progress=context.log.info)
+        return _report(context, result, "reply_labels", con, {})
+
+
+INGEST_ASSETS = [messages, email_events, crm_events, replies, reply_labels]

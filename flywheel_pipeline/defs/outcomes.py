@@ -7,30 +7,42 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipeline.core.label_policy import STAGES, parse_as_of
-from flywheel_pipeline.defs.ingest import crm_events, email_events, messages, replies
+from flywheel_pipeline.defs.ingest import crm_events, email_events, messages, replies, reply_labels
 from flywheel_pipeline.defs.metadata import md_bar_chart, md_table
 from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, LabelPolicyResource, WarehouseResource
 from flywheel_pipeline.warehouse.labels import refresh_labels
-from flywheel_pipeline.warehouse.reply_intents import classify_new_replies
+from flywheel_pipeline.warehouse.reply_intents import classify_new_replies, pipeline_classifier
 
 OUTCOMES_GROUP = "outcomes"
 
 
-@dg.asset(group_name=OUTCOMES_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "python"}, deps=[replies],
-          description="Sentiment, intent and auto-reply flag for every reply (offline rule-based "
-                      "classifier; each reply is classified once).")
-def reply_intents(context: dg.AssetExecutionContext, warehouse: WarehouseResource) -> dg.MaterializeResult:
+class ReplyIntentsConfig(dg.Config):
+    classifier: str | None = Field(
+        None, description="Reply classifier by name ('cue_model', 'rule_based', 'llm'); default: the "
+                          "FLYWHEEL_REPLY_CLASSIFIER environment variable, else 'cue_model'.")
+
+
+@dg.asset(group_name=OUTCOMES_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "python"}, deps=[replies, reply_labels],
+          description="Sentiment, intent, confidence and auto-reply flag for every reply, with the "
+                      "classifier and version that decided them (offline cue_model by default; a reply "
+                      "is classified again only when the classifier or its version changes).")
+def reply_intents(context: dg.AssetExecutionContext, config: ReplyIntentsConfig,
+                  warehouse: WarehouseResource) -> dg.MaterializeResult:
     with warehouse.connect() as con:
-        result = classify_new_replies(con, progress=context.log.info)
+        classifier = pipeline_classifier(con, config.classifier)
+        result = classify_new_replies(con, classifier, progress=context.log.info)
         totals = con.execute("SELECT intent, sentiment, count(*) FROM reply_intents GROUP BY ALL ORDER BY 3 DESC"
                              ).fetchall()
         total = con.execute("SELECT count(*) FROM reply_intents").fetchone()[0]
     return dg.MaterializeResult(metadata={
         "dagster/row_count": dg.MetadataValue.int(int(total)),
         "classified_now": result.classified,
+        "reclassified_now": result.reclassified,
+        "changed_by_reclassifying": result.changed,
         "relinked_now": result.relinked,
         "auto_replies_now": result.auto_replies,
-        "classifier": "rule_based:1 (offline)",
+        "classifier": result.classifier,
+        "set_from_reviewed_labels_now": result.reviewed,
         "intents": dg.MetadataValue.md(md_table(["intent", "sentiment", "replies"], totals)),
     })
 

@@ -30,6 +30,7 @@ import duckdb
 
 from flywheel_pipeline.core import landing as landing_zone
 from flywheel_pipeline.core.label_policy import LabelPolicy
+from flywheel_pipeline.core.reply_classifier import INTENTS, SENTIMENTS
 from flywheel_pipeline.core.timestamps import EARLIEST, ISO_PATTERN, MAX_FUTURE, sql_range
 from flywheel_pipeline.warehouse.schema import SENDGRID_EVENTS, new_batch, transaction
 
@@ -216,6 +217,35 @@ FROM _valid LEFT JOIN message_keys k ON k.message_id = _valid.given_message_id
 ON CONFLICT DO NOTHING
 """
 
+REPLY_LABELS_FIELDS = {k: _V for k in ("label_id", "reply_id", "intent", "sentiment", "labelled_at",
+                                       "labelled_by")}
+
+REPLY_LABELS_SQL = f"""
+WITH p AS ({_parse_common(REPLY_LABELS_FIELDS)}),
+f AS (
+    SELECT source_file, line_no, line, base_reason, r.label_id, r.reply_id, r.intent, r.sentiment,
+           {_TS.format(expr='r.labelled_at')} AS labelled_at, r.labelled_at AS labelled_text, r.labelled_by,
+           NULL::VARCHAR AS message_id
+    FROM p)
+SELECT *,
+       coalesce(base_reason,
+                CASE WHEN label_id IS NULL OR label_id = '' THEN 'missing label_id'
+                     WHEN reply_id IS NULL OR reply_id = '' THEN 'missing reply_id'
+                     WHEN intent IS NULL OR intent NOT IN {INTENTS} THEN 'unknown intent: ' || coalesce(intent, '')
+                     WHEN sentiment IS NULL OR sentiment NOT IN {SENTIMENTS}
+                         THEN 'unknown sentiment: ' || coalesce(sentiment, '')
+                     WHEN labelled_text IS NULL THEN 'missing labelled_at'
+                     WHEN labelled_at IS NULL THEN 'invalid labelled_at: not an ISO 8601 timestamp' END) AS reason
+FROM f
+"""
+
+REPLY_LABELS_INSERT = """
+INSERT INTO reply_labels
+SELECT label_id, reply_id, intent, sentiment, labelled_at, labelled_by, source_file, line_no, $batch_id
+FROM _valid
+ON CONFLICT DO NOTHING
+"""
+
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -241,6 +271,7 @@ SPECS: dict[str, SourceSpec] = {
     "sendgrid": SourceSpec("sendgrid", "email_events", "sg_event_id", SENDGRID_SQL, SENDGRID_INSERT),
     "crm": SourceSpec("crm", "crm_events", "event_id", CRM_SQL, CRM_INSERT, "given_message_id"),
     "replies": SourceSpec("replies", "replies", "reply_id", REPLIES_SQL, REPLIES_INSERT, "given_message_id"),
+    "reply_labels": SourceSpec("reply_labels", "reply_labels", "label_id", REPLY_LABELS_SQL, REPLY_LABELS_INSERT),
 }
 
 

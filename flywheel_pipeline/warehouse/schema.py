@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -26,6 +26,14 @@ REBUILD_LABELS_KEY = "labels_rebuild_required"
 # narrower message_state; the version 1 tables are dropped before the DDL recreates them.
 _MIGRATE_FROM_1 = ("DROP VIEW IF EXISTS outcome_labels", "DROP TABLE IF EXISTS message_labels",
                    "DROP TABLE IF EXISTS message_state")
+
+# Version 3 keeps the reply classifier's version in its own column (it was "name:version" in
+# `classifier`); a stored intent whose classifier or version differs from the configured one
+# is re-classified (warehouse/reply_intents.py). It adds reply_labels (created by the DDL).
+_MIGRATE_TO_3 = ("ALTER TABLE reply_intents ADD COLUMN IF NOT EXISTS classifier_version VARCHAR",
+                 "UPDATE reply_intents SET classifier = split_part(classifier, ':', 1), "
+                 "classifier_version = coalesce(nullif(split_part(classifier, ':', 2), ''), '?') "
+                 "WHERE classifier_version IS NULL")
 
 # SendGrid Event Webhook event types (delivery and engagement events).
 SENDGRID_EVENTS = ("processed", "dropped", "delivered", "deferred", "bounce", "open", "click",
@@ -88,7 +96,13 @@ DDL: tuple[str, ...] = (
         reply_id VARCHAR PRIMARY KEY, message_id VARCHAR, message_key BIGINT, received_at TIMESTAMP,
         is_auto_reply BOOLEAN NOT NULL, auto_reply_reason VARCHAR, sentiment VARCHAR NOT NULL,
         intent VARCHAR NOT NULL, confidence DOUBLE NOT NULL, classifier VARCHAR NOT NULL,
-        batch_id BIGINT NOT NULL)""",
+        batch_id BIGINT NOT NULL, classifier_version VARCHAR)""",
+    # Reviewed reply labels (landing/reply_labels, `flywheel replies correct`): the latest per
+    # reply overrides the classifier in reply_intents (classifier 'human').
+    """CREATE TABLE IF NOT EXISTS reply_labels (
+        label_id VARCHAR PRIMARY KEY, reply_id VARCHAR NOT NULL, intent VARCHAR NOT NULL,
+        sentiment VARCHAR NOT NULL, labelled_at TIMESTAMP NOT NULL, labelled_by VARCHAR,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
     # Per-message running aggregate of email events; every column merges with
     # least/greatest/bit_or/+, so new events fold in without rereading old ones (see
     # warehouse/labels.py). status_last packs the latest delivery-status event: epoch
@@ -168,9 +182,13 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if int(row[0]) == SCHEMA_VERSION:
             return
     migrating_from_1 = row is not None and int(row[0]) == 1
+    migrating_to_3 = row is not None and int(row[0]) < 3
     with transaction(con):
         if migrating_from_1:
             for statement in _MIGRATE_FROM_1:
+                con.execute(statement)
+        if migrating_to_3:
+            for statement in _MIGRATE_TO_3:
                 con.execute(statement)
         for statement in DDL:
             con.execute(statement)

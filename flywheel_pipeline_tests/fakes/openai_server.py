@@ -30,6 +30,10 @@ class FakeOpenAI:
         # a judge model: requests in JSON mode get {"score", "reason"} from this scorer of the
         # "Actual Output" that deepeval's G-Eval prompt shows (None: answer like any other model)
         self.judge_scorer: Callable[[str], int] | None = None
+        # any model: the answer computed from the request body (None: the answers above), and
+        # how many chat requests still to fail with a 500 before answering
+        self.chat_responder: Callable[[dict[str, Any]], str] | None = None
+        self.chat_failures = 0
         self._ids = itertools.count(1)
         self.app = self._build()
 
@@ -71,8 +75,11 @@ class FakeOpenAI:
             self.chat_calls.append(body)
             if not body.get("messages") or not body.get("model"):
                 raise HTTPException(400, {"error": {"message": "model and messages are required"}})
+            if self.chat_failures > 0:
+                self.chat_failures -= 1
+                raise HTTPException(500, {"error": {"message": "injected failure"}})
             prefix = max((p for p in self.answers if body["model"].startswith(p)), key=len)
-            content = self.answers[prefix]
+            content = self.chat_responder(body) if self.chat_responder else self.answers[prefix]
             if self.judge_scorer is not None and (body.get("response_format") or {}).get("type") == "json_object":
                 shown = body["messages"][-1]["content"]
                 match = re.search(r"Actual Output:\n(.*?)\n\s*\n\s*\n", shown, re.DOTALL)
