@@ -22,6 +22,8 @@ import socket
 import time
 from collections.abc import Callable
 
+from flywheel_pipeline.core.processes import pid_exists
+
 HOST_TAG = "flywheel/host"
 PID_TAG = "flywheel/pid"
 START_TAG = "flywheel/process_start"
@@ -52,13 +54,7 @@ def process_alive(pid: int, started: str) -> bool:
     if os.path.isdir("/proc/self"):
         current = _process_start(pid)
         return current is not None and (not started or not current or current == started)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)
 
 
 def _is_dead(run) -> bool:

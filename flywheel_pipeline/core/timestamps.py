@@ -14,10 +14,11 @@ non-finite number (NaN, Infinity) is refused.
 
 from __future__ import annotations
 
-import math
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+from flywheel_pipeline.core.strict_json import finite_number
 
 ISO_PATTERN = (r"\d{4}-\d{2}-\d{2}(?:[T ](?:[01]\d|2[0-3]):[0-5]\d(?::[0-5]\d(?:\.\d{1,6})?)?"
                r"(?:Z|[+-](?:[01]\d|2[0-3])(?::?[0-5]\d)?)?)?")
@@ -59,14 +60,12 @@ def unix_range(received: datetime | None = None) -> tuple[float, float]:
 
 def parse_unix_seconds(value: Any, name: str, *, received: datetime | None = None) -> datetime:
     """Unix seconds (a JSON number, or its text) under the policy, as an aware UTC datetime."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise TimestampError(f"invalid {name}: not unix seconds ({str(value)[:60]!r})")
     try:
-        seconds = float(value)
-    except (ValueError, OverflowError) as exc:
-        raise TimestampError(f"invalid {name}: not unix seconds ({str(value)[:60]!r})") from exc
-    if not math.isfinite(seconds):
-        raise TimestampError(f"invalid {name}: not a finite number ({str(value)[:60]!r})")
+        seconds = finite_number(value, name)
+    except ValueError as exc:
+        raise TimestampError(f"invalid {name}: not unix seconds ({exc})") from exc
+    if seconds is None:
+        raise TimestampError(f"invalid {name}: not unix seconds (missing)")
     earliest, latest = unix_range(received)
     if not earliest <= seconds <= latest:
         raise TimestampError(f"invalid {name}: {seconds:.0f} is before {EARLIEST.date()} or more than a day "

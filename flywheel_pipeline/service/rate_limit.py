@@ -26,8 +26,7 @@ class RateLimiter:
             return 0
         with self._lock:
             now = self._clock()
-            tokens, last = self._buckets.get(key, (float(self.per_minute), now))
-            tokens = min(float(self.per_minute), tokens + (now - last) * self._rate)
+            tokens = self._tokens(key, now)
             if len(self._buckets) >= self.MAX_KEYS:
                 self._forget_full(now)
             if tokens >= 1.0:
@@ -41,10 +40,13 @@ class RateLimiter:
         if self.per_minute <= 0:
             return 0
         with self._lock:
-            now = self._clock()
-            tokens, last = self._buckets.get(key, (float(self.per_minute), now))
-            tokens = min(float(self.per_minute), tokens + (now - last) * self._rate)
+            tokens = self._tokens(key, self._clock())
             return 0 if tokens >= 1.0 else max(1, math.ceil((1.0 - tokens) / self._rate))
+
+    def _tokens(self, key: str, now: float) -> float:
+        """The key's tokens now: its bucket refilled since it was last touched (a new key starts full)."""
+        tokens, last = self._buckets.get(key, (float(self.per_minute), now))
+        return min(float(self.per_minute), tokens + (now - last) * self._rate)
 
     def _forget_full(self, now: float) -> None:
         """A bucket that has refilled holds no state worth keeping (a new one starts full)."""

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flywheel_pipeline.core.processes import pid_exists
 from flywheel_pipeline.core.finetune.base import FineTuneError, FineTuneJob, JobEvent, JobRequest, JobStatus
 
 _HYPER = {"n_epochs": "num_train_epochs", "learning_rate": "learning_rate", "batch_size": "per_device_train_batch_size",
@@ -30,13 +31,7 @@ _HYPER = {"n_epochs": "num_train_epochs", "learning_rate": "learning_rate", "bat
 def _alive(pid: int, host: str) -> bool:
     if host != socket.gethostname():
         return True  # another machine's job: trust its status file
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return pid_exists(pid)
 
 
 def _preference_rows(path: Path) -> list[dict[str, Any]]:
