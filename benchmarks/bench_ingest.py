@@ -39,18 +39,19 @@ COPY (
     SELECT e.email, e.timestamp, e."smtp-id", e.event, e.category, e.sg_event_id, e.sg_message_id,
            e.useragent, e.ip, e.url, e.sg_machine_open, e.message_id
     FROM (
-        SELECT 'lead' || (i // 30) || '@example.com' AS email, 1767225600 + i AS timestamp,
-               '<' || md5((i // 10)::VARCHAR) || '@example.com>' AS "smtp-id",
-               CASE i % 5 WHEN 0 THEN 'delivered' WHEN 1 THEN 'processed' WHEN 4 THEN 'click' ELSE 'open' END AS event,
-               ['cold_email', 'campaign-' || (i % 40)] AS category,
-               'ev-' || CASE WHEN i % 10 = 9 THEN i - 1 ELSE i END AS sg_event_id,
-               md5(i::VARCHAR) || '.filterdrecv-5645d9c87f-6r2ch-1-5F6A2A3D-1.0' AS sg_message_id,
-               CASE WHEN i % 5 IN (2, 3, 4) THEN 'Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)' END AS useragent,
-               CASE WHEN i % 5 IN (2, 3, 4) THEN '203.0.113.' || (i % 250) END AS ip,
-               CASE WHEN i % 5 = 4 THEN 'https://x.example/pricing?utm=' || (i % 7) END AS url,
-               CASE WHEN i % 5 = 2 THEN true END AS sg_machine_open,
-               'msg-' || lpad((i // 10)::VARCHAR, 10, '0') AS message_id
-        FROM range({n}) t(i)) e
+        SELECT 'lead' || (j // 30) || '@example.com' AS email, 1767225600 + j AS timestamp,
+               '<' || md5((j // 10)::VARCHAR) || '@example.com>' AS "smtp-id",
+               CASE j % 5 WHEN 0 THEN 'delivered' WHEN 1 THEN 'processed' WHEN 4 THEN 'click' ELSE 'open' END AS event,
+               ['cold_email', 'campaign-' || (j % 40)] AS category,
+               'ev-' || j AS sg_event_id,
+               md5(j::VARCHAR) || '.filterdrecv-5645d9c87f-6r2ch-1-5F6A2A3D-1.0' AS sg_message_id,
+               CASE WHEN j % 5 IN (2, 3, 4) THEN 'Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7)' END AS useragent,
+               CASE WHEN j % 5 IN (2, 3, 4) THEN '203.0.113.' || (j % 250) END AS ip,
+               CASE WHEN j % 5 = 4 THEN 'https://x.example/pricing?utm=' || (j % 7) END AS url,
+               CASE WHEN j % 5 = 2 THEN true END AS sg_machine_open,
+               'msg-' || lpad((j // 10)::VARCHAR, 10, '0') AS message_id
+        -- every tenth event is a retry: an identical copy of the one before (SendGrid retries)
+        FROM (SELECT CASE WHEN i % 10 = 9 THEN i - 1 ELSE i END AS j FROM range({n}) t(i))) e
 ) TO '{path}' (FORMAT json)
 """
 

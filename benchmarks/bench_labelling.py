@@ -59,7 +59,7 @@ SELECT 'ev-' || e AS sg_event_id, m.message_id, m.message_key, k.event::sendgrid
        m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT) AS occurred_at,
        'lead@example.com', k.machine_open, k.url, NULL, NULL, NULL, 'bench', 0,
        least(datediff('day', TIMESTAMP '{start}', m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT)) + 1,
-             {days} + 1) AS batch_id
+             {days} + 1) AS batch_id, m.organization_id
 FROM range({lo}, {hi}) r(e)
 JOIN _messages m ON m.n = e // 10
 CROSS JOIN LATERAL (
@@ -99,7 +99,8 @@ def generate(db: Path, events: int) -> dict:
     leads = max(messages // 3, 1)
     con.execute("ALTER TABLE messages ADD COLUMN IF NOT EXISTS n BIGINT")
     con.execute(f"""
-        INSERT INTO message_keys SELECT 'msg-' || lpad(i::VARCHAR, 10, '0'), i + 1 FROM range({messages}) t(i)""")
+        INSERT INTO message_keys (organization_id, message_id, message_key)
+        SELECT 'org-' || (i % 5), 'msg-' || lpad(i::VARCHAR, 10, '0'), i + 1 FROM range({messages}) t(i)""")
     con.execute("CREATE TEMP TABLE _messages AS SELECT * FROM messages LIMIT 0")
     con.execute(f"""
         INSERT INTO _messages (message_id, message_key, organization_id, campaign_id, lead_id, recipient_email,
@@ -132,7 +133,7 @@ def generate(db: Path, events: int) -> dict:
                message_id, lead_id, NULL, sent_at + INTERVAL 20 DAY, 1000.0 * (hash(n) % 100), 'USD',
                message_id, message_key, 'message_id',
                least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 20 DAY) + 1, {HISTORY_DAYS + 1}),
-               'bench', 0, 0
+               'bench', 0, 0, organization_id
         FROM _messages WHERE hash(n, 8) % 100 < 2""")
     # the year goes in; the last day is held back: it lands between the full and the
     # incremental refresh

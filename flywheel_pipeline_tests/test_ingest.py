@@ -11,7 +11,7 @@ from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.core.simulate import SimConfig, simulate
 from flywheel_pipeline.warehouse.ingest import MAX_FILE_BYTES, ingest_source
 from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect
-from flywheel_pipeline_tests.conftest import T0, message, run_pipeline, sg
+from flywheel_pipeline_tests.conftest import T0, label, message, run_pipeline, sg
 
 LABEL_COLUMNS = ("message_id, delivered, bounced, opened, clicked, replied, reply_sentiment, positive_reply, "
                  "meeting_booked, meeting_completed, deal_closed, deal_value, unsubscribed, spam_reported, "
@@ -41,13 +41,26 @@ def test_the_same_file_twice_is_ingested_once(con, landing, tmp_path):
     assert con.execute("SELECT count(*) FROM email_events").fetchone()[0] == 2
 
 
-def test_the_same_event_in_two_files_and_within_a_file_counts_once_first_copy_wins(con, landing):
-    write_jsonl(landing, "sendgrid", [sg("m1", "open", T0, sg_event_id="x", url="first"),
-                                      sg("m1", "open", T0, sg_event_id="x", url="second")], name="a.jsonl")
+def test_identical_copies_in_two_files_and_within_a_file_count_once(con, landing):
+    event = sg("m1", "open", T0, sg_event_id="x", url="u")
+    write_jsonl(landing, "sendgrid", [event, event], name="a.jsonl")
+    write_jsonl(landing, "sendgrid", [event], name="b.jsonl")
+    result = ingest_source(con, landing, "sendgrid")
+    assert (result.lines, result.accepted, result.duplicates, result.quarantined) == (3, 1, 2, 0)
+    assert con.execute("SELECT url, source_file, line_no FROM email_events").fetchall() == [("u", "a.jsonl", 1)]
+
+
+def test_conflicting_copies_keep_the_record_whose_canonical_json_sorts_first(con, landing):
+    write_jsonl(landing, "sendgrid", [sg("m1", "open", T0, sg_event_id="x", url="second"),
+                                      sg("m1", "open", T0, sg_event_id="x", url="first")], name="a.jsonl")
     write_jsonl(landing, "sendgrid", [sg("m1", "open", T0, sg_event_id="x", url="third")], name="b.jsonl")
     result = ingest_source(con, landing, "sendgrid")
-    assert (result.lines, result.accepted, result.duplicates) == (3, 1, 2)
-    assert con.execute("SELECT url, source_file, line_no FROM email_events").fetchall() == [("first", "a.jsonl", 1)]
+    assert (result.lines, result.accepted, result.duplicates, result.quarantined) == (3, 1, 0, 2)
+    assert result.quarantine_reasons == {"conflicting_duplicate": 2}
+    assert con.execute("SELECT url, source_file, line_no FROM email_events").fetchall() == [("first", "a.jsonl", 2)]
+    assert con.execute("SELECT source_file, line_no, reason FROM quarantine ORDER BY 1, 2").fetchall() == [
+        ("a.jsonl", 1, "conflicting_duplicate: sg_event_id x, kept the record of a.jsonl:2"),
+        ("b.jsonl", 1, "conflicting_duplicate: sg_event_id x, kept the record of a.jsonl:2")]
 
 
 def test_changed_file_is_reported_not_reread(con, landing):
@@ -260,3 +273,69 @@ def test_a_schema_1_warehouse_is_migrated_and_relabelled_in_full(tmp_path):
     assert labels(con) == expected
     third = run_pipeline(con, world, as_of=T0.replace(year=2026, month=6, day=1))["labels"]
     assert not third.full_relabel  # the rebuild was asked for once
+
+
+def _as_schema_2(con) -> None:
+    """Turn a warehouse back into what schema 2 left: message ids global (the key of messages
+    and message_keys), no organization on events, CRM events and replies."""
+    for statement in (
+            "DROP VIEW outcome_labels", "DROP TABLE message_refolds",
+            "CREATE TABLE _m AS SELECT * FROM messages", "DROP TABLE messages",
+            "CREATE TABLE messages AS SELECT * FROM _m LIMIT 0", "ALTER TABLE messages ADD PRIMARY KEY (message_id)",
+            "INSERT INTO messages SELECT * FROM _m", "DROP TABLE _m",
+            "CREATE TABLE _k AS SELECT message_id, message_key FROM message_keys", "DROP TABLE message_keys",
+            "CREATE TABLE message_keys (message_id VARCHAR PRIMARY KEY, message_key BIGINT NOT NULL)",
+            "INSERT INTO message_keys SELECT * FROM _k", "DROP TABLE _k",
+            "ALTER TABLE email_events DROP COLUMN organization_id", "ALTER TABLE crm_events DROP COLUMN organization_id",
+            "ALTER TABLE replies DROP COLUMN organization_id",
+            # schema 2 kept the reply classifier as "name:version" and had no reviewed labels
+            "UPDATE reply_intents SET classifier = classifier || ':' || classifier_version",
+            "ALTER TABLE reply_intents DROP COLUMN classifier_version", "DROP TABLE reply_labels",
+            "UPDATE schema_info SET value = '2' WHERE key = 'schema_version'"):
+        con.execute(statement)
+
+
+def test_a_schema_2_warehouse_is_migrated_keeping_its_keys_and_labels(tmp_path):
+    """Schema 2 identified a message by message_id alone (and kept the reply classifier as
+    "name:version"; schema 3 split it out, schema 4 keys messages by organization): opening it rebuilds messages and
+    message_keys with the organization in the key (the same integer keys), keeps labels and
+    state (no relabel), and from then on another organization's message with the same id is a
+    message of its own."""
+    world = _world(tmp_path)
+    db = tmp_path / "w.duckdb"
+    con = connect(db)
+    as_of = T0.replace(year=2026, month=6, day=1)
+    run_pipeline(con, world, as_of=as_of)
+    # an event whose message has not landed: its key waits for its organization
+    write_jsonl(world, "sendgrid", [sg("late-1", "delivered", T0.replace(year=2026, month=5, day=30),
+                                       sg_event_id="late-ev")], name="late.jsonl")
+    run_pipeline(con, world, as_of=as_of)
+    expected, keys = labels(con), con.execute("SELECT message_id, message_key FROM messages ORDER BY 1").fetchall()
+    _as_schema_2(con)
+    con.close()
+    con = connect(db)
+    assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),)
+    # schema 3's step: the reply classifier's version in its own column again
+    assert con.execute("SELECT count(*) FROM reply_intents WHERE classifier_version IS NULL "
+                       "OR contains(classifier, ':')").fetchone()[0] == 0
+    assert con.execute("SELECT message_id, message_key FROM messages ORDER BY 1").fetchall() == keys
+    assert con.execute("SELECT organization_id FROM message_keys WHERE message_id = 'late-1'").fetchall() == [("",)]
+    assert labels(con) == expected
+    again = run_pipeline(con, world, as_of=as_of)["labels"]
+    assert not again.full_relabel and again.touched_messages == 0
+    # the late message arrives and takes the key its event was waiting on; another organization
+    # posting an existing id gets a message of its own
+    taken = keys[0][0]
+    org = con.execute("SELECT organization_id FROM messages WHERE message_id = ?", [taken]).fetchone()[0]
+    write_jsonl(world, "messages", [message("late-1", org="org-late", sent=T0.replace(year=2026, month=5, day=30)),
+                                    message(taken, org="org-other", sent=T0.replace(year=2026, month=5, day=30))],
+                name="after.jsonl")
+    run_pipeline(con, world, as_of=as_of)
+    assert label(con, "late-1")["delivered"]
+    assert con.execute("SELECT organization_id FROM message_keys WHERE message_id = 'late-1'").fetchall() == [
+        ("org-late",)]
+    assert sorted(con.execute("SELECT organization_id FROM messages WHERE message_id = ?", [taken]).fetchall()) == \
+        sorted([(org,), ("org-other",)])
+    assert con.execute("SELECT stage FROM outcome_labels WHERE message_id = ? AND organization_id = ?",
+                       [taken, org]).fetchone() == [r for r in expected if r[0] == taken][0][14:15]

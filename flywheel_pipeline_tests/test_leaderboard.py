@@ -38,6 +38,12 @@ def test_leaderboard_ranks_models_by_their_hidden_quality_and_logs_to_mlflow(tmp
     published = json.loads((home / "leaderboard.json").read_text())  # what the service's /leaderboard serves
     assert meta["published"].value == str(home / "leaderboard.json")
     assert min(published["models"], key=lambda b: b.get("rank", 99))["model"] == meta["leader"].value
+    # each organization's board counts its own messages only; together they make the global one
+    organizations = published["organizations"]
+    assert len(organizations) == 2
+    for b in published["models"]:
+        assert b["messages"] == sum(r["messages"] for rows in organizations.values() for r in rows
+                                    if r["model"] == b["model"])
     assert velocity["weeks"].value >= 8 and "training-ready" in velocity["weekly"].value
 
 

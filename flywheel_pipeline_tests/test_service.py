@@ -287,8 +287,10 @@ def test_route_reads_the_published_routing_table_and_leaderboard(tmp_path):
         again = http.get("/route", params={"lead_id": "lead-7", "organization_id": "org-1"}, headers=one)
         assert again.json()["model_id"] == picks["lead-7"]  # sticky per lead
         assert http.get("/leaderboard", headers=one).status_code == 404
-        (home / "leaderboard.json").write_text(json.dumps({"models": [{"model": "ft:champion", "rank": 1}]}))
-        assert http.get("/leaderboard", headers=one).json()["models"][0]["rank"] == 1
+        (home / "leaderboard.json").write_text(json.dumps({
+            "models": [{"model": "ft:champion", "rank": 1}],
+            "organizations": {"org-1": [{"model": "ft:champion", "rank": 1}], "org-3": [{"model": "x", "rank": 1}]}}))
+        assert http.get("/leaderboard", headers=one).json()["models"] == [{"model": "ft:champion", "rank": 1}]
         assert http.get("/leaderboard").status_code == 401  # with API keys configured, a key is needed
         health = http.get("/healthz").json()
         assert health["status"] == "ok" and health["routing_published"] and "sendgrid" in health["unauthenticated"]

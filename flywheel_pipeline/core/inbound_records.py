@@ -66,7 +66,7 @@ def check_reply(record: Any, domains: Iterable[str] | None = None) -> str | None
     Message-IDs (see :func:`message_id_from_headers`)."""
     if not isinstance(record, Mapping):
         raise RecordError("a reply is a JSON object")
-    _ids(record, ("reply_id",), ("message_id",))
+    _ids(record, ("reply_id",), ("message_id", "organization_id"))
     _timestamp(record, "received_at")
     headers = record.get("headers")
     if headers is not None and not isinstance(headers, Mapping):

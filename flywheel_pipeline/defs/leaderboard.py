@@ -21,12 +21,36 @@ LEADERBOARD_GROUP = "leaderboard"
 # an experiment, so per-lead rates would reward the model that wrote more often. The A/B
 # analysis (experiments) is where the lead is the unit.
 _PER_MODEL = """
-SELECT model_id, count(DISTINCT lead_id) AS leads, count(*) AS messages, count(*) FILTER (replied),
+SELECT {organization} AS organization_id, model_id, count(DISTINCT lead_id) AS leads, count(*) AS messages, count(*) FILTER (replied),
        count(*) FILTER (meeting_booked), count(*) FILTER (deal_closed), sum(coalesce(deal_value, 0)),
        sum(0.5 * deal_closed::INT + 0.3 * meeting_booked::INT + 0.2 * replied::INT),
        sum(power(0.5 * deal_closed::INT + 0.3 * meeting_booked::INT + 0.2 * replied::INT, 2))
-FROM outcome_labels WHERE is_mature GROUP BY model_id ORDER BY model_id
+FROM outcome_labels WHERE is_mature GROUP BY ALL ORDER BY organization_id, model_id
 """
+
+
+def _board(rows: list[tuple], config: "LeaderboardConfig") -> tuple[list[dict], list[dict]]:
+    """The leaderboard of one scope (all messages, or one organization's): every model's row
+    and the ranked ones."""
+    score = {r[1]: ArmStats(int(r[3]), float(r[8]), float(r[9])) for r in rows}
+    base = score.get(config.baseline_model)
+    board = []
+    for _, model, leads, messages, reply, meeting, close, revenue, _, _ in rows:
+        s = score[model]
+        lift = welch_diff(s, base) if base is not None and model != config.baseline_model and base.n > 1 \
+            and s.n > 1 else None
+        board.append({
+            "model": model, "leads": int(leads), "messages": int(messages),
+            "reply": reply / messages, "reply_ci": wilson_interval(int(reply), int(messages)),
+            "meeting": meeting / messages, "meeting_ci": wilson_interval(int(meeting), int(messages)),
+            "close": close / messages, "close_ci": wilson_interval(int(close), int(messages)),
+            "revenue": float(revenue), "score": s.mean,
+            "lift": lift.estimate if lift else None, "lift_ci": (lift.ci_low, lift.ci_high) if lift else None,
+            "ranked": messages >= config.min_messages})
+    ranked = sorted((b for b in board if b["ranked"]), key=lambda b: -b["score"])
+    for rank, b in enumerate(ranked, 1):
+        b["rank"] = rank
+    return board, ranked
 
 
 class LeaderboardConfig(dg.Config):
@@ -35,31 +59,17 @@ class LeaderboardConfig(dg.Config):
 
 
 @dg.asset(group_name=LEADERBOARD_GROUP, kinds={"duckdb", "mlflow"}, deps=[outcome_labels],
-          description="Every model: messages, reply/meeting/close rates per mature message with Wilson intervals, "
+          description="Every model, over all messages and per organization: messages, reply/meeting/close rates per mature message with Wilson intervals, "
                       "revenue, lift of the weighted score against the baseline with its interval, rank (minimum "
                       "sample gate); the same numbers are logged to MLflow.")
 def model_leaderboard(context: dg.AssetExecutionContext, config: LeaderboardConfig, warehouse: WarehouseResource,
                       mlflow: MlflowResource) -> dg.MaterializeResult:
     with warehouse.connect() as con:
-        rows = con.execute(_PER_MODEL).fetchall()
-        score = {r[0]: ArmStats(int(r[2]), float(r[7]), float(r[8])) for r in rows}
-        base = score.get(config.baseline_model)
-        board = []
-        for model, leads, messages, reply, meeting, close, revenue, _, _ in rows:
-            s = score[model]
-            lift = welch_diff(s, base) if base is not None and model != config.baseline_model and base.n > 1 \
-                and s.n > 1 else None
-            board.append({
-                "model": model, "leads": int(leads), "messages": int(messages),
-                "reply": reply / messages, "reply_ci": wilson_interval(int(reply), int(messages)),
-                "meeting": meeting / messages, "meeting_ci": wilson_interval(int(meeting), int(messages)),
-                "close": close / messages, "close_ci": wilson_interval(int(close), int(messages)),
-                "revenue": float(revenue), "score": s.mean,
-                "lift": lift.estimate if lift else None, "lift_ci": (lift.ci_low, lift.ci_high) if lift else None,
-                "ranked": messages >= config.min_messages})
-        ranked = sorted((b for b in board if b["ranked"]), key=lambda b: -b["score"])
-        for rank, b in enumerate(ranked, 1):
-            b["rank"] = rank
+        board, ranked = _board(con.execute(_PER_MODEL.format(organization="NULL")).fetchall(), config)
+        # each organization's own board, from its messages only: what GET /leaderboard shows its key
+        per_org = con.execute(_PER_MODEL.format(organization="organization_id")).fetchall()
+        organizations = {org: _board([r for r in per_org if r[0] == org], config)[0]
+                         for org in sorted({r[0] for r in per_org})}
         con.execute(registry.DDL)
         for b in board:
             con.execute("UPDATE model_registry SET reply_rate = ?, meeting_rate = ?, close_rate = ?, "
@@ -83,7 +93,7 @@ def model_leaderboard(context: dg.AssetExecutionContext, config: LeaderboardConf
     run_id = _log_to_mlflow(mlflow.tracking_uri, board, table, context)
     published = write_json_atomic({"generated_at": datetime.now(timezone.utc).isoformat(),
                                    "baseline_model": config.baseline_model, "min_messages": config.min_messages,
-                                   "models": board}, leaderboard_path())
+                                   "models": board, "organizations": organizations}, leaderboard_path())
     return dg.MaterializeResult(metadata={
         "published": dg.MetadataValue.path(str(published)),
         "models": len(board), "ranked": len(ranked), "min_messages": config.min_messages,

@@ -369,6 +369,10 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
             if mid:
                 record["message_id"] = mid
                 threaded += 1
+            if org is not None:  # the reply is the key's organization's: it attaches to its messages only
+                if record.get("organization_id") is not None:
+                    check_org(org, record["organization_id"], f"record {i}")
+                record["organization_id"] = org
         await land("replies", records)
         return {"accepted": len(records), "attributed_by_headers": threaded}
 
@@ -389,11 +393,15 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
 
     @enabled("leaderboard", app.get("/leaderboard"))
     async def get_leaderboard(request: Request) -> Any:
-        authenticate(request)
+        org = authenticate(request)
         board = leaderboard.get()
         if board is None:
             raise Rejected(404, "not_published", "no leaderboard yet (materialize model_leaderboard)")
-        return board
+        if org is None:  # no keys configured (loopback development): the whole file
+            return board
+        # a key sees its organization's board only: models rated on its own messages
+        return {**{k: v for k, v in board.items() if k not in ("models", "organizations")},
+                "organization_id": org, "models": (board.get("organizations") or {}).get(org, [])}
 
     @app.get("/healthz")
     async def healthz() -> dict:

@@ -68,7 +68,7 @@ MESSAGES_SQL = f"""
 WITH p AS ({_parse_common(MESSAGES_FIELDS)}),
 f AS (
     SELECT source_file, line_no, line, base_reason,
-           r.message_id, r.organization_id, r.campaign_id, r.lead_id,
+           r.message_id, r.organization_id, r.organization_id AS key_org, r.campaign_id, r.lead_id,
            lower(trim(r.recipient_email)) AS recipient_email, r.channel,
            {_TS.format(expr='r.sent_at')} AS sent_at, r.sent_at AS sent_at_text,
            r.model_id, r.model_version, r.ab_group, r.task_type, r.system_prompt, r.user_prompt,
@@ -94,16 +94,16 @@ FROM f
 
 MESSAGES_INSERT = """
 INSERT INTO messages
-SELECT message_id, k.message_key, organization_id, campaign_id, lead_id, recipient_email, channel, sent_at,
+SELECT v.message_id, k.message_key, v.organization_id, campaign_id, lead_id, recipient_email, channel, sent_at,
        model_id, model_version, ab_group, task_type, system_prompt, user_prompt, subject, body,
        framework, tone, prompt_tokens, completion_tokens, cost_usd, latency_ms,
        len(list_distinct(regexp_extract_all(coalesce(body, ''), 'https?://[^\\s<>"'')]+'))) AS tracked_links,
        metadata, source_file, line_no, $batch_id
-FROM _valid JOIN message_keys k USING (message_id)
+FROM {rows} v JOIN message_keys k ON k.organization_id = v.key_org AND k.message_id = v.message_id
 ON CONFLICT DO NOTHING
 """
 
-SENDGRID_FIELDS = {k: _V for k in ("sg_event_id", "message_id", "event", "timestamp", "email",
+SENDGRID_FIELDS = {k: _V for k in ("sg_event_id", "message_id", "organization_id", "event", "timestamp", "email",
                                    "sg_machine_open", "url", "type", "reason", "sg_message_id")}
 
 _EPOCH_OK = (f"ts_epoch BETWEEN {int(EARLIEST.timestamp())} "
@@ -113,7 +113,8 @@ SENDGRID_SQL = f"""
 WITH p AS ({_parse_common(SENDGRID_FIELDS)}),
 f AS (
     SELECT source_file, line_no, line, base_reason,
-           r.sg_event_id, r.message_id, lower(r.event) AS event,
+           r.sg_event_id, r.message_id, nullif(r.organization_id, '') AS organization_id,
+           nullif(r.organization_id, '') AS key_org, lower(r.event) AS event,
            try_cast(r.timestamp AS DOUBLE) AS ts_epoch, r.timestamp AS ts_text,
            lower(trim(r.email)) AS email, try_cast(r.sg_machine_open AS BOOLEAN) AS machine_open,
            r.url, r.type AS bounce_type, r.reason AS reason_text, r.sg_message_id
@@ -135,15 +136,15 @@ FROM f
 
 SENDGRID_INSERT = """
 INSERT INTO email_events
-SELECT sg_event_id, message_id, k.message_key, event::sendgrid_event, occurred_at, email, machine_open, url,
-       bounce_type, reason_text, sg_message_id, source_file, line_no, $batch_id
-FROM _valid JOIN message_keys k USING (message_id)
+SELECT sg_event_id, v.message_id, k.message_key, event::sendgrid_event, occurred_at, email, machine_open, url,
+       bounce_type, reason_text, sg_message_id, source_file, line_no, $batch_id, v.organization_id
+FROM {rows} v JOIN message_keys k ON k.organization_id = v.key_org AND k.message_id = v.message_id
 ON CONFLICT DO NOTHING
 """
 
 CRM_TYPES = ("meeting_booked", "meeting_completed", "deal_closed", "deal_lost")
 
-CRM_FIELDS = {k: _V for k in ("event_id", "source", "type", "message_id", "lead_id", "email",
+CRM_FIELDS = {k: _V for k in ("event_id", "source", "type", "message_id", "organization_id", "lead_id", "email",
                               "occurred_at", "deal_value", "currency")}
 
 CRM_SQL = f"""
@@ -152,6 +153,7 @@ f AS (
     SELECT source_file, line_no, line, base_reason,
            r.event_id, r.source AS crm_source, lower(r.type) AS type,
            nullif(r.message_id, '') AS given_message_id, nullif(r.lead_id, '') AS lead_id,
+           nullif(r.organization_id, '') AS organization_id, nullif(r.organization_id, '') AS key_org,
            nullif(lower(trim(r.email)), '') AS email,
            {_TS.format(expr='r.occurred_at')} AS occurred_at, r.occurred_at AS occurred_text,
            try_cast(r.deal_value AS DOUBLE) AS deal_value, r.deal_value AS deal_value_text,
@@ -177,12 +179,13 @@ CRM_INSERT = """
 INSERT INTO crm_events
 SELECT event_id, crm_source, type, given_message_id, lead_id, email, occurred_at, deal_value,
        currency, given_message_id, k.message_key, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
-       CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id
-FROM _valid LEFT JOIN message_keys k ON k.message_id = _valid.given_message_id
+       CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id,
+       v.organization_id
+FROM {rows} v LEFT JOIN message_keys k ON k.organization_id = v.key_org AND k.message_id = v.given_message_id
 ON CONFLICT DO NOTHING
 """
 
-REPLIES_FIELDS = {k: _V for k in ("reply_id", "message_id", "received_at", "from_email", "subject",
+REPLIES_FIELDS = {k: _V for k in ("reply_id", "message_id", "organization_id", "received_at", "from_email", "subject",
                                   "text")} | {"headers": "JSON"}
 
 REPLIES_SQL = f"""
@@ -190,6 +193,7 @@ WITH p AS ({_parse_common(REPLIES_FIELDS)}),
 f AS (
     SELECT source_file, line_no, line, base_reason,
            r.reply_id, nullif(r.message_id, '') AS given_message_id,
+           nullif(r.organization_id, '') AS organization_id, nullif(r.organization_id, '') AS key_org,
            {_TS.format(expr='r.received_at')} AS received_at, r.received_at AS received_text,
            nullif(lower(trim(r.from_email)), '') AS from_email, r.subject, r.text,
            CASE WHEN json_type(r.headers) = 'OBJECT' THEN r.headers END AS headers,
@@ -212,8 +216,9 @@ REPLIES_INSERT = """
 INSERT INTO replies
 SELECT reply_id, given_message_id, received_at, from_email, subject, text, headers,
        given_message_id, k.message_key, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
-       CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id
-FROM _valid LEFT JOIN message_keys k ON k.message_id = _valid.given_message_id
+       CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id,
+       v.organization_id
+FROM {rows} v LEFT JOIN message_keys k ON k.organization_id = v.key_org AND k.message_id = v.given_message_id
 ON CONFLICT DO NOTHING
 """
 
@@ -225,7 +230,7 @@ WITH p AS ({_parse_common(REPLY_LABELS_FIELDS)}),
 f AS (
     SELECT source_file, line_no, line, base_reason, r.label_id, r.reply_id, r.intent, r.sentiment,
            {_TS.format(expr='r.labelled_at')} AS labelled_at, r.labelled_at AS labelled_text, r.labelled_by,
-           NULL::VARCHAR AS message_id
+           NULL::VARCHAR AS message_id, NULL::VARCHAR AS organization_id, NULL::VARCHAR AS key_org
     FROM p)
 SELECT *,
        coalesce(base_reason,
@@ -242,7 +247,7 @@ FROM f
 REPLY_LABELS_INSERT = """
 INSERT INTO reply_labels
 SELECT label_id, reply_id, intent, sentiment, labelled_at, labelled_by, source_file, line_no, $batch_id
-FROM _valid
+FROM {rows}
 ON CONFLICT DO NOTHING
 """
 
@@ -251,28 +256,86 @@ ON CONFLICT DO NOTHING
 class SourceSpec:
     source: str
     table: str
-    key: str
+    key: tuple[str, ...]  # the record's key: a duplicate has the same values
     parse_sql: str
-    insert_sql: str
-    message_id_column: str = "message_id"  # the column of _valid that names our message
+    insert_sql: str  # inserts the rows of {rows} (a relation with _parsed's columns)
+    # what a record stores, as (stored column, expression over _parsed): two records with one key
+    # and the same content are copies; with different content they conflict (see _settle_duplicates)
+    content: tuple[tuple[str, str], ...]
+    message_id_column: str = "message_id"  # the column of _parsed that names our message
+    has_message_key: bool = True  # the table keeps the record's message_key (reply_labels name a reply)
+
+    def canonical_sql(self, *, parsed: bool) -> str:
+        """The record's canonical JSON (stored columns in a fixed order): from _parsed's
+        expressions, or (parsed=False) from the stored table's columns."""
+        fields = ", ".join(f"{name} := {expr if parsed else name}" for name, expr in self.content)
+        return f"to_json(struct_pack({fields}))::VARCHAR"
 
 
-# Every message id a source names gets its integer key (events may land before their message).
-ASSIGN_MESSAGE_KEYS = """
-INSERT INTO message_keys
-SELECT message_id, nextval('message_key_seq')
-FROM (SELECT DISTINCT {column} AS message_id FROM _parsed WHERE reason IS NULL AND {column} IS NOT NULL) v
-ANTI JOIN message_keys k USING (message_id)
-"""
+def _same(*names: str) -> tuple[tuple[str, str], ...]:
+    return tuple((name, name) for name in names)
 
 
 SPECS: dict[str, SourceSpec] = {
-    "messages": SourceSpec("messages", "messages", "message_id", MESSAGES_SQL, MESSAGES_INSERT),
-    "sendgrid": SourceSpec("sendgrid", "email_events", "sg_event_id", SENDGRID_SQL, SENDGRID_INSERT),
-    "crm": SourceSpec("crm", "crm_events", "event_id", CRM_SQL, CRM_INSERT, "given_message_id"),
-    "replies": SourceSpec("replies", "replies", "reply_id", REPLIES_SQL, REPLIES_INSERT, "given_message_id"),
-    "reply_labels": SourceSpec("reply_labels", "reply_labels", "label_id", REPLY_LABELS_SQL, REPLY_LABELS_INSERT),
+    "messages": SourceSpec(
+        "messages", "messages", ("organization_id", "message_id"), MESSAGES_SQL, MESSAGES_INSERT,
+        _same("organization_id", "message_id", "campaign_id", "lead_id", "recipient_email", "channel", "sent_at",
+              "model_id", "model_version", "ab_group", "task_type", "system_prompt", "user_prompt", "subject",
+              "body", "framework", "tone", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms",
+              "metadata")),
+    "sendgrid": SourceSpec(
+        "sendgrid", "email_events", ("sg_event_id",), SENDGRID_SQL, SENDGRID_INSERT,
+        _same("sg_event_id", "message_id", "organization_id")
+        + (("event", "event::VARCHAR"),) + _same("occurred_at", "email", "machine_open", "url", "bounce_type")
+        + (("reason", "reason_text"), ("sg_message_id", "sg_message_id"))),
+    "crm": SourceSpec(
+        "crm", "crm_events", ("event_id",), CRM_SQL, CRM_INSERT,
+        (("event_id", "event_id"), ("source", "crm_source"))
+        + _same("type", "given_message_id", "organization_id", "lead_id", "email", "occurred_at", "deal_value",
+                "currency"), "given_message_id"),
+    "replies": SourceSpec(
+        "replies", "replies", ("reply_id",), REPLIES_SQL, REPLIES_INSERT,
+        _same("reply_id", "given_message_id", "organization_id", "received_at", "from_email", "subject", "text",
+              "headers"), "given_message_id"),
+    "reply_labels": SourceSpec(
+        "reply_labels", "reply_labels", ("label_id",), REPLY_LABELS_SQL, REPLY_LABELS_INSERT,
+        # the label is its content; landing the same correction again (a new time or reviewer) is a copy
+        _same("label_id", "reply_id", "intent", "sentiment"), has_message_key=False),
 }
+
+# Organizations and message keys of a chunk's records (see _key_messages).
+# A key nobody has claimed ('': made for a record that named no organization) is taken by the
+# first organization that names its id (the smallest, if several do in one chunk).
+CLAIM_UNKNOWN_KEYS = """
+UPDATE message_keys AS k SET organization_id = c.key_org
+FROM (SELECT {column} AS message_id, min(key_org) AS key_org FROM _parsed
+      WHERE reason IS NULL AND key_org IS NOT NULL AND key_org <> '' AND {column} IS NOT NULL GROUP BY 1) c
+WHERE k.organization_id = '' AND k.message_id = c.message_id
+"""
+
+# Every (organization, message id) a source names gets its integer key (events may land
+# before their message).
+ASSIGN_MESSAGE_KEYS = """
+INSERT INTO message_keys (organization_id, message_id, message_key)
+SELECT organization_id, message_id, nextval('message_key_seq')
+FROM (SELECT DISTINCT key_org AS organization_id, {column} AS message_id FROM _parsed
+      WHERE reason IS NULL AND key_org IS NOT NULL AND {column} IS NOT NULL) v
+ANTI JOIN message_keys k USING (organization_id, message_id)
+"""
+
+# A record that names no organization (older senders) takes the organization of the one key its
+# message id has ('' when no record named the id yet); an id that organizations share is
+# ambiguous and the record is quarantined.
+AMBIGUOUS = "unattributable: the message_id is used by several organizations and the record names none"
+RESOLVE_ORGANIZATIONS = f"""
+UPDATE _parsed AS p SET key_org = CASE WHEN r.orgs <= 1 THEN r.key_org END,
+                        reason = CASE WHEN r.orgs > 1 THEN '{AMBIGUOUS}' END
+FROM (SELECT v.message_id, count(k.organization_id) AS orgs, coalesce(min(k.organization_id), '') AS key_org
+      FROM (SELECT DISTINCT {{column}} AS message_id FROM _parsed
+            WHERE reason IS NULL AND organization_id IS NULL AND {{column}} IS NOT NULL) v
+      LEFT JOIN message_keys k USING (message_id) GROUP BY 1) r
+WHERE p.reason IS NULL AND p.organization_id IS NULL AND p.{{column}} = r.message_id
+"""
 
 
 @dataclass
@@ -299,7 +362,7 @@ class IngestResult:
         self.accepted += accepted
         self.duplicates += duplicates
         for reason, count in reasons:
-            key = reason.split(":")[0] if reason.startswith(("unknown ", TOO_LARGE)) else reason
+            key = reason.split(":")[0] if reason.startswith(("unknown ", TOO_LARGE, CONFLICT)) else reason
             self.quarantine_reasons[key] = self.quarantine_reasons.get(key, 0) + count
             self.quarantined += count
 
@@ -429,11 +492,9 @@ FROM (SELECT source_file, line_no, escaped, try(decode(escaped::BLOB)) AS decode
 """
 
 
-def _read_and_parse(con: duckdb.DuckDBPyConnection, spec: SourceSpec, paths: list[str]
-                    ) -> tuple[dict[str, tuple[int, int]], list[tuple[str, int]]]:
-    """Read a chunk's files into ``_parsed`` (one row per non-blank line: its fields, or the
-    reason it is quarantined) and ``_valid`` (the first valid row of each key, by file and line);
-    return the lines and valid lines of each file, and the count of each quarantine reason.
+def _read_and_parse(con: duckdb.DuckDBPyConnection, spec: SourceSpec, paths: list[str]) -> None:
+    """Read a chunk's files into ``_parsed``: one row per non-blank line, its fields or the
+    reason it is quarantined.
 
     Only temporary tables are written, before the chunk's transaction opens, so the memory of
     the raw lines is freed as soon as they are parsed (a table dropped inside a transaction is
@@ -453,49 +514,159 @@ def _read_and_parse(con: duckdb.DuckDBPyConnection, spec: SourceSpec, paths: lis
                     SELECT * REPLACE (CASE WHEN reason IS NOT NULL THEN line END AS line)
                     FROM ({spec.parse_sql})""")
     con.execute("DROP TABLE _lines")
-    # a view, read once by the insert
+
+
+def _key_messages(con: duckdb.DuckDBPyConnection, spec: SourceSpec) -> None:
+    """Give every record's message its key, within the record's organization: unclaimed keys
+    of the ids that organizations name are claimed, their new keys made; then records that name
+    no organization are resolved by message id (or quarantined as ambiguous) and keyed."""
+    column = spec.message_id_column
+    if con.execute("SELECT count(*) FROM (SELECT 1 FROM message_keys WHERE organization_id = '' LIMIT 1)"
+                   ).fetchone()[0]:
+        con.execute(CLAIM_UNKNOWN_KEYS.format(column=column))
+    con.execute(ASSIGN_MESSAGE_KEYS.format(column=column))
+    if con.execute(f"SELECT count(*) FROM (SELECT 1 FROM _parsed WHERE reason IS NULL AND organization_id IS NULL "
+                   f"AND {column} IS NOT NULL LIMIT 1)").fetchone()[0]:
+        con.execute(RESOLVE_ORGANIZATIONS.format(column=column))
+        con.execute(ASSIGN_MESSAGE_KEYS.format(column=column))
+
+
+CONFLICT = "conflicting_duplicate"
+
+
+def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_id: int) -> tuple[int, int]:
+    """Insert the chunk's records; of several records with one key the one whose canonical JSON
+    (``SourceSpec.canonical_sql``) sorts first wins, in the chunk and against the rows loaded
+    before, so the winner does not depend on how files are batched. Copies with the same
+    content are silent duplicates; a record with other content that loses is quarantined as
+    ``conflicting_duplicate`` naming the record that won; a loaded row that loses to a new record
+    is replaced and quarantined (its message is refolded and relabelled by the next label run,
+    see ``message_refolds``). Returns (new rows, loaded rows replaced)."""
+    key = ", ".join(spec.key)
+    canonical = spec.canonical_sql(parsed=True)
+    # the chunk: keys with several valid records, ranked by their canonical JSON
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _dups AS
+        SELECT {key}, source_file, line_no, c AS canonical,
+               row_number() OVER w AS rn, first_value(c) OVER w AS won_c,
+               first_value(source_file) OVER w AS won_file, first_value(line_no) OVER w AS won_line
+        FROM (SELECT *, {canonical} AS c FROM (SELECT * FROM _parsed WHERE reason IS NULL)
+              SEMI JOIN (SELECT {key} FROM _parsed WHERE reason IS NULL GROUP BY {key} HAVING count(*) > 1)
+              USING ({key}))
+        WINDOW w AS (PARTITION BY {key} ORDER BY c, source_file, line_no)
+    """)
+    def loser(alias: str) -> str:  # the start of a loser's reason, naming its key
+        return f"'{CONFLICT}: {spec.key[-1]} ' || {alias}.{spec.key[-1]} || ', kept the record of '"
+    con.execute(f"""
+        UPDATE _parsed AS p SET reason = {loser('d')} || d.won_file || ':' || d.won_line, line = d.canonical
+        FROM _dups d
+        WHERE d.rn > 1 AND d.canonical <> d.won_c AND p.source_file = d.source_file AND p.line_no = d.line_no
+    """)
+    # one record per key: the winner (later identical copies are dropped with it)
     con.execute(f"""
         CREATE OR REPLACE TEMP VIEW _valid AS
-        SELECT * EXCLUDE (line) FROM _parsed WHERE reason IS NULL
-        QUALIFY row_number() OVER (PARTITION BY {spec.key} ORDER BY source_file, line_no) = 1
+        SELECT * EXCLUDE (line) FROM _parsed p WHERE reason IS NULL
+        AND NOT EXISTS (SELECT 1 FROM _dups d WHERE d.rn > 1 AND d.source_file = p.source_file
+                        AND d.line_no = p.line_no)
     """)
-    per_file = {name: (n, v) for name, n, v in con.execute(
-        "SELECT source_file, count(*), count(*) FILTER (reason IS NULL) FROM _parsed GROUP BY 1").fetchall()}
-    reasons = con.execute("SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1").fetchall()
-    return per_file, reasons
+    inserted = con.execute(spec.insert_sql.format(rows="_valid").replace("$batch_id", str(int(batch_id)))
+                           ).fetchone()[0]
+    # keys loaded before: the chunk's record against the loaded row (none when every one went in)
+    expected = con.execute("SELECT (SELECT count(*) FROM _parsed WHERE reason IS NULL) "
+                           "- (SELECT count(*) FROM _dups WHERE rn > 1)").fetchone()[0]
+    if inserted == expected:
+        return int(inserted), 0
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _rejected AS
+        SELECT {key} FROM _valid ANTI JOIN (SELECT {key} FROM {spec.table} WHERE batch_id = {int(batch_id)})
+        USING ({key})
+    """)
+    if not con.execute("SELECT count(*) FROM _rejected").fetchone()[0]:
+        return int(inserted), 0
+    con.execute(f"""
+        CREATE OR REPLACE TEMP TABLE _against AS
+        SELECT {key}, n.source_file AS new_file, n.line_no AS new_line, n.c AS new_c,
+               o.source_file AS old_file, o.line_no AS old_line, o.c AS old_c,
+               {'o.message_key' if spec.has_message_key else 'NULL::BIGINT'} AS old_key
+        FROM (SELECT *, {canonical} AS c FROM _valid SEMI JOIN _rejected USING ({key})) n
+        JOIN (SELECT *, {spec.canonical_sql(parsed=False)} AS c FROM {spec.table} SEMI JOIN _rejected USING ({key})) o
+        USING ({key})
+        WHERE n.c <> o.c
+    """)
+    # a new record that sorts after the loaded one loses
+    con.execute(f"""
+        UPDATE _parsed AS p SET reason = {loser('a')} || a.old_file || ':' || a.old_line, line = a.new_c
+        FROM _against a WHERE a.new_c > a.old_c AND p.source_file = a.new_file AND p.line_no = a.new_line
+    """)
+    con.execute("DELETE FROM _against WHERE new_c > old_c")
+    replaced = con.execute("SELECT count(*) FROM _against").fetchone()[0]
+    if not replaced:
+        return int(inserted), 0
+    # a new record that sorts first replaces the loaded row, which is quarantined; the losers
+    # quarantined before as having lost to that row now name the new winner
+    con.execute(f"""
+        UPDATE quarantine AS q SET reason = {loser('a')} || a.new_file || ':' || a.new_line
+        FROM _against a WHERE q.source = ? AND q.reason = {loser('a')} || a.old_file || ':' || a.old_line
+    """, [spec.source])
+    con.execute(f"""
+        INSERT INTO quarantine
+        SELECT ?, old_file, old_line, {loser('a')} || new_file || ':' || new_line, old_c, ?, now()::TIMESTAMP
+        FROM _against a
+    """, [spec.source, batch_id])
+    con.execute("INSERT INTO message_refolds SELECT DISTINCT old_key, ? FROM _against WHERE old_key IS NOT NULL",
+                [batch_id])
+    if spec.table == "messages":  # its redacted text, if any, is redone from the new row
+        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'redacted_messages'").fetchone()[0]:
+            con.execute("DELETE FROM redacted_messages WHERE message_key IN (SELECT old_key FROM _against)")
+    if spec.table == "replies":  # classified again, from the new text
+        con.execute("DELETE FROM reply_intents WHERE reply_id IN (SELECT reply_id FROM _against)")
+    same_key = " AND ".join(f"t.{k} = a.{k}" for k in spec.key)
+    con.execute(f"DELETE FROM {spec.table} t USING _against a WHERE {same_key}")
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW _winners AS
+                    SELECT * FROM _valid v WHERE EXISTS (SELECT 1 FROM _against a WHERE a.new_file = v.source_file
+                                                        AND a.new_line = v.line_no)""")
+    con.execute(spec.insert_sql.format(rows="_winners").replace("$batch_id", str(int(batch_id))))
+    return int(inserted), int(replaced)
 
 
 def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
                   chunk: list[landing_zone.LandingFile], result: IngestResult) -> None:
     paths = [str(f.path) for f in chunk]
     try:
-        per_file, reasons = _read_and_parse(con, spec, paths)
-        lines, valid = sum(n for n, _ in per_file.values()), sum(v for _, v in per_file.values())
+        _read_and_parse(con, spec, paths)
         with transaction(con):
             batch_id = new_batch(con, "ingest", spec.source)
+            _key_messages(con, spec)
+            inserted, replaced = _settle_duplicates(con, spec, batch_id)
+            per_file = {name: (n, v) for name, n, v in con.execute(
+                "SELECT source_file, count(*), count(*) FILTER (reason IS NULL) FROM _parsed GROUP BY 1").fetchall()}
+            reasons = con.execute("SELECT reason, count(*) FROM _parsed WHERE reason IS NOT NULL GROUP BY 1").fetchall()
+            if replaced:
+                reasons.append((CONFLICT, replaced))
+            lines, valid = sum(n for n, _ in per_file.values()), sum(v for _, v in per_file.values())
             con.execute("""
                 INSERT INTO quarantine
                 SELECT ?, source_file, line_no, reason, line, ?, now()::TIMESTAMP
                 FROM _parsed WHERE reason IS NOT NULL
             """, [spec.source, batch_id])
-            con.execute(ASSIGN_MESSAGE_KEYS.format(column=spec.message_id_column))
-            inserted = con.execute(spec.insert_sql.replace("$batch_id", str(int(batch_id)))).fetchone()[0]
+            accepted = inserted + replaced
             recorded = []
             for f in chunk:
                 n, v = per_file.get(f.name, (0, 0))
                 recorded.append((f, n, v, n - v))
-            _close_batch(con, spec, batch_id, recorded, accepted=inserted, duplicates=valid - inserted)
+            _close_batch(con, spec, batch_id, recorded, accepted=accepted, duplicates=valid - accepted)
     finally:
-        con.execute("DROP VIEW IF EXISTS _valid")
-        con.execute("DROP TABLE IF EXISTS _parsed")
-        con.execute("DROP TABLE IF EXISTS _lines")
-    result.add(batch_id, len(chunk), lines, inserted, valid - inserted, reasons)
+        for view in ("_valid", "_winners"):
+            con.execute(f"DROP VIEW IF EXISTS {view}")
+        for table in ("_parsed", "_lines", "_dups", "_rejected", "_against"):
+            con.execute(f"DROP TABLE IF EXISTS {table}")
+    result.add(batch_id, len(chunk), lines, accepted, valid - accepted, reasons)
 
 
 def attribute_unlinked(con: duckdb.DuckDBPyConnection, table: str, policy: LabelPolicy) -> int:
     """Attach CRM events / replies that carry no message_id to the latest message sent to
     the same lead (CRM) or recipient email (both) at most ``attribution_window_days``
-    before the event. Rows that find no message yet stay unlinked and are retried on the
+    before the event, of the record's organization when it names one. Rows that find no message yet stay unlinked and are retried on the
     next ingestion (their message may simply not have landed yet)."""
     if table == "crm_events":
         ts, keys = "occurred_at", (("lead_id", "lead_id"), ("email", "recipient_email"))
@@ -509,22 +680,27 @@ def attribute_unlinked(con: duckdb.DuckDBPyConnection, table: str, policy: Label
     with transaction(con):
         batch_id = new_batch(con, "attribution", table)
         for column, message_column in keys:
-            changed = con.execute(f"""
-                UPDATE {table} AS t
-                SET message_id = a.message_id, message_key = a.message_key, attribution = '{column}',
-                    attributed_batch_id = {batch_id}
-                FROM (
-                    SELECT e.{pk} AS pk, m.message_id, m.message_key
-                    FROM (SELECT {pk}, {column}, {ts} FROM {table}
-                          WHERE message_id IS NULL AND {column} IS NOT NULL) e
-                    ASOF JOIN (SELECT message_id, message_key, {message_column} AS k, sent_at FROM messages
-                               WHERE {message_column} IS NOT NULL) m
-                      ON e.{column} = m.k AND e.{ts} >= m.sent_at
-                    WHERE e.{ts} - m.sent_at <= to_days({int(policy.attribution_window_days)})
-                ) a
-                WHERE t.{pk} = a.pk
-            """).fetchone()[0]
-            total += changed
+            # a record of an organization matches that organization's messages only; one that
+            # names none (older senders, CRM webhooks without an organization) any message
+            for scoped in (True, False):
+                org_match = " AND e.organization_id = m.organization_id" if scoped else ""
+                changed = con.execute(f"""
+                    UPDATE {table} AS t
+                    SET message_id = a.message_id, message_key = a.message_key, attribution = '{column}',
+                        attributed_batch_id = {batch_id}
+                    FROM (
+                        SELECT e.{pk} AS pk, m.message_id, m.message_key
+                        FROM (SELECT {pk}, {column}, {ts}, organization_id FROM {table}
+                              WHERE message_id IS NULL AND {column} IS NOT NULL
+                                AND organization_id IS {'NOT ' if scoped else ''}NULL) e
+                        ASOF JOIN (SELECT message_id, message_key, organization_id, {message_column} AS k, sent_at
+                                   FROM messages WHERE {message_column} IS NOT NULL) m
+                          ON e.{column} = m.k{org_match} AND e.{ts} >= m.sent_at
+                        WHERE e.{ts} - m.sent_at <= to_days({int(policy.attribution_window_days)})
+                    ) a
+                    WHERE t.{pk} = a.pk
+                """).fetchone()[0]
+                total += changed
         con.execute("UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, accepted = ? "
                     "WHERE batch_id = ?", [total, batch_id])
     return total

@@ -7,7 +7,8 @@ Two steps, both in DuckDB:
    least/greatest/bit_or/+. Old events are never reread (``batch_id`` is append-ordered, so
    row-group zone maps skip history).
 2. **Label** the *touched* messages (new messages, new email events, newly attributed CRM
-   events, newly classified replies) from ``message_state`` + ``messages`` + ``crm_events``
+   events, newly classified replies, messages whose rows a conflicting duplicate replaced:
+   their state is folded again from all their events) from ``message_state`` + ``messages`` + ``crm_events``
    + ``reply_intents``, and replace their rows in ``packed_labels`` (read through the
    ``message_labels`` and ``outcome_labels`` views). Maturity, which moves
    with the clock, is then refreshed for every label with one cheap pass over the label
@@ -329,6 +330,18 @@ def dense_key_grouping(con: duckdb.DuckDBPyConnection, *, enabled: bool) -> Iter
         con.execute(f"SET perfect_ht_threshold = {int(previous)}")
 
 
+def _refold(con: duckdb.DuckDBPyConnection, from_batch: int, to_batch: int) -> None:
+    """Messages whose loaded rows a batch in range replaced (warehouse/ingest.py: a conflicting
+    duplicate that sorts first): their state is folded again from all their events, since the
+    replaced event cannot be taken out of the merged aggregates. Usually none."""
+    keys = f"SELECT message_key FROM message_refolds WHERE batch_id > {int(from_batch)} AND batch_id <= {int(to_batch)}"
+    if not con.execute(f"SELECT count(*) FROM ({keys})").fetchone()[0]:
+        return
+    con.execute(f"DELETE FROM message_state WHERE message_key IN ({keys})")
+    fold = _FOLD_SELECT.format(where=f"batch_id <= {int(to_batch)} AND message_key IN ({keys})", **SIGNAL_BITS)
+    con.execute(f"INSERT INTO message_state {fold}")
+
+
 def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = None, *,
                    as_of: datetime | None = None, full: bool = False) -> LabelRunResult:
     """Bring ``outcome_labels`` up to date with everything ingested so far."""
@@ -358,6 +371,7 @@ def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = 
             con.execute(_MERGE_STATE)
             con.execute("DELETE FROM message_state WHERE message_key IN (SELECT message_key FROM _delta)")
             con.execute("INSERT INTO message_state SELECT * FROM _merged")
+            _refold(con, from_batch, to_batch)
         relabel_all = full or policy_changed
         if relabel_all:
             touched = con.execute("SELECT count(*) FROM messages").fetchone()[0]
@@ -372,6 +386,7 @@ def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = 
                       WHERE message_key IS NOT NULL AND attributed_batch_id {rng.format(col='attributed_batch_id')}
                 UNION SELECT message_key FROM reply_intents
                       WHERE message_key IS NOT NULL AND batch_id {rng.format(col='batch_id')}
+                UNION SELECT message_key FROM message_refolds WHERE batch_id {rng.format(col='batch_id')}
             """)
             touched = con.execute("SELECT count(*) FROM _touched").fetchone()[0]
             con.execute("DELETE FROM packed_labels WHERE message_key IN (SELECT message_key FROM _touched)")

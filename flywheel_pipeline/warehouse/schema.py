@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -61,37 +61,43 @@ DDL: tuple[str, ...] = (
         source VARCHAR NOT NULL, source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL,
         reason VARCHAR NOT NULL, raw_line VARCHAR, batch_id BIGINT NOT NULL,
         quarantined_at TIMESTAMP NOT NULL)""",
-    # Every message id (from a message record or from an event that arrived first) gets a
-    # dense integer surrogate key: labelling groups and joins on it, not on strings.
+    # Every message, (organization_id, message_id), named by a message record or by an event
+    # that arrived first, gets a dense integer surrogate key: labelling groups and joins on it,
+    # not on strings. organization_id '' is "not known yet": a key made for a record that names
+    # no organization (older senders), taken over by the first organization that names the id
+    # (warehouse/ingest.py); an id never has an '' key beside a key of an organization.
     "CREATE SEQUENCE IF NOT EXISTS message_key_seq START 1",
     """CREATE TABLE IF NOT EXISTS message_keys (
-        message_id VARCHAR PRIMARY KEY, message_key BIGINT NOT NULL)""",
+        organization_id VARCHAR NOT NULL, message_id VARCHAR NOT NULL, message_key BIGINT NOT NULL)""",
     f"CREATE TYPE IF NOT EXISTS sendgrid_event AS ENUM {SENDGRID_EVENTS}",
     """CREATE TABLE IF NOT EXISTS messages (
-        message_id VARCHAR PRIMARY KEY, message_key BIGINT NOT NULL, organization_id VARCHAR NOT NULL,
+        message_id VARCHAR NOT NULL, message_key BIGINT NOT NULL, organization_id VARCHAR NOT NULL,
         campaign_id VARCHAR, lead_id VARCHAR NOT NULL, recipient_email VARCHAR, channel VARCHAR,
         sent_at TIMESTAMP NOT NULL, model_id VARCHAR, model_version VARCHAR, ab_group VARCHAR,
         task_type VARCHAR, system_prompt VARCHAR, user_prompt VARCHAR, subject VARCHAR,
         body VARCHAR, framework VARCHAR, tone VARCHAR, prompt_tokens BIGINT,
         completion_tokens BIGINT, cost_usd DOUBLE, latency_ms DOUBLE, tracked_links INTEGER,
         metadata JSON, source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL,
-        batch_id BIGINT NOT NULL)""",
+        batch_id BIGINT NOT NULL, PRIMARY KEY (organization_id, message_id))""",
     """CREATE TABLE IF NOT EXISTS email_events (
         sg_event_id VARCHAR PRIMARY KEY, message_id VARCHAR NOT NULL, message_key BIGINT NOT NULL,
         event sendgrid_event NOT NULL, occurred_at TIMESTAMP NOT NULL, email VARCHAR,
         machine_open BOOLEAN, url VARCHAR, bounce_type VARCHAR, reason VARCHAR, sg_message_id VARCHAR,
-        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+        organization_id VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS crm_events (
         event_id VARCHAR PRIMARY KEY, source VARCHAR, type VARCHAR NOT NULL,
         given_message_id VARCHAR, lead_id VARCHAR, email VARCHAR,
         occurred_at TIMESTAMP NOT NULL, deal_value DOUBLE, currency VARCHAR,
         message_id VARCHAR, message_key BIGINT, attribution VARCHAR, attributed_batch_id BIGINT,
-        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+        organization_id VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS replies (
         reply_id VARCHAR PRIMARY KEY, given_message_id VARCHAR, received_at TIMESTAMP NOT NULL,
         from_email VARCHAR, subject VARCHAR, text VARCHAR, headers JSON,
         message_id VARCHAR, message_key BIGINT, attribution VARCHAR, attributed_batch_id BIGINT,
-        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+        organization_id VARCHAR)""",
     """CREATE TABLE IF NOT EXISTS reply_intents (
         reply_id VARCHAR PRIMARY KEY, message_id VARCHAR, message_key BIGINT, received_at TIMESTAMP,
         is_auto_reply BOOLEAN NOT NULL, auto_reply_reason VARCHAR, sentiment VARCHAR NOT NULL,
@@ -136,6 +142,11 @@ DDL: tuple[str, ...] = (
                l.auto_replies, l.stage, l.quality_score, l.is_terminal, l.is_mature, l.last_event_at,
                l.label_run_id, l.message_key
         FROM message_labels l JOIN messages m USING (message_key)""",
+    # Messages whose loaded rows a later batch replaced (a conflicting duplicate that wins, see
+    # warehouse/ingest.py): the label run after batch_id refolds their state from all their
+    # events, since a replaced event cannot be subtracted from message_state.
+    """CREATE TABLE IF NOT EXISTS message_refolds (
+        message_key BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS label_runs (
         label_run_id BIGINT PRIMARY KEY, as_of TIMESTAMP NOT NULL, from_batch BIGINT NOT NULL,
         to_batch BIGINT NOT NULL, full_relabel BOOLEAN NOT NULL, policy_fingerprint VARCHAR NOT NULL,
@@ -143,6 +154,24 @@ DDL: tuple[str, ...] = (
         started_at TIMESTAMP NOT NULL, duration_s DOUBLE NOT NULL)""",
 )
 
+
+# Version 4 identifies a message by (organization_id, message_id): messages and message_keys
+# are rebuilt with the organization in their key (an old key takes its message's organization;
+# a key no message has claimed yet gets '', "not known yet"), and email events, CRM events and
+# replies record the organization they name (NULL for the rows loaded before: not kept then).
+# Message keys do not change, so labels and message_state stay valid.
+_MIGRATE_TO_4_BEFORE = ("DROP VIEW IF EXISTS outcome_labels",
+                          "ALTER TABLE messages RENAME TO _v2_messages",
+                          "ALTER TABLE message_keys RENAME TO _v2_message_keys",
+                          "ALTER TABLE email_events ADD COLUMN IF NOT EXISTS organization_id VARCHAR",
+                          "ALTER TABLE crm_events ADD COLUMN IF NOT EXISTS organization_id VARCHAR",
+                          "ALTER TABLE replies ADD COLUMN IF NOT EXISTS organization_id VARCHAR")
+_MIGRATE_TO_4_AFTER = (
+    "INSERT INTO messages SELECT * FROM _v2_messages",
+    """INSERT INTO message_keys (organization_id, message_id, message_key)
+       SELECT coalesce(m.organization_id, ''), k.message_id, k.message_key
+       FROM _v2_message_keys k LEFT JOIN _v2_messages m USING (message_id)""",
+    "DROP TABLE _v2_messages", "DROP TABLE _v2_message_keys")
 
 
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
@@ -181,18 +210,23 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
                                f"({SCHEMA_VERSION}); upgrade flywheel_pipeline")
         if int(row[0]) == SCHEMA_VERSION:
             return
-    migrating_from_1 = row is not None and int(row[0]) == 1
-    migrating_to_3 = row is not None and int(row[0]) < 3
+    migrating_from = int(row[0]) if row is not None else None
     with transaction(con):
-        if migrating_from_1:
+        if migrating_from == 1:
             for statement in _MIGRATE_FROM_1:
                 con.execute(statement)
-        if migrating_to_3:
+        if migrating_from is not None and migrating_from < 3:
             for statement in _MIGRATE_TO_3:
+                con.execute(statement)
+        if migrating_from is not None and migrating_from < 4:
+            for statement in _MIGRATE_TO_4_BEFORE:
                 con.execute(statement)
         for statement in DDL:
             con.execute(statement)
-        if migrating_from_1:
+        if migrating_from is not None and migrating_from < 4:
+            for statement in _MIGRATE_TO_4_AFTER:
+                con.execute(statement)
+        if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])
         con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
