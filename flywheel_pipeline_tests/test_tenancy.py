@@ -76,6 +76,34 @@ def test_records_of_another_organization_never_attach_to_a_message(con, landing)
     assert a["replied"] and a["meeting_booked"] and not a["deal_closed"]
 
 
+def test_another_organization_cannot_replace_a_loaded_record_by_reusing_its_id(con, landing):
+    """An organization posts a reply and an email event with the ids of another's loaded ones,
+    with content that would win the duplicate rule ("org-a" sorts before "org-b" in the canonical
+    JSON): the victim's records stay, the attacker's are quarantined as conflicting duplicates
+    naming the victim's record, and the victim's label does not change."""
+    VICTIM, ATTACKER = B, A
+    write_jsonl(landing, "messages", [message("m-1", org=VICTIM, lead="lead-1")], name="m.jsonl")
+    later = T0 + timedelta(hours=2)
+    write_jsonl(landing, "replies", [reply("r-1", "m-1", later, "Yes, let's talk next week!", organization_id=VICTIM)],
+                name="r-a.jsonl")
+    write_jsonl(landing, "sendgrid", [sg("m-1", "click", later, sg_event_id="ev-1", organization_id=VICTIM,
+                                         url="https://x.example/a")], name="s-a.jsonl")
+    run_pipeline(con, landing)
+    before = org_label(con, VICTIM, "m-1")
+    assert before["replied"] and before["clicked"]
+    write_jsonl(landing, "messages", [message("m-1", org=ATTACKER, lead="lead-9")], name="m-b.jsonl")
+    write_jsonl(landing, "replies", [reply("r-1", "m-1", later, "A", organization_id=ATTACKER)], name="r-b.jsonl")
+    write_jsonl(landing, "sendgrid", [sg("m-1", "bounce", later, sg_event_id="ev-1", organization_id=ATTACKER)],
+                name="s-b.jsonl")
+    run_pipeline(con, landing)
+    assert con.execute("SELECT organization_id, text FROM replies").fetchall() == [(VICTIM, "Yes, let's talk next week!")]
+    assert con.execute("SELECT organization_id, event::VARCHAR FROM email_events").fetchall() == [(VICTIM, "click")]
+    reasons = dict(con.execute("SELECT source_file, reason FROM quarantine").fetchall())
+    assert reasons["r-b.jsonl"] == "conflicting_duplicate: reply_id r-1, kept the record of r-a.jsonl:1"
+    assert reasons["s-b.jsonl"] == "conflicting_duplicate: sg_event_id ev-1, kept the record of s-a.jsonl:1"
+    assert org_label(con, VICTIM, "m-1") == before
+
+
 def test_a_key_posts_replies_for_its_organization_and_reads_its_own_leaderboard(tmp_path):
     home = tmp_path / "fw"
     settings = ServiceSettings.from_env({"FLYWHEEL_HOME": str(home), "FLYWHEEL_API_KEYS": f"{A}=key-a,{B}=key-b"})

@@ -263,7 +263,7 @@ class SourceSpec:
     # and the same content are copies; with different content they conflict (see _settle_duplicates)
     content: tuple[tuple[str, str], ...]
     message_id_column: str = "message_id"  # the column of _parsed that names our message
-    has_message_key: bool = True  # the table keeps the record's message_key (reply_labels name a reply)
+    of_a_message: bool = True  # the table keeps its message_key and organization_id (reply_labels name a reply)
 
     def canonical_sql(self, *, parsed: bool) -> str:
         """The record's canonical JSON (stored columns in a fixed order): from _parsed's
@@ -300,7 +300,7 @@ SPECS: dict[str, SourceSpec] = {
     "reply_labels": SourceSpec(
         "reply_labels", "reply_labels", ("label_id",), REPLY_LABELS_SQL, REPLY_LABELS_INSERT,
         # the label is its content; landing the same correction again (a new time or reviewer) is a copy
-        _same("label_id", "reply_id", "intent", "sentiment"), has_message_key=False),
+        _same("label_id", "reply_id", "intent", "sentiment"), of_a_message=False),
 }
 
 # Organizations and message keys of a chunk's records (see _key_messages).
@@ -587,18 +587,22 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
         CREATE OR REPLACE TEMP TABLE _against AS
         SELECT {key}, n.source_file AS new_file, n.line_no AS new_line, n.c AS new_c,
                o.source_file AS old_file, o.line_no AS old_line, o.c AS old_c,
-               {'o.message_key' if spec.has_message_key else 'NULL::BIGINT'} AS old_key
+               {'o.message_key' if spec.of_a_message else 'NULL::BIGINT'} AS old_key,
+               {'n.organization_id IS DISTINCT FROM o.organization_id AND o.organization_id IS NOT NULL'
+                if spec.of_a_message else 'false'} AS other_org
         FROM (SELECT *, {canonical} AS c FROM _valid SEMI JOIN _rejected USING ({key})) n
         JOIN (SELECT *, {spec.canonical_sql(parsed=False)} AS c FROM {spec.table} SEMI JOIN _rejected USING ({key})) o
         USING ({key})
         WHERE n.c <> o.c
     """)
-    # a new record that sorts after the loaded one loses
+    # a new record that sorts after the loaded one loses; so does one that would replace the row
+    # of another organization (a tenant's loaded records are never modified by another's)
     con.execute(f"""
         UPDATE _parsed AS p SET reason = {loser('a')} || a.old_file || ':' || a.old_line, line = a.new_c
-        FROM _against a WHERE a.new_c > a.old_c AND p.source_file = a.new_file AND p.line_no = a.new_line
+        FROM _against a WHERE (a.new_c > a.old_c OR a.other_org)
+        AND p.source_file = a.new_file AND p.line_no = a.new_line
     """)
-    con.execute("DELETE FROM _against WHERE new_c > old_c")
+    con.execute("DELETE FROM _against WHERE new_c > old_c OR other_org")
     replaced = con.execute("SELECT count(*) FROM _against").fetchone()[0]
     if not replaced:
         return int(inserted), 0
