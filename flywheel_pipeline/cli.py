@@ -62,7 +62,7 @@ def routing_history(follow_from: date | None) -> tuple[tuple[date, dict], ...]:
     from flywheel_pipeline.published import write_json_atomic
     from flywheel_pipeline.routing import load_routing
 
-    path = paths.flywheel_home() / "simulator" / "routing_history.json"
+    path = paths.simulator_dir() / "routing_history.json"
     history = [(date.fromisoformat(d), t) for d, t in json.loads(path.read_text())] if path.exists() else []
     if follow_from is not None:
         table = load_routing()
@@ -225,7 +225,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     weeks = min(args.experiment_weeks, (args.days - DEMO_MIN_HISTORY_DAYS) // 7)
-    state_path = paths.flywheel_home() / "simulator" / "demo.json"
+    state_path = paths.simulator_dir() / "demo.json"
     state = json.loads(state_path.read_text()) if state_path.exists() else None
     if state is None and weeks < args.experiment_weeks:
         _print(f"--experiment-weeks {args.experiment_weeks} shortened to {weeks}: --days {args.days} leaves "
@@ -296,7 +296,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _print("Next: open the Dagster UI on this instance with")
     _print(f"  FLYWHEEL_HOME={paths.flywheel_home()} {os.path.join(bin_dir, 'flywheel')} ui")
     _print("  (or `make ui`), then browse Assets for metadata and checks; and the MLflow UI with")
-    mlflow_db = paths.flywheel_home() / "mlflow.db"
+    mlflow_db = paths.mlflow_db_path()
     _print(f"  {os.path.join(bin_dir, 'mlflow')} ui --backend-store-uri sqlite:///{mlflow_db}")
     return 0
 

@@ -1,36 +1,103 @@
-"""Where the flywheel keeps its files (the FLYWHEEL_HOME contract).
+"""Where the flywheel keeps its files: every path under ``FLYWHEEL_HOME`` is named here once and
+used by the CLI, the service, the Dagster resources and the sensors.
 
 ``$FLYWHEEL_HOME`` (default ``.flywheel/`` in the working directory) holds::
 
-    landing/<source>/*.jsonl   the landing zone (immutable files, see core/landing.py)
-    warehouse.duckdb           the DuckDB warehouse
+    landing/<source>/*.jsonl   the landing zone (immutable files, see core/landing.py);
+                               FLYWHEEL_LANDING moves it (the service fills it, ingestion reads it)
+    warehouse.duckdb           the DuckDB warehouse; FLYWHEEL_WAREHOUSE moves it
+    exports/                   validated fine-tuning files; FLYWHEEL_EXPORTS moves them
+    models/                    local (trl) adapters
+    routing.json               the routing table the outreach app and the service read
+    leaderboard.json           the published leaderboard
+    alerts/failures.jsonl      one line per failed Dagster run
+    logs/                      Dagster and MLflow log output of CLI runs (flywheel.log)
+    simulator/                 the demo-world simulator's state
     dagster/                   the local Dagster instance (DAGSTER_HOME unless set)
-    mlflow.db, mlartifacts/    the local MLflow store
+    mlflow.db, mlartifacts/    the local MLflow store (MLFLOW_TRACKING_URI wins)
     cache/reply_llm.sqlite     the llm reply classifier's answers (by reply hash and version)
+
+Every function reads the environment when called (``env`` defaults to ``os.environ``), so a
+process that changes ``FLYWHEEL_HOME`` sees the change.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 
-def flywheel_home() -> Path:
-    return Path(os.environ.get("FLYWHEEL_HOME") or ".flywheel").expanduser().absolute()
+def _setting(env: Mapping[str, str] | None, name: str) -> str | None:
+    value = (os.environ if env is None else env).get(name)
+    return value if value not in (None, "") else None
 
 
-def landing_dir() -> Path:
-    return flywheel_home() / "landing"
+def _absolute(text: str) -> Path:
+    return Path(text).expanduser().absolute()
 
 
-def warehouse_path() -> Path:
-    return flywheel_home() / "warehouse.duckdb"
+def flywheel_home(env: Mapping[str, str] | None = None) -> Path:
+    return _absolute(_setting(env, "FLYWHEEL_HOME") or ".flywheel")
 
 
-def reply_llm_cache_path() -> Path:
-    return flywheel_home() / "cache" / "reply_llm.sqlite"
+def landing_dir(env: Mapping[str, str] | None = None) -> Path:
+    override = _setting(env, "FLYWHEEL_LANDING")
+    return _absolute(override) if override else flywheel_home(env) / "landing"
 
 
-def dagster_home() -> Path:
-    env = os.environ.get("DAGSTER_HOME")
-    return Path(env).expanduser().absolute() if env else flywheel_home() / "dagster"
+def warehouse_path(env: Mapping[str, str] | None = None) -> Path:
+    override = _setting(env, "FLYWHEEL_WAREHOUSE")
+    return _absolute(override) if override else flywheel_home(env) / "warehouse.duckdb"
+
+
+def warehouse_database(env: Mapping[str, str] | None = None) -> str:
+    """The warehouse as DuckDB opens it: a file path, or an ``md:`` MotherDuck URL given verbatim."""
+    override = _setting(env, "FLYWHEEL_WAREHOUSE")
+    return override if override and override.startswith("md:") else str(warehouse_path(env))
+
+
+def exports_dir(env: Mapping[str, str] | None = None) -> Path:
+    override = _setting(env, "FLYWHEEL_EXPORTS")
+    return _absolute(override) if override else flywheel_home(env) / "exports"
+
+
+def models_dir(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "models"
+
+
+def routing_path(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "routing.json"
+
+
+def leaderboard_path(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "leaderboard.json"
+
+
+def alerts_path(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "alerts" / "failures.jsonl"
+
+
+def logs_dir(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "logs"
+
+
+def simulator_dir(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "simulator"
+
+
+def reply_llm_cache_path(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "cache" / "reply_llm.sqlite"
+
+
+def mlflow_db_path(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "mlflow.db"
+
+
+def mlflow_artifacts_dir(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "mlartifacts"
+
+
+def dagster_home(env: Mapping[str, str] | None = None) -> Path:
+    override = _setting(env, "DAGSTER_HOME")
+    return _absolute(override) if override else flywheel_home(env) / "dagster"

@@ -16,7 +16,7 @@ from flywheel_pipeline.core.landing import fsync_dir
 
 
 def leaderboard_path() -> Path:
-    return paths.flywheel_home() / "leaderboard.json"
+    return paths.leaderboard_path()
 
 
 def _finite(value: Any) -> Any:

@@ -128,7 +128,7 @@ def cmd_replies_correct(args: argparse.Namespace) -> int:
         if isinstance(obj, dict) and "predicted_intent" in obj:
             predicted[obj.get("id")] = obj["predicted_intent"]
     changed = sum(1 for row in rows if row.id in predicted and predicted[row.id] != row.intent)
-    landing = Path(args.landing or os.environ.get("FLYWHEEL_LANDING") or paths.landing_dir())
+    landing = Path(args.landing) if args.landing else paths.landing_dir()
     path = write_jsonl(landing, "reply_labels", records)
     print(f"{len(records)} reviewed labels landed in {path} ({changed} differ from the classifier); "
           "`flywheel refresh` applies them")

@@ -24,7 +24,7 @@ from flywheel_pipeline.published import write_json_atomic
 
 
 def routing_path() -> Path:
-    return paths.flywheel_home() / "routing.json"
+    return paths.routing_path()
 
 
 def write_routing(table: dict[str, Any], path: Path | None = None) -> Path:

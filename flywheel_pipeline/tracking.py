@@ -21,7 +21,7 @@ EXPERIMENT = "outcome-flywheel"
 
 
 def default_tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.flywheel_home() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{paths.mlflow_db_path()}"
 
 
 @dataclass(frozen=True)

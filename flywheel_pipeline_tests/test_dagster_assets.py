@@ -171,11 +171,15 @@ def test_definitions_bind_resources_by_environment(home, monkeypatch):
     assert local.resources["warehouse"].database == str(home / "warehouse.duckdb")
     with pytest.raises(ValueError, match="FLYWHEEL_ENV"):
         build_definitions("staging")
+    # production takes every location from paths.py: one setting each, shared with the service
+    monkeypatch.setenv("FLYWHEEL_LANDING", str(home / "elsewhere" / "landing"))
+    monkeypatch.setenv("FLYWHEEL_WAREHOUSE", str(home / "elsewhere" / "wh.duckdb"))
     prod = build_definitions("production")
-    # production reads locations from the environment at run time, never from code
-    assert isinstance(prod.resources["warehouse"].database, dg.EnvVar)
-    assert prod.resources["warehouse"].database == "FLYWHEEL_WAREHOUSE"
-    assert prod.resources["landing"].path == "FLYWHEEL_LANDING"
+    assert prod.resources["warehouse"].database == str(home / "elsewhere" / "wh.duckdb")
+    assert prod.resources["landing"].path == str(home / "elsewhere" / "landing")
+    from flywheel_pipeline.service.settings import ServiceSettings
+
+    assert ServiceSettings.from_env().landing == home / "elsewhere" / "landing"
 
 
 def _cli(args, env):

@@ -130,9 +130,9 @@ def run_failure_sensor(context: dg.RunFailureSensorContext):
     record = {"run_id": context.dagster_run.run_id, "job": context.dagster_run.job_name,
               "error": context.failure_event.message, "at": time.time()}
     context.log.error(f"run {record['run_id']} of {record['job']} failed: {record['error']}")
-    alerts = paths.flywheel_home() / "alerts"
-    alerts.mkdir(parents=True, exist_ok=True)
-    with open(alerts / "failures.jsonl", "a", encoding="utf-8") as fh:
+    alerts = paths.alerts_path()
+    alerts.parent.mkdir(parents=True, exist_ok=True)
+    with open(alerts, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(record) + "\n")
     url = os.environ.get("FLYWHEEL_ALERT_WEBHOOK_URL")
     if url:

@@ -89,7 +89,7 @@ class FineTuningResource(dg.ConfigurableResource):
         if self.backend == "trl":
             from flywheel_pipeline.core.finetune.trl_backend import TrlBackend
 
-            return TrlBackend(self.local_output or paths.flywheel_home() / "models")
+            return TrlBackend(self.local_output or paths.models_dir())
         if self.backend not in ("openai", "together"):
             raise ValueError(f"unknown fine-tuning backend {self.backend!r}; expected sandbox, openai, together "
                              "or trl")
@@ -171,10 +171,10 @@ class LabelPolicyResource(dg.ConfigurableResource):
 def local_resources() -> dict[str, dg.ConfigurableResource]:
     """Embedded defaults: everything under $FLYWHEEL_HOME."""
     return {
-        "warehouse": WarehouseResource(database=str(paths.warehouse_path())),
+        "warehouse": WarehouseResource(database=paths.warehouse_database()),
         "landing": LandingZoneResource(path=str(paths.landing_dir())),
         "label_policy": LabelPolicyResource(),
-        "exports": ExportsResource(path=str(paths.flywheel_home() / "exports")),
+        "exports": ExportsResource(path=str(paths.exports_dir())),
         "fine_tuning": FineTuningResource(),
         "generation": GenerationResource(),
         "judge": JudgeResource(),
@@ -199,11 +199,11 @@ def _production_judge() -> JudgeResource:
 def production_resources() -> dict[str, dg.ConfigurableResource]:
     """Production: locations and limits from the environment (secrets never in code)."""
     return {
-        "warehouse": WarehouseResource(database=dg.EnvVar("FLYWHEEL_WAREHOUSE"),
+        "warehouse": WarehouseResource(database=paths.warehouse_database(),
                                        memory_limit=os.environ.get("FLYWHEEL_DUCKDB_MEMORY_LIMIT")),
-        "landing": LandingZoneResource(path=dg.EnvVar("FLYWHEEL_LANDING")),
+        "landing": LandingZoneResource(path=str(paths.landing_dir())),
         "label_policy": LabelPolicyResource(),
-        "exports": ExportsResource(path=dg.EnvVar("FLYWHEEL_EXPORTS")),
+        "exports": ExportsResource(path=str(paths.exports_dir())),
         "fine_tuning": FineTuningResource(backend=os.environ.get("FLYWHEEL_FINETUNE_BACKEND", "openai"),
                                           api_key=dg.EnvVar("FLYWHEEL_FINETUNE_API_KEY"),
                                           base_url=os.environ.get("FLYWHEEL_FINETUNE_BASE_URL")),

@@ -135,8 +135,7 @@ class ServiceSettings(BaseModel):
             value = env.get(f"FLYWHEEL_{name}")
             return value if value not in (None, "") else None
 
-        home = Path(env.get("FLYWHEEL_HOME") or paths.flywheel_home()).expanduser().absolute()
-        values: dict = {"home": home, "landing": home / "landing",
+        values: dict = {"home": paths.flywheel_home(env), "landing": paths.landing_dir(env),
                         "api_keys": parse_api_keys(get("API_KEYS"))}
         scalar = {"sendgrid_public_key": "SENDGRID_PUBLIC_KEY", "sendgrid_max_age_s": "SENDGRID_MAX_AGE_S",
                   "hubspot_client_secret": "HUBSPOT_CLIENT_SECRET",
