@@ -95,7 +95,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def run_refresh(full: bool = False, as_of: str | None = None, log_level: str = "INFO") -> bool:
     """Materialize the refresh job through Dagster, recorded in the instance at DAGSTER_HOME."""
-    from flywheel_pipeline.defs.automation import REFRESH_JOB_NAME
+    from flywheel_pipeline.defs.ingest.automation import REFRESH_JOB_NAME
 
     return run_job(REFRESH_JOB_NAME, {"ops": {"outcome_labels": {"config": {"full_relabel": full, "as_of": as_of}}}},
                    log_level)
@@ -153,7 +153,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(args: argparse.Namespace) -> int:
-    from flywheel_pipeline.defs.automation import DATASETS_JOB_NAME
+    from flywheel_pipeline.defs.datasets.automation import DATASETS_JOB_NAME
 
     return 0 if run_job(DATASETS_JOB_NAME) else 1
 
@@ -214,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import json
     from datetime import datetime, timezone
 
-    from flywheel_pipeline.defs.automation import RETRAIN_JOB_NAME
+    from flywheel_pipeline.defs.training.automation import RETRAIN_JOB_NAME
     from flywheel_pipeline.published import write_json_atomic
 
     _print(f"FLYWHEEL_HOME={paths.flywheel_home()}")
@@ -321,7 +321,7 @@ def _evaluate_experiments() -> bool:
     """Tick the experiment sensor as the daemon would and run what it requests."""
     import dagster as dg
 
-    from flywheel_pipeline.defs.automation import EXPERIMENTS_JOB_NAME, experiment_sensor
+    from flywheel_pipeline.defs.experiments.automation import EXPERIMENTS_JOB_NAME, experiment_sensor
     from flywheel_pipeline.instance import ensure_local_dagster_home
 
     ensure_local_dagster_home()

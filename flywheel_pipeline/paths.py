@@ -11,6 +11,8 @@ used by the CLI, the service, the Dagster resources and the sensors.
     routing.json               the routing table the outreach app and the service read
     leaderboard.json           the published leaderboard
     alerts/failures.jsonl      one line per failed Dagster run
+    state/landing_ingested.json  per landing source, the digest of the files ingestion last took
+                               (the landing sensor launches a refresh only for files not taken yet)
     logs/                      Dagster and MLflow log output of CLI runs (flywheel.log)
     simulator/                 the demo-world simulator's state
     dagster/                   the local Dagster instance (DAGSTER_HOME unless set)
@@ -76,6 +78,10 @@ def leaderboard_path(env: Mapping[str, str] | None = None) -> Path:
 
 def alerts_path(env: Mapping[str, str] | None = None) -> Path:
     return flywheel_home(env) / "alerts" / "failures.jsonl"
+
+
+def landing_ingested_path(env: Mapping[str, str] | None = None) -> Path:
+    return flywheel_home(env) / "state" / "landing_ingested.json"
 
 
 def logs_dir(env: Mapping[str, str] | None = None) -> Path:

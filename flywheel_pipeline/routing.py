@@ -68,3 +68,9 @@ def choose_model(lead_id: str, organization_id: str | None, task_type: str = "al
         raise LookupError(f"no routing for organization {organization_id!r}, task {task_type!r} and no default")
     return {"model_id": default, "version": None, "ab_group": "default", "experiment_id": None,
             "allocation": None}
+
+
+def running_experiments(path: Path | None = None) -> list[str]:
+    """``family:experiment_id`` of every family that routes traffic to a challenger, sorted."""
+    return sorted(f"{name}:{spec['experiment_id']}" for name, spec in load_routing(path).get("families", {}).items()
+                  if any(a["ab_group"] != "champion" for a in spec.get("arms", [])))

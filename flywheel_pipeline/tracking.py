@@ -42,14 +42,22 @@ def ensure_experiment(tracking_uri: str) -> str:
     return _experiment(MlflowClient(tracking_uri=tracking_uri), tracking_uri)
 
 
+# The MLflow UI opens an experiment of this kind on its runs (training cycles, leaderboards),
+# not on the GenAI traces page, which the flywheel does not fill.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _experiment(client, tracking_uri: str) -> str:
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is not None:
+        if experiment.tags.get("mlflow.experimentKind") is None:
+            for key, value in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
     artifacts = None
     if tracking_uri.startswith("sqlite:///"):
         artifacts = (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").absolute().as_uri()
-    return client.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    return client.create_experiment(EXPERIMENT, artifact_location=artifacts, tags=EXPERIMENT_KIND)
 
 
 def log_training_cycle(*, tracking_uri: str, family: str, fine_tuned_model: str, version: str,
@@ -67,6 +75,10 @@ def log_training_cycle(*, tracking_uri: str, family: str, fine_tuned_model: str,
     experiment_id = _experiment(client, tracking_uri)
     tags = {"flywheel.family": family, "flywheel.version": version, "flywheel.fine_tuned_model": fine_tuned_model,
             "flywheel.dataset_version": dataset_version, "flywheel.sandbox": str(sandbox).lower()}
+    if sandbox:  # no training metric is logged for a job that trained nothing: a 0 would read as a result
+        tags["flywheel.trained"] = "nothing: SANDBOX backend (no tokens trained, no loss)"
+        metrics = {k: v for k, v in metrics.items() if k != "trained_tokens"}
+        loss_curve = []
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"{family} v{version}", tags=tags) as run:
         mlflow.log_params({k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in params.items()})
         mlflow.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
@@ -118,3 +130,30 @@ def sync_aliases(tracking_uri: str, family: str, champion_version: str | None,
                 client.delete_registered_model_alias(family, alias)
             except MlflowException:
                 pass  # the alias was not set
+
+
+@dataclass(frozen=True)
+class LeaderboardRun:
+    run_id: str
+    experiment_id: str
+
+
+def log_leaderboard(tracking_uri: str, entries: list[dict], table: str) -> LeaderboardRun:
+    """One run per leaderboard: each model's weighted score and rates as metrics (named by model
+    id, in MLflow's allowed characters) and the table as ``leaderboard.md``."""
+    import re
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name="leaderboard",
+                          tags={"flywheel.kind": "leaderboard"}) as run:
+        for b in entries:
+            key = re.sub(r"[^A-Za-z0-9_.\-/ ]", "_", b["model"])[:200]
+            mlflow.log_metrics({f"{key}/weighted_score": b["score"], f"{key}/reply_rate": b["reply"],
+                                f"{key}/meeting_rate": b["meeting"], f"{key}/close_rate": b["close"],
+                                f"{key}/leads": b["leads"]})
+        mlflow.log_text(table, "leaderboard.md")
+        return LeaderboardRun(run.info.run_id, experiment_id)
+

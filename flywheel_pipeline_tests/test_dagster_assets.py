@@ -16,10 +16,9 @@ import pytest
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.core.simulate import SimConfig, simulate
 from flywheel_pipeline.definitions import build_definitions
-from flywheel_pipeline.defs.automation import daily_refresh_schedule, landing_sensor
-from flywheel_pipeline.defs.ingest import INGEST_ASSETS
-from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS, OUTCOME_CHECKS
+from flywheel_pipeline.defs.ingest.automation import daily_refresh_schedule, landing_sensor
 from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
+from flywheel_pipeline_tests.domains import assets_of
 
 AS_OF = "2026-05-01T00:00:00Z"
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +37,7 @@ def resources(tmp_path: Path) -> dict:
 
 def materialize_all(tmp_path, instance, **config):
     return dg.materialize(
-        [*INGEST_ASSETS, *OUTCOME_ASSETS, *OUTCOME_CHECKS], instance=instance, resources=resources(tmp_path),
+        assets_of("ingest", "outcomes"), instance=instance, resources=resources(tmp_path),
         run_config={"ops": {"outcome_labels": {"config": {"as_of": AS_OF, **config}}}})
 
 
@@ -90,7 +89,7 @@ def test_a_broken_contract_fails_the_blocking_check_and_the_run(tmp_path):
         con = duckdb.connect(str(tmp_path / "wh.duckdb"))
         con.execute("INSERT INTO packed_labels SELECT * FROM packed_labels LIMIT 1")
         con.close()
-        result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS, *OUTCOME_CHECKS], instance=instance,
+        result = dg.materialize(assets_of("ingest", "outcomes"), instance=instance,
                                 resources=resources(tmp_path), raise_on_error=False)
         assert not result.success
         failed = {e.check_name for e in result.get_asset_check_evaluations() if not e.passed}
@@ -254,7 +253,7 @@ def test_cli_demo_refuses_a_world_too_short_to_train_on(home, capsys):
 def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
     """The README's `dg list defs`: with DAGSTER_HOME on the local instance it lists the code
     location; without it Dagster reads the top-level (production, PostgreSQL) dagster.yaml
-    and stops on the missing DAGSTER_PG_* variables, as the README warns."""
+    and stops with one line naming the missing DAGSTER_PG_* variables."""
     dg_cli = os.path.join(os.path.dirname(sys.executable), "dg")
     env = {k: v for k, v in os.environ.items() if not k.startswith("DAGSTER_PG_")}
     os.makedirs(env["DAGSTER_HOME"], exist_ok=True)
@@ -271,7 +270,30 @@ def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
     production = subprocess.run([dg_cli, "list", "defs", "--json"], env=env, cwd=REPO, capture_output=True,
                                 text=True, timeout=300)
     assert production.returncode != 0
-    assert "DAGSTER_PG_USER" in production.stdout + production.stderr
+    said = production.stdout + production.stderr
+    # one line that says what to set, not a traceback
+    assert "DAGSTER_PG_USER" in said and "is the production instance" in said and "Traceback" not in said
+
+
+def _after_the_demo() -> tuple[dict[str, str], object]:
+    """What a first `make ui` would find on the demo's instance: every asset that is not fresh
+    (Dagster's own staleness: missing, or an upstream materialized since), and the landing
+    sensor's first tick (no cursor yet)."""
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver
+    from dagster._time import get_current_datetime
+
+    defs = build_definitions()
+    graph = defs.resolve_asset_graph()
+    with dg.DagsterInstance.get() as instance:
+        view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+                              instance=instance, asset_graph=graph)
+        resolver = CachingStaleStatusResolver(instance, graph, view)
+        not_fresh = {key.to_user_string(): resolver.get_status(key).value for key in graph.materializable_asset_keys
+                     if resolver.get_status(key).value != "FRESH"}
+        tick = build_definitions().resolve_sensor_def("landing_sensor")(
+            dg.build_sensor_context(instance=instance, resources=defs.resources))
+    return not_fresh, tick
 
 
 def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
@@ -284,6 +306,8 @@ def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
     out = first.stdout
     assert "live traffic, week 2 of 2" in out and out.count("experiment sensor requested a run") == 2
     assert "challenger 10%" in out and "flywheel turn 2" in out
+    not_fresh, tick = _after_the_demo()
+    assert not_fresh == {} and isinstance(tick, dg.SkipReason), (not_fresh, tick)
     bin_dir = os.path.dirname(sys.executable)  # the UIs it points to are this environment's, PATH or not
     assert f"FLYWHEEL_HOME={home} {bin_dir}/flywheel ui" in out
     assert f"{bin_dir}/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db" in out

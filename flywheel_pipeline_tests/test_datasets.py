@@ -13,15 +13,13 @@ import pytest
 from flywheel_pipeline.core.datasets import dedupe_key, lead_bucket, split_for_lead
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.core.simulate import SimConfig, simulate
-from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
-from flywheel_pipeline.defs.ingest import INGEST_ASSETS
-from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS, OUTCOME_CHECKS
 from flywheel_pipeline.defs.resources import (ExportsResource, LabelPolicyResource, LandingZoneResource,
                                               WarehouseResource)
 from flywheel_pipeline.warehouse.datasets import (PairConfig, SelectionConfig, build_preference_pairs,
                                                   build_training_examples, export_jsonl, redact_new_messages)
 from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.conftest import T0, crm, message, run_pipeline, sg
+from flywheel_pipeline_tests.domains import assets_of, checks_of, only_assets_of
 
 D = timedelta(days=1)
 
@@ -158,7 +156,7 @@ def test_dataset_assets_materialize_with_passing_checks_and_metadata(tmp_path):
     simulate(tmp_path / "landing", SimConfig(seed=4, days=45, end=date(2026, 5, 1), organizations=1,
                                              leads_per_org=150, messages_per_day=30))
     with dg.instance_for_test() as instance:
-        result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS, *OUTCOME_CHECKS, *DATASET_ASSETS, *DATASET_CHECKS],
+        result = dg.materialize(assets_of("ingest", "outcomes", "datasets"),
                                 instance=instance, resources=_resources(tmp_path),
                                 run_config={"ops": {"training_examples": {"config": {"include_negative_examples": True}},
                                                     "sft_jsonl_export": {"config": {"include_trl": True}}}})
@@ -184,7 +182,7 @@ def test_pii_left_in_an_export_fails_the_blocking_check(tmp_path):
     write_jsonl(landing, "crm", [crm(f"c{i}", "meeting_booked", T0 - 29 * D, message_id=f"m{i}") for i in range(12)])
     res = _resources(tmp_path)
     with dg.instance_for_test() as instance:
-        ok = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *DATASET_CHECKS], instance=instance,
+        ok = dg.materialize([*only_assets_of("ingest", "outcomes", "datasets"), *checks_of("datasets")], instance=instance,
                             resources=res, raise_on_error=False,
                             run_config={"ops": {"training_examples": {"config": {"validation_fraction": 0.0}}}})
         checks = {e.check_name: e.passed for e in ok.get_asset_check_evaluations()}
@@ -195,6 +193,6 @@ def test_pii_left_in_an_export_fails_the_blocking_check(tmp_path):
         with open(f"{directory}/sft.train.jsonl", "a") as fh:
             fh.write(json.dumps({"messages": [{"role": "user", "content": "mail ada@acme.com"},
                                               {"role": "assistant", "content": "ok"}]}) + "\n")
-        from flywheel_pipeline.defs.datasets import sft_export_has_no_contact_pii
+        from flywheel_pipeline.defs.datasets.checks import sft_export_has_no_contact_pii
         bad = sft_export_has_no_contact_pii(dg.build_asset_check_context(instance=instance))
         assert not bad.passed and bad.metadata["lines_with_email_or_phone"].value == 1

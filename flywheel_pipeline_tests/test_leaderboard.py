@@ -9,7 +9,7 @@ import dagster as dg
 from mlflow import MlflowClient
 
 from flywheel_pipeline.core.simulate import SimConfig, simulate
-from flywheel_pipeline.defs.leaderboard import flywheel_velocity, model_leaderboard
+from flywheel_pipeline.defs.leaderboard.assets import flywheel_velocity, model_leaderboard
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
 from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.conftest import run_pipeline
@@ -48,20 +48,12 @@ def test_leaderboard_ranks_models_by_their_hidden_quality_and_logs_to_mlflow(tmp
 
 
 def test_leaderboard_artifacts_stay_beside_the_mlflow_store(tmp_path, monkeypatch):
-    from flywheel_pipeline.defs.leaderboard import _log_to_mlflow
+    from flywheel_pipeline.tracking import log_leaderboard
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     (tmp_path / "store").mkdir()
-
-    class Log:
-        def warning(self, msg):
-            raise AssertionError(msg)
-
-    class Ctx:
-        log = Log()
-
-    run_id = _log_to_mlflow(uri, [{"model": "m:1", "score": 0.1, "reply": 0.2, "meeting": 0.1, "close": 0.0,
-                                   "leads": 5}], "| table |", Ctx())
+    run_id = log_leaderboard(uri, [{"model": "m:1", "score": 0.1, "reply": 0.2, "meeting": 0.1, "close": 0.0,
+                                    "leads": 5}], "| table |").run_id
     assert run_id and not (tmp_path / "mlruns").exists()
     assert list((tmp_path / "store" / "mlartifacts").rglob("leaderboard.md"))

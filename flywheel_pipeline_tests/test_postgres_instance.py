@@ -14,9 +14,8 @@ import dagster as dg
 import pytest
 
 from flywheel_pipeline.core.simulate import SimConfig, simulate
-from flywheel_pipeline.defs.ingest import INGEST_ASSETS
-from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS, OUTCOME_CHECKS
 from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
+from flywheel_pipeline_tests.domains import assets_of
 
 REPO = Path(__file__).resolve().parents[1]
 PG_HOST = os.environ.get("FLYWHEEL_TEST_PG_HOST", "127.0.0.1")
@@ -78,7 +77,7 @@ def test_production_instance_on_postgres_records_a_materialization(tmp_path, mon
     with dg.DagsterInstance.from_config(str(home)) as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
-        result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS, *OUTCOME_CHECKS], instance=instance,
+        result = dg.materialize(assets_of("ingest", "outcomes"), instance=instance,
                                 resources=resources)
         assert result.success
         run_id = result.run_id

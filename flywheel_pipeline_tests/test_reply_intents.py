@@ -13,6 +13,7 @@ from flywheel_pipeline.warehouse.labels import refresh_labels
 from flywheel_pipeline.warehouse.reply_intents import classify_new_replies
 from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect
 from flywheel_pipeline_tests.conftest import T0, label, message, reply, run_pipeline
+from flywheel_pipeline_tests.domains import only_assets_of
 
 REPLIES = {
     "m1": "Sure, Tuesday at 3pm works for me.",             # rule_based: other; cue_model: meeting_request
@@ -100,8 +101,6 @@ def test_the_reply_intents_asset_takes_its_classifier_from_config_and_lands_revi
     and relabelling), then a reviewed label landed in reply_labels overriding it."""
     import dagster as dg
 
-    from flywheel_pipeline.defs.ingest import INGEST_ASSETS
-    from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS
     from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
 
     landing = tmp_path / "landing"
@@ -113,7 +112,7 @@ def test_the_reply_intents_asset_takes_its_classifier_from_config_and_lands_revi
         with dg.instance_for_test() as instance:
             ops = {"reply_intents": {"config": reply_config},
                    "outcome_labels": {"config": {"as_of": "2026-04-01T00:00:00Z"}}}
-            result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS], instance=instance, resources=resources,
+            result = dg.materialize(only_assets_of("ingest", "outcomes"), instance=instance, resources=resources,
                                     run_config={"ops": ops})
             assert result.success
             events = [e for e in result.get_asset_materialization_events()

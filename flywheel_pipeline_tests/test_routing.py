@@ -10,15 +10,11 @@ import pytest
 
 from flywheel_pipeline.core.assignment import Arm, bucket, choose_arm, next_rollout_step
 from flywheel_pipeline.core.simulate import SimConfig, simulate
-from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
-from flywheel_pipeline.defs.experiments import EXPERIMENT_ASSETS
-from flywheel_pipeline.defs.ingest import INGEST_ASSETS
-from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS
 from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
                                               JudgeResource, LabelPolicyResource, LandingZoneResource, MlflowResource,
                                               WarehouseResource)
-from flywheel_pipeline.defs.training import TRAINING_ASSETS, TRAINING_CHECKS
 from flywheel_pipeline.routing import choose_model, load_routing
+from flywheel_pipeline_tests.domains import checks_of, only_assets_of
 
 LEADS = [f"lead-{i}" for i in range(20_000)]
 
@@ -81,8 +77,8 @@ def test_routing_table_asset_routes_ten_percent_to_the_evaluated_challenger(tmp_
            "exports": ExportsResource(path=str(home / "exports")), "fine_tuning": FineTuningResource(),
            "generation": GenerationResource(), "judge": JudgeResource(), "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path}/m.db")}
     with dg.instance_for_test() as instance:
-        result = dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *DATASET_CHECKS, *TRAINING_ASSETS,
-                                 *TRAINING_CHECKS, *EXPERIMENT_ASSETS], instance=instance, resources=res)
+        result = dg.materialize([*only_assets_of("ingest", "outcomes", "datasets", "training", "experiments"),
+                                 *checks_of("datasets", "training")], instance=instance, resources=res)
         assert result.success
     table = json.loads((home / "routing.json").read_text())
     family = table["families"]["flywheel-global-all"]
@@ -115,7 +111,7 @@ def test_the_simulated_outreach_app_follows_the_routing_table(tmp_path):
 def test_ab_test_results_from_routed_traffic(tmp_path, home):
     from datetime import datetime, timezone
 
-    from flywheel_pipeline.defs.experiments import ab_test_results
+    from flywheel_pipeline.defs.experiments.assets import ab_test_results
     from flywheel_pipeline.routing import write_routing
     from flywheel_pipeline.warehouse.experiments import arm_statistics
     from flywheel_pipeline.warehouse.schema import connect
@@ -179,12 +175,11 @@ def test_ab_test_results_from_routed_traffic(tmp_path, home):
 def test_decisions_roll_out_then_promote_with_mlflow_aliases_or_roll_back(tmp_path, home):
     from mlflow import MlflowClient
 
-    from flywheel_pipeline.defs.experiments import experiment_decisions
-    from flywheel_pipeline.defs.automation import experiment_sensor
+    from flywheel_pipeline.defs.experiments.assets import experiment_decisions
+    from flywheel_pipeline.defs.experiments.automation import experiment_sensor
     from flywheel_pipeline.routing import load_routing
     from flywheel_pipeline.tracking import log_training_cycle
     from flywheel_pipeline.warehouse import model_registry as registry
-    from flywheel_pipeline.warehouse.experiments import ensure_ab_results
     from flywheel_pipeline.warehouse.schema import connect
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -202,15 +197,10 @@ def test_decisions_roll_out_then_promote_with_mlflow_aliases_or_roll_back(tmp_pa
         registry.set_mlflow(con, model, rec.run_id, rec.registered_version)
     registry.set_status(con, "champ", "deployed", traffic_pct=100, ab_group="champion")
     registry.set_status(con, "chall", "ready", traffic_pct=10, ab_group="challenger")
-    # a table from before experiments had several arms: ensure_ab_results adds the new columns
-    con.execute("CREATE TABLE IF NOT EXISTS ab_test_results AS SELECT now()::TIMESTAMP AS evaluated_at, "
-                "'flywheel-global-all' AS family, 'e' AS experiment_id, 'chall' AS challenger, 'champ' AS champion, "
-                "'promote' AS decision, 'better' AS reason LIMIT 0")
     con.close()
 
     def decide_and_apply(challenger, decision, final=False):
         c = connect(home / "warehouse.duckdb")
-        ensure_ab_results(c)
         c.execute("INSERT INTO ab_test_results (evaluated_at, family, experiment_id, challenger, champion, decision, "
                   "reason, arm, final) VALUES (now()::TIMESTAMP, 'flywheel-global-all', 'e', ?, 'champ', ?, 'test', "
                   "'challenger', ?)", [challenger, decision, final])
@@ -298,7 +288,7 @@ def test_a_rollout_step_starts_a_new_allocation_and_the_analysis_stays_within_it
 def test_a_newer_model_replaces_a_first_step_challenger_but_waits_for_one_mid_rollout(tmp_path, home):
     import logging
 
-    from flywheel_pipeline.defs.experiments import publish_routing
+    from flywheel_pipeline.warehouse.routing_table import build_routing_table
     from flywheel_pipeline.warehouse import model_registry as registry
     from flywheel_pipeline.warehouse.schema import connect
 
@@ -310,7 +300,7 @@ def test_a_newer_model_replaces_a_first_step_challenger_but_waits_for_one_mid_ro
                           dataset_version=dataset, stats={}, hyperparameters={}, trained_tokens=None)
 
     def arms() -> dict:
-        table, _ = publish_routing(con, "base", 10.0, {"m-1", "m-2"}, logging.getLogger("test"))
+        table, _ = build_routing_table(con, "base", 10.0, {"m-1", "m-2"}, logging.getLogger("test").info)
         return {a["model_id"]: (a["ab_group"], a["traffic_pct"]) for a in table["families"]["flywheel-global-all"]["arms"]}
 
     add("m-1", "d1")
@@ -330,7 +320,7 @@ def test_experiments_with_several_arms_from_routed_traffic(tmp_path, home):
     covariate), a verdict per challenger in ab_test_results, and the step's plan in the metadata."""
     from datetime import datetime, timezone
 
-    from flywheel_pipeline.defs.experiments import ab_test_results
+    from flywheel_pipeline.defs.experiments.assets import ab_test_results
     from flywheel_pipeline.routing import write_routing
     from flywheel_pipeline.warehouse.experiments import arm_statistics
     from flywheel_pipeline.warehouse.schema import connect

@@ -241,3 +241,10 @@ def test_steps_are_planned_to_find_what_they_exist_for():
                  alpha=cfg.final_alpha) == pytest.approx(0.8, abs=1e-3)
     assert planned_leads(ArmStats(10, 1.0, 1.0), W, cfg) == DEFAULT_PLANNED_LEADS  # no usable baseline
     assert planned_leads(score_arm(20_000, 0.6, 0.3, 0.1), W, cfg) == MIN_PLANNED_LEADS
+
+
+def test_the_metric_names_are_one_closed_set():
+    from flywheel_pipeline.core.stats.policy import GUARDRAILS, METRICS, PRIMARY, PROPORTIONS, RATIOS
+
+    assert set(METRICS) == {PRIMARY, *PROPORTIONS, *RATIOS} and set(GUARDRAILS) <= set(METRICS)
+    assert len(METRICS) == len(set(METRICS))

@@ -12,19 +12,17 @@ from mlflow import MlflowClient
 
 from flywheel_pipeline.core.simulate import SimConfig, simulate
 from flywheel_pipeline.core.versioning import change_kind, next_version
-from flywheel_pipeline.defs.automation import new_outcomes_sensor, run_failure_sensor, weekly_retrain_schedule
-from flywheel_pipeline.defs.datasets import DATASET_ASSETS, DATASET_CHECKS
-from flywheel_pipeline.defs.ingest import INGEST_ASSETS
-from flywheel_pipeline.defs.outcomes import OUTCOME_ASSETS
+from flywheel_pipeline.defs.operations.sensors import run_failure_sensor
+from flywheel_pipeline.defs.training.automation import new_outcomes_sensor, weekly_retrain_schedule
 from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
                                               JudgeResource, LabelPolicyResource, LandingZoneResource,
                                               MlflowResource, WarehouseResource)
-from flywheel_pipeline.defs.training import TRAINING_ASSETS, TRAINING_CHECKS
 from flywheel_pipeline.warehouse import model_registry as registry
 from flywheel_pipeline.warehouse.schema import connect
+from flywheel_pipeline_tests.domains import checks_of, only_assets_of
 from flywheel_pipeline_tests.fakes.openai_server import FakeOpenAI, serve
 
-ALL = [*INGEST_ASSETS, *OUTCOME_ASSETS, *DATASET_ASSETS, *DATASET_CHECKS, *TRAINING_ASSETS, *TRAINING_CHECKS]
+ALL = [*only_assets_of("ingest", "outcomes", "datasets", "training"), *checks_of("datasets", "training")]
 
 
 def resources(root, fine_tuning=None):
@@ -141,7 +139,7 @@ def test_new_outcomes_sensor_fires_once_per_outcome_count(tmp_path, monkeypatch)
         skip = new_outcomes_sensor(dg.build_sensor_context(instance=instance, resources=res))
         assert isinstance(skip, dg.SkipReason) and "not readable" in skip.skip_message
         world(tmp_path, 40, date(2026, 4, 15))
-        assert dg.materialize([*INGEST_ASSETS, *OUTCOME_ASSETS], instance=instance,
+        assert dg.materialize(only_assets_of("ingest", "outcomes"), instance=instance,
                               resources=resources(tmp_path)).success
         monkeypatch.setenv("FLYWHEEL_MIN_NEW_EXAMPLES", "100000")
         few = new_outcomes_sensor(dg.build_sensor_context(instance=instance, resources=res))

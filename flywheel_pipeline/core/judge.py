@@ -99,3 +99,48 @@ def judge_pair(judge: PairwiseJudge, prompt: str, candidate: str, champion: str,
     else:
         winner = "candidate" if candidate_score > champion_score else "champion"
     return Verdict(winner, candidate_score, champion_score, "candidate" if candidate_first else "champion")
+
+
+@dataclass
+class PairwiseEvaluation:
+    """A candidate against its champion over the same prompts: who won each, mean scores, samples."""
+    prompts: int
+    tally: dict[str, int]  # candidate, champion, tie, skipped (identical answers)
+    mean_candidate_score: float
+    mean_champion_score: float
+    samples: list[tuple]  # (prompt start, winner, candidate score, champion score), the first three
+
+    @property
+    def judged(self) -> int:
+        return self.tally["candidate"] + self.tally["champion"] + self.tally["tie"]
+
+    @property
+    def win_rate(self) -> float:
+        return self.tally["candidate"] / self.judged if self.judged else 0.0
+
+    @property
+    def loss_rate(self) -> float:
+        return self.tally["champion"] / self.judged if self.judged else 0.0
+
+
+def evaluate_pairwise(generate, judge: PairwiseJudge, candidate: str, champion: str,
+                      prompts: list[tuple[str | None, str]], seed: int) -> PairwiseEvaluation:
+    """Both models answer every (system, user) prompt (``generate(model, messages) -> text``); the
+    judge compares each pair in random order, ties allowed, identical answers skipped."""
+    rng = random.Random(seed)
+    tally = {"candidate": 0, "champion": 0, "tie": 0, "skipped": 0}
+    cand_scores, champ_scores, samples = [], [], []
+    for system, user in prompts:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        verdict = judge_pair(judge, user, generate(candidate, messages), generate(champion, messages), rng)
+        tally[verdict.winner] += 1
+        if verdict.candidate_score is not None:
+            cand_scores.append(verdict.candidate_score)
+            champ_scores.append(verdict.champion_score)
+        if len(samples) < 3:
+            samples.append((user[:80], verdict.winner, verdict.candidate_score, verdict.champion_score))
+
+    def mean(values: list[float]) -> float:
+        return round(sum(values) / len(values), 4) if values else 0.0
+
+    return PairwiseEvaluation(len(prompts), tally, mean(cand_scores), mean(champ_scores), samples)

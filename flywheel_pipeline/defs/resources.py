@@ -1,4 +1,6 @@
-"""Resources, configured per environment (see definitions.py)."""
+"""The resources and their binding per environment, in one place: ``local`` (embedded defaults
+under FLYWHEEL_HOME) and ``production`` (locations from paths.py, services and secrets from the
+environment)."""
 
 import contextlib
 import os
@@ -213,3 +215,15 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
         "judge": _production_judge(),
         "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
     }
+
+
+ENVIRONMENTS = {"local": local_resources, "production": production_resources}
+
+
+def resources_for(environment: str | None = None) -> dict[str, dg.ConfigurableResource]:
+    """The resources of ``environment`` (default: FLYWHEEL_ENV, else local)."""
+    name = (environment or os.environ.get("FLYWHEEL_ENV") or "local").lower()
+    if name not in ENVIRONMENTS:
+        raise ValueError(f"FLYWHEEL_ENV must be 'local' or 'production', got {name!r}")
+    return ENVIRONMENTS[name]()
+

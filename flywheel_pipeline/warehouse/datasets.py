@@ -33,14 +33,6 @@ from flywheel_pipeline.core.datasets import SPLIT_SALT, assistant_text, dedupe_k
 from flywheel_pipeline.core.pii import redact
 from flywheel_pipeline.warehouse.schema import transaction
 
-REDACTED_DDL = """
-CREATE TABLE IF NOT EXISTS redacted_messages (
-    message_key BIGINT NOT NULL, system_prompt VARCHAR, user_prompt VARCHAR, assistant VARCHAR NOT NULL,
-    dedupe_key VARCHAR NOT NULL, industry VARCHAR, lead_role VARCHAR, redactions JSON,
-    redacted_at TIMESTAMP NOT NULL)
-"""
-
-
 def _split_sql(lead: str, fraction: float) -> str:
     bucket = f"(('0x' || substr(sha256('{SPLIT_SALT}:' || {lead}), 1, 15))::UBIGINT / 16^15)"
     return f"CASE WHEN {bucket} < {float(fraction)!r} THEN 'validation' ELSE 'train' END"
@@ -55,7 +47,6 @@ class RedactResult:
 def redact_new_messages(con: duckdb.DuckDBPyConnection, *, batch_size: int = 5_000,
                         progress: Callable[[str], None] | None = None) -> RedactResult:
     """Redact every mature, non-bounced labelled message not redacted yet."""
-    con.execute(REDACTED_DDL)
     result = RedactResult()
     with transaction(con):
         con.execute("""
@@ -139,7 +130,6 @@ def build_training_examples(con: duckdb.DuckDBPyConnection, cfg: SelectionConfig
         if cfg.max_per_task_framework else ""
     limit = f"LIMIT {int(cfg.limit)}" if cfg.limit else ""
     with transaction(con):
-        con.execute(REDACTED_DDL)
         con.execute(f"CREATE OR REPLACE TEMP TABLE _eligible AS SELECT *, quality_score >= {cfg.min_quality_score!r} "
                     f"AS label FROM ({pool}) WHERE quality_score >= {cfg.min_quality_score!r} {negatives}", params)
         eligible = con.execute("SELECT count(*) FROM _eligible").fetchone()[0]
@@ -179,7 +169,6 @@ def build_preference_pairs(con: duckdb.DuckDBPyConnection, cfg: PairConfig) -> d
     pool, params = _pool_sql(cfg.organization_id, cfg.validation_fraction)
     limit = f"LIMIT {int(cfg.limit)}" if cfg.limit else ""
     with transaction(con):
-        con.execute(REDACTED_DDL)
         con.execute(f"""
             CREATE OR REPLACE TABLE preference_pairs AS
             WITH pool AS (

@@ -21,11 +21,11 @@ from datetime import datetime
 
 import duckdb
 
-from flywheel_pipeline.core.stats.policy import CONTROL, COST_PER_MEETING, PRIMARY, SCORE_WEIGHTS, Decision
+from flywheel_pipeline.core.outcome_score import weighted_score_sql
+from flywheel_pipeline.core.stats.policy import CONTROL, COST_PER_MEETING, PRIMARY, Decision
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
-_SCORE = (f"{SCORE_WEIGHTS['close']} * close + {SCORE_WEIGHTS['meeting']} * meeting + "
-          f"{SCORE_WEIGHTS['reply']} * reply")
+_SCORE = weighted_score_sql("close", "meeting", "reply")
 
 _PER_LEAD = """
 WITH arms(arm, model) AS (SELECT * FROM (VALUES {arms})),
@@ -168,46 +168,17 @@ def baseline(con: duckdb.DuckDBPyConnection, model_id: str, *, organization_id: 
     return ArmStats(int(row[0]), float(row[1]), float(row[2]))
 
 
-PLANS_DDL = """
-CREATE TABLE IF NOT EXISTS experiment_plans (
-    allocation VARCHAR PRIMARY KEY, family VARCHAR, experiment_id VARCHAR, step VARCHAR, planned_leads DOUBLE,
-    baseline_leads BIGINT, baseline_mean DOUBLE, baseline_var DOUBLE, planned_at TIMESTAMP)
-"""
-
-
 def step_plan(con: duckdb.DuckDBPyConnection, allocation: str) -> float | None:
     """The planned leads of a step, fixed when it was first evaluated (None if not yet planned)."""
-    con.execute(PLANS_DDL)
     row = con.execute("SELECT planned_leads FROM experiment_plans WHERE allocation = ?", [allocation]).fetchone()
     return None if row is None else float(row[0])
 
 
 def save_step_plan(con: duckdb.DuckDBPyConnection, *, allocation: str, family: str, experiment_id: str, step: str,
                    planned: float, champion_baseline: ArmStats) -> None:
-    con.execute(PLANS_DDL)
     con.execute("INSERT OR IGNORE INTO experiment_plans VALUES (?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                 [allocation, family, experiment_id, step, planned, champion_baseline.n, champion_baseline.mean,
                  champion_baseline.var])
-
-
-AB_RESULTS_DDL = """
-CREATE TABLE IF NOT EXISTS ab_test_results (
-    evaluated_at TIMESTAMP, family VARCHAR, experiment_id VARCHAR, challenger VARCHAR, champion VARCHAR,
-    decision VARCHAR, reason VARCHAR, srm_p_value DOUBLE, challenger_leads BIGINT, champion_leads BIGINT,
-    metric VARCHAR, challenger_value DOUBLE, champion_value DOUBLE, lift DOUBLE, relative_lift DOUBLE,
-    ci_low DOUBLE, ci_high DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, seq_low DOUBLE, seq_high DOUBLE,
-    chance_to_win DOUBLE, expected_loss DOUBLE, exact_test BOOLEAN)
-"""
-# Columns added since the table's first version (experiments with several arms, the ramp's steps,
-# CUPED): added in place to a warehouse that has the table without them.
-AB_RESULTS_COLUMNS = (("arm", "VARCHAR"), ("step", "VARCHAR"), ("final", "BOOLEAN"), ("planned_leads", "DOUBLE"),
-                      ("variance_reduction", "DOUBLE"), ("overall_decision", "VARCHAR"))
-
-
-def ensure_ab_results(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute(AB_RESULTS_DDL)
-    for name, kind in AB_RESULTS_COLUMNS:
-        con.execute(f"ALTER TABLE ab_test_results ADD COLUMN IF NOT EXISTS {name} {kind}")
 
 
 def record_decision(con: duckdb.DuckDBPyConnection, *, evaluated_at: datetime, family: str, experiment_id: str,
@@ -224,14 +195,21 @@ def record_decision(con: duckdb.DuckDBPyConnection, *, evaluated_at: datetime, f
                             m.exact_test] if m else [None] * 14),
                          arm, decision.step, decision.final, planned_leads, decision.variance_reduction,
                          decision.decision])
-    columns = 24 + len(AB_RESULTS_COLUMNS)
-    con.executemany(f"INSERT INTO ab_test_results VALUES ({', '.join(['?'] * columns)})", rows)
+    con.executemany(f"INSERT INTO ab_test_results ({', '.join(AB_RESULTS_INSERT)}) "
+                    f"VALUES ({', '.join(['?'] * len(AB_RESULTS_INSERT))})", rows)
+
+
+# The columns record_decision writes, by name (a migrated table may hold them in another order).
+AB_RESULTS_INSERT = (
+    "evaluated_at", "family", "experiment_id", "challenger", "champion", "decision", "reason", "srm_p_value",
+    "challenger_leads", "champion_leads", "metric", "challenger_value", "champion_value", "lift", "relative_lift",
+    "ci_low", "ci_high", "p_value", "p_adjusted", "seq_low", "seq_high", "chance_to_win", "expected_loss",
+    "exact_test", "arm", "step", "final", "planned_leads", "variance_reduction", "overall_decision")
 
 
 def latest_verdicts(con: duckdb.DuckDBPyConnection) -> list[tuple]:
     """The latest evaluation of each family's challengers:
     (family, arm, challenger model, champion model, verdict, reason, final)."""
-    ensure_ab_results(con)
     return con.execute("""
         WITH latest AS (
             SELECT family, max(evaluated_at) AS at FROM ab_test_results GROUP BY family

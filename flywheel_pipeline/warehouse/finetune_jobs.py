@@ -32,14 +32,6 @@ import duckdb
 from flywheel_pipeline.core.finetune.base import (FineTuneBackend, FineTuneError, FineTuneJob, JobRequest,
                                                   JobStatus)
 
-DDL = """
-CREATE TABLE IF NOT EXISTS finetune_jobs (
-    job_key VARCHAR PRIMARY KEY, backend VARCHAR NOT NULL, job_id VARCHAR, status VARCHAR NOT NULL,
-    dataset_version VARCHAR NOT NULL, method VARCHAR NOT NULL, base_model VARCHAR NOT NULL, request JSON NOT NULL,
-    fine_tuned_model VARCHAR, trained_tokens BIGINT, error VARCHAR,
-    created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL)
-"""
-
 Connect = Callable[[], ContextManager[duckdb.DuckDBPyConnection]]
 
 
@@ -61,7 +53,6 @@ def submit_or_attach(connect: Connect, backend: FineTuneBackend, request: JobReq
     key = job_key(backend.name, request)
     request = replace(request, metadata={**request.metadata, "flywheel_job_key": key})
     with connect() as con:
-        con.execute(DDL)
         row = con.execute("SELECT job_id FROM finetune_jobs WHERE job_key = ?", [key]).fetchone()
         if row is None:
             con.execute("INSERT INTO finetune_jobs VALUES (?, ?, NULL, 'submitting', ?, ?, ?, ?, NULL, NULL, NULL, "
@@ -108,7 +99,6 @@ def wait_for_job(connect: Connect, backend: FineTuneBackend, job: FineTuneJob, *
 
 def _store_status(connect: Connect, key: str | None, job: FineTuneJob) -> None:
     with connect() as con:
-        con.execute(DDL)
         if key:
             _record(con, key, job)
         else:

@@ -3,7 +3,8 @@
 Status lifecycle: ``training`` -> ``ready`` (job succeeded) or ``failed``; ``ready`` ->
 ``deployed`` (promoted, serves traffic) -> ``archived`` (replaced or rolled back).
 One family (``organization_id`` or ``global``, ``task_type``) has at most one ``deployed``
-champion; the leaderboard fills the outcome metric columns.
+champion; the leaderboard fills the outcome metric columns. The table is created by the
+warehouse's migrations (warehouse/schema.py).
 """
 
 from __future__ import annotations
@@ -19,18 +20,6 @@ from flywheel_pipeline.core.versioning import change_kind, next_version
 STATUSES = ("training", "ready", "deployed", "archived", "failed")
 _TRANSITIONS = {"training": {"ready", "failed"}, "ready": {"deployed", "archived"},
                 "deployed": {"archived"}, "archived": {"deployed"}, "failed": set()}
-
-DDL = """
-CREATE TABLE IF NOT EXISTS model_registry (
-    model_id VARCHAR PRIMARY KEY, family VARCHAR NOT NULL, organization_id VARCHAR, task_type VARCHAR NOT NULL,
-    version VARCHAR NOT NULL, base_model VARCHAR NOT NULL, backend VARCHAR NOT NULL, method VARCHAR NOT NULL,
-    job_id VARCHAR, job_key VARCHAR, status VARCHAR NOT NULL, traffic_pct DOUBLE NOT NULL DEFAULT 0,
-    ab_group VARCHAR, dataset_version VARCHAR NOT NULL, training_examples BIGINT, positives BIGINT,
-    deals_in_training BIGINT, hyperparameters JSON, trained_tokens BIGINT, mlflow_run_id VARCHAR,
-    mlflow_model_version VARCHAR, created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL,
-    reply_rate DOUBLE, meeting_rate DOUBLE, close_rate DOUBLE, weighted_score DOUBLE, messages_sent BIGINT)
-"""
-
 
 def family_name(organization_id: str | None, task_type: str) -> str:
     return f"flywheel-{organization_id or 'global'}-{task_type}"
@@ -50,7 +39,6 @@ def register(con: duckdb.DuckDBPyConnection, *, model_id: str, organization_id: 
              trained_tokens: int | None, status: str = "ready", version_override: str | None = None,
              change: str | None = None) -> Registration:
     """Add a model (idempotent on model_id: a re-run returns the existing registration)."""
-    con.execute(DDL)
     existing = con.execute("SELECT family, version FROM model_registry WHERE model_id = ?", [model_id]).fetchone()
     family = family_name(organization_id, task_type)
     if existing:
@@ -88,7 +76,6 @@ def set_status(con: duckdb.DuckDBPyConnection, model_id: str, status: str, *, tr
 
 
 def champion(con: duckdb.DuckDBPyConnection, family: str) -> str | None:
-    con.execute(DDL)
     row = con.execute("SELECT model_id FROM model_registry WHERE family = ? AND status = 'deployed' "
                       "ORDER BY updated_at DESC LIMIT 1", [family]).fetchone()
     return row[0] if row else None
@@ -97,3 +84,45 @@ def champion(con: duckdb.DuckDBPyConnection, family: str) -> str | None:
 def set_mlflow(con: duckdb.DuckDBPyConnection, model_id: str, run_id: str, model_version: str | None) -> None:
     con.execute("UPDATE model_registry SET mlflow_run_id = ?, mlflow_model_version = ?, updated_at = now()::TIMESTAMP "
                 "WHERE model_id = ?", [run_id, model_version, model_id])
+
+
+def mlflow_run_of(con: duckdb.DuckDBPyConnection, model_id: str) -> str | None:
+    row = con.execute("SELECT mlflow_run_id FROM model_registry WHERE model_id = ?", [model_id]).fetchone()
+    return row[0] if row else None
+
+
+OVERVIEW_COLUMNS = ("family", "version", "status", "traffic %", "model", "backend", "method", "dataset", "examples",
+                    "positives", "deals", "mlflow version")
+
+
+def overview(con: duckdb.DuckDBPyConnection) -> tuple[list[tuple], dict[str, int]]:
+    """Every model (OVERVIEW_COLUMNS) and the count per status."""
+    rows = con.execute("""SELECT family, version, status, traffic_pct, model_id, backend, method, dataset_version,
+                                 training_examples, positives, deals_in_training, mlflow_model_version
+                          FROM model_registry ORDER BY family, created_at""").fetchall()
+    statuses = dict(con.execute("SELECT status, count(*) FROM model_registry GROUP BY 1").fetchall())
+    return rows, {str(k): int(v) for k, v in statuses.items()}
+
+
+def families_with_several_champions(con: duckdb.DuckDBPyConnection) -> list[tuple[str, int]]:
+    return con.execute("SELECT family, count(*) FROM model_registry WHERE status = 'deployed' GROUP BY 1 "
+                       "HAVING count(*) > 1").fetchall()
+
+
+def latest_positives(con: duckdb.DuckDBPyConnection) -> int:
+    """Positives in the dataset of the latest model that did not fail (0 before the first)."""
+    row = con.execute("SELECT positives FROM model_registry WHERE status <> 'failed' "
+                      "ORDER BY created_at DESC LIMIT 1").fetchone()
+    return int(row[0] or 0) if row else 0
+
+
+def mlflow_version_of(con: duckdb.DuckDBPyConnection, model_id: str) -> str | None:
+    row = con.execute("SELECT mlflow_model_version FROM model_registry WHERE model_id = ?", [model_id]).fetchone()
+    return row[0] if row else None
+
+
+def update_outcome_metrics(con: duckdb.DuckDBPyConnection, rows: list[dict]) -> None:
+    """The leaderboard's numbers per model (keys model, reply, meeting, close, score, messages)."""
+    con.executemany("UPDATE model_registry SET reply_rate = ?, meeting_rate = ?, close_rate = ?, "
+                    "weighted_score = ?, messages_sent = ? WHERE model_id = ?",
+                    [[b["reply"], b["meeting"], b["close"], b["score"], b["messages"], b["model"]] for b in rows])

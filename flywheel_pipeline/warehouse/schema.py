@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -174,6 +174,49 @@ _MIGRATE_TO_4_AFTER = (
     "DROP TABLE _v2_messages", "DROP TABLE _v2_message_keys")
 
 
+# The tables of the later stages (datasets, training, experiments). They were created by the
+# modules that write them until schema 5; a warehouse of schema 4 or older gets them here, and
+# the ab_test_results columns added since that table's first version are added in place.
+PIPELINE_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS redacted_messages (
+        message_key BIGINT NOT NULL, system_prompt VARCHAR, user_prompt VARCHAR, assistant VARCHAR NOT NULL,
+        dedupe_key VARCHAR NOT NULL, industry VARCHAR, lead_role VARCHAR, redactions JSON,
+        redacted_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS finetune_jobs (
+        job_key VARCHAR PRIMARY KEY, backend VARCHAR NOT NULL, job_id VARCHAR, status VARCHAR NOT NULL,
+        dataset_version VARCHAR NOT NULL, method VARCHAR NOT NULL, base_model VARCHAR NOT NULL, request JSON NOT NULL,
+        fine_tuned_model VARCHAR, trained_tokens BIGINT, error VARCHAR,
+        created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS model_registry (
+        model_id VARCHAR PRIMARY KEY, family VARCHAR NOT NULL, organization_id VARCHAR, task_type VARCHAR NOT NULL,
+        version VARCHAR NOT NULL, base_model VARCHAR NOT NULL, backend VARCHAR NOT NULL, method VARCHAR NOT NULL,
+        job_id VARCHAR, job_key VARCHAR, status VARCHAR NOT NULL, traffic_pct DOUBLE NOT NULL DEFAULT 0,
+        ab_group VARCHAR, dataset_version VARCHAR NOT NULL, training_examples BIGINT, positives BIGINT,
+        deals_in_training BIGINT, hyperparameters JSON, trained_tokens BIGINT, mlflow_run_id VARCHAR,
+        mlflow_model_version VARCHAR, created_at TIMESTAMP NOT NULL, updated_at TIMESTAMP NOT NULL,
+        reply_rate DOUBLE, meeting_rate DOUBLE, close_rate DOUBLE, weighted_score DOUBLE, messages_sent BIGINT)""",
+    """CREATE TABLE IF NOT EXISTS offline_evaluations (
+        run_id VARCHAR, candidate VARCHAR, champion VARCHAR, judge VARCHAR, generator VARCHAR, prompts BIGINT,
+        wins BIGINT, losses BIGINT, ties BIGINT, skipped BIGINT, win_rate DOUBLE, loss_rate DOUBLE,
+        created_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS experiment_plans (
+        allocation VARCHAR PRIMARY KEY, family VARCHAR, experiment_id VARCHAR, step VARCHAR, planned_leads DOUBLE,
+        baseline_leads BIGINT, baseline_mean DOUBLE, baseline_var DOUBLE, planned_at TIMESTAMP)""",
+    """CREATE TABLE IF NOT EXISTS ab_test_results (
+        evaluated_at TIMESTAMP, family VARCHAR, experiment_id VARCHAR, challenger VARCHAR, champion VARCHAR,
+        decision VARCHAR, reason VARCHAR, srm_p_value DOUBLE, challenger_leads BIGINT, champion_leads BIGINT,
+        metric VARCHAR, challenger_value DOUBLE, champion_value DOUBLE, lift DOUBLE, relative_lift DOUBLE,
+        ci_low DOUBLE, ci_high DOUBLE, p_value DOUBLE, p_adjusted DOUBLE, seq_low DOUBLE, seq_high DOUBLE,
+        chance_to_win DOUBLE, expected_loss DOUBLE, exact_test BOOLEAN, arm VARCHAR, step VARCHAR, final BOOLEAN,
+        planned_leads DOUBLE, variance_reduction DOUBLE, overall_decision VARCHAR)""",
+)
+_MIGRATE_TO_PIPELINE_TABLES = tuple(
+    f"ALTER TABLE ab_test_results ADD COLUMN IF NOT EXISTS {name} {kind}"
+    for name, kind in (("arm", "VARCHAR"), ("step", "VARCHAR"), ("final", "BOOLEAN"), ("planned_leads", "DOUBLE"),
+                       ("variance_reduction", "DOUBLE"), ("overall_decision", "VARCHAR")))
+PIPELINE_TABLES_SINCE = 5
+
+
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
             threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse (creating and migrating it unless read-only)."""
@@ -225,6 +268,11 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(statement)
         if migrating_from is not None and migrating_from < 4:
             for statement in _MIGRATE_TO_4_AFTER:
+                con.execute(statement)
+        for statement in PIPELINE_DDL:
+            con.execute(statement)
+        if migrating_from is not None and migrating_from < PIPELINE_TABLES_SINCE:
+            for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])

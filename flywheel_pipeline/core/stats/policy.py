@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+import typing
 from typing import Literal
 
 from scipy import special
@@ -45,14 +46,11 @@ from flywheel_pipeline.core.stats import cuped, planning
 from flywheel_pipeline.core.stats.decisions import gaussian_bayes, holm, sample_ratio_mismatch, weighted_holm
 from flywheel_pipeline.core.stats.frequentist import (Moments, check_alpha, fisher_exact, needs_exact_test,
                                                       null_pooled_z, ratio_diff, ratio_mean_and_var, welch_test)
-from flywheel_pipeline.core.stats.sequential import always_valid_p, one_sided, sequential_test
+from flywheel_pipeline.core.stats.sequential import DEFAULT_PLANNED_LEADS, always_valid_p, one_sided, sequential_test
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
 CONTROL = "champion"
 PRIMARY = "weighted_score"
-# The weighted score of one lead: its deepest outcome, weighted (a deal also counts its meeting
-# and reply: 0.5 + 0.3 + 0.2 = 1).
-SCORE_WEIGHTS = {"close": 0.5, "meeting": 0.3, "reply": 0.2}
 COST_PER_MEETING = "cost_per_meeting"  # ratio metric: y = generation cost, x = meeting (0/1), per lead
 RATIOS = ("revenue_per_message", COST_PER_MEETING)
 PROPORTIONS = ("reply_rate", "positive_reply_rate", "meeting_rate", "close_rate", "negative_reply_rate",
@@ -64,13 +62,17 @@ GUARDRAILS = ("negative_reply_rate", "unsubscribe_rate")
 MIN_INTERIM_EVENTS = 10
 Verdict = Literal["promote", "rollback", "continue", "inconclusive"]
 Step = Literal["harm", "efficacy"]
+# Every metric the experiments compute (the primary, the proportions, the ratios).
+MetricName = Literal["weighted_score", "reply_rate", "positive_reply_rate", "meeting_rate", "close_rate",
+                     "negative_reply_rate", "unsubscribe_rate", "revenue_per_message", "cost_per_meeting"]
+METRICS: tuple[MetricName, ...] = typing.get_args(MetricName)
 STEPS = ("auto", "harm", "efficacy")
 
 
 @dataclass(frozen=True)
 class PolicyConfig:
     alpha: float = 0.05
-    n_star: float = 10_000  # planned leads of each rollout step, all arms together
+    n_star: float = DEFAULT_PLANNED_LEADS  # planned leads of each rollout step, all arms together
     max_cost_increase: float = 0.25  # cost per meeting may rise by at most 25%
     srm_threshold: float = 0.001
     interim_share: float = 0.2  # of alpha, for the daily always-valid looks; the rest at the planned end
@@ -109,7 +111,7 @@ class PolicyConfig:
 
 @dataclass
 class MetricResult:
-    metric: str
+    metric: MetricName
     challenger: float
     champion: float
     lift: float
@@ -375,7 +377,6 @@ def _overall(decision: Decision, verdicts: dict[str, str], reasons: dict[str, st
 # A step is never planned smaller than this (the normal approximations and the sample-ratio
 # check need some size), and without a usable baseline it is planned at DEFAULT_PLANNED_LEADS.
 MIN_PLANNED_LEADS = 1_000
-DEFAULT_PLANNED_LEADS = 10_000
 
 
 def _step_question(weights: dict[str, float], cfg: PolicyConfig) -> tuple[str, float, float, float, float]:

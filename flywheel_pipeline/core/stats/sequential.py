@@ -27,6 +27,11 @@ from flywheel_pipeline.core.stats.frequentist import Moments, check_alpha, effec
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
 
+# N*, the planned sample of a sequence of looks, when nothing better is known (the policy
+# plans each rollout step from the champion's baseline instead; core/stats/policy.py).
+DEFAULT_PLANNED_LEADS = 10_000
+
+
 def rho_squared(n_star: float, alpha: float) -> float:
     if not n_star > 0:
         raise ValueError(f"N* (the planned sample) must be positive, got {n_star!r}")
@@ -78,7 +83,7 @@ def sequential_test(t: Moments, c: Moments, *, alpha: float, n_star: float, rela
     return SequentialEstimate(estimate, estimate - radius, estimate + radius, p)
 
 
-def sequential_diff(treatment: ArmStats, control: ArmStats, *, alpha: float = 0.05, n_star: float = 10_000,
+def sequential_diff(treatment: ArmStats, control: ArmStats, *, alpha: float = 0.05, n_star: float = DEFAULT_PLANNED_LEADS,
                     relative: bool = False) -> SequentialEstimate:
     """Always-valid interval and p-value for mean(treatment) - mean(control), or for the relative
     effect mean(treatment) / mean(control) - 1 with ``relative=True``."""

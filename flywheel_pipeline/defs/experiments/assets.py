@@ -1,83 +1,32 @@
-"""Experiment assets: the routing table the outreach app reads (A/B arms per model family)."""
+"""Experiment assets: the routing table the outreach app reads (A/B arms per model family), the
+experiments' statistics and verdicts, and applying them."""
 
-import hashlib
 from datetime import datetime, timezone
 
 import dagster as dg
 from pydantic import Field
 
-from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS, next_rollout_step
-from flywheel_pipeline.defs.metadata import md_table
-from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
-from flywheel_pipeline.tracking import sync_aliases
-from flywheel_pipeline.defs.training import offline_evaluation
+from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS
+from flywheel_pipeline.core.markdown import md_table
+from flywheel_pipeline.core.models import DEFAULT_MODEL
 from flywheel_pipeline.core.stats.policy import (CONTROL, DEFAULT_PLANNED_LEADS, Decision, PolicyConfig, StepPlan,
                                                  decide, plan_step, planned_leads, step_of)
-from flywheel_pipeline.defs.outcomes import outcome_labels
+from flywheel_pipeline.defs.outcomes.assets import outcome_labels
+from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
+from flywheel_pipeline.defs.training.assets import offline_evaluation
 from flywheel_pipeline.routing import family_allocation, load_routing, routing_path, write_routing
+from flywheel_pipeline.tracking import sync_aliases
+from flywheel_pipeline.warehouse.experiment_actions import ACTIONS_HEADER, apply_verdicts
 from flywheel_pipeline.warehouse.experiments import (allocation_start, allocations_logged, arm_has_messages,
-                                                     arm_statistics, baseline, ensure_ab_results, latest_verdicts,
-                                                     record_decision, save_step_plan, step_plan,
-                                                     traffic)
-from flywheel_pipeline.warehouse import model_registry as registry
+                                                     arm_statistics, baseline, record_decision, save_step_plan,
+                                                     step_plan, traffic)
+from flywheel_pipeline.warehouse.routing_table import ROWS_HEADER, build_routing_table
 
 EXPERIMENTS_GROUP = "experiments"
 
 
-def publish_routing(con, default_model: str, first_step_pct: float, passed: set[str], log
-                    ) -> tuple[dict, list[tuple]]:
-    """Build the routing table from the registry (promoting a newly evaluated model to challenger
-    at the first step), write routing.json atomically, and return it with one row per arm."""
-    families: dict[str, dict] = {}
-    rows = []
-    con.execute(registry.DDL)
-    for family, organization_id, task_type in con.execute(
-            "SELECT DISTINCT family, organization_id, task_type FROM model_registry ORDER BY 1").fetchall():
-        champion = con.execute("SELECT model_id, version FROM model_registry WHERE family = ? AND "
-                               "status = 'deployed' ORDER BY updated_at DESC LIMIT 1", [family]).fetchone()
-        current = con.execute("SELECT model_id, version, traffic_pct FROM model_registry WHERE family = ? AND "
-                              "status = 'ready' AND ab_group = 'challenger' ORDER BY updated_at DESC LIMIT 1",
-                              [family]).fetchone()
-        newest = con.execute("SELECT model_id, version FROM model_registry WHERE family = ? AND "
-                             "status = 'ready' ORDER BY created_at DESC LIMIT 1", [family]).fetchone()
-        challenger = None if current is None else (current[0], current[1], float(current[2]))
-        newer = newest is not None and newest[0] in passed and (current is None or current[0] != newest[0])
-        if newer and challenger is not None and challenger[2] > first_step_pct:
-            # a challenger that has already earned a rollout step finishes its experiment first;
-            # the newer model waits (ready) for the next training cycle's evaluation and routing
-            log.info(f"{family}: {newest[0]} waits: challenger {current[0]} is mid-rollout at {current[2]:g}%")
-        elif newer:
-            # a newer model that passed offline evaluation replaces a challenger still at the first
-            # step; its experiment (and so the lead split) starts afresh at the first rollout step
-            if current is not None:
-                registry.set_status(con, current[0], "archived", traffic_pct=0.0)
-                log.info(f"{family}: challenger {current[0]} replaced by newer {newest[0]}")
-            challenger = (newest[0], newest[1], first_step_pct)
-            registry.set_status(con, newest[0], "ready", traffic_pct=first_step_pct,
-                                ab_group="challenger")
-        champion_model = champion or (default_model, None)
-        arms = []
-        if challenger is not None:
-            arms.append({"model_id": challenger[0], "version": challenger[1], "ab_group": "challenger",
-                         "traffic_pct": challenger[2]})
-        champion_pct = 100.0 - (challenger[2] if challenger else 0.0)
-        arms.append({"model_id": champion_model[0], "version": champion_model[1], "ab_group": "champion",
-                     "traffic_pct": champion_pct})
-        if champion is not None:
-            con.execute("UPDATE model_registry SET traffic_pct = ?, ab_group = 'champion' WHERE model_id = ?",
-                        [champion_pct, champion[0]])
-        experiment_id = hashlib.sha256(f"{family}|{challenger[0] if challenger else ''}".encode()).hexdigest()[:12]
-        families[family] = {"experiment_id": experiment_id, "organization_id": organization_id,
-                            "task_type": task_type, "arms": arms}
-        rows += [(family, experiment_id, a["ab_group"], a["model_id"], a["version"], a["traffic_pct"]) for a in arms]
-    table = {"version": 1, "generated_at": datetime.now(timezone.utc).isoformat(),
-             "default_model": default_model, "families": families}
-    write_routing(table, routing_path())
-    return table, rows
-
-
 class RoutingConfig(dg.Config):
-    default_model: str = Field("gpt-4o-mini-2024-07-18",
+    default_model: str = Field(DEFAULT_MODEL,
                                description="Serves every family without a deployed champion, and unknown families.")
     first_step_pct: float = Field(DEFAULT_ROLLOUT_STEPS[0], description="Traffic a new challenger starts with.")
 
@@ -96,11 +45,11 @@ def routing_table(context: dg.AssetExecutionContext, config: RoutingConfig,
         if m["loss_rate"] - m["win_rate"] <= m["max_loss_margin"]:
             passed.add(m["candidate"])
     with warehouse.connect() as con:
-        table, rows = publish_routing(con, config.default_model, config.first_step_pct, passed, context.log)
-    path = routing_path()
+        table, rows = build_routing_table(con, config.default_model, config.first_step_pct, passed, context.log.info)
+    path = write_routing(table, routing_path())
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(path)), "families": len(table["families"]),
-        "arms": dg.MetadataValue.md(md_table(["family", "experiment", "group", "model", "version", "traffic %"], rows))})
+        "arms": dg.MetadataValue.md(md_table(ROWS_HEADER, rows))})
 
 
 class AbTestConfig(dg.Config):
@@ -174,7 +123,6 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
     summary, metric_rows, plans = [], [], []
     evaluated_at = datetime.now(timezone.utc).replace(tzinfo=None)
     with warehouse.connect() as con:
-        ensure_ab_results(con)
         for family, spec in sorted(table.get("families", {}).items()):
             arms = {a["ab_group"]: a["model_id"] for a in spec["arms"]}
             if len(arms) < 2 or CONTROL not in arms:
@@ -213,7 +161,7 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
 
 
 class DecisionConfig(dg.Config):
-    default_model: str = "gpt-4o-mini-2024-07-18"
+    default_model: str = Field(DEFAULT_MODEL, description="Serves every family without a deployed champion.")
     rollout_steps: list[float] = Field(default_factory=lambda: list(DEFAULT_ROLLOUT_STEPS),
                                        description="Challenger traffic shares, in order; the last promotes.")
 
@@ -224,47 +172,17 @@ class DecisionConfig(dg.Config):
                       "inconclusive at the step's planned end archives it too (the champion keeps the traffic).")
 def experiment_decisions(context: dg.AssetExecutionContext, config: DecisionConfig, warehouse: WarehouseResource,
                          mlflow: MlflowResource) -> dg.MaterializeResult:
-    actions = []
     with warehouse.connect() as con:
-        con.execute(registry.DDL)
-        for family, arm, challenger, champion, decision, reason, final in latest_verdicts(con):
-            row = con.execute("SELECT status, traffic_pct, mlflow_model_version FROM model_registry WHERE model_id = ?",
-                              [challenger]).fetchone()
-            if row is None or row[0] != "ready":
-                continue  # already acted on, replaced, or not a registry model
-            if decision == "promote":
-                step = next_rollout_step(float(row[1]), tuple(config.rollout_steps))
-                if step < config.rollout_steps[-1]:
-                    registry.set_status(con, challenger, "ready", traffic_pct=step)
-                    actions.append((family, challenger, f"rollout to {step:g}%", reason))
-                else:
-                    old = registry.champion(con, family)
-                    if old:
-                        registry.set_status(con, old, "archived", traffic_pct=0.0, ab_group="archived")
-                    registry.set_status(con, challenger, "deployed", traffic_pct=100.0, ab_group="champion")
-                    _sync(mlflow, family, row[2], None, context)
-                    actions.append((family, challenger, "promoted to champion", reason))
-            elif decision == "rollback" or (decision == "inconclusive" and final):
-                group = "rolled_back" if decision == "rollback" else "inconclusive"
-                registry.set_status(con, challenger, "archived", traffic_pct=0.0, ab_group=group)
-                champion_version = con.execute("SELECT mlflow_model_version FROM model_registry WHERE model_id = ?",
-                                               [champion]).fetchone()
-                _sync(mlflow, family, champion_version[0] if champion_version else None, None, context)
-                actions.append((family, challenger, "rolled back" if decision == "rollback" else
-                                "ended inconclusive", reason))
-        publish_routing(con, config.default_model, config.rollout_steps[0], set(), context.log)
+        actions = apply_verdicts(con, tuple(config.rollout_steps))
+        table, _ = build_routing_table(con, config.default_model, config.rollout_steps[0], set(), context.log.info)
+    write_routing(table, routing_path())
     for action in actions:
-        context.log.info(f"{action[0]}: {action[1]} {action[2]} ({action[3]})")
+        context.log.info(f"{action.family}: {action.challenger} {action.action} ({action.reason})")
+        if action.changes_aliases:
+            try:  # the registry table is the source of truth; an MLflow failure is reported, not fatal
+                sync_aliases(mlflow.tracking_uri, action.family, action.champion_version, None)
+            except Exception as exc:  # noqa: BLE001
+                context.log.warning(f"MLflow aliases for {action.family} not updated: {exc}")
     return dg.MaterializeResult(metadata={
         "actions": len(actions),
-        "applied": dg.MetadataValue.md(md_table(["family", "challenger", "action", "reason"], actions))})
-
-
-def _sync(mlflow: MlflowResource, family: str, champion_version, challenger_version, context) -> None:
-    try:
-        sync_aliases(mlflow.tracking_uri, family, champion_version, challenger_version)
-    except Exception as exc:  # noqa: BLE001 - the registry table is the source of truth; report, do not fail
-        context.log.warning(f"MLflow aliases for {family} not updated: {exc}")
-
-
-EXPERIMENT_ASSETS = [routing_table, ab_test_results, experiment_decisions]
+        "applied": dg.MetadataValue.md(md_table(ACTIONS_HEADER, [a.row() for a in actions]))})

@@ -1,4 +1,4 @@
-"""Small helpers that turn query results into Dagster UI metadata."""
+"""Markdown tables and text bar charts: how query results read in the Dagster UI."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Leaderboard: every model's outcomes, ranked, and how fast the flywheel turns."""

@@ -1,0 +1,1 @@
+"""Operations: what watches the runs themselves."""

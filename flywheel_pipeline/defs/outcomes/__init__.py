@@ -1,0 +1,1 @@
+"""Outcomes: reply understanding and per-message outcome labels, with their data contracts."""
