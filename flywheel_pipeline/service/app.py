@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from flywheel_pipeline.service.errors import install_error_handlers, route_of
 from flywheel_pipeline.service.hubspot_client import HubSpotClient
+from flywheel_pipeline.service.metrics import ServiceMetrics
 from flywheel_pipeline.service.routers import include_routers
 from flywheel_pipeline.service.settings import ServiceSettings
 from flywheel_pipeline.service.state import ServiceState
@@ -35,15 +37,33 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
     app.state.service = state
     app.state.metrics = state.metrics
     install_error_handlers(app)
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = route_of(request)
-        state.metrics.requests.labels(route, str(response.status_code)).inc()
-        state.metrics.latency.labels(route).observe(time.perf_counter() - started)
-        return response
-
+    app.add_middleware(Observe, metrics=state.metrics)
     include_routers(app, settings)
     return app
+
+
+class Observe:
+    """Counts each answered request by route and status (``flywheel_requests_total``) and times it
+    (``flywheel_request_seconds``). A plain ASGI middleware (Starlette's ``@app.middleware``
+    costs a task and a stream per request); like it, it sits inside the handler of unexpected
+    exceptions, so a 500 ``internal_error`` is counted in ``flywheel_requests_rejected_total`` only."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+        await self.app(scope, receive, send_observed)
+        route = route_of(scope)
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 log = logging.getLogger("flywheel.service")
 
@@ -27,9 +28,9 @@ class Rejected(Exception):
         self.status, self.reason, self.detail, self.headers = status, reason, detail, headers
 
 
-def route_of(request: Request) -> str:
+def route_of(request: Request | Scope) -> str:
     """The route's path template (the metrics label), ``unmatched`` when no route matched."""
-    route = request.scope.get("route")
+    route = (request.scope if isinstance(request, Request) else request).get("route")
     return getattr(route, "path", None) or "unmatched"
 
 
