@@ -6,7 +6,7 @@ It only appends to the landing zone (never the warehouse) and only reads publish
 landing segment in the kernel (a ``kill -9`` cannot lose them; fsync follows within
 ``fsync_interval_s``, see service/landing_writer.py). Every refusal is a 4xx/5xx with a JSON
 body ``{"error": <reason code>, "detail": <words>}``, counted in ``/metrics`` by reason
-(service/errors.py).
+(service/errors.py; requests and latency: service/metrics.py).
 
 Layout: state.py (what requests share, built once here), dependencies.py (authentication, rate
 limits, the body), routers/ (``webhooks``: ``POST /webhooks/sendgrid``, ``/webhooks/hubspot``,
@@ -16,14 +16,11 @@ limits, the body), routers/ (``webhooks``: ``POST /webhooks/sendgrid``, ``/webho
 
 from __future__ import annotations
 
-import time
-
 from fastapi import FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from flywheel_pipeline.service.errors import install_error_handlers, route_of
+from flywheel_pipeline.service.errors import install_error_handlers
 from flywheel_pipeline.service.hubspot_client import HubSpotClient
-from flywheel_pipeline.service.metrics import ServiceMetrics
+from flywheel_pipeline.service.metrics import ObserveRequests
 from flywheel_pipeline.service.routers import include_routers
 from flywheel_pipeline.service.settings import ServiceSettings
 from flywheel_pipeline.service.state import ServiceState
@@ -37,33 +34,7 @@ def create_app(settings: ServiceSettings, *, hubspot: HubSpotClient | None = Non
     app.state.service = state
     app.state.metrics = state.metrics
     install_error_handlers(app)
-    app.add_middleware(Observe, metrics=state.metrics)
+    app.add_middleware(ObserveRequests, metrics=state.metrics)
     include_routers(app, settings)
     return app
 
-
-class Observe:
-    """Counts each answered request by route and status (``flywheel_requests_total``) and times it
-    (``flywheel_request_seconds``). A plain ASGI middleware (Starlette's ``@app.middleware``
-    costs a task and a stream per request); like it, it sits inside the handler of unexpected
-    exceptions, so a 500 ``internal_error`` is counted in ``flywheel_requests_rejected_total`` only."""
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
-        self.app, self.metrics = app, metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 0
-
-        async def send_observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-        await self.app(scope, receive, send_observed)
-        route = route_of(scope)
-        self.metrics.requests.labels(route, str(status)).inc()
-        self.metrics.latency.labels(route).observe(time.perf_counter() - started)
