@@ -16,6 +16,4 @@ ROUTERS = (webhooks.router, records.router, published.router, health.router)
 def include_routers(app: FastAPI, settings: ServiceSettings) -> None:
     """Every route but those ``FLYWHEEL_DISABLED_ROUTES`` switches off (see ``switchable``)."""
     for router in ROUTERS:
-        enabled = APIRouter()
-        enabled.routes.extend(r for r in router.routes if route_enabled(r, settings))
-        app.include_router(enabled)
+        app.include_router(APIRouter(routes=[r for r in router.routes if route_enabled(r, settings)]))
