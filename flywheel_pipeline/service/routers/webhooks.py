@@ -37,6 +37,7 @@ router = APIRouter(prefix="/webhooks")
 # ---- SendGrid ------------------------------------------------------------------------------
 
 async def sendgrid_gate(request: Request, state: State) -> None:
+    """The failed-authentication gate, before the body is read, when events must be signed."""
     if state.sendgrid_keys:
         auth_gate(request, state)
 
@@ -75,6 +76,7 @@ async def sendgrid(state: State, events: Annotated[list[dict[str, Any]], Depends
 # ---- HubSpot -------------------------------------------------------------------------------
 
 async def hubspot_gate(request: Request, state: State) -> None:
+    """The failed-authentication gate, before the body is read, when events must be signed."""
     if state.settings.hubspot_client_secret is not None:
         auth_gate(request, state)
 
