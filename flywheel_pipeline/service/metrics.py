@@ -1,9 +1,15 @@
-"""The service's Prometheus metrics (``GET /metrics``), one registry per app instance."""
+"""The service's Prometheus metrics (``GET /metrics``), one registry per app instance, and the
+middleware that counts and times every request."""
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from flywheel_pipeline.service.errors import route_of
 
 
 class ServiceMetrics:
@@ -27,3 +33,30 @@ class ServiceMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class ObserveRequests:
+    """Counts each answered request by route and status (``flywheel_requests_total``) and times it
+    (``flywheel_request_seconds``). A plain ASGI middleware (Starlette's ``@app.middleware``
+    costs a task and a stream per request); like it, it sits inside the handler of unexpected
+    exceptions, so a 500 ``internal_error`` is counted in ``flywheel_requests_rejected_total`` only."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 0
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+        await self.app(scope, receive, send_observed)
+        route = route_of(scope)
+        self.metrics.requests.labels(route, str(status)).inc()
+        self.metrics.latency.labels(route).observe(time.perf_counter() - started)

@@ -5,10 +5,10 @@
   log line), so slow or idle connections cannot pile up (uvicorn itself only times out idle
   keep-alive connections, and only until their first byte). The protocol is the one uvicorn
   would pick (httptools when installed, else h11) with this timer mixed in.
-* Body read timeout (``body_timeout_s``): in the app, 408 ``body_timeout`` (service/app.py).
+* Body read timeout (``body_timeout_s``): in the app, 408 ``body_timeout`` (service/dependencies.py).
 * Concurrency limit (``max_connections``): uvicorn's ``limit_concurrency``: beyond it new
   requests get a 503 (plain text, from uvicorn) and may retry.
-* A client that disconnects mid-body is one log line (service/app.py), not a traceback.
+* A client that disconnects mid-body is one log line (service/dependencies.py), not a traceback.
 """
 
 from __future__ import annotations

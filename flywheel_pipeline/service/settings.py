@@ -1,8 +1,10 @@
 """The ingestion service's configuration, read from the environment (secrets never logged).
 
 =====================================  =========================================================
-``FLYWHEEL_HOME``                      landing zone at ``$FLYWHEEL_HOME/landing``, routing and
-                                       leaderboard files beside it
+``FLYWHEEL_HOME``                      the published ``routing.json`` and ``leaderboard.json`` it reads,
+                                       and the landing zone at ``$FLYWHEEL_HOME/landing`` (every path
+                                       from flywheel_pipeline/paths.py)
+``FLYWHEEL_LANDING``                   the landing zone elsewhere (the one ingestion reads)
 ``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
                                        shows it), or several separated by commas while it is
                                        rotated; unset = events accepted unsigned
@@ -78,6 +80,8 @@ def parse_api_keys(value: str | None) -> dict[str, tuple[SecretStr, ...]]:
 class ServiceSettings(BaseModel):
     landing: Path
     home: Path
+    routing_path: Path  # the published routing table GET /route reads
+    leaderboard_path: Path  # the published leaderboard GET /leaderboard reads
     sendgrid_public_key: str | None = None
     sendgrid_max_age_s: float = Field(300.0, ge=0, allow_inf_nan=False)
     hubspot_client_secret: SecretStr | None = None
@@ -136,6 +140,7 @@ class ServiceSettings(BaseModel):
             return value if value not in (None, "") else None
 
         values: dict = {"home": paths.flywheel_home(env), "landing": paths.landing_dir(env),
+                        "routing_path": paths.routing_path(env), "leaderboard_path": paths.leaderboard_path(env),
                         "api_keys": parse_api_keys(get("API_KEYS"))}
         scalar = {"sendgrid_public_key": "SENDGRID_PUBLIC_KEY", "sendgrid_max_age_s": "SENDGRID_MAX_AGE_S",
                   "hubspot_client_secret": "HUBSPOT_CLIENT_SECRET",

@@ -1,0 +1,19 @@
+"""The service's routes, one module per concern: ``webhooks`` (SendGrid, HubSpot, Pipedrive),
+``records`` (the outreach app's /messages and /replies), ``published`` (/route, /leaderboard),
+``health`` (/healthz, /metrics)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+from flywheel_pipeline.service.dependencies import route_enabled
+from flywheel_pipeline.service.routers import health, published, records, webhooks
+from flywheel_pipeline.service.settings import ServiceSettings
+
+ROUTERS = (webhooks.router, records.router, published.router, health.router)
+
+
+def include_routers(app: FastAPI, settings: ServiceSettings) -> None:
+    """Every route but those ``FLYWHEEL_DISABLED_ROUTES`` switches off (see ``switchable``)."""
+    for router in ROUTERS:
+        app.include_router(APIRouter(routes=[r for r in router.routes if route_enabled(r, settings)]))
