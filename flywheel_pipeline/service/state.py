@@ -114,7 +114,7 @@ class ServiceState:
         one-second timer; on shutdown seal the open segments and close the HubSpot client."""
         settings = self.settings
         settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # personal data: owner only
-        settings.landing.mkdir(mode=0o700, exist_ok=True)
+        settings.landing.mkdir(mode=0o700, parents=True, exist_ok=True)  # FLYWHEEL_LANDING may be elsewhere
         for path in recover(settings.landing):
             log.warning("recovered landing segment left open by a previous process: %s", path.name)
         self.writer = writer = SegmentWriter(settings.landing, max_bytes=settings.segment_max_bytes,
