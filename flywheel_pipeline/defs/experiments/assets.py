@@ -14,7 +14,8 @@ from flywheel_pipeline.core.stats.policy import (CONTROL, DEFAULT_PLANNED_LEADS,
 from flywheel_pipeline.defs.outcomes.assets import outcome_labels
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
 from flywheel_pipeline.defs.training.assets import offline_evaluation
-from flywheel_pipeline.routing import family_allocation, load_routing, routing_path, write_routing
+from flywheel_pipeline.core.routing import family_allocation
+from flywheel_pipeline.routing import load_routing, routing_path, write_routing
 from flywheel_pipeline.tracking import sync_aliases
 from flywheel_pipeline.warehouse.experiment_actions import ACTIONS_HEADER, apply_verdicts
 from flywheel_pipeline.warehouse.experiments import (allocation_start, allocations_logged, arm_has_messages,
