@@ -52,29 +52,8 @@ def positive_int(text: str) -> int:
 DEMO_MIN_HISTORY_DAYS = 21
 
 
-def routing_history(follow_from: date | None) -> tuple[tuple[date, dict], ...]:
-    """The simulated outreach app's memory of which routing table it used from which day
-    (``$FLYWHEEL_HOME/simulator/routing_history.json``). With ``follow_from``, a routing.json
-    whose arms differ from the last table it used is adopted from that day on (or from the day
-    after the last adoption: the memory only grows, the past is not rewritten)."""
-    import json
-
-    from flywheel_pipeline.published import write_json_atomic
-    from flywheel_pipeline.routing import load_routing
-
-    path = paths.simulator_dir() / "routing_history.json"
-    history = [(date.fromisoformat(d), t) for d, t in json.loads(path.read_text())] if path.exists() else []
-    if follow_from is not None:
-        table = load_routing()
-        if table.get("families") and (not history or history[-1][1].get("families") != table["families"]):
-            since = max(follow_from, history[-1][0] + timedelta(days=1)) if history else follow_from
-            history.append((since, table))
-            write_json_atomic([[d.isoformat(), t] for d, t in history], path)
-    return tuple(history)
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from flywheel_pipeline.core.simulate import SIMULATOR_TAG, SimConfig, simulate
+    from flywheel_pipeline.simulator import SIMULATOR_TAG, SimConfig, routing_history, simulate
 
     history = routing_history(args.follow_routing_from)
     cfg = SimConfig(seed=args.seed, days=args.days, messages_per_day=args.messages_per_day,

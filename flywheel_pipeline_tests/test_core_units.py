@@ -14,7 +14,7 @@ from flywheel_pipeline.core import landing as landing_zone
 from flywheel_pipeline.core.label_policy import (DEFAULT_STAGE_SCORES, STAGES, LabelPolicy, deepest_stage,
                                                  score_stage)
 from flywheel_pipeline.core.reply_classifier import RuleBasedReplyClassifier, auto_reply_reason
-from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.simulator import SimConfig, simulate
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "labelling.md"
 

@@ -14,7 +14,7 @@ import duckdb
 import pytest
 
 from flywheel_pipeline.core.landing import write_jsonl
-from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.definitions import build_definitions
 from flywheel_pipeline.defs.ingest.automation import daily_refresh_schedule, landing_sensor
 from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource

@@ -12,7 +12,7 @@ import pytest
 
 from flywheel_pipeline.core.datasets import dedupe_key, lead_bucket, split_for_lead
 from flywheel_pipeline.core.landing import write_jsonl
-from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.defs.resources import (ExportsResource, LabelPolicyResource, LandingZoneResource,
                                               WarehouseResource)
 from flywheel_pipeline.warehouse.datasets import (PairConfig, SelectionConfig, build_preference_pairs,

@@ -8,7 +8,7 @@ import shutil
 from datetime import date
 
 from flywheel_pipeline.core.landing import write_jsonl
-from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.warehouse.ingest import MAX_FILE_BYTES, ingest_source
 from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect
 from flywheel_pipeline_tests.conftest import T0, label, message, run_pipeline, sg

@@ -8,7 +8,7 @@ from datetime import date, datetime, timezone
 import dagster as dg
 from mlflow import MlflowClient
 
-from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.defs.leaderboard.assets import flywheel_velocity, model_leaderboard
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
 from flywheel_pipeline.warehouse.schema import connect

@@ -13,7 +13,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
 from flywheel_pipeline_tests.domains import assets_of
 

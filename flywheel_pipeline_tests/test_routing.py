@@ -9,7 +9,7 @@ import dagster as dg
 import pytest
 
 from flywheel_pipeline.core.assignment import Arm, bucket, choose_arm, next_rollout_step
-from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
                                               JudgeResource, LabelPolicyResource, LandingZoneResource, MlflowResource,
                                               WarehouseResource)

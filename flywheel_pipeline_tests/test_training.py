@@ -10,7 +10,7 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from flywheel_pipeline.core.simulate import SimConfig, simulate
+from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.core.versioning import change_kind, next_version
 from flywheel_pipeline.defs.operations.sensors import run_failure_sensor
 from flywheel_pipeline.defs.training.automation import new_outcomes_sensor, weekly_retrain_schedule

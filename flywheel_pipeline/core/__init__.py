@@ -1,1 +1,2 @@
-"""The domain, free of Dagster: policies, parsers, formats and the demo-world simulator."""
+"""The domain, free of Dagster: policies, parsers and formats (the demo-world simulator lives
+in ``flywheel_pipeline.simulator``)."""
