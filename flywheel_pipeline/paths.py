@@ -15,7 +15,8 @@ used by the CLI, the service, the Dagster resources and the sensors.
                                (the landing sensor launches a refresh only for files not taken yet)
     logs/                      Dagster and MLflow log output of CLI runs (flywheel.log)
     simulator/                 the demo-world simulator's state
-    dagster/                   the local Dagster instance (DAGSTER_HOME unless set)
+    dagster/                   the local Dagster instance (DAGSTER_HOME unless set), with the
+                               workspace.yaml `flywheel ui` hands to `dagster dev`
     mlflow.db, mlartifacts/    the local MLflow store (MLFLOW_TRACKING_URI wins)
     cache/reply_llm.sqlite     the llm reply classifier's answers (by reply hash and version)
 
@@ -107,3 +108,9 @@ def mlflow_artifacts_dir(env: Mapping[str, str] | None = None) -> Path:
 def dagster_home(env: Mapping[str, str] | None = None) -> Path:
     override = _setting(env, "DAGSTER_HOME")
     return _absolute(override) if override else flywheel_home(env) / "dagster"
+
+
+def dagster_workspace_path(env: Mapping[str, str] | None = None) -> Path:
+    """The workspace file `flywheel ui` writes for `dagster dev` (the top-level workspace.yaml's
+    code location, loadable from any working directory)."""
+    return dagster_home(env) / "workspace.yaml"

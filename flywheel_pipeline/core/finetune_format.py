@@ -271,7 +271,9 @@ class ValidationReport:
             else round(estimated * self.price_per_million / 1e6, 2),
         }
 
-    def to_text(self) -> str:
+    def to_text(self, *, estimates: bool = True) -> str:
+        """The report in lines: the verdict, errors and warnings, then (with ``estimates``) the
+        token statistics and the training token and cost estimate."""
         d = self.as_dict()
         lines = [f"{self.path}: {'VALID' if self.ok else 'INVALID'} {self.kind} file, {self.examples} examples"]
         if self.examples < MIN_EXAMPLES:
@@ -280,6 +282,8 @@ class ValidationReport:
             lines.append(f"  error {kind}: {count} (first on line {self.first_error_lines[kind]})")
         for kind, count in sorted(self.warnings.items()):
             lines.append(f"  warning {kind}: {count}")
+        if not estimates:
+            return "\n".join(lines)
         t, a = d["tokens_per_example"], d["tokens_per_assistant_turn"]
         lines.append(f"  tokens per example ({self.token_method}): min {t['min']} mean {t['mean']} "
                      f"p50 {t['p50']} p90 {t['p90']} max {t['max']}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from flywheel_pipeline.cli.output import columns
 from flywheel_pipeline.core.label_policy import STAGES
 from flywheel_pipeline.warehouse.schema import connect
 
@@ -32,12 +33,16 @@ def print_summary(database: Path, out: Callable[[str], None] = print) -> None:
         out(f"  ignored as non-human: {signals[0] or 0} machine opens, {signals[1] or 0} scanner clicks, "
             f"{signals[2] or 0} auto-replies")
         out("  per model (mature labels only):")
-        out(f"    {'model_id':<46} {'n':>6} {'score':>6} {'reply':>6} {'meet':>6} {'deals':>5}")
-        for row in con.execute("""
+        per_model = con.execute("""
                 SELECT model_id, count(*), avg(quality_score), avg(replied::INT), avg(meeting_booked::INT),
                        count(*) FILTER (deal_closed)
-                FROM outcome_labels WHERE is_mature GROUP BY 1 ORDER BY 3 DESC""").fetchall():
-            out(f"    {str(row[0]):<46} {row[1]:>6} {row[2]:>6.3f} {row[3]:>6.3f} {row[4]:>6.3f} {row[5]:>5}")
+                FROM outcome_labels WHERE is_mature GROUP BY 1 ORDER BY 3 DESC""").fetchall()
+        for line in columns(["model_id", "n", "score", "reply", "meet", "deals"],
+                            [(str(m), n, f"{s:.3f}", f"{r:.3f}", f"{b:.3f}", d) for m, n, s, r, b, d in per_model],
+                            indent="    "):
+            out(line)
+        for note in model_notes(str(row[0]) for row in per_model):
+            out(f"    {note}")
         tables = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         if "training_examples" in tables:
             ex = con.execute("SELECT count(*) FILTER (label), count(*) FILTER (NOT label), "
@@ -59,3 +64,18 @@ def print_summary(database: Path, out: Callable[[str], None] = print) -> None:
                           key=lambda p: p.stat().st_mtime)
         for version in versions[-2:]:
             out(f"  export {version}: {', '.join(sorted(f.name for f in version.glob('*.jsonl')))}")
+
+
+def model_notes(model_ids) -> list[str]:
+    """One line on each kind of model id a reader of the demo cannot place: the SANDBOX
+    backend's models, and the demo world's own fine-tuned model."""
+    from flywheel_pipeline.simulator import DEFAULT_MODELS
+
+    ids = set(model_ids)
+    world = sorted(m.model_id for m in DEFAULT_MODELS if m.model_id.startswith("ft:") and m.model_id in ids)
+    notes = [f"{model}: a model of the simulated world (its outreach app's earlier fine-tune, sending until "
+             "routing.json took over), not one trained here" for model in world]
+    if any(i.startswith("sandbox:") for i in ids):
+        notes.append("sandbox:...: a model the SANDBOX fine-tuning backend \"trained\" (nothing was trained; "
+                     "the id names base model, method and dataset)")
+    return notes

@@ -23,6 +23,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+from flywheel_pipeline.cli.options import add_parser
 from flywheel_pipeline.core.reply_classifiers import REPLY_CLASSIFIERS, configured_classifier_name, \
     make_reply_classifier
 from flywheel_pipeline.core.reply_eval_set import LabelledFileError, read_labelled_file, shipped_set
@@ -135,26 +136,26 @@ def cmd_replies_correct(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_replies_parser(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     """Register ``flywheel replies`` and its subcommands on the ``flywheel`` parser."""
-    replies = sub.add_parser("replies", help="reply understanding: evaluate classifiers, review and correct labels")
+    replies = add_parser(sub, "replies", help="reply understanding: evaluate classifiers, review and correct labels")
     commands = replies.add_subparsers(dest="replies_command", required=True)
-    p = commands.add_parser("eval", help="precision/recall of a reply classifier on labelled replies")
+    p = add_parser(commands, "eval", help="precision/recall of a reply classifier on labelled replies")
     p.add_argument("--classifier", help=f"one of {', '.join(sorted(REPLY_CLASSIFIERS))} "
                                         f"(default: the configured one, now {configured_classifier_name()})")
     p.add_argument("--file", help="your own labelled JSONL (id, text, intent[, sentiment, subject, headers]); "
                                   "default: the shipped set")
     p.add_argument("--split", choices=("measuring", "tuning", "all"), default="measuring",
-                   help="which part of the shipped set (default measuring; ignored with --file)")
+                   help="which part of the shipped set (ignored with --file)")
     p.add_argument("--errors", type=int, default=0, metavar="N", help="also list the first N disagreements")
     p.set_defaults(func=cmd_replies_eval)
-    p = commands.add_parser("review", help="write the replies the classifier was least sure of, to correct")
-    p.add_argument("--below", type=float, default=0.6, help="confidence under which a reply is listed (default 0.6)")
-    p.add_argument("--limit", type=int, default=200, help="at most this many replies (default 200)")
-    p.add_argument("--out", default="replies_review.jsonl", help="where to write them (default replies_review.jsonl)")
+    p = add_parser(commands, "review", help="write the replies the classifier was least sure of, to correct")
+    p.add_argument("--below", type=float, default=0.6, help="confidence under which a reply is listed")
+    p.add_argument("--limit", type=int, default=200, help="at most this many replies")
+    p.add_argument("--out", default="replies_review.jsonl", help="where to write them")
     p.set_defaults(func=cmd_replies_review)
-    p = commands.add_parser("correct", help="land a reviewed file's labels (they override the classifier)")
+    p = add_parser(commands, "correct", help="land a reviewed file's labels (they override the classifier)")
     p.add_argument("file", help="labelled JSONL: id (the reply_id), intent[, sentiment]; e.g. a corrected review file")
-    p.add_argument("--by", help="who reviewed (default $USER)")
-    p.add_argument("--landing", help="landing directory (default $FLYWHEEL_LANDING, else $FLYWHEEL_HOME/landing)")
+    p.add_argument("--by", help="who reviewed (default: $USER)")
+    p.add_argument("--landing", help="landing directory (default: $FLYWHEEL_LANDING, else $FLYWHEEL_HOME/landing)")
     p.set_defaults(func=cmd_replies_correct)

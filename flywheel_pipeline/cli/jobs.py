@@ -1,0 +1,123 @@
+"""``flywheel refresh`` and ``flywheel datasets``, and running the code location's jobs in this
+process (recorded in the instance at DAGSTER_HOME), which the demo does too."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any
+
+from flywheel_pipeline.cli.options import add_parser, add_verbose, as_of_time
+from flywheel_pipeline.cli.output import library_output, log_file, say, short_metadata
+
+
+@dataclass
+class JobRun:
+    """What the story needs from a finished run: did it succeed, and its assets' metadata."""
+
+    job_name: str
+    run_id: str
+    success: bool
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)  # asset key -> {key: raw value}
+
+    def __bool__(self) -> bool:
+        return self.success
+
+
+def run_job(job_name: str, run_config: dict | None = None, *, verbose: bool = False,
+            name_home: bool = True, log_level: str = "INFO") -> JobRun:
+    """Execute one of the code location's jobs in process, recorded in DAGSTER_HOME's instance.
+    Prints one line for the run (with ``name_home``, where it is recorded), each failed step and
+    each check that did not pass; Dagster's own log lines go to the log file unless ``verbose``."""
+    from flywheel_pipeline.instance import ensure_local_dagster_home
+
+    home = ensure_local_dagster_home()
+    with library_output(f"job {job_name}", verbose=verbose):
+        import dagster as dg
+
+        from flywheel_pipeline.definitions import defs
+        from flywheel_pipeline.defs.resources import WAREHOUSE_POOL
+        from flywheel_pipeline.run_guard import process_tags, reap_dead_runs, wait_for_pool
+
+        run_config = {**(run_config or {}), "loggers": {"console": {"config": {"log_level": log_level}}}}
+        with dg.DagsterInstance.get() as instance:
+            # a run whose process was killed keeps its pool slot: free it before waiting for one
+            reap_dead_runs(instance, say)
+            wait_for_pool(instance, WAREHOUSE_POOL, say)
+            result = defs.resolve_job_def(job_name).execute_in_process(
+                instance=instance, run_config=run_config, raise_on_error=False,
+                tags={"flywheel/trigger": "cli", **process_tags()})
+            run = JobRun(job_name, result.run_id, result.success, {
+                event.asset_key.to_user_string(): {k: getattr(v, "value", v)
+                                                   for k, v in event.materialization.metadata.items()}
+                for event in result.get_asset_materialization_events()})
+            where = f", recorded in DAGSTER_HOME={home}" if name_home else ""
+            say(f"Dagster run {result.run_id} of job {job_name} ({'succeeded' if result.success else 'FAILED'}){where}")
+            if not result.success:
+                for event in result.all_events:
+                    if event.is_failure and event.step_key:
+                        say(f"  step {event.step_key} failed: {event.message}")
+            for check in result.get_asset_check_evaluations():
+                if not check.passed:  # why: the check's own figures (the UI shows its tables too)
+                    say(f"  check {check.check_name} on {check.asset_key.to_user_string()} did not pass "
+                        f"({check.severity.value}): {short_metadata(check.metadata)}")
+    if not run.success and not verbose:
+        say(f"  (Dagster's log of the run: {log_file()})")
+    return run
+
+
+def run_refresh(full: bool = False, as_of: str | None = None, *, verbose: bool = False,
+                name_home: bool = True) -> JobRun:
+    """Materialize the refresh job through Dagster, recorded in the instance at DAGSTER_HOME."""
+    from flywheel_pipeline.defs.ingest.automation import REFRESH_JOB_NAME
+
+    return run_job(REFRESH_JOB_NAME, {"ops": {"outcome_labels": {"config": {"full_relabel": full, "as_of": as_of}}}},
+                   verbose=verbose, name_home=name_home)
+
+
+def tick_experiment_sensor(*, verbose: bool = False) -> JobRun | None:
+    """Tick the experiment sensor as the daemon would and run what it requests (None: it skipped,
+    and said why)."""
+    from flywheel_pipeline.instance import ensure_local_dagster_home
+
+    ensure_local_dagster_home()
+    with library_output("experiment_sensor tick", verbose=verbose):
+        import dagster as dg
+
+        from flywheel_pipeline.defs.experiments.automation import EXPERIMENTS_JOB_NAME, experiment_sensor
+
+        with dg.DagsterInstance.get() as instance:
+            tick = experiment_sensor(dg.build_sensor_context(instance=instance))
+    if not isinstance(tick, dg.RunRequest):
+        say(f"experiment sensor: {getattr(tick, 'skip_message', tick)}")
+        return None
+    say("experiment sensor requested a run: A/B results, decisions, leaderboard ...")
+    return run_job(EXPERIMENTS_JOB_NAME, verbose=verbose, name_home=False)
+
+
+def _say_log_file(args: argparse.Namespace) -> None:
+    if not args.verbose:
+        say(f"Dagster's and MLflow's log lines go to {log_file()} (--verbose shows them here)")
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    _say_log_file(args)
+    return 0 if run_refresh(full=args.full, as_of=args.as_of, verbose=args.verbose) else 1
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from flywheel_pipeline.defs.datasets.automation import DATASETS_JOB_NAME
+
+    _say_log_file(args)
+    return 0 if run_job(DATASETS_JOB_NAME, verbose=args.verbose) else 1
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = add_parser(sub, "refresh", help="ingest the landing zone and refresh labels through Dagster")
+    p.add_argument("--full", action="store_true", help="rebuild all labels from all events")
+    p.add_argument("--as-of", type=as_of_time, help="ISO 8601 time maturity is measured against (default: now)")
+    add_verbose(p)
+    p.set_defaults(func=cmd_refresh)
+    p = add_parser(sub, "datasets", help="build training examples, preference pairs and exports through Dagster")
+    add_verbose(p)
+    p.set_defaults(func=cmd_datasets)
