@@ -192,6 +192,10 @@ def test_cli_refresh_records_runs_in_dagster_home_and_fails_when_a_run_fails(hom
     ok = _cli(["refresh", "--as-of", AS_OF], env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "succeeded" in ok.stdout
+    # Dagster's log lines go to the log file, not the terminal
+    assert " - dagster - " not in ok.stdout + ok.stderr
+    assert f"go to {home}/logs/flywheel.log (--verbose shows them here)" in ok.stdout
+    assert " - dagster - INFO - refresh - " in (home / "logs" / "flywheel.log").read_text()
     assert (home / "dagster" / "dagster.yaml").exists()
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
@@ -209,6 +213,10 @@ def test_cli_refresh_records_runs_in_dagster_home_and_fails_when_a_run_fails(hom
     assert "FAILED" in bad.stdout
     # and why, in the check's own figures
     assert "check quality_score_in_range on outcome_labels did not pass (ERROR): out_of_range=1, min=" in bad.stdout
+    assert f"(Dagster's log of the run: {home}/logs/flywheel.log)" in bad.stdout
+    verbose = _cli(["refresh", "--as-of", AS_OF, "--verbose"], env)
+    assert verbose.returncode == 1 and " - dagster - ERROR - refresh - " in verbose.stderr
+    assert "flywheel.log" not in verbose.stdout
 
 
 def test_dagster_cli_materializes_from_the_module(home):
@@ -308,6 +316,12 @@ def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
     assert "challenger 10%" in out and "flywheel turn 2" in out
     not_fresh, tick = _after_the_demo()
     assert not_fresh == {} and isinstance(tick, dg.SkipReason), (not_fresh, tick)
+    # a story, not a log: Dagster's and MLflow's lines are in the log file it names
+    assert " - dagster - " not in out + first.stderr and "registered model" not in out + first.stderr
+    assert f"go to {home}/logs/flywheel.log (--verbose shows them here)" in out
+    log = (home / "logs" / "flywheel.log").read_text()
+    assert " - dagster - INFO - retrain - " in log and "Successfully registered model 'flywheel-global-all'" in log
+    assert out.count("SANDBOX backend: nothing was trained") == 2 and out.count("SANDBOX generator: ") == 2
     bin_dir = os.path.dirname(sys.executable)  # the UIs it points to are this environment's, PATH or not
     assert f"FLYWHEEL_HOME={home} {bin_dir}/flywheel ui" in out
     assert f"{bin_dir}/mlflow ui --backend-store-uri sqlite:///{home}/mlflow.db" in out
