@@ -151,9 +151,9 @@ def say_training(run: JobRun) -> None:
         say(f"  offline evaluation against {evaluation.get('champion')} on {evaluation['prompts']} held-out prompts: "
             f"{evaluation.get('wins')} won, {evaluation.get('losses')} lost, {evaluation.get('ties')} tied")
         if "SANDBOX" in str(evaluation.get("generator", "")):
-            say("    SANDBOX generator: the new model answers with e-mails from its own training file, the other with "
-                "one fixed generic text, so the new model wins nearly every pair; this shows the evaluation runs, not that "
-                "the model is better (the A/B test decides)")
+            say("    SANDBOX generator: the new model answers with e-mails from its own training file, the other "
+                "with one fixed generic text, so the new model wins nearly every pair; this shows the evaluation "
+                "runs, not that the model is better (the A/B test decides)")
 
 
 def say_experiments() -> None:

@@ -53,8 +53,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "serve", help="run the ingestion service (webhooks and records into the landing zone)")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback only when every "
-                                                       "enabled route is authenticated)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; beyond loopback only when every "
+                                                       "enabled route is authenticated")
     p.add_argument("--port", type=int, default=8000, help="port to listen on")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="the service's log level")
