@@ -352,8 +352,11 @@ def test_cli_demo_resumes_after_an_interruption(home):
     assert state == {"end": "2026-06-01", "weeks": 1, "steps_done": 3, "complete": True}
     # pretend it stopped after turn 1: the next run (another day) picks up at week 1 of that world
     (home / "simulator" / "demo.json").write_text(json.dumps({**state, "steps_done": 1, "complete": False}))
-    resumed = _cli(["demo", *small, "--end", "2026-07-01"], env)
+    resumed = _cli(["demo", *small, "--end", "2026-07-01", "--verbose"], env)
     assert resumed.returncode == 0, resumed.stdout[-3000:]
+    # --verbose: Dagster's log lines on the terminal again (stderr), the story on stdout
+    assert " - dagster - INFO - refresh - " in resumed.stderr and " - dagster - " not in resumed.stdout
+    assert "flywheel.log" not in resumed.stdout
     assert "Resuming the demo that stopped after step 1 of 3 (world up to 2026-06-01)" in resumed.stdout
     assert "flywheel turn 1" not in resumed.stdout and "live traffic, week 1 of 1: up to 2026-06-01" in resumed.stdout
     assert json.loads((home / "simulator" / "demo.json").read_text())["complete"] is True
