@@ -56,7 +56,7 @@ class DemoState:
                    bool(saved["complete"]))
 
     def save(self) -> None:
-        from flywheel_pipeline.published import write_json_atomic
+        from flywheel_pipeline.core.atomic_json import write_json_atomic
 
         write_json_atomic({**asdict(self), "end": self.end.isoformat()}, self.path())
 

@@ -13,7 +13,7 @@ def routing_history(follow_from: date | None) -> tuple[tuple[date, dict], ...]:
     (``$FLYWHEEL_HOME/simulator/routing_history.json``). With ``follow_from``, a routing.json
     whose arms differ from the last table it used is adopted from that day on (or from the day
     after the last adoption: the memory only grows, the past is not rewritten)."""
-    from flywheel_pipeline.published import write_json_atomic
+    from flywheel_pipeline.core.atomic_json import write_json_atomic
     from flywheel_pipeline.routing import load_routing
 
     path = paths.simulator_dir() / "routing_history.json"

@@ -332,9 +332,9 @@ def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: dateti
 
 
 def _routed_model(cfg: SimConfig, routing: dict, lead: Lead, task_type: str) -> tuple[SimModel, dict[str, Any]]:
-    from flywheel_pipeline.routing import choose_model
+    from flywheel_pipeline.core.routing import model_for_lead
 
-    pick = choose_model(lead.lead_id, lead.organization_id, task_type, table=routing)
+    pick = model_for_lead(routing, lead.lead_id, lead.organization_id, task_type)
     known = {m.model_id: m for m in cfg.models}
     if pick["model_id"] in known:
         quality = known[pick["model_id"]].quality

@@ -11,7 +11,8 @@ from flywheel_pipeline.core.markdown import md_bar_chart, md_table
 from flywheel_pipeline.core.models import DEFAULT_MODEL
 from flywheel_pipeline.defs.outcomes.assets import outcome_labels
 from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
-from flywheel_pipeline.published import leaderboard_path, write_json_atomic
+from flywheel_pipeline.core.atomic_json import write_json_atomic
+from flywheel_pipeline.paths import leaderboard_path
 from flywheel_pipeline.tracking import log_leaderboard, run_url
 from flywheel_pipeline.warehouse import model_registry as registry
 from flywheel_pipeline.warehouse.leaderboard import WEEKLY_HEADER, model_outcomes, weekly_velocity
