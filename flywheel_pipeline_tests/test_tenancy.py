@@ -177,6 +177,9 @@ def test_one_organization_landing_one_id_twice_is_still_a_conflicting_duplicate(
     assert con.execute(f"SELECT source_file FROM {table}").fetchone()[0] == winner
     assert con.execute("SELECT source_file, reason FROM quarantine").fetchall() == [
         (loser, f"conflicting_duplicate: {id_column} {victims[id_column]}, kept the record of {winner}:1")]
+    # a loaded row that lost is counted as quarantined in its file's counts
+    assert con.execute("SELECT file_name, valid_lines, quarantined FROM landing_files WHERE source = ? "
+                       "ORDER BY 1", [source]).fetchall() == sorted([(winner, 1, 0), (loser, 0, 1)])
 
 
 def test_records_that_name_no_organization_share_one_space_of_ids(con, landing):
@@ -374,7 +377,14 @@ def _settled(tmp_path, name: str, batches: list[list[str]], *, full_at_end: bool
                               "ORDER BY 1").fetchall(),
         "quarantine": con.execute("SELECT source, source_file, line_no, reason, raw_line FROM quarantine "
                                   "ORDER BY 1, 2, 3").fetchall(),
+        # a file's counts include its loaded lines that a later batch replaced (and quarantined)
+        "files": con.execute("SELECT source, file_name, lines, valid_lines, quarantined FROM landing_files "
+                             "ORDER BY 1, 2").fetchall(),
     }
+    per_file = dict(((source, name), n) for source, name, n in con.execute(
+        "SELECT source, source_file, count(*) FROM quarantine GROUP BY ALL").fetchall())
+    assert [(s, f, q) for s, f, _, _, q in state["files"] if q] == [(s, f, n) for (s, f), n in sorted(per_file.items())]
+    assert con.execute("SELECT sum(quarantined) FROM ingest_batches").fetchone()[0] == len(state["quarantine"])
     con.close()
     return state
 

@@ -460,15 +460,17 @@ def ingest_source(con: duckdb.DuckDBPyConnection, landing: Path, source: str, *,
 
 def _close_batch(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_id: int,
                  files: Sequence[tuple[landing_zone.LandingFile, int, int, int]], accepted: int,
-                 duplicates: int) -> None:
+                 duplicates: int, replaced: int = 0) -> None:
     """Record the batch's files in ``landing_files`` (so they are never read again), each with
-    its lines, valid lines and quarantined records, and the batch's totals."""
+    its lines, valid lines and quarantined records, and the batch's totals (its quarantined
+    records include the loaded rows it replaced, which it quarantined)."""
     for f, lines, valid, quarantined in files:
         con.execute("INSERT INTO landing_files VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                     [spec.source, f.name, f.size_bytes, lines, valid, quarantined, batch_id])
     con.execute("""UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, files = ?, lines = ?,
                    accepted = ?, duplicates = ?, quarantined = ? WHERE batch_id = ?""",
-                [len(files), sum(r[1] for r in files), accepted, duplicates, sum(r[3] for r in files), batch_id])
+                [len(files), sum(r[1] for r in files), accepted, duplicates, sum(r[3] for r in files) + replaced,
+                 batch_id])
 
 
 def _refuse_whole_files(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
@@ -647,6 +649,12 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
         SELECT ?, old_file, old_line, {loser('a')} || new_file || ':' || new_line, old_c, ?, now()::TIMESTAMP
         FROM _against a
     """, [spec.source, batch_id])
+    # the replaced line is quarantined now: its file's counts say so
+    con.execute("""
+        UPDATE landing_files AS f SET valid_lines = f.valid_lines - a.n, quarantined = f.quarantined + a.n
+        FROM (SELECT old_file, count(*) AS n FROM _against GROUP BY 1) a
+        WHERE f.source = ? AND f.file_name = a.old_file
+    """, [spec.source])
     con.execute("INSERT INTO message_refolds SELECT DISTINCT old_key, ? FROM _against WHERE old_key IS NOT NULL",
                 [batch_id])
     if spec.table == "messages":  # its redacted text, if any, is redone from the new row
@@ -689,7 +697,8 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
             for f in chunk:
                 n, v = per_file.get(f.name, (0, 0))
                 recorded.append((f, n, v, n - v))
-            _close_batch(con, spec, batch_id, recorded, accepted=accepted, duplicates=valid - accepted)
+            _close_batch(con, spec, batch_id, recorded, accepted=accepted, duplicates=valid - accepted,
+                         replaced=replaced)
     finally:
         for view in ("_valid", "_winners"):
             con.execute(f"DROP VIEW IF EXISTS {view}")
