@@ -189,15 +189,16 @@ _MIGRATE_TO_4_AFTER = (
 # kept: up to version 4 these ids were unique across organizations, so a row's key_org is its
 # own organization_id, an intent's and a label's that of their reply ('' when the reply named
 # none or has not landed). Message keys are unchanged, so labels and message_state stay valid.
-_KEYED_BY_ORGANIZATION_IN_5 = ("email_events", "crm_events", "replies", "reply_intents", "reply_labels")
-_MIGRATE_TO_5_AFTER = {
-    "email_events": "SELECT *, coalesce(organization_id, '') AS key_org FROM _v4_email_events",
-    "crm_events": "SELECT *, coalesce(organization_id, '') AS key_org FROM _v4_crm_events",
-    "replies": "SELECT *, coalesce(organization_id, '') AS key_org FROM _v4_replies",
+ORGANIZATION_KEYS_SINCE = 5
+# the rebuilt tables, in order: replies before the intents and labels that look theirs up
+_ORGANIZATION_KEYED = {
+    "email_events": "SELECT *, coalesce(organization_id, '') AS key_org FROM _unkeyed_email_events",
+    "crm_events": "SELECT *, coalesce(organization_id, '') AS key_org FROM _unkeyed_crm_events",
+    "replies": "SELECT *, coalesce(organization_id, '') AS key_org FROM _unkeyed_replies",
     "reply_intents": """SELECT i.*, coalesce(r.key_org, '') AS key_org
-                        FROM _v4_reply_intents i LEFT JOIN replies r USING (reply_id)""",
+                        FROM _unkeyed_reply_intents i LEFT JOIN replies r USING (reply_id)""",
     "reply_labels": """SELECT l.*, coalesce(r.key_org, '') AS key_org
-                       FROM _v4_reply_labels l LEFT JOIN replies r USING (reply_id)""",
+                       FROM _unkeyed_reply_labels l LEFT JOIN replies r USING (reply_id)""",
 }
 
 
@@ -254,19 +255,19 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             for statement in _MIGRATE_TO_4_BEFORE:
                 con.execute(statement)
         rebuilt = []
-        if migrating_from is not None and migrating_from < 5:
+        if migrating_from is not None and migrating_from < ORGANIZATION_KEYS_SINCE:
             # (reply_labels came with version 3: older warehouses have none to keep)
-            rebuilt = [table for table in _KEYED_BY_ORGANIZATION_IN_5 if _table_exists(con, table)]
+            rebuilt = [table for table in _ORGANIZATION_KEYED if _table_exists(con, table)]
             for table in rebuilt:
-                con.execute(f"ALTER TABLE {table} RENAME TO _v4_{table}")
+                con.execute(f"ALTER TABLE {table} RENAME TO _unkeyed_{table}")
         for statement in DDL:
             con.execute(statement)
         if migrating_from is not None and migrating_from < 4:
             for statement in _MIGRATE_TO_4_AFTER:
                 con.execute(statement)
-        for table in rebuilt:  # in order: replies before the intents and labels that look theirs up
-            con.execute(f"INSERT INTO {table} BY NAME {_MIGRATE_TO_5_AFTER[table]}")
-            con.execute(f"DROP TABLE _v4_{table}")
+        for table in rebuilt:
+            con.execute(f"INSERT INTO {table} BY NAME {_ORGANIZATION_KEYED[table]}")
+            con.execute(f"DROP TABLE _unkeyed_{table}")
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])
         con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
