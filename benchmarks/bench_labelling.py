@@ -59,7 +59,7 @@ SELECT 'ev-' || e AS sg_event_id, m.message_id, m.message_key, k.event::sendgrid
        m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT) AS occurred_at,
        'lead@example.com', k.machine_open, k.url, NULL, NULL, NULL, 'bench', 0,
        least(datediff('day', TIMESTAMP '{start}', m.sent_at + to_microseconds((k.delay_s * 1e6)::BIGINT)) + 1,
-             {days} + 1) AS batch_id, m.organization_id
+             {days} + 1) AS batch_id, m.organization_id, m.organization_id AS key_org
 FROM range({lo}, {hi}) r(e)
 JOIN _messages m ON m.n = e // 10
 CROSS JOIN LATERAL (
@@ -124,7 +124,8 @@ def generate(db: Path, events: int) -> dict:
         INSERT INTO _reply_intents
         SELECT 'r-' || n, message_id, message_key, sent_at + INTERVAL 1 DAY, hash(n) % 10 = 0, NULL,
                CASE WHEN hash(n, 3) % 2 = 0 THEN 'positive' ELSE 'negative' END, 'other', 0.5, 'bench',
-               least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 1 DAY) + 1, {HISTORY_DAYS + 1}), '1'
+               least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 1 DAY) + 1, {HISTORY_DAYS + 1}), '1',
+               organization_id
         FROM _messages WHERE hash(n, 9) % 100 < 6""")
     con.execute("CREATE TEMP TABLE _crm_events AS SELECT * FROM crm_events LIMIT 0")
     con.execute(f"""
@@ -133,7 +134,7 @@ def generate(db: Path, events: int) -> dict:
                message_id, lead_id, NULL, sent_at + INTERVAL 20 DAY, 1000.0 * (hash(n) % 100), 'USD',
                message_id, message_key, 'message_id',
                least(datediff('day', TIMESTAMP '{START}', sent_at + INTERVAL 20 DAY) + 1, {HISTORY_DAYS + 1}),
-               'bench', 0, 0, organization_id
+               'bench', 0, 0, organization_id, organization_id
         FROM _messages WHERE hash(n, 8) % 100 < 2""")
     # the year goes in; the last day is held back: it lands between the full and the
     # incremental refresh

@@ -82,6 +82,57 @@ def run_pipeline(con, landing: Path, *, as_of: datetime = T0 + timedelta(days=30
     return results
 
 
+# The tables schema 5 rebuilt, as schema 4 created them (flywheel_pipeline/warehouse/schema.py
+# up to version 4: the source's id alone was the key).
+SCHEMA_4_TABLES = {
+    "email_events": """CREATE TABLE email_events (
+        sg_event_id VARCHAR PRIMARY KEY, message_id VARCHAR NOT NULL, message_key BIGINT NOT NULL,
+        event sendgrid_event NOT NULL, occurred_at TIMESTAMP NOT NULL, email VARCHAR,
+        machine_open BOOLEAN, url VARCHAR, bounce_type VARCHAR, reason VARCHAR, sg_message_id VARCHAR,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+        organization_id VARCHAR)""",
+    "crm_events": """CREATE TABLE crm_events (
+        event_id VARCHAR PRIMARY KEY, source VARCHAR, type VARCHAR NOT NULL,
+        given_message_id VARCHAR, lead_id VARCHAR, email VARCHAR,
+        occurred_at TIMESTAMP NOT NULL, deal_value DOUBLE, currency VARCHAR,
+        message_id VARCHAR, message_key BIGINT, attribution VARCHAR, attributed_batch_id BIGINT,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+        organization_id VARCHAR)""",
+    "replies": """CREATE TABLE replies (
+        reply_id VARCHAR PRIMARY KEY, given_message_id VARCHAR, received_at TIMESTAMP NOT NULL,
+        from_email VARCHAR, subject VARCHAR, text VARCHAR, headers JSON,
+        message_id VARCHAR, message_key BIGINT, attribution VARCHAR, attributed_batch_id BIGINT,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+        organization_id VARCHAR)""",
+    "reply_intents": """CREATE TABLE reply_intents (
+        reply_id VARCHAR PRIMARY KEY, message_id VARCHAR, message_key BIGINT, received_at TIMESTAMP,
+        is_auto_reply BOOLEAN NOT NULL, auto_reply_reason VARCHAR, sentiment VARCHAR NOT NULL,
+        intent VARCHAR NOT NULL, confidence DOUBLE NOT NULL, classifier VARCHAR NOT NULL,
+        batch_id BIGINT NOT NULL, classifier_version VARCHAR)""",
+    "reply_labels": """CREATE TABLE reply_labels (
+        label_id VARCHAR PRIMARY KEY, reply_id VARCHAR NOT NULL, intent VARCHAR NOT NULL,
+        sentiment VARCHAR NOT NULL, labelled_at TIMESTAMP NOT NULL, labelled_by VARCHAR,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
+}
+
+
+def as_schema_4(con) -> None:
+    """Turn a warehouse back into what schema 4 left: email events, CRM events, replies, reply
+    intents and reviewed labels keyed by their id alone, with no key_org (their ids must be
+    unique across organizations, as schema 4 made them)."""
+    for table, ddl in SCHEMA_4_TABLES.items():
+        columns = [c for (c,) in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND column_name NOT IN ('key_org') "
+            "AND NOT (table_name = 'reply_labels' AND column_name = 'organization_id') ORDER BY column_index",
+            [table]).fetchall()]
+        con.execute(f"CREATE TABLE _old AS SELECT {', '.join(columns)} FROM {table}")
+        con.execute(f"DROP TABLE {table}")
+        con.execute(ddl)
+        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _old")
+        con.execute("DROP TABLE _old")
+    con.execute("UPDATE schema_info SET value = '4' WHERE key = 'schema_version'")
+
+
 def label(con, mid: str) -> dict:
     cur = con.execute("SELECT * FROM outcome_labels WHERE message_id = ?", [mid])
     row = cur.fetchone()

@@ -11,7 +11,7 @@ from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.warehouse.ingest import MAX_FILE_BYTES, ingest_source
 from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect
-from flywheel_pipeline_tests.conftest import T0, label, message, run_pipeline, sg
+from flywheel_pipeline_tests.conftest import T0, as_schema_4, label, message, run_pipeline, sg
 
 LABEL_COLUMNS = ("message_id, delivered, bounced, opened, clicked, replied, reply_sentiment, positive_reply, "
                  "meeting_booked, meeting_completed, deal_closed, deal_value, unsubscribed, spam_reported, "
@@ -257,6 +257,7 @@ def test_a_schema_1_warehouse_is_migrated_and_relabelled_in_full(tmp_path):
     first = run_pipeline(con, world, as_of=T0.replace(year=2026, month=6, day=1))["labels"]
     expected = labels(con)
     # turn it back into what schema 1 left: its tables, its version
+    as_schema_4(con)
     for statement in ("DROP VIEW outcome_labels", "DROP VIEW message_labels", "DROP TABLE packed_labels",
                       "DROP TABLE message_state",
                       "CREATE TABLE message_state (message_key BIGINT NOT NULL, events BIGINT NOT NULL)",
@@ -278,6 +279,7 @@ def test_a_schema_1_warehouse_is_migrated_and_relabelled_in_full(tmp_path):
 def _as_schema_2(con) -> None:
     """Turn a warehouse back into what schema 2 left: message ids global (the key of messages
     and message_keys), no organization on events, CRM events and replies."""
+    as_schema_4(con)
     for statement in (
             "DROP VIEW outcome_labels", "DROP TABLE message_refolds",
             "CREATE TABLE _m AS SELECT * FROM messages", "DROP TABLE messages",

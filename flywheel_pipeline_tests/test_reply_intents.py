@@ -12,7 +12,7 @@ from flywheel_pipeline.core.reply_cue_model import CueModelReplyClassifier
 from flywheel_pipeline.warehouse.labels import refresh_labels
 from flywheel_pipeline.warehouse.reply_intents import classify_new_replies
 from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect
-from flywheel_pipeline_tests.conftest import T0, label, message, reply, run_pipeline
+from flywheel_pipeline_tests.conftest import T0, as_schema_4, label, message, reply, run_pipeline
 from flywheel_pipeline_tests.domains import only_assets_of
 
 REPLIES = {
@@ -82,6 +82,7 @@ def test_a_schema_2_warehouse_gets_its_classifier_version_split_out(tmp_path, la
     _world(landing)
     run_pipeline(con, landing)
     # what schema 2 stored: "name:version" in classifier, no classifier_version column
+    as_schema_4(con)
     con.execute("ALTER TABLE reply_intents DROP COLUMN classifier_version")
     con.execute("UPDATE reply_intents SET classifier = 'rule_based:1'")
     con.execute("UPDATE schema_info SET value = '2' WHERE key = 'schema_version'")

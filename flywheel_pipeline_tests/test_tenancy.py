@@ -12,12 +12,13 @@ import json
 from datetime import timedelta
 
 import httpx
+import pytest
 
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.service.app import create_app
 from flywheel_pipeline.service.settings import ServiceSettings
-from flywheel_pipeline.warehouse.schema import connect
-from flywheel_pipeline_tests.conftest import T0, crm, message, reply, run_pipeline, sg
+from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect
+from flywheel_pipeline_tests.conftest import T0, crm, iso, message, reply, run_pipeline, sg
 from flywheel_pipeline_tests.fakes.http import serve_app
 
 A, B = "org-a", "org-b"
@@ -76,32 +77,242 @@ def test_records_of_another_organization_never_attach_to_a_message(con, landing)
     assert a["replied"] and a["meeting_booked"] and not a["deal_closed"]
 
 
-def test_another_organization_cannot_replace_a_loaded_record_by_reusing_its_id(con, landing):
-    """An organization posts a reply and an email event with the ids of another's loaded ones,
-    with content that would win the duplicate rule ("org-a" sorts before "org-b" in the canonical
-    JSON): the victim's records stay, the attacker's are quarantined as conflicting duplicates
-    naming the victim's record, and the victim's label does not change."""
-    VICTIM, ATTACKER = B, A
-    write_jsonl(landing, "messages", [message("m-1", org=VICTIM, lead="lead-1")], name="m.jsonl")
-    later = T0 + timedelta(hours=2)
-    write_jsonl(landing, "replies", [reply("r-1", "m-1", later, "Yes, let's talk next week!", organization_id=VICTIM)],
+# ---- reply, CRM and SendGrid event ids are per organization ---------------------------------
+
+VICTIM, ATTACKER = B, A  # "org-a" sorts first: the attacker's records would win a duplicate rule on content
+LATER = T0 + timedelta(hours=2)
+
+# For each source: (table, id column, the victim's record, the attacker's record with the same id,
+# whose canonical JSON sorts first, and what each does to its organization's label).
+_SHADOWED = {
+    "sendgrid": ("email_events", "sg_event_id",
+                 sg("m-1", "click", LATER, sg_event_id="ev-1", organization_id=VICTIM, url="https://x.example/a"),
+                 sg("m-1", "bounce", LATER, sg_event_id="ev-1", organization_id=ATTACKER),
+                 "clicked", "bounced"),
+    "crm": ("crm_events", "event_id",
+            crm("c-1", "meeting_booked", LATER, message_id="m-1", organization_id=VICTIM),
+            crm("c-1", "deal_closed", LATER, message_id="m-1", organization_id=ATTACKER, deal_value=50_000),
+            "meeting_booked", "deal_closed"),
+    "replies": ("replies", "reply_id",
+                reply("r-1", "m-1", LATER, "Yes, let's talk next week!", organization_id=VICTIM),
+                reply("r-1", "m-1", LATER, "I am out of the office.", {"Auto-Submitted": "auto-replied"},
+                      subject="A", organization_id=ATTACKER),
+                "positive_reply", "auto_replies"),
+}
+
+
+def _land_shadowing(landing, source: str, batches: list[list[str]], con, *, full: bool = False) -> None:
+    """Both organizations' messages m-1, then the attacker's and the victim's record with one id,
+    landed in the batches given (each a list of "attacker" / "victim")."""
+    _, _, victims, attackers, _, _ = _SHADOWED[source]
+    write_jsonl(landing, "messages", [message("m-1", org=VICTIM, lead="lead-v"),
+                                      message("m-1", org=ATTACKER, lead="lead-a")], name="m.jsonl")
+    for n, batch in enumerate(batches):
+        for who in batch:
+            write_jsonl(landing, source, [victims if who == "victim" else attackers], name=f"{n}-{who}.jsonl")
+        run_pipeline(con, landing, full=full)
+
+
+def _assert_both_loaded(con, source: str) -> None:
+    table, id_column, victims, _, victim_flag, attacker_flag = _SHADOWED[source]
+    keys = dict(con.execute("SELECT organization_id, message_key FROM messages").fetchall())
+    rows = dict(con.execute(f"SELECT organization_id, message_key FROM {table} WHERE {id_column} = ?",
+                            [victims[id_column]]).fetchall())
+    # each organization's record is loaded and attached to its own organization's message
+    assert rows == {VICTIM: keys[VICTIM], ATTACKER: keys[ATTACKER]}
+    assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+    victim, attacker = org_label(con, VICTIM, "m-1"), org_label(con, ATTACKER, "m-1")
+    assert victim[victim_flag] and attacker[attacker_flag]
+    assert not victim[attacker_flag] and not attacker[victim_flag]
+
+
+@pytest.mark.parametrize("source", list(_SHADOWED))
+def test_an_id_another_organization_landed_first_does_not_shadow_the_record(con, landing, source):
+    """Organization B (the attacker) lands A's reply, CRM or SendGrid event id first, with content
+    that would win the duplicate rule; A's record still loads, attached to A's message, and each
+    organization's label reflects its own record only."""
+    _land_shadowing(landing, source, [["attacker"], ["victim"]], con)
+    _assert_both_loaded(con, source)
+
+
+@pytest.mark.parametrize("source", list(_SHADOWED))
+def test_an_id_another_organization_lands_in_the_same_batch_does_not_shadow_the_record(con, landing, source):
+    _land_shadowing(landing, source, [["attacker", "victim"]], con)
+    _assert_both_loaded(con, source)
+
+
+@pytest.mark.parametrize("source", list(_SHADOWED))
+def test_an_id_shared_by_two_organizations_survives_a_full_refresh_and_a_full_reingest(tmp_path, source):
+    """Landed one after the other, then relabelled in full (`flywheel refresh --full`); and every
+    file ingested again from scratch into a new warehouse, victim first, then relabelled in full:
+    the same two records, the same labels."""
+    landing = tmp_path / "landing"
+    con = connect(tmp_path / "w.duckdb")
+    _land_shadowing(landing, source, [["attacker"], ["victim"]], con)
+    incremental = con.execute("SELECT * EXCLUDE (label_run_id) FROM outcome_labels ORDER BY ALL").fetchall()
+    run_pipeline(con, landing, full=True)
+    _assert_both_loaded(con, source)
+    assert con.execute("SELECT * EXCLUDE (label_run_id) FROM outcome_labels ORDER BY ALL").fetchall() == incremental
+    con.close()
+    again = connect(tmp_path / "again.duckdb")
+    run_pipeline(again, landing, full=True)
+    _assert_both_loaded(again, source)
+    assert again.execute("SELECT * EXCLUDE (label_run_id) FROM outcome_labels ORDER BY ALL").fetchall() == incremental
+    again.close()
+
+
+@pytest.mark.parametrize("source", list(_SHADOWED))
+def test_one_organization_landing_one_id_twice_is_still_a_conflicting_duplicate(con, landing, source):
+    """Within one organization an id is still one record: a copy with other content conflicts,
+    the record whose canonical JSON sorts first wins and the other is quarantined naming it."""
+    table, id_column, victims, attackers, _, _ = _SHADOWED[source]
+    other = {**attackers, "organization_id": VICTIM}  # the attacker's content, the victim's organization
+    write_jsonl(landing, "messages", [message("m-1", org=VICTIM, lead="lead-v")], name="m.jsonl")
+    write_jsonl(landing, source, [victims], name="1.jsonl")
+    run_pipeline(con, landing)
+    write_jsonl(landing, source, [other], name="2.jsonl")
+    run_pipeline(con, landing)
+    assert con.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 1
+    winner, loser = "2.jsonl", "1.jsonl"  # the loaded row is replaced by the one that sorts first
+    assert con.execute(f"SELECT source_file FROM {table}").fetchone()[0] == winner
+    assert con.execute("SELECT source_file, reason FROM quarantine").fetchall() == [
+        (loser, f"conflicting_duplicate: {id_column} {victims[id_column]}, kept the record of {winner}:1")]
+    # a loaded row that lost is counted as quarantined in its file's counts
+    assert con.execute("SELECT file_name, valid_lines, quarantined FROM landing_files WHERE source = ? "
+                       "ORDER BY 1", [source]).fetchall() == sorted([(winner, 1, 0), (loser, 0, 1)])
+
+
+def test_records_that_name_no_organization_share_one_space_of_ids(con, landing):
+    """Older senders and CRM webhooks name no organization: their ids are keyed by themselves
+    (key_org ''), so two such records with one id are one record (a copy or a conflicting
+    duplicate, as before), each still attaching through its message's organization; a record
+    that names an organization never meets them."""
+    write_jsonl(landing, "messages", [message("m-1", org=A, lead="lead-1")], name="m.jsonl")
+    write_jsonl(landing, "sendgrid", [sg("m-1", "delivered", T0 + timedelta(seconds=5), sg_event_id="ev-1"),
+                                      sg("m-1", "open", LATER, sg_event_id="ev-2")], name="old-1.jsonl")
+    write_jsonl(landing, "sendgrid", [sg("m-1", "delivered", T0 + timedelta(seconds=5), sg_event_id="ev-1"),
+                                      sg("m-1", "open", LATER, sg_event_id="ev-2", sg_machine_open=True),
+                                      sg("m-1", "click", LATER, sg_event_id="ev-2", organization_id=A,
+                                         url="https://x.example/a")], name="old-2.jsonl")
+    run_pipeline(con, landing)
+    rows = con.execute("SELECT key_org, sg_event_id, organization_id, event::VARCHAR, message_key FROM email_events "
+                       "ORDER BY 1, 2").fetchall()
+    key = con.execute("SELECT message_key FROM messages").fetchone()[0]
+    assert rows == [("", "ev-1", None, "delivered", key), ("", "ev-2", None, "open", key),
+                    (A, "ev-2", A, "click", key)]
+    assert con.execute("SELECT source_file, reason FROM quarantine").fetchall() == [
+        ("old-2.jsonl", "conflicting_duplicate: sg_event_id ev-2, kept the record of old-1.jsonl:2")]
+    assert org_label(con, A, "m-1")["clicked"]
+
+
+def test_reviewed_labels_name_the_reply_of_one_organization(home, monkeypatch, capsys):
+    """Two organizations' replies with one id: each is classified on its own; `flywheel replies
+    review` lists both with their organization, and a correction lands for that organization's
+    reply only; a hand-written label that names no organization is quarantined as ambiguous."""
+    from flywheel_pipeline import paths
+    from flywheel_pipeline.cli import main
+    from flywheel_pipeline.warehouse.ingest import ingest_source
+
+    monkeypatch.delenv("FLYWHEEL_LANDING", raising=False)
+    landing = paths.landing_dir()
+    write_jsonl(landing, "messages", [message("m-1", org=VICTIM, lead="lead-v"),
+                                      message("m-1", org=ATTACKER, lead="lead-a")], name="m.jsonl")
+    write_jsonl(landing, "replies", [reply("r-1", "m-1", LATER, "hmm, maybe", organization_id=VICTIM),
+                                     reply("r-1", "m-1", LATER, "hmm, perhaps", organization_id=ATTACKER)],
+                name="r.jsonl")
+    con = connect(paths.warehouse_path())
+    run_pipeline(con, landing)
+    assert sorted(con.execute("SELECT key_org, reply_id FROM reply_intents").fetchall()) == [
+        (A, "r-1"), (B, "r-1")]
+    con.close()
+    review = home / "review.jsonl"
+    assert main(["replies", "review", "--below", "1.01", "--out", str(review)]) == 0
+    listed = [json.loads(line) for line in review.read_text(encoding="utf-8").splitlines()]
+    assert sorted((row["organization_id"], row["id"]) for row in listed) == [(A, "r-1"), (B, "r-1")]
+    victims = [{**row, "intent": "interested", "sentiment": "positive"} for row in listed
+               if row["organization_id"] == VICTIM]
+    review.write_text("".join(json.dumps(row) + "\n" for row in victims), encoding="utf-8")
+    assert main(["replies", "correct", str(review)]) == 0
+    write_jsonl(landing, "reply_labels", [{"label_id": "by-hand", "reply_id": "r-1", "intent": "hostile",
+                                           "sentiment": "negative", "labelled_at": iso(LATER)}], name="hand.jsonl")
+    con = connect(paths.warehouse_path())
+    assert ingest_source(con, landing, "reply_labels").accepted == 1
+    run_pipeline(con, landing)
+    intents = dict(con.execute("SELECT key_org, intent || '/' || classifier FROM reply_intents").fetchall())
+    assert intents[VICTIM] == "interested/human" and not intents[ATTACKER].endswith("/human")
+    assert con.execute("SELECT key_org, organization_id FROM reply_labels").fetchall() == [(VICTIM, VICTIM)]
+    assert con.execute("SELECT source_file, reason FROM quarantine").fetchall() == [
+        ("hand.jsonl", "unattributable: the reply_id is used by several organizations and the label names none")]
+    assert org_label(con, VICTIM, "m-1")["positive_reply"] and not org_label(con, ATTACKER, "m-1")["positive_reply"]
+    con.close()
+
+
+def _schema_4_columns(con) -> dict[str, list[str]]:
+    """The columns schema 4 had, of the tables schema 5 rebuilt and of those it kept."""
+    tables = ("email_events", "crm_events", "replies", "reply_intents", "reply_labels", "messages",
+              "message_keys", "message_state", "packed_labels", "landing_files", "quarantine")
+    return {t: [c for (c,) in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = ? AND column_name <> 'key_org' "
+        "AND NOT (table_name = 'reply_labels' AND column_name = 'organization_id') ORDER BY column_index",
+        [t]).fetchall()] for t in tables}
+
+
+def test_a_schema_4_warehouse_is_migrated_keeping_every_row(tmp_path):
+    """Schema 4 keyed email events, CRM events, replies, reply intents and reviewed labels by
+    their id alone: opening such a warehouse rebuilds them keyed by (key_org, id) with every row
+    (key_org the organization each names, '' for none; an intent's and a label's that of their
+    reply), keeps labels and state (no relabel, no reclassification), and from then on another
+    organization may use the same ids."""
+    from flywheel_pipeline.warehouse.ingest import ingest_source
+    from flywheel_pipeline_tests.conftest import as_schema_4
+
+    landing, db = tmp_path / "landing", tmp_path / "w.duckdb"
+    con = connect(db)
+    write_jsonl(landing, "messages", [message("m-1", org=VICTIM, lead="lead-v"),
+                                      message("m-2", org=VICTIM, lead="lead-w")], name="m.jsonl")
+    write_jsonl(landing, "sendgrid", [sg("m-1", "delivered", T0 + timedelta(seconds=5), sg_event_id="ev-1",
+                                         organization_id=VICTIM),
+                                      sg("m-2", "open", LATER, sg_event_id="ev-2")], name="s.jsonl")
+    write_jsonl(landing, "crm", [crm("c-1", "meeting_booked", LATER, message_id="m-1", organization_id=VICTIM),
+                                 crm("c-2", "deal_lost", LATER, lead_id="lead-w")], name="c.jsonl")
+    write_jsonl(landing, "replies", [reply("r-1", "m-1", LATER, "hmm, maybe", organization_id=VICTIM),
+                                     reply("r-2", "m-2", LATER, "Yes, let's talk next week!")], name="r.jsonl")
+    run_pipeline(con, landing)
+    write_jsonl(landing, "reply_labels", [{"label_id": "l-1", "reply_id": "r-1", "intent": "interested",
+                                           "sentiment": "positive", "labelled_at": iso(LATER)}], name="l.jsonl")
+    assert ingest_source(con, landing, "reply_labels").accepted == 1
+    run_pipeline(con, landing)
+
+    def schema_4_rows(con) -> dict:  # every table's rows in schema 4's columns
+        return {t: con.execute(f"SELECT {', '.join(columns)} FROM {t} ORDER BY ALL").fetchall()
+                for t, columns in _schema_4_columns(con).items()}
+
+    before = schema_4_rows(con)
+    as_schema_4(con)
+    con.close()
+    con = connect(db)
+    assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),)
+    assert schema_4_rows(con) == before
+    keys = {t: con.execute(f"SELECT key_org, {c} FROM {t} ORDER BY ALL").fetchall() for t, c in (
+        ("email_events", "sg_event_id"), ("crm_events", "event_id"), ("replies", "reply_id"),
+        ("reply_intents", "reply_id"), ("reply_labels", "reply_id"))}
+    assert keys == {"email_events": [("", "ev-2"), (VICTIM, "ev-1")], "crm_events": [("", "c-2"), (VICTIM, "c-1")],
+                    "replies": [("", "r-2"), (VICTIM, "r-1")], "reply_intents": [("", "r-2"), (VICTIM, "r-1")],
+                    "reply_labels": [(VICTIM, "r-1")]}
+    again = run_pipeline(con, landing)
+    assert again["labels"].touched_messages == 0 and not again["labels"].full_relabel
+    assert con.execute("SELECT intent, classifier FROM reply_intents WHERE reply_id = 'r-1'").fetchone() == (
+        "interested", "human")
+    # the ids are per organization from now on
+    write_jsonl(landing, "messages", [message("m-1", org=ATTACKER, lead="lead-a")], name="m-a.jsonl")
+    write_jsonl(landing, "replies", [reply("r-1", "m-1", LATER, "Not interested, thanks.", organization_id=ATTACKER)],
                 name="r-a.jsonl")
-    write_jsonl(landing, "sendgrid", [sg("m-1", "click", later, sg_event_id="ev-1", organization_id=VICTIM,
-                                         url="https://x.example/a")], name="s-a.jsonl")
     run_pipeline(con, landing)
-    before = org_label(con, VICTIM, "m-1")
-    assert before["replied"] and before["clicked"]
-    write_jsonl(landing, "messages", [message("m-1", org=ATTACKER, lead="lead-9")], name="m-b.jsonl")
-    write_jsonl(landing, "replies", [reply("r-1", "m-1", later, "A", organization_id=ATTACKER)], name="r-b.jsonl")
-    write_jsonl(landing, "sendgrid", [sg("m-1", "bounce", later, sg_event_id="ev-1", organization_id=ATTACKER)],
-                name="s-b.jsonl")
-    run_pipeline(con, landing)
-    assert con.execute("SELECT organization_id, text FROM replies").fetchall() == [(VICTIM, "Yes, let's talk next week!")]
-    assert con.execute("SELECT organization_id, event::VARCHAR FROM email_events").fetchall() == [(VICTIM, "click")]
-    reasons = dict(con.execute("SELECT source_file, reason FROM quarantine").fetchall())
-    assert reasons["r-b.jsonl"] == "conflicting_duplicate: reply_id r-1, kept the record of r-a.jsonl:1"
-    assert reasons["s-b.jsonl"] == "conflicting_duplicate: sg_event_id ev-1, kept the record of s-a.jsonl:1"
-    assert org_label(con, VICTIM, "m-1") == before
+    assert sorted(con.execute("SELECT key_org, intent FROM reply_intents WHERE reply_id = 'r-1'").fetchall()) == [
+        (ATTACKER, "not_interested"), (VICTIM, "interested")]
+    assert org_label(con, VICTIM, "m-1")["positive_reply"] and not org_label(con, ATTACKER, "m-1")["positive_reply"]
+    con.close()
 
 
 def test_a_key_posts_replies_for_its_organization_and_reads_its_own_leaderboard(tmp_path):
@@ -166,7 +377,14 @@ def _settled(tmp_path, name: str, batches: list[list[str]], *, full_at_end: bool
                               "ORDER BY 1").fetchall(),
         "quarantine": con.execute("SELECT source, source_file, line_no, reason, raw_line FROM quarantine "
                                   "ORDER BY 1, 2, 3").fetchall(),
+        # a file's counts include its loaded lines that a later batch replaced (and quarantined)
+        "files": con.execute("SELECT source, file_name, lines, valid_lines, quarantined FROM landing_files "
+                             "ORDER BY 1, 2").fetchall(),
     }
+    per_file = dict(((source, name), n) for source, name, n in con.execute(
+        "SELECT source, source_file, count(*) FROM quarantine GROUP BY ALL").fetchall())
+    assert [(s, f, q) for s, f, _, _, q in state["files"] if q] == [(s, f, n) for (s, f), n in sorted(per_file.items())]
+    assert con.execute("SELECT sum(quarantined) FROM ingest_batches").fetchone()[0] == len(state["quarantine"])
     con.close()
     return state
 

@@ -26,15 +26,16 @@ def test_a_new_warehouse_has_every_table_at_the_current_version(tmp_path):
 def test_a_warehouse_from_before_the_pipeline_tables_were_migrated_gets_them_in_place(tmp_path):
     path = tmp_path / "wh.duckdb"
     schema.connect(path).close()
-    # a schema-4 warehouse: the later stages' tables did not exist, except an ab_test_results of
-    # the first version that a run had created (without the columns added since) holding a row
+    # a warehouse from before PIPELINE_TABLES_SINCE: the later stages' tables did not exist, except
+    # an ab_test_results of the first version that a run had created (without the columns added
+    # since) holding a row
     con = duckdb.connect(str(path))
     for table in PIPELINE_TABLES:
         con.execute(f"DROP TABLE {table}")
     con.execute("CREATE TABLE ab_test_results (evaluated_at TIMESTAMP, family VARCHAR, experiment_id VARCHAR, "
                 "challenger VARCHAR, champion VARCHAR, decision VARCHAR, reason VARCHAR)")
     con.execute("INSERT INTO ab_test_results VALUES (now()::TIMESTAMP, 'f', 'e', 'c', 'p', 'continue', 'r')")
-    con.execute("UPDATE schema_info SET value = '4' WHERE key = 'schema_version'")
+    con.execute("UPDATE schema_info SET value = ? WHERE key = 'schema_version'", [str(schema.PIPELINE_TABLES_SINCE - 1)])
     con.close()
 
     con = schema.connect(path)

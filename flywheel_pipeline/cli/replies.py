@@ -94,7 +94,9 @@ def cmd_replies_review(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with open(out, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps({"id": row.reply_id, "intent": row.intent, "sentiment": row.sentiment,
+            # a reply is (organization_id, id): two organizations may use one reply id
+            f.write(json.dumps({"id": row.reply_id, "organization_id": row.organization_id,
+                                "intent": row.intent, "sentiment": row.sentiment,
                                 "subject": row.subject, "text": row.text or "", "predicted_intent": row.intent,
                                 "confidence": row.confidence, "classifier": row.classifier},
                                ensure_ascii=False) + "\n")
@@ -119,21 +121,31 @@ def cmd_replies_correct(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(raw).hexdigest()
     now = datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
     by = args.by or os.environ.get("USER") or "review"
-    records = [{"label_id": hashlib.sha256(f"{digest}\x1f{row.id}".encode()).hexdigest()[:24],
-                "reply_id": row.id, "intent": row.intent, "sentiment": row.sentiment,
-                "labelled_at": now, "labelled_by": by} for row in rows]
+    # a label names its reply by (organization_id, reply_id) when the file says whose reply it is
+    # (review files do); one without organization_id names the only organization with that reply id
+    records = [{"label_id": _label_id(digest, row.organization_id, row.id), "reply_id": row.id,
+                **({} if row.organization_id is None else {"organization_id": row.organization_id}),
+                "intent": row.intent, "sentiment": row.sentiment, "labelled_at": now, "labelled_by": by}
+               for row in rows]
     predicted = {}
     for line in raw.decode("utf-8").splitlines():
         line = line.strip().lstrip("\ufeff")
         obj = json.loads(line) if line else {}
         if isinstance(obj, dict) and "predicted_intent" in obj:
-            predicted[obj.get("id")] = obj["predicted_intent"]
-    changed = sum(1 for row in rows if row.id in predicted and predicted[row.id] != row.intent)
+            predicted[(obj.get("organization_id"), obj.get("id"))] = obj["predicted_intent"]
+    changed = sum(1 for row in rows if predicted.get((row.organization_id, row.id), row.intent) != row.intent)
     landing = Path(args.landing) if args.landing else paths.landing_dir()
     path = write_jsonl(landing, "reply_labels", records)
     print(f"{len(records)} reviewed labels landed in {path} ({changed} differ from the classifier); "
           "`flywheel refresh` applies them")
     return 0
+
+
+def _label_id(digest: str, organization_id: str | None, reply_id: str) -> str:
+    """A reviewed label's id, from the reviewed file and the reply (so landing the same file
+    again lands copies); a row without organization_id keeps the id it had before schema 5."""
+    parts = (digest, reply_id) if organization_id is None else (digest, organization_id, reply_id)
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -155,7 +167,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="replies_review.jsonl", help="where to write them")
     p.set_defaults(func=cmd_replies_review)
     p = add_parser(commands, "correct", help="land a reviewed file's labels (they override the classifier)")
-    p.add_argument("file", help="labelled JSONL: id (the reply_id), intent[, sentiment]; e.g. a corrected review file")
+    p.add_argument("file", help="labelled JSONL: id (the reply_id), intent[, sentiment, organization_id]; "
+                                "e.g. a corrected review file")
     p.add_argument("--by", help="who reviewed (default: $USER)")
     p.add_argument("--landing", help="landing directory (default: $FLYWHEEL_LANDING, else $FLYWHEEL_HOME/landing)")
     p.set_defaults(func=cmd_replies_correct)

@@ -3,7 +3,9 @@
 One JSON object per line (UTF-8): ``id`` (unique), ``text`` (the reply body as received,
 quoted mail and signature included), ``intent`` (one of :data:`INTENTS`), optional
 ``sentiment`` (default: the intent's, :data:`SENTIMENT_OF_INTENT`), ``subject``, ``headers``
-(an object) and ``language``. The shipped set (``flywheel_pipeline/data/reply_eval.jsonl``,
+(an object), ``language`` and ``organization_id`` (in a review file, the organization of the
+warehouse reply ``id`` names, ``""`` for a reply that names none: ids are unique per
+organization, so (``organization_id``, ``id``) is what must be unique). The shipped set (``flywheel_pipeline/data/reply_eval.jsonl``,
 how it was made: docs/replies.md) is split once and for all by a hash of each id: the
 *tuning* split trains and tunes the offline classifier, the *measuring* split only measures.
 """
@@ -32,6 +34,7 @@ class LabelledReply:
     subject: str | None = None
     headers: Mapping[str, object] = field(default_factory=dict)
     language: str = "en"
+    organization_id: str | None = None
 
     @property
     def split(self) -> str:
@@ -50,7 +53,7 @@ def split_of(reply_id: str) -> str:
 
 def parse_labelled_lines(lines: Iterable[str], source: str = "<lines>") -> list[LabelledReply]:
     rows: list[LabelledReply] = []
-    seen: set[str] = set()
+    seen: set[tuple[str | None, str]] = set()
     for line_no, line in enumerate(lines, start=1):
         line = line.strip().lstrip("\ufeff")
         if not line:
@@ -64,8 +67,12 @@ def parse_labelled_lines(lines: Iterable[str], source: str = "<lines>") -> list[
         reply_id, text, intent = obj.get("id"), obj.get("text"), obj.get("intent")
         if not isinstance(reply_id, str) or not reply_id:
             raise LabelledFileError(f"{source}:{line_no}: 'id' must be a non-empty string")
-        if reply_id in seen:
-            raise LabelledFileError(f"{source}:{line_no}: duplicate id {reply_id!r}")
+        organization_id = obj.get("organization_id")
+        if organization_id is not None and not isinstance(organization_id, str):
+            raise LabelledFileError(f"{source}:{line_no}: 'organization_id' must be a string")
+        if (organization_id, reply_id) in seen:
+            raise LabelledFileError(f"{source}:{line_no}: duplicate id {reply_id!r}"
+                                    + (f" of organization {organization_id!r}" if organization_id is not None else ""))
         if not isinstance(text, str):
             raise LabelledFileError(f"{source}:{line_no}: 'text' must be a string")
         if intent not in INTENTS:
@@ -77,9 +84,9 @@ def parse_labelled_lines(lines: Iterable[str], source: str = "<lines>") -> list[
         headers = obj.get("headers") or {}
         if not isinstance(headers, dict):
             raise LabelledFileError(f"{source}:{line_no}: 'headers' must be an object")
-        seen.add(reply_id)
+        seen.add((organization_id, reply_id))
         rows.append(LabelledReply(reply_id, text, intent, sentiment, obj.get("subject"), headers,
-                                  obj.get("language") or "en"))
+                                  obj.get("language") or "en", organization_id))
     return rows
 
 

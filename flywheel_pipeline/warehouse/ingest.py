@@ -68,7 +68,7 @@ MESSAGES_SQL = f"""
 WITH p AS ({_parse_common(MESSAGES_FIELDS)}),
 f AS (
     SELECT source_file, line_no, line, base_reason,
-           r.message_id, r.organization_id, r.organization_id AS key_org, r.campaign_id, r.lead_id,
+           r.message_id, r.organization_id, r.organization_id AS message_org, r.campaign_id, r.lead_id,
            lower(trim(r.recipient_email)) AS recipient_email, r.channel,
            {_TS.format(expr='r.sent_at')} AS sent_at, r.sent_at AS sent_at_text,
            r.model_id, r.model_version, r.ab_group, r.task_type, r.system_prompt, r.user_prompt,
@@ -99,7 +99,7 @@ SELECT v.message_id, k.message_key, v.organization_id, campaign_id, lead_id, rec
        framework, tone, prompt_tokens, completion_tokens, cost_usd, latency_ms,
        len(list_distinct(regexp_extract_all(coalesce(body, ''), 'https?://[^\\s<>"'')]+'))) AS tracked_links,
        metadata, source_file, line_no, $batch_id
-FROM {rows} v JOIN message_keys k ON k.organization_id = v.key_org AND k.message_id = v.message_id
+FROM {rows} v JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.message_id
 ON CONFLICT DO NOTHING
 """
 
@@ -114,7 +114,8 @@ WITH p AS ({_parse_common(SENDGRID_FIELDS)}),
 f AS (
     SELECT source_file, line_no, line, base_reason,
            r.sg_event_id, r.message_id, nullif(r.organization_id, '') AS organization_id,
-           nullif(r.organization_id, '') AS key_org, lower(r.event) AS event,
+           nullif(r.organization_id, '') AS message_org, coalesce(r.organization_id, '') AS key_org,
+           lower(r.event) AS event,
            try_cast(r.timestamp AS DOUBLE) AS ts_epoch, r.timestamp AS ts_text,
            lower(trim(r.email)) AS email, try_cast(r.sg_machine_open AS BOOLEAN) AS machine_open,
            r.url, r.type AS bounce_type, r.reason AS reason_text, r.sg_message_id
@@ -137,8 +138,8 @@ FROM f
 SENDGRID_INSERT = """
 INSERT INTO email_events
 SELECT sg_event_id, v.message_id, k.message_key, event::sendgrid_event, occurred_at, email, machine_open, url,
-       bounce_type, reason_text, sg_message_id, source_file, line_no, $batch_id, v.organization_id
-FROM {rows} v JOIN message_keys k ON k.organization_id = v.key_org AND k.message_id = v.message_id
+       bounce_type, reason_text, sg_message_id, source_file, line_no, $batch_id, v.organization_id, v.key_org
+FROM {rows} v JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.message_id
 ON CONFLICT DO NOTHING
 """
 
@@ -153,8 +154,8 @@ f AS (
     SELECT source_file, line_no, line, base_reason,
            r.event_id, r.source AS crm_source, lower(r.type) AS type,
            nullif(r.message_id, '') AS given_message_id, nullif(r.lead_id, '') AS lead_id,
-           nullif(r.organization_id, '') AS organization_id, nullif(r.organization_id, '') AS key_org,
-           nullif(lower(trim(r.email)), '') AS email,
+           nullif(r.organization_id, '') AS organization_id, nullif(r.organization_id, '') AS message_org,
+           coalesce(r.organization_id, '') AS key_org, nullif(lower(trim(r.email)), '') AS email,
            {_TS.format(expr='r.occurred_at')} AS occurred_at, r.occurred_at AS occurred_text,
            try_cast(r.deal_value AS DOUBLE) AS deal_value, r.deal_value AS deal_value_text,
            upper(r.currency) AS currency
@@ -180,8 +181,8 @@ INSERT INTO crm_events
 SELECT event_id, crm_source, type, given_message_id, lead_id, email, occurred_at, deal_value,
        currency, given_message_id, k.message_key, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
        CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id,
-       v.organization_id
-FROM {rows} v LEFT JOIN message_keys k ON k.organization_id = v.key_org AND k.message_id = v.given_message_id
+       v.organization_id, v.key_org
+FROM {rows} v LEFT JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.given_message_id
 ON CONFLICT DO NOTHING
 """
 
@@ -193,7 +194,8 @@ WITH p AS ({_parse_common(REPLIES_FIELDS)}),
 f AS (
     SELECT source_file, line_no, line, base_reason,
            r.reply_id, nullif(r.message_id, '') AS given_message_id,
-           nullif(r.organization_id, '') AS organization_id, nullif(r.organization_id, '') AS key_org,
+           nullif(r.organization_id, '') AS organization_id, nullif(r.organization_id, '') AS message_org,
+           coalesce(r.organization_id, '') AS key_org,
            {_TS.format(expr='r.received_at')} AS received_at, r.received_at AS received_text,
            nullif(lower(trim(r.from_email)), '') AS from_email, r.subject, r.text,
            CASE WHEN json_type(r.headers) = 'OBJECT' THEN r.headers END AS headers,
@@ -217,20 +219,23 @@ INSERT INTO replies
 SELECT reply_id, given_message_id, received_at, from_email, subject, text, headers,
        given_message_id, k.message_key, CASE WHEN given_message_id IS NOT NULL THEN 'message_id' END,
        CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id,
-       v.organization_id
-FROM {rows} v LEFT JOIN message_keys k ON k.organization_id = v.key_org AND k.message_id = v.given_message_id
+       v.organization_id, v.key_org
+FROM {rows} v LEFT JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.given_message_id
 ON CONFLICT DO NOTHING
 """
 
-REPLY_LABELS_FIELDS = {k: _V for k in ("label_id", "reply_id", "intent", "sentiment", "labelled_at",
-                                       "labelled_by")}
+REPLY_LABELS_FIELDS = {k: _V for k in ("label_id", "reply_id", "organization_id", "intent", "sentiment",
+                                       "labelled_at", "labelled_by")}
 
 REPLY_LABELS_SQL = f"""
 WITH p AS ({_parse_common(REPLY_LABELS_FIELDS)}),
 f AS (
     SELECT source_file, line_no, line, base_reason, r.label_id, r.reply_id, r.intent, r.sentiment,
            {_TS.format(expr='r.labelled_at')} AS labelled_at, r.labelled_at AS labelled_text, r.labelled_by,
-           NULL::VARCHAR AS message_id, NULL::VARCHAR AS organization_id, NULL::VARCHAR AS key_org
+           -- the reply's organization as named (a string, '' for the reply that names none), else
+           -- resolved from the loaded replies (RESOLVE_LABELLED_REPLIES)
+           r.organization_id, r.organization_id AS key_org,
+           NULL::VARCHAR AS message_id, NULL::VARCHAR AS message_org
     FROM p)
 SELECT *,
        coalesce(base_reason,
@@ -246,7 +251,8 @@ FROM f
 
 REPLY_LABELS_INSERT = """
 INSERT INTO reply_labels
-SELECT label_id, reply_id, intent, sentiment, labelled_at, labelled_by, source_file, line_no, $batch_id
+SELECT label_id, reply_id, intent, sentiment, labelled_at, labelled_by, source_file, line_no, $batch_id,
+       organization_id, key_org
 FROM {rows}
 ON CONFLICT DO NOTHING
 """
@@ -256,7 +262,10 @@ ON CONFLICT DO NOTHING
 class SourceSpec:
     source: str
     table: str
-    key: tuple[str, ...]  # the record's key: a duplicate has the same values
+    # the record's key: a duplicate has the same values. Records are identified within the
+    # organization they name (key_org, '' when none), so another organization's record with the
+    # same id is another record: it can neither shadow, drop nor replace this one
+    key: tuple[str, ...]
     parse_sql: str
     insert_sql: str  # inserts the rows of {rows} (a relation with _parsed's columns)
     # what a record stores, as (stored column, expression over _parsed): two records with one key
@@ -284,32 +293,34 @@ SPECS: dict[str, SourceSpec] = {
               "body", "framework", "tone", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms",
               "metadata")),
     "sendgrid": SourceSpec(
-        "sendgrid", "email_events", ("sg_event_id",), SENDGRID_SQL, SENDGRID_INSERT,
+        "sendgrid", "email_events", ("key_org", "sg_event_id"), SENDGRID_SQL, SENDGRID_INSERT,
         _same("sg_event_id", "message_id", "organization_id")
         + (("event", "event::VARCHAR"),) + _same("occurred_at", "email", "machine_open", "url", "bounce_type")
         + (("reason", "reason_text"), ("sg_message_id", "sg_message_id"))),
     "crm": SourceSpec(
-        "crm", "crm_events", ("event_id",), CRM_SQL, CRM_INSERT,
+        "crm", "crm_events", ("key_org", "event_id"), CRM_SQL, CRM_INSERT,
         (("event_id", "event_id"), ("source", "crm_source"))
         + _same("type", "given_message_id", "organization_id", "lead_id", "email", "occurred_at", "deal_value",
                 "currency"), "given_message_id"),
     "replies": SourceSpec(
-        "replies", "replies", ("reply_id",), REPLIES_SQL, REPLIES_INSERT,
+        "replies", "replies", ("key_org", "reply_id"), REPLIES_SQL, REPLIES_INSERT,
         _same("reply_id", "given_message_id", "organization_id", "received_at", "from_email", "subject", "text",
               "headers"), "given_message_id"),
     "reply_labels": SourceSpec(
         "reply_labels", "reply_labels", ("label_id",), REPLY_LABELS_SQL, REPLY_LABELS_INSERT,
-        # the label is its content; landing the same correction again (a new time or reviewer) is a copy
-        _same("label_id", "reply_id", "intent", "sentiment"), of_a_message=False),
+        # the label is its content: the reply (as the label names it), intent and sentiment; landing
+        # the same correction again (a new time or reviewer) is a copy. Labels are landed by the
+        # installation's operators (`flywheel replies correct`), not by an organization's key.
+        _same("label_id", "reply_id", "organization_id", "intent", "sentiment"), of_a_message=False),
 }
 
 # Organizations and message keys of a chunk's records (see _key_messages).
 # A key nobody has claimed ('': made for a record that named no organization) is taken by the
 # first organization that names its id (the smallest, if several do in one chunk).
 CLAIM_UNKNOWN_KEYS = """
-UPDATE message_keys AS k SET organization_id = c.key_org
-FROM (SELECT {column} AS message_id, min(key_org) AS key_org FROM _parsed
-      WHERE reason IS NULL AND key_org IS NOT NULL AND key_org <> '' AND {column} IS NOT NULL GROUP BY 1) c
+UPDATE message_keys AS k SET organization_id = c.message_org
+FROM (SELECT {column} AS message_id, min(message_org) AS message_org FROM _parsed
+      WHERE reason IS NULL AND message_org IS NOT NULL AND message_org <> '' AND {column} IS NOT NULL GROUP BY 1) c
 WHERE k.organization_id = '' AND k.message_id = c.message_id
 """
 
@@ -318,8 +329,8 @@ WHERE k.organization_id = '' AND k.message_id = c.message_id
 ASSIGN_MESSAGE_KEYS = """
 INSERT INTO message_keys (organization_id, message_id, message_key)
 SELECT organization_id, message_id, nextval('message_key_seq')
-FROM (SELECT DISTINCT key_org AS organization_id, {column} AS message_id FROM _parsed
-      WHERE reason IS NULL AND key_org IS NOT NULL AND {column} IS NOT NULL) v
+FROM (SELECT DISTINCT message_org AS organization_id, {column} AS message_id FROM _parsed
+      WHERE reason IS NULL AND message_org IS NOT NULL AND {column} IS NOT NULL) v
 ANTI JOIN message_keys k USING (organization_id, message_id)
 """
 
@@ -328,13 +339,27 @@ ANTI JOIN message_keys k USING (organization_id, message_id)
 # ambiguous and the record is quarantined.
 AMBIGUOUS = "unattributable: the message_id is used by several organizations and the record names none"
 RESOLVE_ORGANIZATIONS = f"""
-UPDATE _parsed AS p SET key_org = CASE WHEN r.orgs <= 1 THEN r.key_org END,
+UPDATE _parsed AS p SET message_org = CASE WHEN r.orgs <= 1 THEN r.message_org END,
                         reason = CASE WHEN r.orgs > 1 THEN '{AMBIGUOUS}' END
-FROM (SELECT v.message_id, count(k.organization_id) AS orgs, coalesce(min(k.organization_id), '') AS key_org
+FROM (SELECT v.message_id, count(k.organization_id) AS orgs, coalesce(min(k.organization_id), '') AS message_org
       FROM (SELECT DISTINCT {{column}} AS message_id FROM _parsed
             WHERE reason IS NULL AND organization_id IS NULL AND {{column}} IS NOT NULL) v
       LEFT JOIN message_keys k USING (message_id) GROUP BY 1) r
 WHERE p.reason IS NULL AND p.organization_id IS NULL AND p.{{column}} = r.message_id
+"""
+
+# A reviewed label that names no organization (hand-written, or reviewed before schema 5) names
+# the reply of the only organization that has its reply id ('': the reply names none, or none has
+# landed yet); an id that organizations share is ambiguous and the label is quarantined. The
+# organization is resolved once, here, so replies landing later never move a label.
+AMBIGUOUS_REPLY = "unattributable: the reply_id is used by several organizations and the label names none"
+RESOLVE_LABELLED_REPLIES = f"""
+UPDATE _parsed AS p SET key_org = CASE WHEN r.orgs <= 1 THEN r.key_org END,
+                        reason = CASE WHEN r.orgs > 1 THEN '{AMBIGUOUS_REPLY}' END
+FROM (SELECT v.reply_id, count(x.key_org) AS orgs, coalesce(min(x.key_org), '') AS key_org
+      FROM (SELECT DISTINCT reply_id FROM _parsed WHERE reason IS NULL AND organization_id IS NULL) v
+      LEFT JOIN (SELECT key_org, reply_id FROM replies) x USING (reply_id) GROUP BY 1) r
+WHERE p.reason IS NULL AND p.organization_id IS NULL AND p.reply_id = r.reply_id
 """
 
 
@@ -435,15 +460,17 @@ def ingest_source(con: duckdb.DuckDBPyConnection, landing: Path, source: str, *,
 
 def _close_batch(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_id: int,
                  files: Sequence[tuple[landing_zone.LandingFile, int, int, int]], accepted: int,
-                 duplicates: int) -> None:
+                 duplicates: int, replaced: int = 0) -> None:
     """Record the batch's files in ``landing_files`` (so they are never read again), each with
-    its lines, valid lines and quarantined records, and the batch's totals."""
+    its lines, valid lines and quarantined records, and the batch's totals (its quarantined
+    records include the loaded rows it replaced, which it quarantined)."""
     for f, lines, valid, quarantined in files:
         con.execute("INSERT INTO landing_files VALUES (?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                     [spec.source, f.name, f.size_bytes, lines, valid, quarantined, batch_id])
     con.execute("""UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, files = ?, lines = ?,
                    accepted = ?, duplicates = ?, quarantined = ? WHERE batch_id = ?""",
-                [len(files), sum(r[1] for r in files), accepted, duplicates, sum(r[3] for r in files), batch_id])
+                [len(files), sum(r[1] for r in files), accepted, duplicates, sum(r[3] for r in files) + replaced,
+                 batch_id])
 
 
 def _refuse_whole_files(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
@@ -519,7 +546,14 @@ def _read_and_parse(con: duckdb.DuckDBPyConnection, spec: SourceSpec, paths: lis
 def _key_messages(con: duckdb.DuckDBPyConnection, spec: SourceSpec) -> None:
     """Give every record's message its key, within the record's organization: unclaimed keys
     of the ids that organizations name are claimed, their new keys made; then records that name
-    no organization are resolved by message id (or quarantined as ambiguous) and keyed."""
+    no organization are resolved by message id (or quarantined as ambiguous) and keyed.
+    (Reviewed labels name a reply instead: see RESOLVE_LABELLED_REPLIES.)"""
+    if not spec.of_a_message:
+        if spec.source == "reply_labels" and con.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM _parsed WHERE reason IS NULL AND organization_id IS NULL "
+                "LIMIT 1)").fetchone()[0]:
+            con.execute(RESOLVE_LABELLED_REPLIES)
+        return
     column = spec.message_id_column
     if con.execute("SELECT count(*) FROM (SELECT 1 FROM message_keys WHERE organization_id = '' LIMIT 1)"
                    ).fetchone()[0]:
@@ -587,22 +621,20 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
         CREATE OR REPLACE TEMP TABLE _against AS
         SELECT {key}, n.source_file AS new_file, n.line_no AS new_line, n.c AS new_c,
                o.source_file AS old_file, o.line_no AS old_line, o.c AS old_c,
-               {'o.message_key' if spec.of_a_message else 'NULL::BIGINT'} AS old_key,
-               {'n.organization_id IS DISTINCT FROM o.organization_id AND o.organization_id IS NOT NULL'
-                if spec.of_a_message else 'false'} AS other_org
+               {'o.message_key' if spec.of_a_message else 'NULL::BIGINT'} AS old_key
         FROM (SELECT *, {canonical} AS c FROM _valid SEMI JOIN _rejected USING ({key})) n
         JOIN (SELECT *, {spec.canonical_sql(parsed=False)} AS c FROM {spec.table} SEMI JOIN _rejected USING ({key})) o
         USING ({key})
         WHERE n.c <> o.c
     """)
-    # a new record that sorts after the loaded one loses; so does one that would replace the row
-    # of another organization (a tenant's loaded records are never modified by another's)
+    # a new record that sorts after the loaded one loses (both name one organization: the key
+    # holds it, so an organization's loaded records are never replaced by another's)
     con.execute(f"""
         UPDATE _parsed AS p SET reason = {loser('a')} || a.old_file || ':' || a.old_line, line = a.new_c
-        FROM _against a WHERE (a.new_c > a.old_c OR a.other_org)
+        FROM _against a WHERE a.new_c > a.old_c
         AND p.source_file = a.new_file AND p.line_no = a.new_line
     """)
-    con.execute("DELETE FROM _against WHERE new_c > old_c OR other_org")
+    con.execute("DELETE FROM _against WHERE new_c > old_c")
     replaced = con.execute("SELECT count(*) FROM _against").fetchone()[0]
     if not replaced:
         return int(inserted), 0
@@ -617,13 +649,20 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
         SELECT ?, old_file, old_line, {loser('a')} || new_file || ':' || new_line, old_c, ?, now()::TIMESTAMP
         FROM _against a
     """, [spec.source, batch_id])
+    # the replaced line is quarantined now: its file's counts say so
+    con.execute("""
+        UPDATE landing_files AS f SET valid_lines = f.valid_lines - a.n, quarantined = f.quarantined + a.n
+        FROM (SELECT old_file, count(*) AS n FROM _against GROUP BY 1) a
+        WHERE f.source = ? AND f.file_name = a.old_file
+    """, [spec.source])
     con.execute("INSERT INTO message_refolds SELECT DISTINCT old_key, ? FROM _against WHERE old_key IS NOT NULL",
                 [batch_id])
     if spec.table == "messages":  # its redacted text, if any, is redone from the new row
         if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'redacted_messages'").fetchone()[0]:
             con.execute("DELETE FROM redacted_messages WHERE message_key IN (SELECT old_key FROM _against)")
     if spec.table == "replies":  # classified again, from the new text
-        con.execute("DELETE FROM reply_intents WHERE reply_id IN (SELECT reply_id FROM _against)")
+        con.execute("DELETE FROM reply_intents i USING _against a WHERE i.key_org = a.key_org "
+                    "AND i.reply_id = a.reply_id")
     same_key = " AND ".join(f"t.{k} = a.{k}" for k in spec.key)
     con.execute(f"DELETE FROM {spec.table} t USING _against a WHERE {same_key}")
     con.execute(f"""CREATE OR REPLACE TEMP VIEW _winners AS
@@ -658,7 +697,8 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
             for f in chunk:
                 n, v = per_file.get(f.name, (0, 0))
                 recorded.append((f, n, v, n - v))
-            _close_batch(con, spec, batch_id, recorded, accepted=accepted, duplicates=valid - accepted)
+            _close_batch(con, spec, batch_id, recorded, accepted=accepted, duplicates=valid - accepted,
+                         replaced=replaced)
     finally:
         for view in ("_valid", "_winners"):
             con.execute(f"DROP VIEW IF EXISTS {view}")
@@ -677,7 +717,7 @@ def attribute_unlinked(con: duckdb.DuckDBPyConnection, table: str, policy: Label
         pk = "event_id"
     elif table == "replies":
         ts, keys = "received_at", (("from_email", "recipient_email"),)
-        pk = "reply_id"
+        pk = "reply_id"  # a row is (key_org, pk)
     else:
         raise ValueError(f"no attribution for table {table!r}")
     total = 0
@@ -693,8 +733,8 @@ def attribute_unlinked(con: duckdb.DuckDBPyConnection, table: str, policy: Label
                     SET message_id = a.message_id, message_key = a.message_key, attribution = '{column}',
                         attributed_batch_id = {batch_id}
                     FROM (
-                        SELECT e.{pk} AS pk, m.message_id, m.message_key
-                        FROM (SELECT {pk}, {column}, {ts}, organization_id FROM {table}
+                        SELECT e.key_org, e.{pk} AS pk, m.message_id, m.message_key
+                        FROM (SELECT key_org, {pk}, {column}, {ts}, organization_id FROM {table}
                               WHERE message_id IS NULL AND {column} IS NOT NULL
                                 AND organization_id IS {'NOT ' if scoped else ''}NULL) e
                         ASOF JOIN (SELECT message_id, message_key, organization_id, {message_column} AS k, sent_at
@@ -702,7 +742,7 @@ def attribute_unlinked(con: duckdb.DuckDBPyConnection, table: str, policy: Label
                           ON e.{column} = m.k{org_match} AND e.{ts} >= m.sent_at
                         WHERE e.{ts} - m.sent_at <= to_days({int(policy.attribution_window_days)})
                     ) a
-                    WHERE t.{pk} = a.pk
+                    WHERE t.key_org = a.key_org AND t.{pk} = a.pk
                 """).fetchone()[0]
                 total += changed
         con.execute("UPDATE ingest_batches SET finished_at = now()::TIMESTAMP, accepted = ? "

@@ -10,7 +10,8 @@ read changed (sentiment, intent, auto-reply flag), so ``refresh_labels`` relabel
 messages. A reviewed label (``reply_labels``, ``flywheel replies correct``) overrides the
 classifier: the row takes the label's intent and sentiment, confidence 1, classifier
 ``human`` and the label's id as version. Replies whose attribution arrives later are
-re-linked without re-classifying.
+re-linked without re-classifying. A reply is (key_org, reply_id), as in ``replies``: two
+organizations' replies with one id are two replies, each with its own intent and labels.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from flywheel_pipeline.warehouse.reply_labels import LATEST_LABELS_SQL, labelled
 from flywheel_pipeline.warehouse.schema import new_batch, transaction
 
 HUMAN = "human"  # the classifier name of rows decided by a reviewed label
-_COLUMNS = ["reply_id", "message_id", "message_key", "received_at", "is_auto_reply", "auto_reply_reason",
+_COLUMNS = ["key_org", "reply_id", "message_id", "message_key", "received_at", "is_auto_reply", "auto_reply_reason",
             "sentiment", "intent", "confidence", "classifier", "classifier_version", "batch_id"]
 
 
@@ -62,20 +63,21 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
             UPDATE reply_intents AS i SET message_id = r.message_id, message_key = r.message_key,
                                           batch_id = {batch_id}
             FROM replies r
-            WHERE r.reply_id = i.reply_id AND r.message_key IS NOT NULL
+            WHERE r.key_org = i.key_org AND r.reply_id = i.reply_id AND r.message_key IS NOT NULL
               AND i.message_key IS DISTINCT FROM r.message_key
         """).fetchone()[0]
         # a reviewed label (reply_labels) decides instead of the classifier: classifier 'human',
         # version the label's id
         con.execute(f"""
             CREATE OR REPLACE TEMP TABLE _todo AS
-            SELECT row_number() OVER (ORDER BY r.reply_id) AS n, r.reply_id, r.message_id, r.message_key,
+            SELECT row_number() OVER (ORDER BY r.reply_id, r.key_org) AS n, r.key_org, r.reply_id, r.message_id,
+                   r.message_key,
                    r.received_at, r.subject, r.text, r.headers,
                    i.reply_id IS NOT NULL AS stored, i.sentiment AS old_sentiment, i.intent AS old_intent,
                    i.is_auto_reply AS old_auto, i.batch_id AS old_batch,
                    l.label_id, l.intent AS label_intent, l.sentiment AS label_sentiment
-            FROM replies r LEFT JOIN reply_intents i USING (reply_id)
-                 LEFT JOIN ({LATEST_LABELS_SQL}) l USING (reply_id)
+            FROM replies r LEFT JOIN reply_intents i USING (key_org, reply_id)
+                 LEFT JOIN ({LATEST_LABELS_SQL}) l USING (key_org, reply_id)
             WHERE CASE WHEN l.label_id IS NOT NULL
                        THEN i.reply_id IS NULL OR i.classifier <> '{HUMAN}' OR i.classifier_version <> l.label_id
                        ELSE i.reply_id IS NULL OR i.classifier IS DISTINCT FROM ?
@@ -83,14 +85,14 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
         """, [name, version])
         total = con.execute("SELECT count(*) FROM _todo").fetchone()[0]
         for start in range(0, total, batch_size):
-            rows = con.execute("SELECT reply_id, message_id, message_key, received_at, subject, text, headers, "
+            rows = con.execute("SELECT key_org, reply_id, message_id, message_key, received_at, subject, text, headers, "
                                "stored, old_sentiment, old_intent, old_auto, old_batch, "
                                "label_id, label_intent, label_sentiment "
                                "FROM _todo WHERE n > ? AND n <= ? ORDER BY n",
                                [start, start + batch_size]).fetchall()
             new, again = [], []
-            classified = iter(_classify_rows(classifier, [row for row in rows if row[12] is None]))
-            for (reply_id, message_id, message_key, received_at, subject, text, headers,
+            classified = iter(_classify_rows(classifier, [row[1:] for row in rows if row[13] is None]))
+            for (key_org, reply_id, message_id, message_key, received_at, subject, text, headers,
                  stored, old_sentiment, old_intent, old_auto, old_batch,
                  label_id, label_intent, label_sentiment) in rows:
                 if label_id is not None:
@@ -100,7 +102,7 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
                     intent = next(classified)
                 same = stored and (old_sentiment, old_intent, old_auto) == (
                     intent.sentiment, intent.intent, intent.is_auto_reply)
-                row = (reply_id, message_id, message_key, received_at, intent.is_auto_reply,
+                row = (key_org, reply_id, message_id, message_key, received_at, intent.is_auto_reply,
                        intent.auto_reply_reason, intent.sentiment, intent.intent, float(intent.confidence),
                        intent.classifier or name, intent.classifier_version or version,
                        old_batch if same else batch_id)
@@ -117,7 +119,7 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
                            auto_reply_reason = f.auto_reply_reason, sentiment = f.sentiment, intent = f.intent,
                            confidence = f.confidence, classifier = f.classifier,
                            classifier_version = f.classifier_version, batch_id = f.batch_id
-                    FROM _intents_frame f WHERE i.reply_id = f.reply_id""")
+                    FROM _intents_frame f WHERE i.key_org = f.key_org AND i.reply_id = f.reply_id""")
             result.classified += len(new)
             result.reclassified += len(again)
             if progress:

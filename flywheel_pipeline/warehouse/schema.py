@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -79,36 +79,46 @@ DDL: tuple[str, ...] = (
         completion_tokens BIGINT, cost_usd DOUBLE, latency_ms DOUBLE, tracked_links INTEGER,
         metadata JSON, source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL,
         batch_id BIGINT NOT NULL, PRIMARY KEY (organization_id, message_id))""",
+    # Email events, CRM events and replies are identified within an organization too: key_org is
+    # the organization the record names ('' when it names none: older senders, CRM webhooks,
+    # which share one space of ids), organization_id the same with NULL for none; the key is
+    # (key_org, <the source's id>), so two organizations' records with one id are two records.
     """CREATE TABLE IF NOT EXISTS email_events (
-        sg_event_id VARCHAR PRIMARY KEY, message_id VARCHAR NOT NULL, message_key BIGINT NOT NULL,
+        sg_event_id VARCHAR NOT NULL, message_id VARCHAR NOT NULL, message_key BIGINT NOT NULL,
         event sendgrid_event NOT NULL, occurred_at TIMESTAMP NOT NULL, email VARCHAR,
         machine_open BOOLEAN, url VARCHAR, bounce_type VARCHAR, reason VARCHAR, sg_message_id VARCHAR,
         source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
-        organization_id VARCHAR)""",
+        organization_id VARCHAR, key_org VARCHAR NOT NULL, PRIMARY KEY (key_org, sg_event_id))""",
     """CREATE TABLE IF NOT EXISTS crm_events (
-        event_id VARCHAR PRIMARY KEY, source VARCHAR, type VARCHAR NOT NULL,
+        event_id VARCHAR NOT NULL, source VARCHAR, type VARCHAR NOT NULL,
         given_message_id VARCHAR, lead_id VARCHAR, email VARCHAR,
         occurred_at TIMESTAMP NOT NULL, deal_value DOUBLE, currency VARCHAR,
         message_id VARCHAR, message_key BIGINT, attribution VARCHAR, attributed_batch_id BIGINT,
         source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
-        organization_id VARCHAR)""",
+        organization_id VARCHAR, key_org VARCHAR NOT NULL, PRIMARY KEY (key_org, event_id))""",
     """CREATE TABLE IF NOT EXISTS replies (
-        reply_id VARCHAR PRIMARY KEY, given_message_id VARCHAR, received_at TIMESTAMP NOT NULL,
+        reply_id VARCHAR NOT NULL, given_message_id VARCHAR, received_at TIMESTAMP NOT NULL,
         from_email VARCHAR, subject VARCHAR, text VARCHAR, headers JSON,
         message_id VARCHAR, message_key BIGINT, attribution VARCHAR, attributed_batch_id BIGINT,
         source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
-        organization_id VARCHAR)""",
+        organization_id VARCHAR, key_org VARCHAR NOT NULL, PRIMARY KEY (key_org, reply_id))""",
+    # One row per reply, (key_org, reply_id) as in replies.
     """CREATE TABLE IF NOT EXISTS reply_intents (
-        reply_id VARCHAR PRIMARY KEY, message_id VARCHAR, message_key BIGINT, received_at TIMESTAMP,
+        reply_id VARCHAR NOT NULL, message_id VARCHAR, message_key BIGINT, received_at TIMESTAMP,
         is_auto_reply BOOLEAN NOT NULL, auto_reply_reason VARCHAR, sentiment VARCHAR NOT NULL,
         intent VARCHAR NOT NULL, confidence DOUBLE NOT NULL, classifier VARCHAR NOT NULL,
-        batch_id BIGINT NOT NULL, classifier_version VARCHAR)""",
+        batch_id BIGINT NOT NULL, classifier_version VARCHAR, key_org VARCHAR NOT NULL,
+        PRIMARY KEY (key_org, reply_id))""",
     # Reviewed reply labels (landing/reply_labels, `flywheel replies correct`): the latest per
-    # reply overrides the classifier in reply_intents (classifier 'human').
+    # reply overrides the classifier in reply_intents (classifier 'human'). A label names its
+    # reply by (key_org, reply_id): organization_id is the reply's organization as the label
+    # names it (NULL: none; '': the reply that names none), key_org that or, for a label naming
+    # none, the organization of the only reply with its id when it was ingested (warehouse/ingest.py).
     """CREATE TABLE IF NOT EXISTS reply_labels (
         label_id VARCHAR PRIMARY KEY, reply_id VARCHAR NOT NULL, intent VARCHAR NOT NULL,
         sentiment VARCHAR NOT NULL, labelled_at TIMESTAMP NOT NULL, labelled_by VARCHAR,
-        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL)""",
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+        organization_id VARCHAR, key_org VARCHAR NOT NULL)""",
     # Per-message running aggregate of email events; every column merges with
     # least/greatest/bit_or/+, so new events fold in without rereading old ones (see
     # warehouse/labels.py). status_last packs the latest delivery-status event: epoch
@@ -173,9 +183,32 @@ _MIGRATE_TO_4_AFTER = (
        FROM _v2_message_keys k LEFT JOIN _v2_messages m USING (message_id)""",
     "DROP TABLE _v2_messages", "DROP TABLE _v2_message_keys")
 
+# Version 5 identifies email events, CRM events, replies and their intents within an
+# organization: each table is rebuilt with key_org (the organization the record names, '' for
+# none) in its primary key, and a reviewed label names its reply's organization. Every row is
+# kept: up to version 4 these ids were unique across organizations, so a row's key_org is its
+# own organization_id, an intent's and a label's that of their reply ('' when the reply named
+# none or has not landed). Message keys are unchanged, so labels and message_state stay valid.
+ORGANIZATION_KEYS_SINCE = 5
+# the rebuilt tables, in order: replies before the intents and labels that look theirs up
+_ORGANIZATION_KEYED = {
+    "email_events": "SELECT *, coalesce(organization_id, '') AS key_org FROM _unkeyed_email_events",
+    "crm_events": "SELECT *, coalesce(organization_id, '') AS key_org FROM _unkeyed_crm_events",
+    "replies": "SELECT *, coalesce(organization_id, '') AS key_org FROM _unkeyed_replies",
+    "reply_intents": """SELECT i.*, coalesce(r.key_org, '') AS key_org
+                        FROM _unkeyed_reply_intents i LEFT JOIN replies r USING (reply_id)""",
+    "reply_labels": """SELECT l.*, coalesce(r.key_org, '') AS key_org
+                       FROM _unkeyed_reply_labels l LEFT JOIN replies r USING (reply_id)""",
+}
+
+
+def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
+                       [name]).fetchone()[0] > 0
+
 
 # The tables of the later stages (datasets, training, experiments). They were created by the
-# modules that write them until schema 5; a warehouse of schema 4 or older gets them here, and
+# modules that write them until schema 6; a warehouse of schema 5 or older gets them here, and
 # the ab_test_results columns added since that table's first version are added in place.
 PIPELINE_DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS redacted_messages (
@@ -214,7 +247,7 @@ _MIGRATE_TO_PIPELINE_TABLES = tuple(
     f"ALTER TABLE ab_test_results ADD COLUMN IF NOT EXISTS {name} {kind}"
     for name, kind in (("arm", "VARCHAR"), ("step", "VARCHAR"), ("final", "BOOLEAN"), ("planned_leads", "DOUBLE"),
                        ("variance_reduction", "DOUBLE"), ("overall_decision", "VARCHAR")))
-PIPELINE_TABLES_SINCE = 5
+PIPELINE_TABLES_SINCE = 6
 
 
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
@@ -264,11 +297,20 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if migrating_from is not None and migrating_from < 4:
             for statement in _MIGRATE_TO_4_BEFORE:
                 con.execute(statement)
+        rebuilt = []
+        if migrating_from is not None and migrating_from < ORGANIZATION_KEYS_SINCE:
+            # (reply_labels came with version 3: older warehouses have none to keep)
+            rebuilt = [table for table in _ORGANIZATION_KEYED if _table_exists(con, table)]
+            for table in rebuilt:
+                con.execute(f"ALTER TABLE {table} RENAME TO _unkeyed_{table}")
         for statement in DDL:
             con.execute(statement)
         if migrating_from is not None and migrating_from < 4:
             for statement in _MIGRATE_TO_4_AFTER:
                 con.execute(statement)
+        for table in rebuilt:
+            con.execute(f"INSERT INTO {table} BY NAME {_ORGANIZATION_KEYED[table]}")
+            con.execute(f"DROP TABLE _unkeyed_{table}")
         for statement in PIPELINE_DDL:
             con.execute(statement)
         if migrating_from is not None and migrating_from < PIPELINE_TABLES_SINCE:

@@ -65,7 +65,8 @@ def messages(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
 
 
 @dg.asset(group_name=INGEST_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"},
-          description="SendGrid Event Webhook events from landing/sendgrid, de-duplicated on sg_event_id.")
+          description="SendGrid Event Webhook events from landing/sendgrid, de-duplicated on (organization, "
+                      "sg_event_id).")
 def email_events(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                  landing: LandingZoneResource) -> dg.MaterializeResult:
     return _ingest(context, warehouse, landing, "sendgrid")
