@@ -12,6 +12,8 @@ from flywheel_pipeline.warehouse.labels import refresh_labels
 from flywheel_pipeline.warehouse.reply_intents import classify_new_replies
 from flywheel_pipeline.warehouse.schema import connect
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout
+
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=timezone.utc)
 
 

@@ -19,9 +19,9 @@ from flywheel_pipeline.definitions import build_definitions
 from flywheel_pipeline.defs.ingest.automation import daily_refresh_schedule, landing_sensor
 from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
 from flywheel_pipeline_tests.domains import assets_of
+from flywheel_pipeline_tests.conftest import REPO
 
 AS_OF = "2026-05-01T00:00:00Z"
-REPO = Path(__file__).resolve().parents[1]
 
 
 def small_world(landing: Path, days: int = 20, end: date = date(2026, 5, 1)):

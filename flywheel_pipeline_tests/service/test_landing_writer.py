@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flywheel_pipeline.core.landing import list_files
 from flywheel_pipeline.service.landing_writer import SegmentWriter, recover
+from flywheel_pipeline_tests.conftest import REPO
 
 WRITER = """
 import json, sys
@@ -55,7 +56,7 @@ def test_recovery_drops_a_torn_line_and_seals_the_rest(tmp_path):
 
 
 def test_kill_minus_nine_loses_no_acknowledged_event_and_duplicates_none(tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
     acknowledged = -1
     deadline = time.monotonic() + 20

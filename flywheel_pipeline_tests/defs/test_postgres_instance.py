@@ -8,7 +8,6 @@ import shutil
 import socket
 import uuid
 from datetime import date
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -16,8 +15,8 @@ import pytest
 from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
 from flywheel_pipeline_tests.domains import assets_of
+from flywheel_pipeline_tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PG_HOST = os.environ.get("FLYWHEEL_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FLYWHEEL_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("FLYWHEEL_TEST_PG_USER", "postgres")

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from datetime import date
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -18,9 +17,9 @@ from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.definitions import build_definitions
 from flywheel_pipeline.defs.ingest.automation import landing_sensor
 from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
+from flywheel_pipeline_tests.conftest import REPO
 from flywheel_pipeline_tests.domains import only_assets_of
 
-REPO = Path(__file__).resolve().parents[1]
 DOMAINS = ("ingest", "outcomes", "datasets", "training", "experiments", "leaderboard")
 
 

@@ -21,7 +21,7 @@ from flywheel_pipeline.core import landing as landing_zone
 from flywheel_pipeline.service.app import create_app
 from flywheel_pipeline_tests.conftest import T0, message, sg
 from flywheel_pipeline_tests.fakes.http import serve_app
-from flywheel_pipeline_tests.test_service import KEYS, settings_for
+from flywheel_pipeline_tests.service.test_service import KEYS, settings_for
 
 pytestmark = pytest.mark.slow
 NOW_MS = int(time.time() * 1000)

@@ -3,7 +3,7 @@ throughput and the ratios (the real figures are in docs/benchmarks.md)."""
 
 import re
 
-from flywheel_pipeline_tests.test_benchmarks import run_benchmark
+from flywheel_pipeline_tests.benchmarks.test_benchmarks import run_benchmark
 
 
 def test_bench_replies_compares_cue_model_with_rule_based():

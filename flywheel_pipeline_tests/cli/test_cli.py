@@ -21,7 +21,7 @@ import yaml
 from flywheel_pipeline.cli import build_parser, main
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.warehouse.schema import connect
-from flywheel_pipeline_tests.conftest import T0, message, run_pipeline, sg
+from flywheel_pipeline_tests.conftest import REPO, T0, message, run_pipeline, sg
 
 
 @pytest.fixture
@@ -97,7 +97,6 @@ def test_ui_runs_the_dagster_of_this_environment_not_the_first_on_path(home, tmp
     assert location["python_module"]["location_name"] == "flywheel_pipeline"
 
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_sql_prints_how_many_rows_the_result_has(warehouse, capsys):

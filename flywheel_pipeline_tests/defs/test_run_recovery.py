@@ -21,10 +21,9 @@ import yaml
 
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.instance import ensure_local_dagster_home
-from flywheel_pipeline_tests.conftest import T0, message, sg
+from flywheel_pipeline_tests.conftest import REPO, T0, message, sg
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _flywheel(home: Path, *args: str, **kw) -> subprocess.Popen:

@@ -24,7 +24,7 @@ from flywheel_pipeline.service.app import create_app
 from flywheel_pipeline.warehouse.ingest import ingest_source
 from flywheel_pipeline_tests.conftest import T0, crm, message, sg
 from flywheel_pipeline_tests.fakes.http import free_port, serve_app, start_flywheel_serve
-from flywheel_pipeline_tests.test_service import (KEYS, landed, metric, sendgrid_headers, sendgrid_keys,  # noqa: F401
+from flywheel_pipeline_tests.service.test_service import (KEYS, landed, metric, sendgrid_headers, sendgrid_keys,  # noqa: F401
                                                   settings_for)
 
 ONE = {"Authorization": "Bearer key-one"}

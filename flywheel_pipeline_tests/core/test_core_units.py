@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 from datetime import date
-from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -15,8 +14,9 @@ from flywheel_pipeline.core.label_policy import (DEFAULT_STAGE_SCORES, STAGES, L
                                                  score_stage)
 from flywheel_pipeline.core.reply_classifier import RuleBasedReplyClassifier, auto_reply_reason
 from flywheel_pipeline.simulator import SimConfig, simulate
+from flywheel_pipeline_tests.conftest import REPO
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "labelling.md"
+DOCS = REPO / "docs" / "labelling.md"
 
 
 # ---- policy -----------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -23,8 +22,9 @@ from flywheel_pipeline.core.stats import (ArmStats, regression_adjusted, relativ
                                           welch_diff)
 from flywheel_pipeline.core.stats import cuped
 from flywheel_pipeline.core.stats.sequential import sequential_test
+from flywheel_pipeline_tests.conftest import REPO
 
-CASES = json.loads((Path(__file__).parent / "data" / "gbstats_reference.json").read_text())["cases"]
+CASES = json.loads((REPO / "flywheel_pipeline_tests" / "data" / "gbstats_reference.json").read_text())["cases"]
 TOL = dict(rel=1e-5, abs=1e-9)
 
 

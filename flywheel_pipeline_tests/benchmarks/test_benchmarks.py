@@ -7,9 +7,9 @@ checked is that each script completes, measures every phase and prints its ratio
 import re
 import subprocess
 import sys
-from pathlib import Path
+from flywheel_pipeline_tests.conftest import REPO
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCHMARKS = REPO / "benchmarks"
 
 
 def run_benchmark(script: str, *args: str) -> str:
