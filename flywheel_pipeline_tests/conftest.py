@@ -17,6 +17,19 @@ REPO = Path(__file__).resolve().parents[1]  # the checkout
 T0 = datetime(2026, 3, 2, 9, 0, 0, tzinfo=timezone.utc)
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_dagster_instance():
+    """Each test starts with no Dagster instance as the current definitions-state storage. An
+    instance that an earlier test left undisposed (dg.materialize's ephemeral one, say) stays the
+    current storage after the garbage collector has taken it, and loading definitions then fails
+    with "Attempted to resolve undefined DagsterInstance weakref" (a test-process artefact: the
+    flywheel's processes load their definitions once)."""
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    with set_defs_state_storage(None):
+        yield
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch) -> Path:
     """An isolated FLYWHEEL_HOME (and DAGSTER_HOME under it) for one test."""
