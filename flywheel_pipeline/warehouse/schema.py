@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 10
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -250,6 +250,18 @@ _MIGRATE_TO_PIPELINE_TABLES = tuple(
 PIPELINE_TABLES_SINCE = 6
 
 
+# Every delivered message judged once per judge and criteria version (warehouse/message_judgements.py):
+# a score of 0-100 with its dimension scores, or no score and the reason it could not be judged.
+JUDGEMENTS_SINCE = 10
+JUDGEMENTS_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS message_judgements (
+        message_key BIGINT NOT NULL, judge VARCHAR NOT NULL, criteria_version VARCHAR NOT NULL,
+        content_hash VARCHAR NOT NULL, score DOUBLE, dimensions JSON, unjudged_reason VARCHAR,
+        reused BOOLEAN NOT NULL, judged_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (message_key, judge, criteria_version))""",
+)
+
+
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
             threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse (creating and migrating it unless read-only)."""
@@ -277,9 +289,11 @@ def _safe_setting(value: str) -> str:
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
     """Create the schema once; a warehouse already at SCHEMA_VERSION is left untouched, so
     the many short-lived connections of a run do not re-run DDL (or write the catalog)."""
+    # fetchall: a result left half-read blocks the next registration of a data frame on this connection
     has_info = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_info' "
-                           "AND schema_name = 'main'").fetchone()[0]
-    row = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() if has_info else None
+                           "AND schema_name = 'main'").fetchall()[0][0]
+    rows = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchall() if has_info else []
+    row = rows[0] if rows else None
     if row is not None:
         if int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"warehouse schema version {row[0]} is newer than this code "
@@ -316,6 +330,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if migrating_from is not None and migrating_from < PIPELINE_TABLES_SINCE:
             for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
+        for statement in JUDGEMENTS_DDL:  # new with JUDGEMENTS_SINCE; idempotent for older warehouses
+            con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])
         con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])

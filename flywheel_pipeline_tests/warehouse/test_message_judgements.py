@@ -1,0 +1,67 @@
+"""message_judgements on a real DuckDB file: every delivered message judged once per judge and
+version, incrementally, identical texts copied, unknown task types under the generic judge."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import dagster as dg
+
+from flywheel_pipeline.core.landing import write_jsonl
+from flywheel_pipeline.defs.learn.judgements import message_judgements
+from flywheel_pipeline.defs.resources import WarehouseResource
+from flywheel_pipeline.warehouse.message_judgements import judge_new_messages
+from flywheel_pipeline.warehouse.schema import connect
+from flywheel_pipeline_tests.conftest import T0, message, run_pipeline, sg
+
+SAME = "Hi Dana, the same words. Open to a call?"
+
+
+def _land(landing, messages: list[dict], delivered: list[str]) -> None:
+    write_jsonl(landing, "messages", messages)
+    write_jsonl(landing, "sendgrid", [sg(mid, "delivered", T0 + timedelta(minutes=1)) for mid in delivered])
+
+
+def test_every_delivered_message_is_judged_once_and_identical_texts_are_copied(tmp_path):
+    landing = tmp_path / "landing"
+    con = connect(tmp_path / "wh.duckdb")
+    fresh = [message(f"m{i}", body=f"Hi Dana, message number {i}. Open to a call?") for i in range(5)]
+    same = [message(f"s{i}", body=SAME) for i in range(3)]
+    _land(landing, [*fresh, *same, message("u1"), message("x1", task_type="poetry")],
+          [*(f"m{i}" for i in range(5)), "s0", "s1", "s2", "x1"])
+    run_pipeline(con, landing)
+    run = judge_new_messages(con)
+    rows = dict(con.execute("SELECT m.message_id, j.judge FROM message_judgements j JOIN messages m "
+                            "USING (message_key)").fetchall())
+    assert set(rows) == {*(f"m{i}" for i in range(5)), "s0", "s1", "s2", "x1"}  # not the undelivered u1
+    assert rows["x1"] == "heuristic:generic" and rows["m0"] == "heuristic:email_writing"
+    assert run.judged + run.reused == 9
+    # a second pass scores nothing
+    again = judge_new_messages(con)
+    assert again.judged == again.reused == 0
+    scores = {r[0] for r in con.execute("SELECT score FROM message_judgements j JOIN messages m USING (message_key) "
+                                        "WHERE m.message_id LIKE 's%'").fetchall()}
+    assert len(scores) == 1
+    # later messages: only they are judged; one whose text was judged before is copied, not scored
+    _land(landing, [message("m10", body="Something else entirely. Worth a chat?"), message("s9", body=SAME)],
+          ["m10", "s9"])
+    run_pipeline(con, landing)
+    later = judge_new_messages(con)
+    assert (later.judged, later.reused) == (1, 1)
+    assert con.execute("SELECT count(*), count(DISTINCT message_key) FROM message_judgements").fetchone() == (11, 11)
+    con.close()
+
+
+def test_the_asset_materializes_with_its_summary(tmp_path):
+    landing, db = tmp_path / "landing", tmp_path / "wh.duckdb"
+    con = connect(db)
+    _land(landing, [message(f"m{i}", body=f"Hi Dana, number {i}. Open to a call?") for i in range(4)],
+          [f"m{i}" for i in range(4)])
+    run_pipeline(con, landing)
+    con.close()
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([message_judgements], instance=instance,
+                                resources={"warehouse": WarehouseResource(database=str(db))})
+        assert result.success
+        meta = result.asset_materializations_for_node("message_judgements")[0].metadata
+        assert meta["judged_now"].value == 4 and "heuristic:email_writing" in meta["judges"].value
