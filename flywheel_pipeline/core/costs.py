@@ -9,7 +9,8 @@ messages of the task type: the one-sided (1 - alpha) lower bound of the candidat
 over the row's model (core/stats ``relative_lift``, delta method, Welch) is at least
 ``-max_quality_drop``. Only models with at least ``min_quality_messages`` mature messages of that
 task type qualify, the row's model too: a model without measured outcomes is never proposed, and
-a row whose own model has none gets no proposal."""
+a row whose own model has none gets no proposal. When what was paid (the messages' own
+``cost_usd``) is already below the cheapest model's list price, nothing is proposed (saving 0)."""
 
 from __future__ import annotations
 
@@ -94,6 +95,9 @@ def cheapest_not_worse(model_id: str | None, task_type: str | None, prompt_token
     if not options:
         return Savings(None, None, basis_cost, None, f"{model_id} is not in the catalog")
     cost, _, best = min(options)
+    if best != model_id and cost >= basis_cost:  # what was paid (given costs) is already below the catalog's
+        return Savings(model_id, basis_cost, basis_cost, Decimal(0),
+                       f"no not-worse model costs less than what was paid ({best} would cost {cost})")
     if best == model_id:
         return Savings(best, cost, basis_cost, Decimal(0), "the row's model is the cheapest not worse")
     return Savings(best, cost, basis_cost, basis_cost - cost, f"not worse than {model_id}, cheaper")

@@ -185,3 +185,13 @@ def test_not_worse_needs_evidence_not_just_a_point_estimate():
                (DEFAULT_MODEL, "t"): _quality(DEFAULT_MODEL, 250, 0.21, "t")}
     saving = cheapest_not_worse("gpt-4o", "t", 1000, 1000, Decimal("0.0125"), 1, quality, catalog, cfg)
     assert saving.model_id == "gpt-4o" and saving.savings_usd == 0
+
+
+def test_no_saving_is_proposed_when_what_was_paid_is_below_the_catalog_price():
+    catalog = load_catalog()
+    cfg = SavingsConfig(min_quality_messages=200, max_quality_drop=0.05)
+    quality = {("gpt-4o", "t"): _quality("gpt-4o", 5000, 0.20, "t"),
+               (DEFAULT_MODEL, "t"): _quality(DEFAULT_MODEL, 5000, 0.21, "t")}
+    # paid 0.0001 for tokens that cost 0.0045 on gpt-4o-mini at list price (a negotiated rate)
+    saving = cheapest_not_worse("gpt-4o", "t", 10_000, 5_000, Decimal("0.0001"), 1, quality, catalog, cfg)
+    assert saving.model_id == "gpt-4o" and saving.savings_usd == 0 and "less than what was paid" in saving.reason
