@@ -138,7 +138,7 @@ def test_cost_per_outcome_counts_mature_messages_and_savings_never_picks_an_unme
     assert mini["computed_cost_messages"] == 40 and mini["cost_usd"] == mini_cost
 
 
-def test_cost_analysis_materializes_with_markdown_and_an_mlflow_artifact(tmp_path, home, landing):
+def test_cost_analysis_materializes_with_markdown_and_an_mlflow_artifact(tmp_path, home, landing, monkeypatch):
     _world(landing, "gpt-4o", 30, replies=6, meetings=2, deals=1, cost=0.01)
     _world(landing, "in-house-llm", 5, replies=0, meetings=0, deals=0)
     con = connect(tmp_path / "wh.duckdb")
@@ -163,14 +163,11 @@ def test_cost_analysis_materializes_with_markdown_and_an_mlflow_artifact(tmp_pat
     ro.close()
     # MLflow unreachable: a warning, not a failure
     bad = {**res, "mlflow": MlflowResource(tracking_uri="http://127.0.0.1:9/")}
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
     with dg.instance_for_test() as instance:
-        import os
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
-        try:
-            result = dg.materialize([cost_analysis], instance=instance, resources=bad)
-        finally:
-            os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-            os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT")
+        result = dg.materialize([cost_analysis], instance=instance, resources=bad)
         assert result.success
         assert "mlflow_run_id" not in result.asset_materializations_for_node("cost_analysis")[0].metadata
+        warnings = [e.message for e in instance.all_logs(result.run_id) if e.level == 30]
+        assert any("cost_analysis not logged to MLflow" in w for w in warnings), warnings
