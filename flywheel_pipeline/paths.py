@@ -19,6 +19,7 @@ used by the CLI, the service, the Dagster resources and the sensors.
                                workspace.yaml `flywheel ui` hands to `dagster dev`
     mlflow.db, mlartifacts/    the local MLflow store (MLFLOW_TRACKING_URI wins)
     cache/reply_llm.sqlite     the llm reply classifier's answers (by reply hash and version)
+    catalog.yaml               extends or overrides the packaged model catalog by model_id
 
 Every function reads the environment when called (``env`` defaults to ``os.environ``), so a
 process that changes ``FLYWHEEL_HOME`` sees the change.
@@ -114,3 +115,8 @@ def dagster_workspace_path(env: Mapping[str, str] | None = None) -> Path:
     """The workspace file `flywheel ui` writes for `dagster dev` (the top-level workspace.yaml's
     code location, loadable from any working directory)."""
     return dagster_home(env) / "workspace.yaml"
+
+
+def catalog_path(env: Mapping[str, str] | None = None) -> Path:
+    """The model catalog's local extensions and overrides (core/catalog.py), by model_id."""
+    return flywheel_home(env) / "catalog.yaml"

@@ -157,3 +157,33 @@ def log_leaderboard(tracking_uri: str, entries: list[dict], table: str) -> Leade
         mlflow.log_text(table, "leaderboard.md")
         return LeaderboardRun(run.info.run_id, experiment_id)
 
+
+
+def log_table(tracking_uri: str, name: str, rows: list[dict], markdown: str | None = None,
+              metrics: dict[str, float] | None = None) -> LeaderboardRun:
+    """One run per materialization of a derived table (``flywheel.kind`` = ``name``): the rows as
+    the artifact ``<name>.json`` (decimals as exact strings), its Markdown as ``<name>.md``, and
+    any headline ``metrics``."""
+    import json
+    import math
+    from decimal import Decimal
+
+    import mlflow
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Decimal):
+            return str(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            return str(value)
+        return value
+
+    mlflow.set_tracking_uri(tracking_uri)
+    experiment_id = ensure_experiment(tracking_uri)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name, tags={"flywheel.kind": name}) as run:
+        if metrics:
+            mlflow.log_metrics(metrics)
+        mlflow.log_text(json.dumps([{k: plain(v) for k, v in r.items()} for r in rows], indent=1, default=str),
+                        f"{name}.json")
+        if markdown is not None:
+            mlflow.log_text(markdown, f"{name}.md")
+        return LeaderboardRun(run.info.run_id, experiment_id)
