@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from flywheel_pipeline import paths
-from flywheel_pipeline.cli.jobs import JobRun, run_job, run_refresh, tick_experiment_sensor
+from flywheel_pipeline.cli.jobs import JobRun, run_job, run_learn, run_refresh, say_learning, tick_experiment_sensor
 from flywheel_pipeline.cli.options import add_parser, add_verbose, positive_int
 from flywheel_pipeline.cli.output import log_file, say
 from flywheel_pipeline.cli.simulate import add_world_arguments, cmd_simulate
@@ -98,7 +98,7 @@ class Demo:
     def turn_2(self) -> bool:
         say(f"\n=== flywheel turn 2: outcomes up to {self.state.end} ===")
         say("Training again on everything that matured: a new dataset version, a new model version ...")
-        return self.retrain()
+        return self.retrain() and self.learn()
 
     def move_on(self, to: date) -> bool:
         """A finished demo's world moves forward to ``to``: simulate, refresh, evaluate, retrain."""
@@ -106,7 +106,7 @@ class Demo:
         say(f"\n=== the demo world moves on: {done} -> {to} ===")
         self.state.end = to
         self.simulate_until(to, done)
-        return self.refresh(to) and self.experiments() and self.retrain()
+        return self.refresh(to) and self.experiments() and self.retrain() and self.learn()
 
     # ---- what each step does ------------------------------------------------------------------
 
@@ -124,6 +124,12 @@ class Demo:
 
         run = run_job(RETRAIN_JOB_NAME, verbose=self.verbose, name_home=False)
         say_training(run)
+        return run.success
+
+    def learn(self) -> bool:
+        say("Learning without training: judging every sent message, what drives outcomes, the cost per outcome ...")
+        run = run_learn(verbose=self.verbose, name_home=False)
+        say_learning(run)
         return run.success
 
     def experiments(self) -> bool:

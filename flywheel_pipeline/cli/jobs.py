@@ -1,4 +1,4 @@
-"""``flywheel refresh`` and ``flywheel datasets``, and running the code location's jobs in this
+"""``flywheel refresh``, ``flywheel datasets`` and ``flywheel learn``, and running the code location's jobs in this
 process (recorded in the instance at DAGSTER_HOME), which the demo does too."""
 
 from __future__ import annotations
@@ -112,6 +112,40 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0 if run_job(DATASETS_JOB_NAME, verbose=args.verbose) else 1
 
 
+def run_learn(*, verbose: bool = False, name_home: bool = True) -> JobRun:
+    """Materialize the learn job (judgements, drivers, costs) through Dagster."""
+    from flywheel_pipeline.defs.learn.automation import LEARN_JOB_NAME
+
+    return run_job(LEARN_JOB_NAME, verbose=verbose, name_home=name_home)
+
+
+def say_learning(run: JobRun) -> None:
+    """What a learn run measured, in a few lines."""
+    judged = run.metadata.get("message_judgements") or {}
+    if judged:
+        say(f"  judged {judged.get('judged_now', 0)} messages now ({judged.get('reused_now', 0)} identical texts "
+            f"copied); {judged.get('dagster/row_count', 0)} judgements in all")
+    costs = run.metadata.get("cost_analysis") or {}
+    if costs:
+        say(f"  cost: {costs.get('messages', 0)} messages, {costs.get('cost_usd')} USD; possible savings on the "
+            f"cheapest model not worse: {costs.get('savings_usd')} USD ({costs.get('unpriced_messages', 0)} "
+            "messages without a price)")
+    drivers = run.metadata.get("outcome_drivers") or {}
+    if drivers.get("significant") is not None:
+        say(f"  outcome drivers: {drivers.get('significant')} significant of {drivers.get('tested')} tested "
+            "(stratified by organization, Benjamini-Hochberg)")
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    _say_log_file(args)
+    if args.as_of:  # maturity is the labels' business: relabel as of that time first
+        if not run_refresh(as_of=args.as_of, verbose=args.verbose):
+            return 1
+    run = run_learn(verbose=args.verbose)
+    say_learning(run)
+    return 0 if run else 1
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "refresh", help="ingest the landing zone and refresh labels through Dagster")
     p.add_argument("--full", action="store_true", help="rebuild all labels from all events")
@@ -121,3 +155,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "datasets", help="build training examples, preference pairs and exports through Dagster")
     add_verbose(p)
     p.set_defaults(func=cmd_datasets)
+    p = add_parser(sub, "learn", help="judge sent messages, find what drives outcomes and the cost per outcome "
+                                      "(the learn job) through Dagster")
+    p.add_argument("--as-of", type=as_of_time, help="refresh the labels as of this ISO 8601 time first, so "
+                                                     "maturity is measured against it (default: the labels as they are)")
+    add_verbose(p)
+    p.set_defaults(func=cmd_learn)

@@ -219,6 +219,22 @@ def test_cli_refresh_records_runs_in_dagster_home_and_fails_when_a_run_fails(hom
     assert "flywheel.log" not in verbose.stdout
 
 
+def test_cli_learn_runs_the_learn_job_after_labels_as_of_a_time(home):
+    small_world(home / "landing", days=5)
+    env = dict(os.environ)
+    learned = _cli(["learn", "--as-of", AS_OF], env)
+    assert learned.returncode == 0, learned.stdout[-3000:] + learned.stderr[-3000:]
+    assert "of job refresh (succeeded)" in learned.stdout and "of job learn (succeeded)" in learned.stdout
+    assert "judged" in learned.stdout and "messages now" in learned.stdout
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        assert [r.job_name for r in instance.get_runs()] == ["learn", "refresh"]
+    con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
+    judged, delivered = con.execute("SELECT (SELECT count(*) FROM message_judgements), "
+                                    "(SELECT count(*) FROM message_labels WHERE delivered)").fetchone()
+    con.close()
+    assert judged == delivered > 0
+
+
 def test_dagster_cli_materializes_from_the_module(home):
     small_world(home / "landing", days=2)
     env = dict(os.environ)
