@@ -291,7 +291,8 @@ SELECT * EXCLUDE (rating_value),
                      WHEN rating_type IS NULL THEN 'missing rating'
                      WHEN rating_value IS NULL OR rating_value NOT BETWEEN {RATING_MIN} AND {RATING_MAX}
                          THEN 'invalid rating: not an integer from {RATING_MIN} to {RATING_MAX}'
-                     WHEN length(rater) > {RATER_MAX_CHARS} THEN 'invalid rater: longer than {RATER_MAX_CHARS} characters'
+                     WHEN length(rater) > {RATER_MAX_CHARS}
+                         THEN 'invalid rater: longer than {RATER_MAX_CHARS} characters'
                      WHEN comment_type IS NOT NULL AND comment_type <> 'VARCHAR' THEN 'invalid comment: not text'
                      WHEN length(comment) > {COMMENT_MAX_CHARS}
                          THEN 'invalid comment: longer than {COMMENT_MAX_CHARS} characters'

@@ -28,7 +28,8 @@ BREAKDOWNS: dict[str, tuple[tuple[str, ...], str]] = {
             "SELECT type, coalesce(attribution, 'unattributed'), count(*) FROM crm_events GROUP BY ALL ORDER BY 1, 2"),
     # every rating from 1 to 5, with its count (0 when none) and share
     "feedback": (("rating", "ratings", "share"),
-                 "SELECT r.rating, count(f.rating), round(coalesce(count(f.rating) / nullif(sum(count(f.rating)) OVER (), 0), 0), 4) "
+                 "SELECT r.rating, count(f.rating), "
+                 "round(coalesce(count(f.rating) / nullif(sum(count(f.rating)) OVER (), 0), 0), 4) "
                  "FROM range(1, 6) r(rating) LEFT JOIN feedback f ON f.rating = r.rating GROUP BY 1 ORDER BY 1"),
 }
 

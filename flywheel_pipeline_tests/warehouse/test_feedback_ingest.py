@@ -54,7 +54,8 @@ def test_bad_lines_are_quarantined_with_their_reason_and_the_rest_loads(con, lan
     assert con.execute("SELECT lines, valid_lines, quarantined FROM landing_files WHERE source = 'feedback' "
                        "AND file_name = ?", [path.name]).fetchone() == (len(lines), 2, len(lines) - 2)
     assert con.execute("SELECT feedback_id, rating, comment, organization_id, key_org FROM feedback "
-                       "ORDER BY 1").fetchall() == [("ok-1", 4, None, VICTIM, VICTIM), ("ok-2", 1, "meh", VICTIM, VICTIM)]
+                       "ORDER BY 1").fetchall() == [("ok-1", 4, None, VICTIM, VICTIM),
+                                                    ("ok-2", 1, "meh", VICTIM, VICTIM)]
     # attached to the message: its key is the message's
     assert con.execute("SELECT count(*) FROM feedback f JOIN messages m USING (message_key)").fetchone()[0] == 2
     summary = source_summary(con, "feedback")
