@@ -326,6 +326,7 @@ class SourceSpec:
     content: tuple[tuple[str, str], ...]
     message_id_column: str = "message_id"  # the column of _parsed that names our message
     of_a_message: bool = True  # the table keeps its message_key and organization_id (reply_labels name a reply)
+    labelled: bool = True  # labels read the table: a replaced row's message is refolded (feedback: not read)
 
     def canonical_sql(self, *, parsed: bool) -> str:
         """The record's canonical JSON (stored columns in a fixed order): from _parsed's
@@ -367,7 +368,8 @@ SPECS: dict[str, SourceSpec] = {
         _same("label_id", "reply_id", "organization_id", "intent", "sentiment"), of_a_message=False),
     "feedback": SourceSpec(
         "feedback", "feedback", ("key_org", "feedback_id"), FEEDBACK_SQL, FEEDBACK_INSERT,
-        _same("feedback_id", "message_id", "organization_id", "rating", "rater", "comment", "rated_at")),
+        _same("feedback_id", "message_id", "organization_id", "rating", "rater", "comment", "rated_at"),
+        labelled=False),
 }
 
 # Organizations and message keys of a chunk's records (see _key_messages).
@@ -711,8 +713,9 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
         FROM (SELECT old_file, count(*) AS n FROM _against GROUP BY 1) a
         WHERE f.source = ? AND f.file_name = a.old_file
     """, [spec.source])
-    con.execute("INSERT INTO message_refolds SELECT DISTINCT old_key, ? FROM _against WHERE old_key IS NOT NULL",
-                [batch_id])
+    if spec.labelled:
+        con.execute("INSERT INTO message_refolds SELECT DISTINCT old_key, ? FROM _against WHERE old_key IS NOT NULL",
+                    [batch_id])
     if spec.table == "messages":  # its redacted text, if any, is redone from the new row
         if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'redacted_messages'").fetchone()[0]:
             con.execute("DELETE FROM redacted_messages WHERE message_key IN (SELECT old_key FROM _against)")

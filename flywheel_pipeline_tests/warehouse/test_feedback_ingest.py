@@ -78,6 +78,8 @@ def test_duplicates_are_skipped_and_conflicts_settled_the_same_way_in_any_order(
         ingest_source(con, landing, "feedback")
         outcomes.append((con.execute("SELECT rating FROM feedback").fetchall(),
                          con.execute("SELECT reason FROM quarantine").fetchall()))
+        # a replaced rating queues no relabelling: labels do not read ratings
+        assert con.execute("SELECT count(*) FROM message_refolds").fetchone() == (0,)
         con.close()
     assert outcomes[0][0] == outcomes[1][0] == [(2,)]
     for _, quarantined in outcomes:
