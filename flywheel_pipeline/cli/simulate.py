@@ -39,7 +39,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     say(f"[{SIMULATOR_TAG}] {result.days_written} days written, {result.days_skipped} already present: "
         f"{result.messages} messages, {result.sendgrid_lines} SendGrid lines (duplicates included, "
         f"{result.malformed_lines} deliberately truncated), {result.crm_lines} CRM events, "
-        f"{result.reply_lines} replies")
+        f"{result.reply_lines} replies, {result.feedback_lines} ratings")
     return 0
 
 

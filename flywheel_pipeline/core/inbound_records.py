@@ -1,4 +1,4 @@
-"""Checks for the records the outreach app posts (messages, replies), and reply threading.
+"""Checks for the records the outreach app posts (messages, replies, ratings), and reply threading.
 
 The service refuses a record it can tell is wrong (a clear 400 beats a quarantined line
 nobody reads) but otherwise lands it as sent, with integer ids turned into their text:
@@ -12,8 +12,10 @@ first). :func:`message_id_from_headers` returns our message id from those header
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Iterable, Mapping, MutableMapping
+from datetime import datetime, timezone
 from typing import Any
 
 from flywheel_pipeline.core.strict_json import canonical_id
@@ -130,3 +132,64 @@ def check_sendgrid_events(events: list[Any]) -> None:
             parse_unix_seconds(ts, "timestamp")
         except TimestampError as exc:
             raise RecordError(f"event {i}: {exc}") from exc
+
+
+# ---- feedback: people's 1-5 ratings of a message (POST /feedback, landing/feedback) ----------
+
+RATING_MIN, RATING_MAX = 1, 5
+COMMENT_MAX_CHARS = 2000
+RATER_MAX_CHARS = 200
+FEEDBACK_FIELDS = ("feedback_id", "message_id", "organization_id", "rating", "rater", "comment", "rated_at")
+
+
+class RatingError(RecordError):
+    """A rating that is not an integer from 1 to 5 (the service's reason ``invalid_rating``)."""
+
+
+def check_rating(value: Any) -> int:
+    """A rating is a JSON integer from 1 to 5: booleans, fractions (4.5, also 4.0), text ("5"),
+    null and anything out of range are refused."""
+    if type(value) is not int or not RATING_MIN <= value <= RATING_MAX:
+        shown = "missing" if value is None else f"{type(value).__name__} {str(value)[:40]!r}"
+        raise RatingError(f"invalid rating: an integer from {RATING_MIN} to {RATING_MAX}, not {shown}")
+    return value
+
+
+def feedback_id(organization_id: str | None, message_id: str, rater: str | None, rated_at: datetime) -> str:
+    """The id of a rating that carries none: derived from what it rates, who rates and when, so a
+    retried post of the same rating (with its ``rated_at``) is a duplicate ingestion skips."""
+    key = "\x1f".join((organization_id or "", message_id, rater or "",
+                       rated_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")))
+    return "fb-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def check_feedback(record: Any, *, received: datetime | None = None) -> None:
+    """Check one rating and complete it in place: ids as text, ``rated_at`` the time of receipt
+    when absent, ``feedback_id`` derived when absent (:func:`feedback_id`). Unknown fields are
+    refused (a rating has a fixed shape). Raises :class:`RatingError` for the rating and
+    :class:`RecordError` for the rest."""
+    if not isinstance(record, Mapping):
+        raise RecordError("a rating is a JSON object")
+    unknown = sorted(str(k)[:40] for k in record if k not in FEEDBACK_FIELDS)
+    if unknown:
+        raise RecordError(f"unknown field(s) {', '.join(unknown)}; a rating has {', '.join(FEEDBACK_FIELDS)}")
+    _ids(record, ("message_id",), ("organization_id", "feedback_id", "rater"))
+    check_rating(record.get("rating"))
+    if record.get("rater") is not None and len(record["rater"]) > RATER_MAX_CHARS:
+        raise RecordError(f"rater longer than {RATER_MAX_CHARS} characters")
+    comment = record.get("comment")
+    if comment is not None and not isinstance(comment, str):
+        raise RecordError("comment must be text")
+    if comment is not None and len(comment) > COMMENT_MAX_CHARS:
+        raise RecordError(f"comment longer than {COMMENT_MAX_CHARS} characters")
+    received = received or datetime.now(timezone.utc)
+    if record.get("rated_at") in (None, ""):
+        record["rated_at"] = received.astimezone(timezone.utc).isoformat(timespec="microseconds").replace(
+            "+00:00", "Z")
+    try:
+        rated_at = parse_iso(record["rated_at"], "rated_at", received=received)
+    except TimestampError as exc:
+        raise RecordError(str(exc)) from exc
+    if record.get("feedback_id") is None:
+        record["feedback_id"] = feedback_id(record.get("organization_id"), record["message_id"],
+                                            record.get("rater"), rated_at)

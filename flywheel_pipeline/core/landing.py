@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SOURCES: tuple[str, ...] = ("messages", "sendgrid", "crm", "replies")
+SOURCES: tuple[str, ...] = ("messages", "sendgrid", "crm", "replies", "feedback")
 # What people write rather than the outside world: reviewed reply labels
 # (`flywheel replies correct`), which override the reply classifier.
 LABEL_SOURCES: tuple[str, ...] = ("reply_labels",)

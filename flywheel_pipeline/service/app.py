@@ -10,7 +10,7 @@ body ``{"error": <reason code>, "detail": <words>}``, counted in ``/metrics`` by
 
 Layout: state.py (what requests share, built once here), dependencies.py (authentication, rate
 limits, the body), routers/ (``webhooks``: ``POST /webhooks/sendgrid``, ``/webhooks/hubspot``,
-``/webhooks/pipedrive``; ``records``: ``POST /messages``, ``/replies``; ``published``:
+``/webhooks/pipedrive``; ``records``: ``POST /messages``, ``/replies``; ``feedback``: ``POST /feedback``; ``published``:
 ``GET /route``, ``/leaderboard``; ``health``: ``GET /healthz``, ``/metrics``).
 """
 

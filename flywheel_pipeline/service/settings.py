@@ -33,7 +33,8 @@
 ``FLYWHEEL_SEGMENT_MAX_BYTES`` / ``FLYWHEEL_SEGMENT_MAX_AGE_S`` / ``FLYWHEEL_FSYNC_INTERVAL_S``
                                        landing segment rotation (8 MiB / 60 s) and fsync cadence (1 s)
 ``FLYWHEEL_DISABLED_ROUTES``           routes switched off (404): any of ``sendgrid``, ``hubspot``,
-                                       ``pipedrive``, ``messages``, ``replies``, ``route``, ``leaderboard``
+                                       ``pipedrive``, ``messages``, ``replies``, ``route``, ``leaderboard``,
+                                       ``feedback``
 ``FLYWHEEL_HEADER_TIMEOUT_S``          a connection's request line and headers must arrive within it (10 s)
 ``FLYWHEEL_BODY_TIMEOUT_S``            a request's body must arrive within it (30 s; 408 ``body_timeout``)
 ``FLYWHEEL_MAX_CONNECTIONS``           concurrent connections and requests; beyond it 503 (default 200)
@@ -52,7 +53,7 @@ from flywheel_pipeline import paths
 from flywheel_pipeline.core.signatures import load_sendgrid_public_key
 
 # the routes that can be switched off (FLYWHEEL_DISABLED_ROUTES); /healthz and /metrics cannot
-ROUTES = ("sendgrid", "hubspot", "pipedrive", "messages", "replies", "route", "leaderboard")
+ROUTES = ("sendgrid", "hubspot", "pipedrive", "messages", "replies", "route", "leaderboard", "feedback")
 
 
 def _csv(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -172,5 +173,6 @@ class ServiceSettings(BaseModel):
                            "hubspot": self.hubspot_client_secret is None,
                            "pipedrive": not (self.pipedrive_user and self.pipedrive_password),
                            "messages": not self.api_keys, "replies": not self.api_keys,
-                           "route": not self.api_keys, "leaderboard": not self.api_keys}
+                           "route": not self.api_keys, "leaderboard": not self.api_keys,
+                           "feedback": not self.api_keys}
         return [route for route in ROUTES if unauthenticated[route] and self.enabled(route)]

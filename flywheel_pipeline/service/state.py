@@ -63,7 +63,7 @@ def _line(record: Any) -> bytes:
 class ServiceState:
     settings: ServiceSettings
     metrics: ServiceMetrics
-    limiter: RateLimiter  # requests per organization (or client) on /messages and /replies
+    limiter: RateLimiter  # requests per organization (or client) on /messages, /replies and /feedback
     auth_failures: RateLimiter  # failed authentications per client
     api_keys: list[tuple[str, bytes]]  # (organization, key); empty = no keys configured
     organizations: frozenset[str]

@@ -78,6 +78,9 @@ class SimConfig:
     # is SANDBOX_MODEL_QUALITY (a simulator assumption: trained on the best outcomes, it writes
     # somewhat better e-mails than the baseline).
     routing_history: tuple[tuple[date, dict], ...] = ()
+    # Share of messages a person rates (landing/feedback, 1-5, correlated with the model's hidden
+    # quality). Drawn from each message's own feedback RNG, so the other sources stay the same.
+    feedback_rate: float = 0.03
 
     def routing_on(self, day: date) -> dict | None:
         table = None
@@ -98,6 +101,7 @@ class SimResult:
     sendgrid_lines: int = 0
     crm_lines: int = 0
     reply_lines: int = 0
+    feedback_lines: int = 0
     malformed_lines: int = 0
     files: list[Path] = field(default_factory=list)
 
@@ -261,6 +265,28 @@ def _message_fate(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: d
     return out
 
 
+FEEDBACK_COMMENTS = {1: "Generic and off-target.", 2: "Too long, no clear ask.", 3: "Fine, nothing special.",
+                     4: "Clear and relevant.", 5: "Personal and to the point."}
+
+
+def _feedback(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: datetime
+              ) -> list[tuple[datetime, dict[str, Any]]]:
+    """A person's rating of the message, for about ``feedback_rate`` of them: 1-5, higher on
+    average for a model of higher hidden quality (about 2.8 at quality 1.0, 3.5 at 1.3), from
+    the message's own feedback RNG (no other stream moves)."""
+    rng = random.Random(f"{cfg.seed}:feedback:{mid}")
+    if rng.random() >= cfg.feedback_rate:
+        return []
+    rating = max(1, min(5, round(3.0 + 2.5 * (model.quality - 1.1) + rng.gauss(0, 0.9))))
+    at = sent + timedelta(hours=rng.uniform(0.5, 72))
+    record: dict[str, Any] = {"feedback_id": f"fb-{mid}", "message_id": mid,
+                              "organization_id": lead.organization_id, "rating": rating,
+                              "rater": f"{lead.organization_id}-reviewer-{rng.randrange(4)}", "rated_at": _iso(at)}
+    if rng.random() < 0.4:
+        record["comment"] = FEEDBACK_COMMENTS[rating]
+    return [(at, record)]
+
+
 def _crm_ref(cfg: SimConfig, rng: random.Random, lead: Lead, mid: str) -> dict[str, str]:
     if rng.random() < cfg.crm_with_message_id:
         return {"message_id": mid, "lead_id": lead.lead_id}
@@ -394,6 +420,9 @@ def simulate(landing: Path, cfg: SimConfig | None = None) -> SimResult:
                 for at, rec in items:
                     if at < end_ts:
                         posted[source][at.date()].append((at, rec))
+            for at, rec in _feedback(cfg, lead, model, mid, sent):
+                if at < end_ts:
+                    posted["feedback"][at.date()].append((at, rec))
         day += timedelta(days=1)
 
     result = SimResult()
@@ -429,7 +458,9 @@ def simulate(landing: Path, cfg: SimConfig | None = None) -> SimResult:
                 result.sendgrid_lines += count
             elif source == "crm":
                 result.crm_lines += count
-            else:
+            elif source == "replies":
                 result.reply_lines += count
+            else:
+                result.feedback_lines += count
         day += timedelta(days=1)
     return result

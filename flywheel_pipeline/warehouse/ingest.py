@@ -29,6 +29,8 @@ from pathlib import Path
 import duckdb
 
 from flywheel_pipeline.core import landing as landing_zone
+from flywheel_pipeline.core.inbound_records import COMMENT_MAX_CHARS, RATER_MAX_CHARS, RATING_MAX, RATING_MIN
+from flywheel_pipeline.core.inbound_records import FEEDBACK_FIELDS as FEEDBACK_RECORD_FIELDS
 from flywheel_pipeline.core.label_policy import LabelPolicy
 from flywheel_pipeline.core.reply_classifier import INTENTS, SENTIMENTS
 from flywheel_pipeline.core.timestamps import EARLIEST, ISO_PATTERN, MAX_FUTURE, sql_range
@@ -257,6 +259,57 @@ FROM {rows}
 ON CONFLICT DO NOTHING
 """
 
+# People's 1-5 ratings of a message (POST /feedback). The rating must be a JSON integer (json_type
+# UBIGINT/BIGINT): 4.5, 5.0, "5" and true are refused as the service refuses them
+# (core/inbound_records.check_feedback); so are unknown fields, a comment that is not text or too long.
+FEEDBACK_FIELDS = {k: _V for k in ("feedback_id", "message_id", "organization_id", "rater", "rated_at")} | {
+    "rating": "JSON", "comment": "JSON"}
+_FEEDBACK_KNOWN = tuple(FEEDBACK_RECORD_FIELDS)
+
+FEEDBACK_SQL = f"""
+WITH p AS ({_parse_common(FEEDBACK_FIELDS)}),
+f AS (
+    SELECT source_file, line_no, line, base_reason,
+           r.feedback_id, r.message_id, nullif(r.organization_id, '') AS organization_id,
+           nullif(r.organization_id, '') AS message_org, coalesce(r.organization_id, '') AS key_org,
+           json_type(r.rating) AS rating_type,
+           CASE WHEN json_type(r.rating) IN ('UBIGINT', 'BIGINT') THEN try_cast(r.rating ->> '$' AS BIGINT) END
+               AS rating_value,
+           nullif(r.rater, '') AS rater, json_type(r.comment) AS comment_type,
+           CASE WHEN json_type(r.comment) = 'VARCHAR' THEN r.comment ->> '$' END AS comment,
+           {_TS.format(expr='r.rated_at')} AS rated_at, r.rated_at AS rated_text,
+           CASE WHEN base_reason IS NULL
+                THEN list_filter(json_keys(line::JSON), lambda k: k NOT IN {_FEEDBACK_KNOWN}) END AS unknown_fields
+    FROM p)
+SELECT * EXCLUDE (rating_value),
+       CASE WHEN rating_value BETWEEN {RATING_MIN} AND {RATING_MAX} THEN rating_value::UTINYINT END AS rating,
+       coalesce(base_reason,
+                CASE WHEN feedback_id IS NULL OR feedback_id = '' THEN 'missing feedback_id'
+                     WHEN message_id IS NULL OR message_id = '' THEN 'missing message_id'
+                     WHEN len(unknown_fields) > 0
+                         THEN 'unknown field(s): ' || array_to_string(list_sort(unknown_fields), ', ')
+                     WHEN rating_type IS NULL THEN 'missing rating'
+                     WHEN rating_value IS NULL OR rating_value NOT BETWEEN {RATING_MIN} AND {RATING_MAX}
+                         THEN 'invalid rating: not an integer from {RATING_MIN} to {RATING_MAX}'
+                     WHEN length(rater) > {RATER_MAX_CHARS}
+                         THEN 'invalid rater: longer than {RATER_MAX_CHARS} characters'
+                     WHEN comment_type IS NOT NULL AND comment_type <> 'VARCHAR' THEN 'invalid comment: not text'
+                     WHEN length(comment) > {COMMENT_MAX_CHARS}
+                         THEN 'invalid comment: longer than {COMMENT_MAX_CHARS} characters'
+                     WHEN rated_text IS NULL THEN 'missing rated_at'
+                     WHEN rated_at IS NULL THEN 'invalid rated_at: not an ISO 8601 timestamp'
+                     WHEN NOT {sql_range('rated_at')} THEN 'invalid rated_at: {_RANGE}' END) AS reason
+FROM f
+"""
+
+FEEDBACK_INSERT = """
+INSERT INTO feedback
+SELECT feedback_id, v.message_id, k.message_key, rating, rater, comment, rated_at, source_file, line_no, $batch_id,
+       v.organization_id, v.key_org
+FROM {rows} v JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.message_id
+ON CONFLICT DO NOTHING
+"""
+
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -273,6 +326,7 @@ class SourceSpec:
     content: tuple[tuple[str, str], ...]
     message_id_column: str = "message_id"  # the column of _parsed that names our message
     of_a_message: bool = True  # the table keeps its message_key and organization_id (reply_labels name a reply)
+    labelled: bool = True  # labels read the table: a replaced row's message is refolded (feedback: not read)
 
     def canonical_sql(self, *, parsed: bool) -> str:
         """The record's canonical JSON (stored columns in a fixed order): from _parsed's
@@ -312,6 +366,10 @@ SPECS: dict[str, SourceSpec] = {
         # the same correction again (a new time or reviewer) is a copy. Labels are landed by the
         # installation's operators (`flywheel replies correct`), not by an organization's key.
         _same("label_id", "reply_id", "organization_id", "intent", "sentiment"), of_a_message=False),
+    "feedback": SourceSpec(
+        "feedback", "feedback", ("key_org", "feedback_id"), FEEDBACK_SQL, FEEDBACK_INSERT,
+        _same("feedback_id", "message_id", "organization_id", "rating", "rater", "comment", "rated_at"),
+        labelled=False),
 }
 
 # Organizations and message keys of a chunk's records (see _key_messages).
@@ -655,8 +713,9 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
         FROM (SELECT old_file, count(*) AS n FROM _against GROUP BY 1) a
         WHERE f.source = ? AND f.file_name = a.old_file
     """, [spec.source])
-    con.execute("INSERT INTO message_refolds SELECT DISTINCT old_key, ? FROM _against WHERE old_key IS NOT NULL",
-                [batch_id])
+    if spec.labelled:
+        con.execute("INSERT INTO message_refolds SELECT DISTINCT old_key, ? FROM _against WHERE old_key IS NOT NULL",
+                    [batch_id])
     if spec.table == "messages":  # its redacted text, if any, is redone from the new row
         if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'redacted_messages'").fetchone()[0]:
             con.execute("DELETE FROM redacted_messages WHERE message_key IN (SELECT old_key FROM _against)")

@@ -9,7 +9,7 @@ import duckdb
 
 # The table each landing source loads.
 SOURCE_TABLES = {"messages": "messages", "sendgrid": "email_events", "crm": "crm_events", "replies": "replies",
-                 "reply_labels": "reply_labels"}
+                 "reply_labels": "reply_labels", "feedback": "feedback"}
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,11 @@ BREAKDOWNS: dict[str, tuple[tuple[str, ...], str]] = {
     "sendgrid": (("event", "events"), "SELECT event, count(*) FROM email_events GROUP BY 1 ORDER BY 2 DESC"),
     "crm": (("type", "attribution", "events"),
             "SELECT type, coalesce(attribution, 'unattributed'), count(*) FROM crm_events GROUP BY ALL ORDER BY 1, 2"),
+    # every rating from 1 to 5, with its count (0 when none) and share
+    "feedback": (("rating", "ratings", "share"),
+                 "SELECT r.rating, count(f.rating), "
+                 "round(coalesce(count(f.rating) / nullif(sum(count(f.rating)) OVER (), 0), 0), 4) "
+                 "FROM range(1, 6) r(rating) LEFT JOIN feedback f ON f.rating = r.rating GROUP BY 1 ORDER BY 1"),
 }
 
 

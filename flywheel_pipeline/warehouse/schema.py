@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 8
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -249,10 +249,22 @@ _MIGRATE_TO_PIPELINE_TABLES = tuple(
                        ("variance_reduction", "DOUBLE"), ("overall_decision", "VARCHAR")))
 PIPELINE_TABLES_SINCE = 6
 
+# Version 7 adds feedback: people's 1-5 ratings of a message (landing/feedback, POST /feedback),
+# keyed like email events by (key_org, feedback_id) and attached to the message of the organization
+# they name by message_key. Ratings sit beside the outcome labels; labelling does not read them.
+FEEDBACK_SINCE = 7
+FEEDBACK_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS feedback (
+        feedback_id VARCHAR NOT NULL, message_id VARCHAR NOT NULL, message_key BIGINT NOT NULL,
+        rating UTINYINT NOT NULL, rater VARCHAR, comment VARCHAR, rated_at TIMESTAMP NOT NULL,
+        source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+        organization_id VARCHAR, key_org VARCHAR NOT NULL, PRIMARY KEY (key_org, feedback_id))""",
+)
+
 
 # Every delivered message judged once per judge and criteria version (warehouse/message_judgements.py):
 # a score of 0-100 with its dimension scores, or no score and the reason it could not be judged.
-JUDGEMENTS_SINCE = 10
+JUDGEMENTS_SINCE = 8
 JUDGEMENTS_DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS message_judgements (
         message_key BIGINT NOT NULL, judge VARCHAR NOT NULL, criteria_version VARCHAR NOT NULL,
@@ -330,8 +342,12 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if migrating_from is not None and migrating_from < PIPELINE_TABLES_SINCE:
             for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
-        for statement in JUDGEMENTS_DDL:  # new with JUDGEMENTS_SINCE; idempotent for older warehouses
-            con.execute(statement)
+        if migrating_from is None or migrating_from < FEEDBACK_SINCE:
+            for statement in FEEDBACK_DDL:
+                con.execute(statement)
+        if migrating_from is None or migrating_from < JUDGEMENTS_SINCE:
+            for statement in JUDGEMENTS_DDL:
+                con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])
         con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])

@@ -42,6 +42,8 @@ TEMPLATES = {
     "/replies": [{"reply_id": "r-1", "received_at": "2026-03-02T10:00:00Z", "from_email": "a@b.example",
                   "subject": "Re", "text": "thanks", "headers": {"In-Reply-To": "<m-1@outreach.example>",
                                                                 "References": ["<m-0@outreach.example>"]}}],
+    "/feedback": [{"message_id": "m-1", "rating": 4, "rater": "ada", "comment": "clear ask",
+                   "rated_at": "2026-03-02T10:00:00Z"}, {"message_id": "m-2", "rating": 1, "feedback_id": "f-2"}],
 }
 WEIRD_TEXT = ["\ud800", "\udfff", "x\ud83d", "", " ", "NaN", "Infinity", "-Infinity", "1e400", "9" * 400,
               "20240101T000000", "2024-W01-1", "9999-12-31T23:59:59Z", "0001-01-01T00:00:00Z", "\x00", "é\u2028",

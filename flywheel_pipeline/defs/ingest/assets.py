@@ -14,7 +14,7 @@ from flywheel_pipeline.warehouse.ingest_summary import BREAKDOWNS, source_summar
 INGEST_GROUP = "ingest"
 # the metadata entry that shows each source's breakdown
 _BREAKDOWN_ENTRY = {"messages": "messages_per_model", "sendgrid": "events_by_type",
-                    "crm": "events_by_type_and_attribution"}
+                    "crm": "events_by_type_and_attribution", "feedback": "ratings_distribution"}
 
 
 def _ingest(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
@@ -94,3 +94,12 @@ def replies(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
 def reply_labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
                  landing: LandingZoneResource) -> dg.MaterializeResult:
     return _ingest(context, warehouse, landing, "reply_labels")
+
+
+@dg.asset(group_name=INGEST_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"},
+          description="People's 1-5 ratings of a message from landing/feedback (POST /feedback), unique "
+                      "(organization, feedback_id), attached to the message of their organization. They sit "
+                      "beside the outcome labels: labelling does not read them.")
+def feedback(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+             landing: LandingZoneResource) -> dg.MaterializeResult:
+    return _ingest(context, warehouse, landing, "feedback")
