@@ -22,7 +22,8 @@ from dataclasses import asdict, dataclass
 from datetime import date, datetime, timedelta, timezone
 
 from flywheel_pipeline import paths
-from flywheel_pipeline.cli.jobs import JobRun, run_job, run_learn, run_refresh, say_learning, tick_experiment_sensor
+from flywheel_pipeline.cli.jobs import (JobRun, run_job, run_learn, run_refresh, say_learning,
+                                        tick_experiment_sensor, tick_sensor)
 from flywheel_pipeline.cli.options import add_parser, add_verbose, positive_int
 from flywheel_pipeline.cli.output import log_file, say
 from flywheel_pipeline.cli.simulate import add_world_arguments, cmd_simulate
@@ -98,7 +99,8 @@ class Demo:
     def turn_2(self) -> bool:
         say(f"\n=== flywheel turn 2: outcomes up to {self.state.end} ===")
         say("Training again on everything that matured: a new dataset version, a new model version ...")
-        return self.retrain() and self.learn()
+        # then what the daemon would do next: evaluate the new experiment, and learn
+        return self.retrain() and self.experiments() and self.learn()
 
     def move_on(self, to: date) -> bool:
         """A finished demo's world moves forward to ``to``: simulate, refresh, evaluate, retrain."""
@@ -106,7 +108,7 @@ class Demo:
         say(f"\n=== the demo world moves on: {done} -> {to} ===")
         self.state.end = to
         self.simulate_until(to, done)
-        return self.refresh(to) and self.experiments() and self.retrain() and self.learn()
+        return self.refresh(to) and self.experiments() and self.retrain() and self.experiments() and self.learn()
 
     # ---- what each step does ------------------------------------------------------------------
 
@@ -120,14 +122,18 @@ class Demo:
         return bool(run_refresh(as_of=_midnight(day), verbose=self.verbose, name_home=False))
 
     def retrain(self) -> bool:
+        """Retrain as the new-outcomes sensor would request it (tagged as its run, so the daemon does
+        not request it again), or as the weekly schedule would when the sensor waits for outcomes."""
         from flywheel_pipeline.defs.training.automation import RETRAIN_JOB_NAME
 
-        run = run_job(RETRAIN_JOB_NAME, verbose=self.verbose, name_home=False)
+        _, run = tick_sensor("new_outcomes_sensor", verbose=self.verbose)
+        if run is None:
+            run = run_job(RETRAIN_JOB_NAME, verbose=self.verbose, name_home=False)
         say_training(run)
         return run.success
 
     def learn(self) -> bool:
-        say("Learning without training: judging every sent message, what drives outcomes, the cost per outcome ...")
+        say("Learning without training: judging every sent message, the cost per outcome ...")
         run = run_learn(verbose=self.verbose, name_home=False)
         say_learning(run)
         return run.success

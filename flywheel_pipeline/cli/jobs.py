@@ -25,7 +25,7 @@ class JobRun:
 
 
 def run_job(job_name: str, run_config: dict | None = None, *, verbose: bool = False,
-            name_home: bool = True, log_level: str = "INFO") -> JobRun:
+            name_home: bool = True, log_level: str = "INFO", tags: dict[str, str] | None = None) -> JobRun:
     """Execute one of the code location's jobs in process, recorded in DAGSTER_HOME's instance.
     Prints one line for the run (with ``name_home``, where it is recorded), each failed step and
     each check that did not pass; Dagster's own log lines go to the log file unless ``verbose``."""
@@ -46,7 +46,7 @@ def run_job(job_name: str, run_config: dict | None = None, *, verbose: bool = Fa
             wait_for_pool(instance, WAREHOUSE_POOL, say)
             result = defs.resolve_job_def(job_name).execute_in_process(
                 instance=instance, run_config=run_config, raise_on_error=False,
-                tags={"flywheel/trigger": "cli", **process_tags()})
+                tags={"flywheel/trigger": "cli", **(tags or {}), **process_tags()})
             run = JobRun(job_name, result.run_id, result.success, {
                 event.asset_key.to_user_string(): {k: getattr(v, "value", v)
                                                    for k, v in event.materialization.metadata.items()}
@@ -75,24 +75,42 @@ def run_refresh(full: bool = False, as_of: str | None = None, *, verbose: bool =
                    verbose=verbose, name_home=name_home)
 
 
-def tick_experiment_sensor(*, verbose: bool = False) -> JobRun | None:
-    """Tick the experiment sensor as the daemon would and run what it requests (None: it skipped,
-    and said why)."""
+def tick_sensor(sensor_name: str, *, verbose: bool = False, announce: str | None = None
+                ) -> tuple[object, JobRun | None]:
+    """Tick one of the code location's sensors as the daemon would and run what it requests, tagged
+    as that sensor's run (its run key and name), so that the daemon, started later on the same
+    instance, does not request the same run again. Returns (the tick's result, the run or None)."""
     from flywheel_pipeline.instance import ensure_local_dagster_home
 
     ensure_local_dagster_home()
-    with library_output("experiment_sensor tick", verbose=verbose):
+    with library_output(f"{sensor_name} tick", verbose=verbose):
         import dagster as dg
 
-        from flywheel_pipeline.defs.experiments.automation import EXPERIMENTS_JOB_NAME, experiment_sensor
+        from flywheel_pipeline.definitions import defs
 
+        sensor = defs.resolve_sensor_def(sensor_name)
         with dg.DagsterInstance.get() as instance:
-            tick = experiment_sensor(dg.build_sensor_context(instance=instance))
+            tick = sensor(dg.build_sensor_context(instance=instance, resources=defs.resources,
+                                                  sensor_name=sensor_name))
     if not isinstance(tick, dg.RunRequest):
+        return tick, None
+    tags = {**tick.tags, "dagster/sensor_name": sensor_name}
+    if tick.run_key:
+        tags["dagster/run_key"] = tick.run_key
+    if announce:
+        say(announce)
+    return tick, run_job(tick.job_name or sensor.job_name, verbose=verbose, name_home=False, tags=tags)
+
+
+def tick_experiment_sensor(*, verbose: bool = False) -> JobRun | None:
+    """Tick the experiment sensor as the daemon would and run what it requests (None: it skipped,
+    and said why)."""
+    tick, run = tick_sensor("experiment_sensor", verbose=verbose,
+                            announce="experiment sensor requested a run: A/B results, decisions, leaderboard ...")
+    if run is None:
         say(f"experiment sensor: {getattr(tick, 'skip_message', tick)}")
         return None
-    say("experiment sensor requested a run: A/B results, decisions, leaderboard ...")
-    return run_job(EXPERIMENTS_JOB_NAME, verbose=verbose, name_home=False)
+    return run
 
 
 def _say_log_file(args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from flywheel_pipeline import paths
 from flywheel_pipeline.cli.output import columns
 from flywheel_pipeline.core.label_policy import STAGES
 from flywheel_pipeline.warehouse.schema import connect
@@ -58,7 +59,7 @@ def print_summary(database: Path, out: Callable[[str], None] = print) -> None:
             out(f"  preference pairs: {pairs[0]} in {pairs[1]} contexts")
     finally:
         con.close()
-    exports = database.parent / "exports"
+    exports = paths.exports_dir()
     if exports.is_dir():
         versions = sorted((p for p in exports.iterdir() if p.is_dir() and not p.name.startswith(".")),
                           key=lambda p: p.stat().st_mtime)

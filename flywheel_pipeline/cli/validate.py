@@ -8,6 +8,7 @@ import sys
 
 from flywheel_pipeline.cli.options import add_parser
 from flywheel_pipeline.cli.output import say
+from flywheel_pipeline.core.models import DEFAULT_MODEL
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -30,7 +31,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="the JSONL file")
     p.add_argument("--kind", choices=("auto", "chat", "preference"), default="auto",
                    help="the file's format (auto: told by its first readable line)")
-    p.add_argument("--model", default="gpt-4o-mini-2024-07-18", help="target model (token encoding, limit, price)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="target model (token encoding, limit, price)")
     p.add_argument("--epochs", type=int, help="epochs for the estimate (default: OpenAI's heuristic)")
     p.add_argument("--price-per-million", type=float, help="USD per 1M training tokens (default: list price)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")

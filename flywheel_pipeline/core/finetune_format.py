@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flywheel_pipeline.core.models import DEFAULT_MODEL
 from flywheel_pipeline.core.tokens import TokenCounter, base_model, count_chat_tokens, counter_for_model
 
 # ---- building examples ----------------------------------------------------------------------
@@ -326,7 +327,7 @@ def _lines(path: Path) -> Iterator[tuple[int, str | _Unreadable]]:
 
 
 def validate_examples(examples: Iterable[tuple[int, Any]], *, path: str = "<examples>", kind: str = "auto",
-                      model: str = "gpt-4o-mini-2024-07-18", epochs: int | None = None,
+                      model: str = DEFAULT_MODEL, epochs: int | None = None,
                       price_per_million: float | None = None, counter: TokenCounter | None = None
                       ) -> ValidationReport:
     """Validate (line number, parsed object) pairs; an ``_Unreadable`` marks a line that could

@@ -1,5 +1,6 @@
-"""Which landing files have been taken: per source, the digest (core/landing.fingerprint) of the
-files ingestion listed when it last ran, kept in a small JSON file beside the warehouse. The
+"""Which landing files have been taken: per warehouse, landing zone and source, the digest
+(core/landing.fingerprint) of the files ingestion listed when it last ran, kept in a small JSON
+file under FLYWHEEL_HOME (a new or deleted warehouse has taken nothing). The
 landing sensor compares the landing zone against it (and its own cursor) so that it launches a
 refresh only for files nothing has taken yet, without opening the warehouse."""
 
@@ -13,24 +14,28 @@ from flywheel_pipeline.core import landing as landing_zone
 from flywheel_pipeline.core.atomic_json import write_json_atomic
 
 
-def read_taken(path: Path, landing: Path) -> dict[str, str]:
-    """Per source, the digest ingestion last took from the landing zone at ``landing``."""
+def _zone(landing: Path, warehouse: str) -> str:
+    return f"{warehouse}|{landing.absolute()}"
+
+
+def read_taken(path: Path, landing: Path, warehouse: str) -> dict[str, str]:
+    """Per source, the digest ingestion into ``warehouse`` last took from the landing zone at ``landing``."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         return {}
-    zone = value.get(str(landing.absolute())) if isinstance(value, dict) else None
+    zone = value.get(_zone(landing, warehouse)) if isinstance(value, dict) else None
     return {str(k): str(v) for k, v in zone.items()} if isinstance(zone, dict) else {}
 
 
-def record_taken(path: Path, landing: Path, digests: dict[str, str]) -> None:
+def record_taken(path: Path, landing: Path, warehouse: str, digests: dict[str, str]) -> None:
     """Merge ``digests`` (source -> digest, taken before ingestion listed the files) into the file."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (FileNotFoundError, ValueError):
         value = {}
     value = value if isinstance(value, dict) else {}
-    key = str(landing.absolute())
+    key = _zone(landing, warehouse)
     value[key] = {**(value.get(key) if isinstance(value.get(key), dict) else {}), **digests}
     write_json_atomic(value, path)
 

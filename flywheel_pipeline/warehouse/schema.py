@@ -202,6 +202,11 @@ _ORGANIZATION_KEYED = {
 }
 
 
+def _column_exists(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
+    return con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
+                       "AND schema_name = 'main'", [table, column]).fetchall()[0][0] > 0
+
+
 def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
                        [name]).fetchone()[0] > 0
@@ -326,7 +331,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         rebuilt = []
         if migrating_from is not None and migrating_from < ORGANIZATION_KEYS_SINCE:
             # (reply_labels came with version 3: older warehouses have none to keep)
-            rebuilt = [table for table in _ORGANIZATION_KEYED if _table_exists(con, table)]
+            # by the tables, not only the number: a table that already has key_org is keyed
+            rebuilt = [table for table in _ORGANIZATION_KEYED
+                       if _table_exists(con, table) and not _column_exists(con, table, "key_org")]
             for table in rebuilt:
                 con.execute(f"ALTER TABLE {table} RENAME TO _unkeyed_{table}")
         for statement in DDL:
@@ -342,12 +349,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if migrating_from is not None and migrating_from < PIPELINE_TABLES_SINCE:
             for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
-        if migrating_from is None or migrating_from < FEEDBACK_SINCE:
-            for statement in FEEDBACK_DDL:
-                con.execute(statement)
-        if migrating_from is None or migrating_from < JUDGEMENTS_SINCE:
-            for statement in JUDGEMENTS_DDL:
-                con.execute(statement)
+        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL):  # additive and idempotent: whenever migrating
+            con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])
         con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])

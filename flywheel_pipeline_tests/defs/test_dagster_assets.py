@@ -114,7 +114,8 @@ def test_a_landing_file_refused_whole_warns_in_the_quarantine_check(tmp_path):
 
 def test_landing_sensor_requests_a_run_only_for_new_files(tmp_path):
     landing = tmp_path / "landing"
-    res = {"landing": LandingZoneResource(path=str(landing))}
+    res = {"landing": LandingZoneResource(path=str(landing)),
+           "warehouse": WarehouseResource(database=str(tmp_path / "wh.duckdb"))}
     with dg.instance_for_test() as instance:
         ctx = dg.build_sensor_context(instance=instance, resources=res)
         assert isinstance(landing_sensor(ctx), dg.SkipReason)  # nothing landed yet
@@ -287,7 +288,7 @@ def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
     defs = json.loads(listed.stdout)
     asset_keys = {a["asset_key"] for a in defs["assets"]}
     assert {"messages", "email_events", "outcome_labels", "model_leaderboard"} <= asset_keys
-    assert {j["name"] for j in defs["jobs"]} == {"refresh", "datasets", "retrain", "experiments"}
+    assert {j["name"] for j in defs["jobs"]} == {"refresh", "datasets", "retrain", "experiments", "learn"}
     assert {"landing_sensor", "experiment_sensor"} <= {s["name"] for s in defs["sensors"]}
 
     del env["DAGSTER_HOME"]
@@ -299,25 +300,35 @@ def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
     assert "DAGSTER_PG_USER" in said and "is the production instance" in said and "Traceback" not in said
 
 
-def _after_the_demo() -> tuple[dict[str, str], object]:
+def _after_the_demo() -> tuple[dict[str, str], dict[str, str]]:
     """What a first `make ui` would find on the demo's instance: every asset that is not fresh
-    (Dagster's own staleness: missing, or an upstream materialized since), and the landing
-    sensor's first tick (no cursor yet)."""
+    (Dagster's own staleness: missing, or an upstream materialized since), and every sensor that
+    starts running and would launch a run the daemon has not seen (a run request whose run key no
+    run of that sensor carries yet)."""
     from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
     from dagster._core.definitions.data_version import CachingStaleStatusResolver
     from dagster._time import get_current_datetime
 
     defs = build_definitions()
     graph = defs.resolve_asset_graph()
+    would_launch = {}
     with dg.DagsterInstance.get() as instance:
         view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
                               instance=instance, asset_graph=graph)
         resolver = CachingStaleStatusResolver(instance, graph, view)
         not_fresh = {key.to_user_string(): resolver.get_status(key).value for key in graph.materializable_asset_keys
                      if resolver.get_status(key).value != "FRESH"}
-        tick = build_definitions().resolve_sensor_def("landing_sensor")(
-            dg.build_sensor_context(instance=instance, resources=defs.resources))
-    return not_fresh, tick
+        for sensor in defs.get_repository_def().sensor_defs:
+            if sensor.default_status != dg.DefaultSensorStatus.RUNNING or isinstance(sensor, dg.RunStatusSensorDefinition):
+                continue  # (a run-status sensor reacts to runs, it launches none)
+            tick = sensor.evaluate_tick(dg.build_sensor_context(instance=instance, resources=defs.resources,
+                                                                sensor_name=sensor.name))
+            for request in tick.run_requests or []:
+                seen = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/run_key": request.run_key,
+                                                                     "dagster/sensor_name": sensor.name}))
+                if not seen:
+                    would_launch[sensor.name] = request.run_key
+    return not_fresh, would_launch
 
 
 def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
@@ -328,10 +339,10 @@ def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
     first = _cli(["demo", *small, "--end", "2026-06-01"], env)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     out = first.stdout
-    assert "live traffic, week 2 of 2" in out and out.count("experiment sensor requested a run") == 2
+    assert "live traffic, week 2 of 2" in out and out.count("experiment sensor requested a run") == 3
     assert "challenger 10%" in out and "flywheel turn 2" in out
-    not_fresh, tick = _after_the_demo()
-    assert not_fresh == {} and isinstance(tick, dg.SkipReason), (not_fresh, tick)
+    not_fresh, would_launch = _after_the_demo()
+    assert not_fresh == {} and would_launch == {}, (not_fresh, would_launch)
     # a story, not a log: Dagster's and MLflow's lines are in the log file it names
     assert " - dagster - " not in out + first.stderr and "registered model" not in out + first.stderr
     assert f"go to {home}/logs/flywheel.log (--verbose shows them here)" in out

@@ -28,7 +28,7 @@ def test_the_definitions_load_in_every_environment(environment, home):
     repo = build_definitions(environment).get_repository_def()
     groups = {g for a in repo.assets_defs_by_key.values() for g in a.group_names_by_key.values()}
     assert groups == set(DOMAINS)
-    assert set(repo.job_names) >= {"refresh", "datasets", "retrain", "experiments"}
+    assert set(repo.job_names) >= {"refresh", "datasets", "retrain", "experiments", "learn"}
     assert {s.name for s in repo.sensor_defs} == {"landing_sensor", "new_outcomes_sensor", "experiment_sensor",
                                                  "run_failure_sensor"}
     assert {s.name for s in repo.schedule_defs} == {"daily_label_refresh", "weekly_retrain"}
@@ -86,10 +86,14 @@ def test_the_landing_sensor_launches_nothing_for_files_ingestion_took(home):
         ctx = dg.build_sensor_context(instance=instance, resources=res)
         request = landing_sensor(ctx)
         assert isinstance(request, dg.RunRequest) and request.tags["flywheel/sources"] == "replies"
-        # the same files under another landing zone were never taken there
-        other = {"landing": LandingZoneResource(path=str(home / "elsewhere"))}
+        # files under another landing zone were never taken there
+        other = {**res, "landing": LandingZoneResource(path=str(home / "elsewhere"))}
         write_jsonl(home / "elsewhere", "messages", [{"message_id": "m"}])
         assert isinstance(landing_sensor(dg.build_sensor_context(instance=instance, resources=other)),
+                          dg.RunRequest)
+        # and a new (or deleted and recreated) warehouse has taken nothing from this one
+        fresh = {**res, "warehouse": WarehouseResource(database=str(home / "new.duckdb"))}
+        assert isinstance(landing_sensor(dg.build_sensor_context(instance=instance, resources=fresh)),
                           dg.RunRequest)
 
 

@@ -12,7 +12,7 @@ from flywheel_pipeline.core.models import DEFAULT_MODEL
 from flywheel_pipeline.core.stats.policy import (CONTROL, DEFAULT_PLANNED_LEADS, Decision, PolicyConfig, StepPlan,
                                                  decide, plan_step, planned_leads, step_of)
 from flywheel_pipeline.defs.outcomes.assets import outcome_labels
-from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
+from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, MlflowResource, WarehouseResource
 from flywheel_pipeline.defs.training.assets import offline_evaluation
 from flywheel_pipeline.core.routing import family_allocation
 from flywheel_pipeline.routing import load_routing, routing_path, write_routing
@@ -32,7 +32,7 @@ class RoutingConfig(dg.Config):
     first_step_pct: float = Field(DEFAULT_ROLLOUT_STEPS[0], description="Traffic a new challenger starts with.")
 
 
-@dg.asset(group_name=EXPERIMENTS_GROUP, kinds={"json"}, deps=[offline_evaluation],
+@dg.asset(group_name=EXPERIMENTS_GROUP, pool=WAREHOUSE_POOL, kinds={"json"}, deps=[offline_evaluation],
           description="Current arms per organization and task (champion, challenger with its traffic share), "
                       "published as $FLYWHEEL_HOME/routing.json for flywheel_pipeline.routing.choose_model. "
                       "The newest model that passed offline evaluation becomes the challenger at the first "
@@ -111,7 +111,7 @@ def _days(value: float | None) -> str:
     return "" if value is None else f"{value:.0f}"
 
 
-@dg.asset(group_name=EXPERIMENTS_GROUP, kinds={"duckdb"}, deps=[routing_table, outcome_labels],
+@dg.asset(group_name=EXPERIMENTS_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"}, deps=[routing_table, outcome_labels],
           description="Per experiment (a champion and one or more challengers) within its current allocation: "
                       "reply, positive-reply, meeting and close rates, revenue, cost per meeting, the weighted "
                       "score (CUPED-adjusted by each lead's engagement before the experiment); fixed-horizon and "
@@ -167,7 +167,7 @@ class DecisionConfig(dg.Config):
                                        description="Challenger traffic shares, in order; the last promotes.")
 
 
-@dg.asset(group_name=EXPERIMENTS_GROUP, kinds={"duckdb", "mlflow"}, deps=[ab_test_results],
+@dg.asset(group_name=EXPERIMENTS_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "mlflow"}, deps=[ab_test_results],
           description="Applies each challenger's latest verdict: promote moves it to the next rollout step and, at "
                       "the last, makes it the champion (registry, MLflow aliases, routing); rollback archives it; "
                       "inconclusive at the step's planned end archives it too (the champion keeps the traffic).")

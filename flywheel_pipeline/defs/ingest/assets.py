@@ -28,7 +28,7 @@ def _ingest(context: dg.AssetExecutionContext, warehouse: WarehouseResource, lan
         attributed = (attribute_unlinked(con, "crm_events" if source == "crm" else source, label_policy.policy())
                       if label_policy is not None else None)
         summary = source_summary(con, source)
-    record_taken(paths.landing_ingested_path(), landing.root, digest)
+    record_taken(paths.landing_ingested_path(), landing.root, warehouse.database, digest)
     return dg.MaterializeResult(metadata=_metadata(context, source, result, summary, attributed))
 
 

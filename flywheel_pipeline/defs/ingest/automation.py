@@ -10,7 +10,7 @@ from flywheel_pipeline import paths
 from flywheel_pipeline.core.landing_digest import read_taken, untaken_sources
 from flywheel_pipeline.defs.ingest.assets import INGEST_GROUP
 from flywheel_pipeline.defs.outcomes.assets import OUTCOMES_GROUP
-from flywheel_pipeline.defs.resources import LandingZoneResource
+from flywheel_pipeline.defs.resources import LandingZoneResource, WarehouseResource
 
 REFRESH_JOB_NAME = "refresh"
 
@@ -28,9 +28,10 @@ refresh_job = dg.define_asset_job(
            description="Launches a refresh when landing files appear that no ingestion has taken yet. It only "
                        "lists file names and sizes (never opens the warehouse); exactly-once ingestion is the "
                        "warehouse's job.")
-def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource):
+def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource,
+                   warehouse: WarehouseResource):
     seen = json.loads(context.cursor) if context.cursor else {}
-    changed, current = untaken_sources(landing.root, read_taken(paths.landing_ingested_path(), landing.root), seen)
+    changed, current = untaken_sources(landing.root, read_taken(paths.landing_ingested_path(), landing.root, warehouse.database), seen)
     if not changed:
         return dg.SkipReason("no landing files that ingestion has not taken")
     state = json.dumps(current, sort_keys=True)

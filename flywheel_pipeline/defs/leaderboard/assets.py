@@ -10,7 +10,7 @@ from flywheel_pipeline.core.leaderboard import board, weekly_trend
 from flywheel_pipeline.core.markdown import md_bar_chart, md_table
 from flywheel_pipeline.core.models import DEFAULT_MODEL
 from flywheel_pipeline.defs.outcomes.assets import outcome_labels
-from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
+from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, MlflowResource, WarehouseResource
 from flywheel_pipeline.core.atomic_json import write_json_atomic
 from flywheel_pipeline.paths import leaderboard_path
 from flywheel_pipeline.tracking import log_leaderboard, run_url
@@ -41,7 +41,7 @@ def _markdown(entries: list[dict], baseline_model: str) -> str:
          sorted(entries, key=lambda b: (b.get("rank", math.inf), -b["score"]))])
 
 
-@dg.asset(group_name=LEADERBOARD_GROUP, kinds={"duckdb", "mlflow"}, deps=[outcome_labels],
+@dg.asset(group_name=LEADERBOARD_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "mlflow"}, deps=[outcome_labels],
           description="Every model, over all messages and per organization: messages, reply/meeting/close rates per "
                       "mature message with Wilson intervals, revenue, lift of the weighted score against the baseline "
                       "with its interval, rank (minimum sample gate); the same numbers are logged to MLflow.")
@@ -78,7 +78,7 @@ def model_leaderboard(context: dg.AssetExecutionContext, config: LeaderboardConf
         "weighted_score_x10000": dg.MetadataValue.md(chart), **metadata})
 
 
-@dg.asset(group_name=LEADERBOARD_GROUP, kinds={"duckdb"}, deps=[outcome_labels],
+@dg.asset(group_name=LEADERBOARD_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"}, deps=[outcome_labels],
           description="How fast the flywheel turns: weekly messages, mature outcomes, training-ready examples, "
                       "model versions, and the trend of the weighted score.")
 def flywheel_velocity(warehouse: WarehouseResource) -> dg.MaterializeResult:

@@ -13,7 +13,7 @@ from flywheel_pipeline.core.costs import SavingsConfig
 from flywheel_pipeline.core.markdown import md_table
 from flywheel_pipeline.defs.learn import LEARN_GROUP
 from flywheel_pipeline.defs.outcomes.assets import outcome_labels
-from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
+from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, MlflowResource, WarehouseResource
 from flywheel_pipeline.paths import catalog_path
 from flywheel_pipeline.tracking import log_table, run_url
 from flywheel_pipeline.warehouse.cost_analysis import build_cost_analysis, cost_rows, registry_models, totals
@@ -65,7 +65,7 @@ def _tables(rows: list[dict]) -> tuple[str, str]:
     return costs, savings
 
 
-@dg.asset(group_name=LEARN_GROUP, kinds={"duckdb", "mlflow"}, deps=[outcome_labels],
+@dg.asset(group_name=LEARN_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "mlflow"}, deps=[outcome_labels],
           description="Per model x task type x organization: messages, exact cost (given, or computed from tokens and "
                       "the model catalog; unpriced messages counted), cost per message, reply, positive reply, meeting "
                       "and deal over mature messages with Fieller intervals, token and latency percentiles, and what "

@@ -17,8 +17,8 @@ from flywheel_pipeline.core.judge import evaluate_pairwise
 from flywheel_pipeline.core.markdown import md_table
 from flywheel_pipeline.core.models import DEFAULT_MODEL
 from flywheel_pipeline.defs.datasets.assets import dpo_jsonl_export, sft_jsonl_export, training_examples
-from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource, JudgeResource,
-                                              MlflowResource, WarehouseResource)
+from flywheel_pipeline.defs.resources import (WAREHOUSE_POOL, ExportsResource, FineTuningResource, GenerationResource,
+                                              JudgeResource, MlflowResource, WarehouseResource)
 from flywheel_pipeline.tracking import log_training_cycle, run_url
 from flywheel_pipeline.warehouse import model_registry as registry
 from flywheel_pipeline.warehouse.finetune_jobs import job_key, submit_or_attach, wait_for_job
@@ -117,11 +117,14 @@ def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, 
         "job_id": job.job_id, "reattached": attached, "family": family, "version": reg.version,
         "version_change": reg.change, "dataset_version": files.dataset_version, "method": config.method,
         "base_model": config.base_model,
-        # a sandbox job trains nothing: its zeros would read as results
-        "trained_tokens": "nothing trained (SANDBOX)" if sandbox else job.trained_tokens or 0,
-        "final_train_loss": "nothing trained (SANDBOX)" if sandbox else
-        (float(curve[-1][1]) if curve and curve[-1][1] is not None else "no loss reported"),
+        # a sandbox job trains nothing: it reports no tokens or loss (numbers only when measured,
+        # so the keys keep one type across runs), and says so
+        "trained": "nothing (SANDBOX backend)" if sandbox else "yes",
     }
+    if not sandbox and job.trained_tokens is not None:
+        meta["trained_tokens"] = int(job.trained_tokens)
+    if not sandbox and curve and curve[-1][1] is not None:
+        meta["final_train_loss"] = float(curve[-1][1])
     if checkpoints:
         meta["checkpoints"] = dg.MetadataValue.md(md_table(
             ["step", "train loss", "valid loss", "checkpoint model"],
@@ -134,7 +137,7 @@ def fine_tuned_model(context: dg.AssetExecutionContext, config: FineTuneConfig, 
     return dg.MaterializeResult(metadata=meta)
 
 
-@dg.asset(group_name=TRAINING_GROUP, kinds={"duckdb"}, deps=[fine_tuned_model],
+@dg.asset(group_name=TRAINING_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"}, deps=[fine_tuned_model],
           description="Every model with version, status, traffic, lineage to its dataset, training stats and "
                       "outcome metrics (filled by the experiments).")
 def model_registry(warehouse: WarehouseResource) -> dg.MaterializeResult:
