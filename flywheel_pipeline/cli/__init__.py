@@ -15,6 +15,7 @@ import sys
 from flywheel_pipeline.cli import demo, jobs, replies, serve, simulate, ui, validate, warehouse
 from flywheel_pipeline.cli.options import HelpFormatter
 from flywheel_pipeline.cli.serve import bind_refusal
+from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
 
 __all__ = ["bind_refusal", "build_parser", "main"]
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"flywheel {args.command}: interrupted", file=sys.stderr, flush=True)
         return 130
+    except OutdatedWarehouse as exc:
+        print(f"flywheel {args.command}: {exc}", file=sys.stderr, flush=True)
+        return 2
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

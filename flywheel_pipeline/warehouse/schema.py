@@ -294,7 +294,23 @@ def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | No
         con.execute(f"SET threads = {int(threads)}")
     if not read_only:
         migrate(con)
+    else:
+        _refuse_outdated(con, database)
     return con
+
+
+class OutdatedWarehouse(RuntimeError):
+    """A warehouse opened read-only that this code has not migrated yet (its queries would fail)."""
+
+
+def _refuse_outdated(con: duckdb.DuckDBPyConnection, database: str) -> None:
+    has_info = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_info' "
+                           "AND schema_name = 'main'").fetchall()[0][0]
+    rows = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchall() if has_info else []
+    if rows and int(rows[0][0]) < SCHEMA_VERSION:
+        con.close()
+        raise OutdatedWarehouse(f"the warehouse {database} has schema {rows[0][0]}, this code reads {SCHEMA_VERSION}: "
+                                "run `flywheel refresh` once to migrate it (read-only commands cannot)")
 
 
 def _safe_setting(value: str) -> str:

@@ -65,3 +65,19 @@ def test_no_module_outside_the_migrations_creates_a_table():
             if re.search(r"CREATE\s+(TABLE|SEQUENCE|TYPE|VIEW)\s+IF\s+NOT\s+EXISTS|ALTER\s+TABLE", line, re.I):
                 offenders.append(f"{path.relative_to(package)}:{number}")
     assert offenders == []
+
+
+def test_a_read_only_command_on_a_warehouse_not_migrated_yet_says_so_in_one_line(tmp_path, home, capsys):
+    from flywheel_pipeline import paths
+    from flywheel_pipeline.cli import main
+
+    path = paths.warehouse_path()
+    schema.connect(path).close()
+    con = duckdb.connect(str(path))
+    con.execute("UPDATE schema_info SET value = '4' WHERE key = 'schema_version'")
+    con.close()
+    assert main(["sql", "SELECT 1"]) == 2
+    err = capsys.readouterr().err
+    assert "has schema 4" in err and "run `flywheel refresh` once to migrate it" in err and "Traceback" not in err
+    schema.connect(path).close()  # a writing connection migrates it
+    assert main(["sql", "SELECT 1"]) == 0
