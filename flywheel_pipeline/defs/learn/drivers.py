@@ -1,8 +1,6 @@
 """outcome_drivers: which message features move reply, positive-reply and meeting rates
 (docs/learning.md says what the table can and cannot claim)."""
 
-from __future__ import annotations
-
 from datetime import datetime, timezone
 
 import dagster as dg
