@@ -20,7 +20,7 @@ from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneRes
 from flywheel_pipeline_tests.conftest import REPO
 from flywheel_pipeline_tests.domains import only_assets_of
 
-DOMAINS = ("ingest", "outcomes", "datasets", "training", "experiments", "leaderboard")
+DOMAINS = ("ingest", "outcomes", "datasets", "training", "experiments", "leaderboard", "learn")
 
 
 @pytest.mark.parametrize("environment", ["local", "production"])
