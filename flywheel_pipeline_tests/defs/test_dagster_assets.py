@@ -283,6 +283,9 @@ def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
     assert "DAGSTER_PG_USER" in said and "is the production instance" in said and "Traceback" not in said
 
 
+LEARN_ASSETS = {"outcome_drivers"}
+
+
 def _after_the_demo() -> tuple[dict[str, str], object]:
     """What a first `make ui` would find on the demo's instance: every asset that is not fresh
     (Dagster's own staleness: missing, or an upstream materialized since), and the landing
@@ -315,6 +318,9 @@ def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
     assert "live traffic, week 2 of 2" in out and out.count("experiment sensor requested a run") == 2
     assert "challenger 10%" in out and "flywheel turn 2" in out
     not_fresh, tick = _after_the_demo()
+    # the learn group's assets run in the `learn` job, which the demo does not run until that job is
+    # wired (issue 18; remove this exemption then)
+    not_fresh = {key: status for key, status in not_fresh.items() if key not in LEARN_ASSETS}
     assert not_fresh == {} and isinstance(tick, dg.SkipReason), (not_fresh, tick)
     # a story, not a log: Dagster's and MLflow's lines are in the log file it names
     assert " - dagster - " not in out + first.stderr and "registered model" not in out + first.stderr
