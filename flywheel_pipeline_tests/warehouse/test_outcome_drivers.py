@@ -45,7 +45,8 @@ def test_features_are_derived_from_the_message_rows(tmp_path):
     assert len(rows) == 3  # immature and undelivered messages are left out
     by_template = {r["prompt_template"] + r["task_type"]: r for r in rows}
     first = by_template.pop("pain_firstcold_email")
-    assert first == {"organization_id": "org_a", "task_type": "cold_email", "framework": "PAS", "tone": "direct", "model_id": "gpt-x",
+    assert first == {"organization_id": "org_a", "task_type": "cold_email", "framework": "PAS", "tone": "direct",
+                     "model_id": "gpt-x",
                      "prompt_template": "pain_first", "prompt_version": "2", "body_words": "50-99",
                      "subject_words": "4-6", "subject_question": "yes", "personalization": "first_name+company",
                      "send_hour_utc": "09-11", "weekday_utc": "Monday", "replied": 1, "positive_reply": 1,
@@ -62,6 +63,18 @@ def test_features_are_derived_from_the_message_rows(tmp_path):
     assert cells[("cold_email", "tone", "direct")].events == {"reply_rate": 2, "positive_reply_rate": 1,
                                                               "meeting_rate": 1}
     con.close()
+
+
+@pytest.mark.parametrize("text", ["", " ", "one", "  two words  ", "Hi Ada,\n\nline\tthree\r\n- https://x\n\n\n\nBest,",
+                                  "a" + " " * 16 + "b", "\n".join(["w"] * 180)])
+def test_word_counts_equal_a_regular_expressions(text):
+    import duckdb
+
+    from flywheel_pipeline.warehouse.outcome_drivers import _blanks_to_spaces, _words
+
+    con = duckdb.connect()
+    ours = con.execute(f"SELECT {_words('t')} FROM (SELECT {_blanks_to_spaces('?::VARCHAR')} AS t)", [text]).fetchone()
+    assert ours[0] == len(text.split())
 
 
 @pytest.mark.parametrize("text_effects", [True, False])

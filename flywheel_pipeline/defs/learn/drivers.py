@@ -59,12 +59,12 @@ def outcome_drivers(context: dg.AssetExecutionContext, config: OutcomeDriversCon
     if not cells:
         context.log.warning("no mature, delivered messages: outcome_drivers is empty")
     return dg.MaterializeResult(metadata={
-        "rows": len(results), "tested": len(tested), "significant": len(significant),
-        "messages": sum(c.n for c in cells if c.feature == "framework"),
-        "fdr_q": config.q, "min_messages": config.min_messages,
         "significant_drivers": dg.MetadataValue.md(_rows(significant) if significant else
                                                    "No feature value moves an outcome rate significantly "
                                                    f"(BH at q = {config.q})."),
+        "rows": len(results), "tested": len(tested), "significant": len(significant),
+        "messages": sum(c.n for c in cells if c.feature == "framework"),
+        "fdr_q": config.q, "min_messages": config.min_messages,
         "reply_rate_by_feature": dg.MetadataValue.md(_rows(overall)),
         "guidance": dg.MetadataValue.json(advice),
         "caveat": "Observational: differences within organizations, not causal effects (docs/learning.md)."})
