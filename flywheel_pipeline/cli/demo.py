@@ -133,7 +133,7 @@ class Demo:
         return run.success
 
     def learn(self) -> bool:
-        say("Learning without training: judging every sent message, the cost per outcome ...")
+        say("Learning without training: judging every sent message, what drives outcomes, the cost per outcome ...")
         run = run_learn(verbose=self.verbose, name_home=False)
         say_learning(run)
         return run.success

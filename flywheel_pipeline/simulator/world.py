@@ -81,6 +81,9 @@ class SimConfig:
     # Share of messages a person rates (landing/feedback, 1-5, correlated with the model's hidden
     # quality). Drawn from each message's own feedback RNG, so the other sources stay the same.
     feedback_rate: float = 0.03
+    # The text's hidden effect on the reply probability (TEXT_EFFECTS); False: the text varies
+    # exactly as before but moves no outcome (a null world for the text features).
+    text_effects: bool = True
 
     def routing_on(self, day: date) -> dict | None:
         table = None
@@ -91,6 +94,59 @@ class SimConfig:
 
 
 SANDBOX_MODEL_QUALITY = 1.25
+
+# The hidden truth about the text (docs/learning.md). Each message's text is drawn from its own
+# RNG (seeded by the world's seed and the message id, so the rest of the world's randomness is
+# unchanged): a question in the subject (half of the messages), a body of 0, 1 or 3 extra
+# paragraphs (about 35, 85 and 170 words), and personalization (60%: the lead's first name and
+# company in the body). Three of them move the probability of a reply, multiplicatively:
+TEXT_EFFECTS = {"question_in_subject": 1.30, "body_over_150_words": 0.70, "personalized": 1.25}
+# ... normalized by the mean factor, so the world's average reply rate stays what it was.
+# Framework, tone, prompt template and version, send hour and weekday move nothing (besides the
+# models' hidden quality, which drives everything).
+QUESTION_SUBJECTS = ("{company}: worth a quick chat?", "Are your {industry} emails booking meetings?")
+STATEMENT_SUBJECTS = ("{company}: quick question", "Outreach analytics for {company}")
+BODY_PARAGRAPHS = (
+    "Most teams we talk to send thousands of emails a month and only learn which ones worked from a "
+    "spreadsheet someone updates by hand. We connect your sending tool and your CRM, and every reply, "
+    "meeting and deal is traced back to the message that started it.",
+    "That lets you compare models, prompts and templates on what they actually produce: replies that "
+    "turn into meetings, not opens inflated by privacy proxies or clicks from security scanners. The "
+    "numbers come with intervals, so nobody bets a quarter on noise.",
+    "Setup takes an afternoon. We read events from SendGrid and your CRM through webhooks, keep the raw "
+    "records for audit, and never train on a message without your consent. Your data stays yours and "
+    "can be exported or deleted at any time, in one click, with a full log.",
+)
+_PARAGRAPH_CHOICES = (0, 1, 3)  # short, medium, long
+
+
+@dataclass(frozen=True)
+class TextChoices:
+    question: bool
+    subject: int
+    paragraphs: int
+    personalized: bool
+    template: str
+    template_version: str
+
+    @property
+    def reply_factor(self) -> float:
+        factor = ((TEXT_EFFECTS["question_in_subject"] if self.question else 1.0)
+                  * (TEXT_EFFECTS["body_over_150_words"] if self.paragraphs == 3 else 1.0)
+                  * (TEXT_EFFECTS["personalized"] if self.personalized else 1.0))
+        return factor / _MEAN_TEXT_FACTOR
+
+
+_MEAN_TEXT_FACTOR = ((1 + TEXT_EFFECTS["question_in_subject"]) / 2
+                     * (2 + TEXT_EFFECTS["body_over_150_words"]) / 3
+                     * (0.4 + 0.6 * TEXT_EFFECTS["personalized"]))
+
+
+def _text_choices(cfg: SimConfig, mid: str) -> TextChoices:
+    rng = random.Random(f"{cfg.seed}:text:{mid}")
+    return TextChoices(question=rng.random() < 0.5, subject=rng.randrange(2),
+                       paragraphs=rng.choice(_PARAGRAPH_CHOICES), personalized=rng.random() < 0.6,
+                       template=rng.choice(("pain_first", "value_first")), template_version=rng.choice(("1", "2")))
 
 
 @dataclass
@@ -170,7 +226,7 @@ REPLY_TEXTS = {
 
 
 def _message_fate(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: datetime,
-                  links: list[str]) -> dict[str, list[dict[str, Any]]]:
+                  links: list[str], reply_factor: float = 1.0) -> dict[str, list[dict[str, Any]]]:
     """Every record the outside world produces about one message: {source: [(posted_at, record)]}."""
     rng = random.Random(f"{cfg.seed}:fate:{mid}")
     q = model.quality * lead.affinity
@@ -224,7 +280,7 @@ def _message_fate(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: d
     if rng.random() < 0.06:  # out-of-office auto-reply
         at = delivered + timedelta(seconds=rng.uniform(5, 60))
         out["replies"].append((at, _reply(lead, mid, at, rng, "auto", auto=True)))
-    if rng.random() >= min(0.95, 0.28 * q):
+    if rng.random() >= min(0.95, 0.28 * q * reply_factor):  # the text's hidden effect (TEXT_EFFECTS)
         return out
     reply_at = open_at + timedelta(hours=rng.expovariate(1 / 20))
     p_pos = min(0.85, 0.42 * q)
@@ -333,10 +389,15 @@ def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: dateti
                      f"Use the {framework} framework and a {tone} tone.")
     user_prompt = (f"Write a {task_type.replace('_', ' ')} to {{{{first_name}}}}, {lead.role.replace('_', ' ')} "
                    f"at a {lead.industry} company, about our outreach analytics product.")
-    body = (f"Hi {lead.first_name},\n\nTeams in {lead.industry} like {lead.company} use us to see which "
+    text = _text_choices(cfg, mid)
+    greeting, like = (lead.first_name, lead.company) if text.personalized else ("there", "yours")
+    body = (f"Hi {greeting},\n\nTeams in {lead.industry} like {like} use us to see which "
             f"outreach actually books meetings. ({framework}/{tone}, {model.model_id})\n\n"
+            + "".join(f"{paragraph}\n\n" for paragraph in BODY_PARAGRAPHS[:text.paragraphs])
             + "\n".join(f"- {url}" for url in links)
             + "\n\nBest,\nJordan from Outreach Co")
+    subject = (QUESTION_SUBJECTS if text.question else STATEMENT_SUBJECTS)[text.subject].format(
+        company=lead.company, industry=lead.industry)
     prompt_tokens, completion_tokens = rng.randint(180, 420), rng.randint(90, 240)
     record = {
         "message_id": mid, "organization_id": lead.organization_id,
@@ -344,17 +405,18 @@ def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: dateti
         "recipient_email": lead.email, "channel": "email", "sent_at": _iso(sent),
         "model_id": model.model_id, "model_version": model.model_version, "ab_group": model.ab_group,
         "task_type": task_type, "system_prompt": system_prompt, "user_prompt": user_prompt,
-        "subject": f"{lead.company}: quick question", "body": body, "framework": framework, "tone": tone,
+        "subject": subject, "body": body, "framework": framework, "tone": tone,
         "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
         "cost_usd": round(prompt_tokens * 0.15e-6 + completion_tokens * 0.6e-6, 8),
         "latency_ms": round(rng.uniform(400, 2500), 1),
         "metadata": {"industry": lead.industry, "role": lead.role, "company": lead.company,
                      "first_name": lead.first_name, "last_name": lead.last_name,
                      "sender_name": "Jordan", "simulated": True,
+                     "prompt_template": text.template, "prompt_version": text.template_version,
                      **({"experiment_id": routed["experiment_id"], "allocation": routed["allocation"]}
                         if routed and routed.get("experiment_id") else {})},
     }
-    return record, links
+    return record, links, text.reply_factor if cfg.text_effects else 1.0
 
 
 def _routed_model(cfg: SimConfig, routing: dict, lead: Lead, task_type: str) -> tuple[SimModel, dict[str, Any]]:
@@ -414,9 +476,9 @@ def simulate(landing: Path, cfg: SimConfig | None = None) -> SimResult:
                 model, routed = _routed_model(cfg, routing, lead, "cold_email" if campaign < 2 else "follow_up")
             mid = f"msg-{day.strftime('%Y%m%d')}-{n:05d}"
             sent = _utc(day) + timedelta(seconds=rng.uniform(8 * 3600, 18 * 3600))
-            record, links = _message(cfg, lead, model, mid, sent, campaign, rng, routed)
+            record, links, reply_factor = _message(cfg, lead, model, mid, sent, campaign, rng, routed)
             posted["messages"][day].append((sent, record))
-            for source, items in _message_fate(cfg, lead, model, mid, sent, links).items():
+            for source, items in _message_fate(cfg, lead, model, mid, sent, links, reply_factor).items():
                 for at, rec in items:
                     if at < end_ts:
                         posted[source][at.date()].append((at, rec))

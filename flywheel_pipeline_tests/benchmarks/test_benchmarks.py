@@ -67,3 +67,14 @@ def test_bench_ingest_loads_every_event_once_beside_read_json():
     # one in ten events is a retried copy: 1,800 distinct events, 200 duplicates, nothing quarantined
     assert "{'lines': 2000, 'accepted': 1800, 'duplicates': 200, 'quarantined': 0}" in out, out
     assert re.search(r"ingest / read_json: \d+\.\d+x the time, \d+\.\d+x the peak memory", out), out
+
+
+def test_bench_learn_reports_speed_error_rates_and_power():
+    out = run_benchmark("bench_learn.py", "--messages", "20000", "--worlds", "10", "--world-size", "5000")
+    assert re.search(r"^drivers over 20,000 messages: \d+\.\d+ s .* peak RSS \d+ MB$", out, re.M), out
+    assert re.search(r"^messages per second: [\d,]+$", out, re.M), out
+    for line in (r"null  stratified by organization  worlds with any significant driver: \d\.\d{3} \[",
+                 r"null  organization ignored        worlds with any significant driver: \d\.\d{3} \[",
+                 r"planted x1\.2 .* power: \d\.\d{3} \[.*mean FDP: \d\.\d{3} \[",
+                 r"planted x1\.4 .* power: \d\.\d{3} \[.*mean FDP: \d\.\d{3} \["):
+        assert re.search(line, out, re.M), (line, out)

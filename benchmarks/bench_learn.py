@@ -1,0 +1,214 @@
+"""Benchmark: outcome_drivers' speed over 1M labelled messages, and its error rates on simulated worlds.
+
+Speed. N synthetic mature, delivered messages (5 organizations, 2 task types, bodies of 5 to 225
+words, subjects with and without a question, metadata with the lead's first name and company,
+prompt template and version; about 8% replies) are built in a DuckDB file with SQL
+(messages + packed_labels, as ingestion and labelling write them). A fresh process then runs
+what the asset runs: the feature SQL and its aggregation to sufficient statistics
+(warehouse/outcome_drivers.py), the statistics (core/drivers.py) and the write of the table;
+it prints seconds per phase and its peak RSS.
+
+Error rates. Message-level worlds with the structure the asset sees: eleven features with the
+real features' numbers of values, two task types, three organizations whose base rates differ
+(reply 5%, 10%, 20%; positive replies half the replies, meetings half the positive replies) and
+whose feature mix differs (each organization draws each feature's value from its own
+proportions): the features are confounded with organization. Each world is aggregated to the
+sufficient statistics the SQL returns and run through core.drivers.drivers (BH at q = 0.05):
+* null worlds (outcomes depend on the organization only): the share of worlds with any
+  "significant" driver. Every hypothesis is true here, so that share is the FDR (= FWER) BH
+  promises to keep <= q; the same worlds with the organization ignored (one stratum) show what
+  stratifying buys;
+* planted worlds (a question in the subject multiplies the reply probability by 1.2 or 1.4):
+  the power to find it (significant, right sign, reply rate) and the mean false discovery
+  proportion (significant rows of any other feature / significant rows), which BH keeps <= q.
+
+    python benchmarks/bench_learn.py [--messages 1000000] [--worlds 500] [--world-size 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from phase_runner import peak_rss_mb, run_phase  # noqa: E402  (this directory)
+
+from flywheel_pipeline.core.drivers import Cell, DriversConfig, drivers  # noqa: E402
+from flywheel_pipeline.core.stats.frequentist import wilson_interval  # noqa: E402
+from flywheel_pipeline.warehouse.label_layout import FLAG  # noqa: E402
+
+# the asset's features and their numbers of values in a typical warehouse
+FEATURE_VALUES = {"framework": 4, "tone": 3, "model_id": 3, "prompt_template": 2, "prompt_version": 2,
+                  "body_words": 5, "subject_words": 3, "subject_question": 2, "personalization": 4,
+                  "send_hour_utc": 4, "weekday_utc": 7}
+PLANTED = ("subject_question", "v0")
+ORG_REPLY = (0.05, 0.10, 0.20)
+
+
+def build(path: Path, messages: int) -> None:
+    from flywheel_pipeline.warehouse.schema import connect
+
+    con = connect(path, threads=2)
+    flags = (f"{FLAG['delivered']} + CASE WHEN r < 800 THEN {FLAG['replied']} ELSE 0 END"
+             f" + CASE WHEN r < 400 THEN {FLAG['positive_reply']} ELSE 0 END"
+             f" + CASE WHEN r < 150 THEN {FLAG['meeting_booked']} ELSE 0 END")
+    con.execute(f"""
+        CREATE TEMP TABLE gen AS
+        SELECT i, (hash(i, 1) % 10000)::BIGINT AS r, ['Ada', 'Ben', 'Chloe', 'Dmitri'][(hash(i, 2) % 4)::BIGINT + 1] AS fn,
+               ['Lopez Labs', 'Kim Group', 'Novak Systems'][(hash(i, 3) % 3)::BIGINT + 1] AS company,
+               (5 + (hash(i, 4) % 221)::BIGINT)::INTEGER AS words
+        FROM range(1, {int(messages)} + 1) t(i)""")
+    con.execute("""
+        INSERT INTO messages BY NAME
+        SELECT 'm' || i AS message_id, i AS message_key, 'org_' || (i % 5) AS organization_id,
+               'lead-' || (i % 100000) AS lead_id, TIMESTAMP '2026-06-01' + to_seconds((i * 7919) % 10368000) AS sent_at,
+               ['gpt-a', 'gpt-b', 'gpt-c'][i % 3 + 1] AS model_id, ['cold_email', 'follow_up'][(i // 7) % 2 + 1] AS task_type,
+               CASE WHEN (hash(i, 5) % 2)::BIGINT = 0 THEN company || ': worth a quick chat?' ELSE company || ': quick question'
+                    END AS subject,
+               CASE WHEN (hash(i, 6) % 3)::BIGINT = 0 THEN 'Hi there, ' ELSE 'Hi ' || fn || ', teams like ' || company || ' ' END
+                   || repeat('word ', words) AS body,
+               ['AIDA', 'PAS', 'BAB', 'QVC'][(hash(i, 7) % 4)::BIGINT + 1] AS framework,
+               ['friendly', 'formal', 'direct'][(hash(i, 8) % 3)::BIGINT + 1] AS tone,
+               json_object('first_name', fn, 'company', company,
+                           'prompt_template', ['pain_first', 'value_first'][(hash(i, 9) % 2)::BIGINT + 1],
+                           'prompt_version', ['1', '2'][(hash(i, 10) % 2)::BIGINT + 1]) AS metadata,
+               'bench' AS source_file, i AS line_no, 1 AS batch_id
+        FROM gen""")
+    con.execute(f"""
+        INSERT INTO packed_labels (message_key, sent_at, flags, is_mature)
+        SELECT i, TIMESTAMP '2026-06-01' + to_seconds((i * 7919) % 10368000), ({flags})::USMALLINT, true FROM gen""")
+    con.close()
+
+
+def phase_drivers(path: Path) -> dict:
+    from flywheel_pipeline.warehouse.outcome_drivers import feature_cells, write_drivers
+    from flywheel_pipeline.warehouse.schema import connect
+
+    con = connect(path, threads=2)
+    t0 = time.perf_counter()
+    cells = feature_cells(con)
+    t1 = time.perf_counter()
+    results = drivers(cells)
+    t2 = time.perf_counter()
+    write_drivers(con, results, datetime(2026, 12, 3))
+    t3 = time.perf_counter()
+    messages = sum(c.n for c in cells if c.feature == "framework")
+    con.close()
+    return {"sql_s": t1 - t0, "stats_s": t2 - t1, "write_s": t3 - t2, "seconds": t3 - t0, "cells": len(cells),
+            "rows": len(results), "messages": messages, "peak_rss_mb": peak_rss_mb()}
+
+
+class World:
+    """Message-level worlds: features confounded with organization, outcomes nested."""
+
+    def __init__(self, size: int, design_seed: int = 2026):
+        design = np.random.default_rng(design_seed)
+        self.size = size
+        # each organization's own proportions of each feature's values (the confounding)
+        self.mix = {f: design.dirichlet(np.full(k, 3.0), size=len(ORG_REPLY)) for f, k in FEATURE_VALUES.items()}
+
+    def draw(self, rng: np.random.Generator, factor: float = 1.0, pooled: bool = False) -> list[Cell]:
+        n, orgs = self.size, len(ORG_REPLY)
+        org = rng.integers(0, orgs, n)
+        task = rng.integers(0, 2, n)
+        values = {}
+        for feature, k in FEATURE_VALUES.items():
+            u = rng.random(n)[:, None]
+            values[feature] = (u > np.cumsum(self.mix[feature][org], axis=1)).sum(axis=1).clip(0, k - 1)
+        p = np.array(ORG_REPLY)[org] * np.where(values[PLANTED[0]] == 0, factor, 1.0)
+        replied = rng.random(n) < p
+        positive = replied & (rng.random(n) < 0.5)
+        meeting = positive & (rng.random(n) < 0.5)
+        cells = []
+        strata = np.zeros(n, dtype=int) if pooled else org
+        for feature, k in FEATURE_VALUES.items():
+            index = (strata * 2 + task) * k + values[feature]
+            size = orgs * 2 * k
+            counts = [np.bincount(index, weights=w, minlength=size) for w in (None, replied, positive, meeting)]
+            for j in range(size):
+                if counts[0][j]:
+                    o, rest = divmod(j, 2 * k)
+                    t, v = divmod(rest, k)
+                    cells.append(Cell(f"org_{o}", ("cold_email", "follow_up")[t], feature, f"v{v}", int(counts[0][j]),
+                                      {"reply_rate": int(counts[1][j]), "positive_reply_rate": int(counts[2][j]),
+                                       "meeting_rate": int(counts[3][j])}))
+        return cells
+
+
+def _share(hits: int, runs: int) -> str:
+    low, high = wilson_interval(hits, runs)
+    return f"{hits / runs:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def error_rates(worlds: int, size: int, seed: int, q: float) -> None:
+    world = World(size)
+    config = DriversConfig(q=q)
+    t0 = time.perf_counter()
+    any_stratified = any_pooled = 0
+    tests = 0
+    for w in range(worlds):
+        results = drivers(world.draw(np.random.default_rng([seed, w])), config)
+        tests += sum(d.tested for d in results)
+        any_stratified += any(d.significant for d in results)
+        pooled = drivers(world.draw(np.random.default_rng([seed, w]), pooled=True), config)
+        any_pooled += any(d.significant for d in pooled)
+    print(f"null worlds: {worlds} of {size:,} messages, {tests / worlds:.0f} tests each (BH at q = {q})")
+    print(f"null  stratified by organization  worlds with any significant driver: {_share(any_stratified, worlds)}"
+          f"  (promised <= {q})")
+    print(f"null  organization ignored        worlds with any significant driver: {_share(any_pooled, worlds)}")
+    for factor in (1.2, 1.4):
+        found = 0
+        fdp = []
+        for w in range(worlds):
+            results = drivers(world.draw(np.random.default_rng([seed, 10_000 + w]), factor=factor), config)
+            significant = [d for d in results if d.significant]
+            found += any(d.feature == PLANTED[0] and d.value == PLANTED[1] and d.metric == "reply_rate"
+                         and d.task_type == "all" and d.estimate > 0 for d in significant)
+            false = sum(d.feature != PLANTED[0] for d in significant)
+            fdp.append(false / len(significant) if significant else 0.0)
+        mean_fdp = float(np.mean(fdp))
+        half = 1.96 * float(np.std(fdp, ddof=1)) / math.sqrt(worlds) if worlds > 1 else math.nan
+        print(f"planted x{factor:.1f} (question in subject, reply)  power: {_share(found, worlds)}"
+              f"   mean FDP: {mean_fdp:.3f} [{max(0.0, mean_fdp - half):.3f}, {mean_fdp + half:.3f}]"
+              f"  (promised <= {q})")
+    print(f"error-rate worlds: {time.perf_counter() - t0:.1f} s")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1_000_000)
+    parser.add_argument("--worlds", type=int, default=500)
+    parser.add_argument("--world-size", type=int, default=20_000)
+    parser.add_argument("--q", type=float, default=0.05)
+    parser.add_argument("--seed", type=int, default=18)
+    parser.add_argument("--phase", choices=("drivers",))
+    parser.add_argument("--database")
+    args = parser.parse_args()
+    if args.phase == "drivers":
+        print(json.dumps(phase_drivers(Path(args.database))))
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        database = Path(tmp) / "bench.duckdb"
+        t0 = time.perf_counter()
+        build(database, args.messages)
+        print(f"built {args.messages:,} labelled messages in {time.perf_counter() - t0:.1f} s")
+        r = run_phase(__file__, "drivers", "--database", str(database))
+    print(f"drivers over {r['messages']:,} messages: {r['seconds']:.2f} s (features + sufficient statistics in SQL "
+          f"{r['sql_s']:.2f} s, statistics {r['stats_s']:.3f} s, write {r['write_s']:.3f} s), {r['cells']} cells, "
+          f"{r['rows']} rows, peak RSS {r['peak_rss_mb']:.0f} MB")
+    print(f"messages per second: {r['messages'] / r['seconds']:,.0f}")
+    error_rates(args.worlds, args.world_size, args.seed, args.q)
+
+
+if __name__ == "__main__":
+    main()
