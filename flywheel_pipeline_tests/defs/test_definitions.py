@@ -107,3 +107,15 @@ def test_the_dagster_layer_holds_no_sql():
                  for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
                  if re.search(r"\.execute(many)?\(|\b(SELECT|INSERT INTO|UPDATE \w+ SET|CREATE TABLE)\b", line)]
     assert offenders == []
+
+
+def test_every_asset_that_writes_the_warehouse_takes_the_pool(home):
+    """DuckDB allows one writing process per file: every asset with the warehouse resource is in
+    the duckdb_warehouse pool, except the two that wait on a provider for minutes to hours."""
+    from flywheel_pipeline.defs.resources import WAREHOUSE_POOL
+
+    repo = build_definitions("local").get_repository_def()
+    outside = sorted(key.to_user_string() for key, asset in repo.assets_defs_by_key.items()
+                     if "warehouse" in asset.required_resource_keys
+                     and asset.node_def.pool != WAREHOUSE_POOL)
+    assert outside == ["fine_tuned_model", "offline_evaluation"]

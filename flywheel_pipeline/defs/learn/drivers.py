@@ -10,7 +10,7 @@ from flywheel_pipeline.core.drivers import ALL_TASKS, DriversConfig, drivers, gu
 from flywheel_pipeline.core.markdown import md_table
 from flywheel_pipeline.defs.learn import LEARN_GROUP
 from flywheel_pipeline.defs.outcomes.assets import outcome_labels
-from flywheel_pipeline.defs.resources import WarehouseResource
+from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, WarehouseResource
 from flywheel_pipeline.warehouse.outcome_drivers import feature_cells, write_drivers
 
 
@@ -35,7 +35,7 @@ def _rows(results, limit: int | None = None) -> str:
                      "difference vs rest, by organization (95% CI)", "p (BH)", "significant"], rows)
 
 
-@dg.asset(group_name=LEARN_GROUP, kinds={"duckdb"}, deps=[outcome_labels],
+@dg.asset(group_name=LEARN_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"}, deps=[outcome_labels],
           description="Which message features (framework, tone, model, prompt template and version, body and "
                       "subject length, a question in the subject, personalization, send hour and weekday) move "
                       "reply, positive-reply and meeting rates: per value, n, rate, the Mantel–Haenszel rate "
