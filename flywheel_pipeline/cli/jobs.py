@@ -161,6 +161,10 @@ def cmd_learn(args: argparse.Namespace) -> int:
             return 1
     run = run_learn(verbose=args.verbose)
     say_learning(run)
+    if args.as_of:  # the learn tables stay as of that time; the labels go back to now for everything else
+        say("labels back to now (maturity measured against the current time) ...")
+        if not run_refresh(verbose=args.verbose, name_home=False):
+            return 1
     return 0 if run else 1
 
 
@@ -176,6 +180,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "learn", help="judge sent messages, find what drives outcomes and the cost per outcome "
                                       "(the learn job) through Dagster")
     p.add_argument("--as-of", type=as_of_time, help="refresh the labels as of this ISO 8601 time first, so "
-                                                     "maturity is measured against it (default: the labels as they are)")
+                                                     "maturity is measured against it, and back to now after "
+                                                     "(default: the labels as they are)")
     add_verbose(p)
     p.set_defaults(func=cmd_learn)

@@ -9,8 +9,10 @@ messages of the task type: the one-sided (1 - alpha) lower bound of the candidat
 over the row's model (core/stats ``relative_lift``, delta method, Welch) is at least
 ``-max_quality_drop``. Only models with at least ``min_quality_messages`` mature messages of that
 task type qualify, the row's model too: a model without measured outcomes is never proposed, and
-a row whose own model has none gets no proposal. When what was paid (the messages' own
-``cost_usd``) is already below the cheapest model's list price, nothing is proposed (saving 0)."""
+a row whose own model has none gets no proposal. The row's own model is priced at what was paid
+for its messages (their ``cost_usd``, or tokens at the catalog's prices where none was given), the
+candidates at the catalog's list prices: when what was paid is already the cheapest, the row's own
+model is the answer (saving 0)."""
 
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ from flywheel_pipeline.core.stats.frequentist import relative_lift
 from flywheel_pipeline.core.stats.sufficient import ArmStats
 
 OUTCOMES = ("reply", "positive_reply", "meeting", "deal")
+
+# A message's own cost_usd must lie in [0, MAX_MESSAGE_COST_USD]; ingestion quarantines the rest. Sums
+# are DECIMAL(38, 12) (warehouse/cost_analysis.py): up to 1e26 USD, so 1e20 messages at the maximum fit.
+MAX_MESSAGE_COST_USD = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,7 @@ def cheapest_not_worse(model_id: str | None, task_type: str | None, prompt_token
                        basis_cost: Decimal | None, basis_messages: int, quality: dict[tuple[str, str | None], Quality],
                        catalog: Catalog, cfg: SavingsConfig) -> Savings:
     """The savings of one row: its basis messages (those with a cost and both token counts)
-    repriced on every qualifying model; the cheapest wins (ties: the row's own model, then by id)."""
+    repriced on every qualifying model, the row's own at what was paid; the cheapest wins."""
     if basis_messages == 0 or basis_cost is None:
         return Savings(None, None, None, None, "no message with a cost and both token counts")
     current = quality.get((model_id, task_type)) if model_id is not None else None
@@ -87,17 +93,18 @@ def cheapest_not_worse(model_id: str | None, task_type: str | None, prompt_token
     for (candidate_id, candidate_task), q in quality.items():
         if candidate_task != task_type or q.messages < cfg.min_quality_messages:
             continue
+        if candidate_id == model_id:  # the row's own model at what was paid, not at its list price
+            options.append((basis_cost, False, candidate_id))
+            continue
         price = catalog.price(candidate_id)
         if price is None or not not_worse(q, current, cfg):
             continue
         cost = (prompt_tokens * price.input_per_million + completion_tokens * price.output_per_million) / 1_000_000
-        options.append((cost, candidate_id != model_id, candidate_id))
-    if not options:
-        return Savings(None, None, basis_cost, None, f"{model_id} is not in the catalog")
-    cost, _, best = min(options)
-    if best != model_id and cost >= basis_cost:  # what was paid (given costs) is already below the catalog's
-        return Savings(model_id, basis_cost, basis_cost, Decimal(0),
-                       f"no not-worse model costs less than what was paid ({best} would cost {cost})")
+        options.append((cost, True, candidate_id))
+    cost, _, best = min(options)  # the row's own model is always an option (ties: the row's own model, then id)
     if best == model_id:
-        return Savings(best, cost, basis_cost, Decimal(0), "the row's model is the cheapest not worse")
+        cheapest = min((o for o in options if o[2] != model_id), default=None)
+        reason = ("no not-worse model costs less than what was paid" if cheapest is None else
+                  f"no not-worse model costs less than what was paid ({cheapest[2]} would cost {cheapest[0]})")
+        return Savings(model_id, basis_cost, basis_cost, Decimal(0), reason)
     return Savings(best, cost, basis_cost, basis_cost - cost, f"not worse than {model_id}, cheaper")

@@ -155,12 +155,19 @@ def check_rating(value: Any) -> int:
     return value
 
 
-def feedback_id(organization_id: str | None, message_id: str, rater: str | None, rated_at: datetime) -> str:
-    """The id of a rating that carries none: derived from what it rates, who rates and when, so a
-    retried post of the same rating (with its ``rated_at``) is a duplicate ingestion skips."""
-    key = "\x1f".join((organization_id or "", message_id, rater or "",
-                       rated_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")))
-    return "fb-" + hashlib.sha256(key.encode()).hexdigest()[:32]
+def feedback_id(organization_id: str | None, message_id: str, rater: str | None, rated_at: datetime | None,
+                rating: int | None = None, comment: str | None = None) -> str:
+    """The id of a rating that carries none, so a retried post of the same rating is a duplicate
+    ingestion skips. With ``rated_at`` given: from what it rates, who rates and when. Without it
+    (the time of receipt would differ on a retry): from what it rates, who rates, the rating and
+    the comment; the same person giving the same rating and comment again counts once (send a
+    ``feedback_id`` or ``rated_at`` to keep each)."""
+    if rated_at is not None:
+        parts = (organization_id or "", message_id, rater or "",
+                 rated_at.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+    else:
+        parts = ("content", organization_id or "", message_id, rater or "", str(rating), comment or "")
+    return "fb-" + hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
 def check_feedback(record: Any, *, received: datetime | None = None) -> None:
@@ -173,6 +180,8 @@ def check_feedback(record: Any, *, received: datetime | None = None) -> None:
     unknown = sorted(str(k)[:40] for k in record if k not in FEEDBACK_FIELDS)
     if unknown:
         raise RecordError(f"unknown field(s) {', '.join(unknown)}; a rating has {', '.join(FEEDBACK_FIELDS)}")
+    if record.get("rater") == "":  # as ingestion reads it: no rater
+        record["rater"] = None
     _ids(record, ("message_id",), ("organization_id", "feedback_id", "rater"))
     check_rating(record.get("rating"))
     if record.get("rater") is not None and len(record["rater"]) > RATER_MAX_CHARS:
@@ -183,7 +192,8 @@ def check_feedback(record: Any, *, received: datetime | None = None) -> None:
     if comment is not None and len(comment) > COMMENT_MAX_CHARS:
         raise RecordError(f"comment longer than {COMMENT_MAX_CHARS} characters")
     received = received or datetime.now(timezone.utc)
-    if record.get("rated_at") in (None, ""):
+    given_time = record.get("rated_at") not in (None, "")
+    if not given_time:
         record["rated_at"] = received.astimezone(timezone.utc).isoformat(timespec="microseconds").replace(
             "+00:00", "Z")
     try:
@@ -192,4 +202,5 @@ def check_feedback(record: Any, *, received: datetime | None = None) -> None:
         raise RecordError(str(exc)) from exc
     if record.get("feedback_id") is None:
         record["feedback_id"] = feedback_id(record.get("organization_id"), record["message_id"],
-                                            record.get("rater"), rated_at)
+                                            record.get("rater"), rated_at if given_time else None,
+                                            record["rating"], comment)

@@ -15,7 +15,7 @@ from decimal import Decimal
 import duckdb
 
 from flywheel_pipeline.core.catalog import Catalog
-from flywheel_pipeline.core.costs import OUTCOMES, Quality, SavingsConfig, cheapest_not_worse, cost_per
+from flywheel_pipeline.core.costs import MAX_MESSAGE_COST_USD, OUTCOMES, Quality, SavingsConfig, cheapest_not_worse, cost_per
 from flywheel_pipeline.core.outcome_score import weighted_score_sql
 
 MONEY = "DECIMAL(38, 12)"
@@ -64,7 +64,8 @@ _SUMS = f"""
 CREATE OR REPLACE TEMP TABLE _cost_sums AS
 WITH m AS (
     SELECT m.model_id, m.task_type, m.organization_id, m.prompt_tokens, m.completion_tokens, m.latency_ms,
-           CASE WHEN m.cost_usd >= 0 THEN m.cost_usd::{MONEY} END AS given,
+           -- (ingestion quarantines costs outside this range; rows loaded before that rule are unpriced)
+           CASE WHEN m.cost_usd BETWEEN 0 AND {MAX_MESSAGE_COST_USD} THEN m.cost_usd::{MONEY} END AS given,
            CASE WHEN m.prompt_tokens >= 0 AND m.completion_tokens >= 0
                 THEN m.prompt_tokens * p.input_per_token + m.completion_tokens * p.output_per_token END AS computed,
            m.prompt_tokens >= 0 AND m.completion_tokens >= 0 AS has_tokens,

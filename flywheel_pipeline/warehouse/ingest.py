@@ -31,6 +31,7 @@ import duckdb
 from flywheel_pipeline.core import landing as landing_zone
 from flywheel_pipeline.core.inbound_records import COMMENT_MAX_CHARS, RATER_MAX_CHARS, RATING_MAX, RATING_MIN
 from flywheel_pipeline.core.inbound_records import FEEDBACK_FIELDS as FEEDBACK_RECORD_FIELDS
+from flywheel_pipeline.core.costs import MAX_MESSAGE_COST_USD
 from flywheel_pipeline.core.label_policy import LabelPolicy
 from flywheel_pipeline.core.reply_classifier import INTENTS, SENTIMENTS
 from flywheel_pipeline.core.timestamps import EARLIEST, ISO_PATTERN, MAX_FUTURE, sql_range
@@ -90,6 +91,8 @@ SELECT *,
                      WHEN sent_at IS NULL THEN 'invalid sent_at: not an ISO 8601 timestamp'
                      WHEN NOT {sql_range('sent_at')} THEN 'invalid sent_at: {_RANGE}'
                      WHEN NOT isfinite(cost_usd) THEN 'invalid cost_usd: not a finite number'
+                     WHEN NOT cost_usd BETWEEN 0 AND {MAX_MESSAGE_COST_USD}
+                          THEN 'invalid cost_usd: outside 0 to {MAX_MESSAGE_COST_USD} USD'
                      WHEN NOT isfinite(latency_ms) THEN 'invalid latency_ms: not a finite number' END) AS reason
 FROM f
 """
@@ -368,7 +371,9 @@ SPECS: dict[str, SourceSpec] = {
         _same("label_id", "reply_id", "organization_id", "intent", "sentiment"), of_a_message=False),
     "feedback": SourceSpec(
         "feedback", "feedback", ("key_org", "feedback_id"), FEEDBACK_SQL, FEEDBACK_INSERT,
-        _same("feedback_id", "message_id", "organization_id", "rating", "rater", "comment", "rated_at"),
+        # the rating is its content without its time: a retried post that carried no rated_at (and
+        # so took another time of receipt) is a copy; the first landed is kept
+        _same("feedback_id", "message_id", "organization_id", "rating", "rater", "comment"),
         labelled=False),
 }
 

@@ -195,3 +195,17 @@ def test_no_saving_is_proposed_when_what_was_paid_is_below_the_catalog_price():
     # paid 0.0001 for tokens that cost 0.0045 on gpt-4o-mini at list price (a negotiated rate)
     saving = cheapest_not_worse("gpt-4o", "t", 10_000, 5_000, Decimal("0.0001"), 1, quality, catalog, cfg)
     assert saving.model_id == "gpt-4o" and saving.savings_usd == 0 and "less than what was paid" in saving.reason
+
+
+def test_the_rows_own_model_counts_at_what_was_paid_not_at_its_list_price():
+    """Paid 5 USD on gpt-4o-mini for tokens it lists at 0.45: a not-worse model at 1.20 saves 3.80
+    (ranking the row's own model by its list price would have called it the cheapest, saving 0)."""
+    catalog = load_catalog()
+    cfg = SavingsConfig(min_quality_messages=200, max_quality_drop=0.05)
+    price = catalog.price("gpt-4.1-mini")
+    quality = {(DEFAULT_MODEL, "t"): _quality(DEFAULT_MODEL, 5000, 0.20, "t"),
+               ("gpt-4.1-mini", "t"): _quality("gpt-4.1-mini", 5000, 0.21, "t")}
+    saving = cheapest_not_worse(DEFAULT_MODEL, "t", 1_000_000, 500_000, Decimal(5), 3000, quality, catalog, cfg)
+    on_mini = price.input_per_million + price.output_per_million / 2
+    assert saving.model_id == "gpt-4.1-mini" and saving.cost_usd == on_mini
+    assert saving.savings_usd == Decimal(5) - on_mini > 0

@@ -56,6 +56,30 @@ def test_a_valid_rating_lands_with_the_keys_organization_and_is_ingested(tmp_pat
     con.close()
 
 
+def test_a_retried_rating_without_its_time_is_a_duplicate_and_an_empty_rater_is_none(tmp_path):
+    """No rated_at: the id comes from the content, not the time of receipt, so the client's retry of
+    the same post lands twice and is ingested once; a different rating by the same rater is new."""
+    home = tmp_path / "fw"
+    bare = {"message_id": "m-1", "rating": 4, "rater": "ada@org-1.example", "comment": "Clear ask."}
+    with serve_app(create_app(settings_for(home, FLYWHEEL_API_KEYS=KEYS))) as base, \
+            httpx.Client(base_url=base, headers=ONE) as http:
+        assert http.post("/messages", json=message("m-1")).status_code == 200
+        first = http.post("/feedback", json=bare)
+        retry = http.post("/feedback", json=bare)
+        other = http.post("/feedback", json={**bare, "rating": 2})
+        no_rater = http.post("/feedback", json={"message_id": "m-1", "rating": 5, "rater": ""})
+        assert {first.status_code, retry.status_code, other.status_code, no_rater.status_code} == {200}, no_rater.text
+    assert first.json()["feedback_ids"] == retry.json()["feedback_ids"] != other.json()["feedback_ids"]
+    assert landed(home, "feedback")[-1]["rater"] is None
+    con = connect(tmp_path / "wh.duckdb")
+    ingest_source(con, home / "landing", "messages")
+    result = ingest_source(con, home / "landing", "feedback")
+    assert (result.accepted, result.duplicates, result.quarantined) == (3, 1, 0)
+    assert con.execute("SELECT list(rating ORDER BY rating) FILTER (rater IS NULL), count(*) FROM feedback"
+                       ).fetchone() == ([5], 3)
+    con.close()
+
+
 def test_every_bad_rating_and_record_is_refused_with_its_reason_counted(tmp_path):
     home = tmp_path / "fw"
     cases = {  # name: (body, headers, status, reason)

@@ -237,7 +237,9 @@ def test_ingestion_quarantines_non_finite_numbers_and_implausible_times(con, lan
     write_jsonl(landing, "messages", [
         message("ok"), {**message("basic"), "sent_at": "20240101T000000"}, {**message("week"), "sent_at": "2024-W01-1"},
         {**message("y9999"), "sent_at": "9999-01-01T00:00:00Z"}, {**message("y1"), "sent_at": "0001-01-01T00:00:00Z"},
-        {**message("nan-cost"), "cost_usd": "NaN"}, {**message("inf-latency"), "latency_ms": "Infinity"}])
+        {**message("nan-cost"), "cost_usd": "NaN"}, {**message("inf-latency"), "latency_ms": "Infinity"},
+        {**message("huge-cost"), "cost_usd": 1e27}, {**message("negative-cost"), "cost_usd": -0.01},
+        {**message("top-cost"), "lead_id": "lead-top", "cost_usd": 1_000_000}])
     write_jsonl(landing, "crm", [
         crm("c-nan", "deal_closed", T0, message_id="ok", deal_value="NaN"),
         crm("c-inf", "deal_closed", T0, message_id="ok", deal_value="Infinity"),
@@ -251,12 +253,14 @@ def test_ingestion_quarantines_non_finite_numbers_and_implausible_times(con, lan
     for source in ("messages", "crm", "sendgrid"):
         ingest_source(con, landing, source)
     reasons = dict(con.execute("SELECT source || ':' || line_no, reason FROM quarantine").fetchall())
-    assert con.execute("SELECT list(message_id) FROM messages").fetchone()[0] == ["ok"]
+    assert con.execute("SELECT list(message_id ORDER BY message_id) FROM messages").fetchone()[0] == ["ok", "top-cost"]
     assert con.execute("SELECT list(event_id) FROM crm_events").fetchone()[0] == ["c-ok"]
     assert con.execute("SELECT count(*) FROM email_events").fetchone()[0] == 1
     assert con.execute("SELECT count(*) FROM crm_events WHERE NOT isfinite(deal_value)").fetchone()[0] == 0
     assert reasons["messages:6"] == "invalid cost_usd: not a finite number"
     assert reasons["messages:7"] == "invalid latency_ms: not a finite number"
+    # beyond what a message can cost (1e27 would overflow the exact DECIMAL(38, 12) cost sums)
+    assert reasons["messages:8"] == reasons["messages:9"] == "invalid cost_usd: outside 0 to 1000000 USD"
     assert reasons["crm:1"] == reasons["crm:2"] == "invalid deal_value: not a finite number"
     assert reasons["crm:3"].startswith("invalid deal_value")
     assert reasons["crm:4"].startswith("invalid occurred_at: before 2000-01-01 or more than a day")

@@ -24,6 +24,7 @@ from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.conftest import T0, crm, message, reply, run_pipeline, sg
 
 NANO = "gpt-4.1-nano"
+LLAMA = "meta-llama/Meta-Llama-3.1-8B-Instruct-Turbo"
 TOGETHER_FT = "acme/Meta-Llama-3.1-8B-Instruct-Reference-flywheel-2f9a"
 
 
@@ -117,25 +118,30 @@ def _world(landing, model: str, count: int, *, replies: int, meetings: int, deal
                        deal_value=1000, currency="USD", organization_id=org) for r in records[:deals]])
 
 
-def test_cost_per_outcome_counts_mature_messages_and_savings_never_picks_an_unmeasured_model(con, landing):
-    _world(landing, "gpt-4o", 40, replies=10, meetings=4, deals=2, cost=0.01)
-    _world(landing, DEFAULT_MODEL, 40, replies=10, meetings=4, deals=2)
-    _world(landing, NANO, 40, replies=10, meetings=4, deals=2, task="follow_up")  # measured elsewhere only
+def test_cost_per_outcome_counts_mature_messages_and_savings_never_picks_an_unmeasured_or_worse_model(con, landing):
+    _world(landing, "gpt-4o", 200, replies=50, meetings=20, deals=10, cost=0.01)
+    _world(landing, DEFAULT_MODEL, 200, replies=50, meetings=20, deals=10)
+    _world(landing, LLAMA, 200, replies=50, meetings=20, deals=10, task="follow_up")  # measured elsewhere only
+    _world(landing, NANO, 200, replies=0, meetings=0, deals=0)  # the cheapest, clearly worse
     run_pipeline(con, landing)
-    rows = _rows(con, min_quality_messages=20, max_quality_drop=1.0)
+    rows = _rows(con, min_quality_messages=100, max_quality_drop=0.5)
     big = rows[("gpt-4o", "cold_email", "org-1")]
-    assert (big["messages"], big["mature_messages"], big["replies"], big["meetings"], big["deals"]) == (40, 40, 10, 4, 2)
-    assert big["cost_usd"] == Decimal("0.4") and big["computed_cost_messages"] == 0
+    assert (big["messages"], big["mature_messages"], big["replies"], big["meetings"], big["deals"]) == (200, 200, 50, 20, 10)
+    assert big["cost_usd"] == Decimal("2") and big["computed_cost_messages"] == 0
     assert abs(big["cost_per_reply"] - 0.04) < 1e-12 and abs(big["cost_per_deal"] - 0.2) < 1e-12
     assert big["cost_per_reply_low"] <= big["cost_per_reply"] <= big["cost_per_reply_high"]
-    assert big["latency_ms_p50"] == 1019.5 and big["prompt_tokens_p95"] == 400
-    # savings: gpt-4.1-nano is cheaper but has no outcomes on cold e-mails; gpt-4o-mini has and is not worse
+    assert big["latency_ms_p50"] == 1099.5 and big["prompt_tokens_p95"] == 400
+    # savings: Llama 3.1 8B is cheaper but has no outcomes on cold e-mails, gpt-4.1-nano is the cheapest,
+    # measured and worse; gpt-4o-mini is measured and not worse (within the 50% margin this sample can show)
     assert big["savings_model"] == DEFAULT_MODEL
-    mini_cost = 40 * (400 * Decimal("0.15") + 200 * Decimal("0.6")) / 1_000_000
-    assert big["cost_on_savings_model_usd"] == mini_cost and big["savings_usd"] == Decimal("0.4") - mini_cost
+    mini_cost = 200 * (400 * Decimal("0.15") + 200 * Decimal("0.6")) / 1_000_000
+    assert big["cost_on_savings_model_usd"] == mini_cost and big["savings_usd"] == Decimal("2") - mini_cost
     mini = rows[(DEFAULT_MODEL, "cold_email", "org-1")]
     assert mini["savings_model"] == DEFAULT_MODEL and mini["savings_usd"] == 0
-    assert mini["computed_cost_messages"] == 40 and mini["cost_usd"] == mini_cost
+    assert mini["computed_cost_messages"] == 200 and mini["cost_usd"] == mini_cost
+    # at a 5% margin, 200 messages cannot show gpt-4o-mini not worse: no saving is claimed
+    strict = _rows(con, min_quality_messages=100, max_quality_drop=0.05)[("gpt-4o", "cold_email", "org-1")]
+    assert strict["savings_model"] == "gpt-4o" and strict["savings_usd"] == 0
 
 
 def test_cost_analysis_materializes_with_markdown_and_an_mlflow_artifact(tmp_path, home, landing, monkeypatch):

@@ -7,8 +7,8 @@ that is not an integer from 1 to 5 is a 422 ``invalid_rating``, any other proble
 malformed ``message_id``, an unknown field, a bad ``rated_at``, a comment too long) a 422
 ``invalid_record``. A rating lands with the key's ``organization_id`` (one naming another
 organization is refused, 403, as for /replies), so it attaches to that organization's message
-only; ``rated_at`` defaults to the time of receipt and ``feedback_id`` is derived from the
-organization, message, rater and ``rated_at`` when absent.
+only; ``rated_at`` defaults to the time of receipt and ``feedback_id``, when absent, is derived
+(core/inbound_records.feedback_id) so that a retried post is a duplicate; an empty ``rater`` is none.
 """
 
 from __future__ import annotations
