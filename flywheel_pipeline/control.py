@@ -29,11 +29,10 @@ import duckdb
 
 from flywheel_pipeline import paths
 from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS
-from flywheel_pipeline.core.control import ControlRefused, check_deploy_share, status_filter
+from flywheel_pipeline.core.control import Actor, ControlRefused, check_deploy_share, status_filter
 from flywheel_pipeline.core.models import DEFAULT_MODEL
 from flywheel_pipeline.warehouse import control as wh
 from flywheel_pipeline.warehouse import control_audit as audit
-from flywheel_pipeline.warehouse.control_audit import Actor
 from flywheel_pipeline.warehouse.schema import connect_waiting, transaction
 
 log = logging.getLogger("flywheel.control")

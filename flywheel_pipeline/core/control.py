@@ -19,6 +19,7 @@ Roles, from the registry's ``status`` and ``ab_group`` (warehouse/model_registry
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 ROLES = ("champion", "challenger", "candidate", "retired", "training", "failed")
@@ -27,6 +28,16 @@ REGISTRY_STATUSES = ("training", "ready", "deployed", "archived", "failed")
 # most (core/stats/policy.py: equal shares are the efficacy step; more than half would make the
 # champion the smaller arm, which the ramp never does).
 MAX_DEPLOY_SHARE = 50.0
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts (the audit's ``actor``): ``admin:<key id>`` with the key's fingerprint (HTTP), or
+    ``cli:<user>@<host>`` (the CLI). Never a key."""
+
+    name: str
+    channel: str  # 'http' or 'cli'
+    key_fingerprint: str | None = None
+
 
 RefusalKind = Literal["not_found", "conflict", "invalid", "busy"]
 

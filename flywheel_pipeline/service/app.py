@@ -11,7 +11,9 @@ body ``{"error": <reason code>, "detail": <words>}``, counted in ``/metrics`` by
 Layout: state.py (what requests share, built once here), dependencies.py (authentication, rate
 limits, the body), routers/ (``webhooks``: ``POST /webhooks/sendgrid``, ``/webhooks/hubspot``,
 ``/webhooks/pipedrive``; ``records``: ``POST /messages``, ``/replies``; ``feedback``: ``POST /feedback``; ``published``:
-``GET /route``, ``/leaderboard``; ``health``: ``GET /healthz``, ``/metrics``).
+``GET /route``, ``/leaderboard``; ``health``: ``GET /healthz``, ``/metrics``; ``training``: the admin
+control API ``/training/*``, which launches Dagster runs and changes the model registry and routing
+through flywheel_pipeline/control.py, the one part of the service that writes the warehouse).
 """
 
 from __future__ import annotations

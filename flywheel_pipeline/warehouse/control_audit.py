@@ -6,21 +6,14 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 
+from flywheel_pipeline.core.control import Actor
+
 RESULTS = ("ok", "not_found", "conflict", "invalid", "busy", "error")
-
-
-@dataclass(frozen=True)
-class Actor:
-    """Who acts: ``admin:<key id>`` with the key's fingerprint (HTTP), or ``cli:<user>@<host>``."""
-
-    name: str
-    channel: str  # 'http' or 'cli'
-    key_fingerprint: str | None = None
+__all__ = ["Actor", "RESULTS", "counts", "recent", "record"]
 
 
 def record(con: duckdb.DuckDBPyConnection, actor: Actor, action: str, parameters: dict[str, Any], result: str, *,
