@@ -46,8 +46,8 @@ def _refused(request: Request, state, exc: ControlRefused) -> JSONResponse:
 
 class DeployBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    traffic_pct: float = Field(strict=True, allow_inf_nan=False,
-                               description="The challenger's share of its family's traffic, in (0, 50].")
+    # any JSON value: control.deploy checks it (a number in (0, 50]) and audits a refusal
+    traffic_pct: Any = Field(description="The challenger's share of its family's traffic, in percent, in (0, 50].")
 
 
 class PromoteBody(BaseModel):
