@@ -307,3 +307,21 @@ def test_a_retrain_launched_over_http_is_a_real_dagster_run_only_for_admins(home
     assert [(r["actor"], r["result"], r["run_id"]) for r in rows] == [
         ("admin:ops", "ok", run_id), ("admin:ops", "conflict", run_id), (rows[2]["actor"], "conflict", run_id)]
     assert rows[2]["actor"].startswith("cli:") and rows[2]["channel"] == "cli"
+
+
+def test_a_schema_8_warehouse_gets_the_audit_table_in_place(tmp_path):
+    from flywheel_pipeline.warehouse import schema
+
+    con = connect(tmp_path / "wh.duckdb")
+    registry.register(con, model_id="m-1", organization_id=None, task_type="all", base_model="b", backend="sandbox",
+                      method="supervised", job_id=None, job_key=None, dataset_version="d", stats={},
+                      hyperparameters={}, trained_tokens=None)
+    con.execute("DROP TABLE control_audit")
+    con.execute("UPDATE schema_info SET value = ? WHERE key = 'schema_version'", [str(schema.CONTROL_AUDIT_SINCE - 1)])
+    con.close()
+    con = connect(tmp_path / "wh.duckdb")
+    assert con.execute("SELECT count(*) FROM control_audit").fetchone() == (0,)
+    assert con.execute("SELECT model_id FROM model_registry").fetchall() == [("m-1",)]
+    assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() == (
+        str(schema.SCHEMA_VERSION),)
+    con.close()
