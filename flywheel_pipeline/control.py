@@ -160,7 +160,7 @@ def retrain(actor: Actor) -> Outcome:
     from flywheel_pipeline.run_guard import PID_TAG
 
     home = ensure_local_dagster_home()
-    lock = paths.dagster_home() / ".retrain.lock"
+    lock = paths.retrain_lock_path()
     created: list = []
     with open(lock, "a") as held, dg.DagsterInstance.get() as instance:
         fcntl.flock(held, fcntl.LOCK_EX)  # check and create as one step, across processes

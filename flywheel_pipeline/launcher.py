@@ -60,9 +60,10 @@ def create_run(instance, job_name: str, *, tags: dict[str, str], run_config: dic
 def start(instance, run_id: str) -> int:
     """Execute the run in a child process (its own session: it outlives a request and a Ctrl-C of
     the caller); returns its pid. The child is waited for by a thread, so it leaves no zombie."""
+    from flywheel_pipeline.cli.output import log_file
     from flywheel_pipeline.run_guard import process_tags
 
-    log = paths.logs_dir() / "flywheel.log"
+    log = log_file()
     log.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as out:
         child = subprocess.Popen([sys.executable, "-m", "flywheel_pipeline.launcher", run_id],
