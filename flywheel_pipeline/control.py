@@ -21,6 +21,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,26 +55,38 @@ class Outcome:
     audit_id: str | None = None
 
 
+# One action at a time in this process: DuckDB refuses a second connection to one file with another
+# configuration, and two transactions on the registry would conflict; other processes wait on the
+# file's lock (connect_waiting).
+_ONE_AT_A_TIME = threading.RLock()
+
+
 @contextlib.contextmanager
-def _warehouse(read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+def _warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short read-write connection (reads too: see _ONE_AT_A_TIME), waiting for a Dagster run's lock
+    up to ``WAREHOUSE_WAIT_S`` (then ``busy``)."""
     database = paths.warehouse_database()
-    if read_only and not database.startswith("md:") and not paths.warehouse_path().exists():
-        raise ControlRefused("not_found", f"no warehouse at {database}: run `flywheel refresh` first")
-    try:
-        con = connect_waiting(database, read_only=read_only, timeout_s=WAREHOUSE_WAIT_S)
-    except duckdb.IOException as exc:
-        raise ControlRefused("busy", f"the warehouse stayed locked by another process for {WAREHOUSE_WAIT_S:g}s "
-                                     f"(a Dagster run is writing it): {exc}") from exc
-    try:
-        yield con
-    finally:
-        con.close()
+    with _ONE_AT_A_TIME:
+        try:
+            con = connect_waiting(database, timeout_s=WAREHOUSE_WAIT_S)
+        except duckdb.IOException as exc:
+            raise ControlRefused("busy", f"the warehouse stayed locked by another process for {WAREHOUSE_WAIT_S:g}s "
+                                         f"(a Dagster run is writing it): {exc}") from exc
+        try:
+            yield con
+        finally:
+            con.close()
+
+
+def _warehouse_exists() -> bool:
+    return paths.warehouse_database().startswith("md:") or paths.warehouse_path().exists()
 
 
 def _act(actor: Actor, action: str, parameters: dict[str, Any],
          body: Callable[[duckdb.DuckDBPyConnection], Outcome]) -> Outcome:
     """Run ``body`` and its audit row in one transaction; a refusal or an error is recorded on its
-    own (nothing of the action is kept) and raised again."""
+    own (nothing of the action is kept) and raised again. What must follow the commit (starting the
+    run, MLflow) runs after it; its failure is recorded too."""
     with _warehouse() as con:
         try:
             with transaction(con):
@@ -87,8 +100,14 @@ def _act(actor: Actor, action: str, parameters: dict[str, Any],
         except Exception as exc:
             audit.record(con, actor, action, parameters, "error", detail=f"{type(exc).__name__}: {exc}")
             raise
-    for step in outcome.after:
-        step()
+    try:
+        for step in outcome.after:
+            step()
+    except Exception as exc:
+        with _warehouse() as con:
+            audit.record(con, actor, action, parameters, "error", run_id=outcome.run_id, model_id=outcome.model_id,
+                         family=outcome.family, detail=f"after the change was recorded: {type(exc).__name__}: {exc}")
+        raise
     outcome.answer["audit_id"] = outcome.audit_id
     return outcome
 
@@ -242,9 +261,9 @@ def _iso(ts: float | None) -> str | None:
 def models(status: str | None = None, family: str | None = None) -> dict[str, Any]:
     """The registry's models with their roles, filtered by ``status`` (roles or registry statuses)."""
     wanted = status_filter(status)
-    if not paths.warehouse_path().exists() and not paths.warehouse_database().startswith("md:"):
+    if not _warehouse_exists():
         return {"models": []}
-    with _warehouse(read_only=True) as con:
+    with _warehouse() as con:
         rows = [m for m in wh.all_models(con) if (family is None or m.family == family)
                 and (wanted is None or m.role in wanted or m.status in wanted)]
     return {"models": [m.as_dict() for m in rows]}
@@ -392,9 +411,9 @@ def stats(recent_runs: int = 5, recent_actions: int = 10) -> dict[str, Any]:
                  "launched_by": r.dagster_run.tags.get("flywheel/launched_by")}
                 for r in instance.get_run_records(filters=dg.RunsFilter(job_name=RETRAIN_JOB), limit=recent_runs)]
     out: dict[str, Any] = {"models": {}, "families": [], "retrain_runs": runs, "actions": {}, "recent_actions": []}
-    if not paths.warehouse_path().exists() and not paths.warehouse_database().startswith("md:"):
+    if not _warehouse_exists():
         return out
-    with _warehouse(read_only=True) as con:
+    with _warehouse() as con:
         models_ = wh.all_models(con)
         for m in models_:
             out["models"][m.role] = out["models"].get(m.role, 0) + 1

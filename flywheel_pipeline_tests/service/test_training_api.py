@@ -325,3 +325,33 @@ def test_a_schema_8_warehouse_gets_the_audit_table_in_place(tmp_path):
     assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone() == (
         str(schema.SCHEMA_VERSION),)
     con.close()
+
+
+def test_a_warehouse_locked_by_another_process_is_503_and_nothing_happens(home, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from flywheel_pipeline import control
+
+    con = connect(paths.warehouse_path())
+    _registry(con)
+    con.close()
+    monkeypatch.setattr(control, "WAREHOUSE_WAIT_S", 1.0)
+    holder = subprocess.Popen([sys.executable, "-c", "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); "
+                               "print('held', flush=True); time.sleep(120)", str(paths.warehouse_path())],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with serve_app(app_for(home)) as base, httpx.Client(base_url=base, headers=AS_ADMIN, timeout=60) as http:
+            r = http.post("/training/deploy/1.1.0", json={"traffic_pct": 20})
+            assert r.status_code == 503 and r.json()["error"] == "warehouse_busy", r.text
+            assert r.headers["Retry-After"] == "30" and "stayed locked" in r.json()["detail"]
+        assert flywheel(["rollback", "1.0.0"]) == 2
+        assert "busy: the warehouse stayed locked" in capsys.readouterr().err
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    assert not paths.routing_path().exists() and audit_rows() == []  # not recorded, so not done
+    con = connect(paths.warehouse_path(), read_only=True)
+    assert con.execute("SELECT status FROM model_registry WHERE model_id = 'm-new'").fetchone() == ("ready",)
+    con.close()
