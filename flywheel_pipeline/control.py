@@ -179,6 +179,7 @@ def retrain(actor: Actor) -> Outcome:
     from flywheel_pipeline.run_guard import PID_TAG
 
     home = ensure_local_dagster_home()
+    job = launcher.prepare(RETRAIN_JOB)
     lock = paths.retrain_lock_path()
     created: list = []
     with open(lock, "a") as held, dg.DagsterInstance.get() as instance:
@@ -190,8 +191,8 @@ def retrain(actor: Actor) -> Outcome:
                 run = running[0]
                 raise ControlRefused("conflict", f"a retrain is already running: run {run.run_id} "
                                                  f"({run.status.value})", run_id=run.run_id)
-            run = launcher.create_run(instance, RETRAIN_JOB, tags={"flywheel/trigger": f"control-{actor.channel}",
-                                                                   launcher.LAUNCHED_TAG: actor.name})
+            run = launcher.create_run(instance, job, tags={"flywheel/trigger": f"control-{actor.channel}",
+                                                           launcher.LAUNCHED_TAG: actor.name})
             created.append(run)
             answer = {"run_id": run.run_id, "job_name": RETRAIN_JOB, "status": run.status.value,
                       "dagster_home": str(home)}

@@ -45,16 +45,23 @@ def unfinished_runs(instance, job_name: str) -> list:
                                                         statuses=[dg.DagsterRunStatus(s) for s in UNFINISHED])))
 
 
-def create_run(instance, job_name: str, *, tags: dict[str, str], run_config: dict | None = None):
-    """A ``NOT_STARTED`` run of the job in ``instance``, tagged with this process (a run whose
-    launcher dies before its child starts is reaped like any other)."""
+def prepare(job_name: str) -> tuple:
+    """The job's definition and Python origin (loading the code location takes seconds: do it before
+    holding any lock)."""
     from flywheel_pipeline.definitions import defs
+
+    return defs.resolve_job_def(job_name), _reconstructable(job_name).get_python_origin()
+
+
+def create_run(instance, job: tuple, *, tags: dict[str, str], run_config: dict | None = None):
+    """A ``NOT_STARTED`` run of the job (as :func:`prepare` gives it) in ``instance``, tagged with this
+    process (a run whose launcher dies before its child starts is reaped like any other)."""
     from flywheel_pipeline.run_guard import process_tags
 
-    job_def = defs.resolve_job_def(job_name)
+    job_def, origin = job
     return instance.create_run_for_job(job_def=job_def, run_config=run_config or {},
                                        tags={**(job_def.tags or {}), **tags, **process_tags()},
-                                       job_code_origin=_reconstructable(job_name).get_python_origin())
+                                       job_code_origin=origin)
 
 
 def start(instance, run_id: str) -> int:

@@ -167,7 +167,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "deploy", help="make a registered version its family's challenger at a traffic share "
                                        "(a new experiment; audited)")
     p.add_argument("version", help="a registry version (e.g. 1.1.0) or a model id")
-    p.add_argument("--share", type=float, required=True, help="the challenger's traffic share in percent, in (0, 50] (no default: required)")
+    p.add_argument("--share", type=float, required=True,
+                   help="the challenger's traffic share in percent, in (0, 50] (no default: required)")
     p.add_argument("--family", help="the model family (default: the one family that has the version)")
     p.set_defaults(func=cmd_deploy)
     p = add_parser(sub, "promote", help="promote the challenger the experiment's statistics declare the winner "

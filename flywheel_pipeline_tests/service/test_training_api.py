@@ -73,7 +73,8 @@ def test_admin_keys_are_parsed_and_kept_apart_from_organization_keys():
 # ---- a registry with a champion and two candidates; verdicts from the statistics engine ----------
 
 def _registry(con) -> None:
-    for model_id, version, dataset in (("m-champ", "1.0.0", "d1"), ("m-new", "1.1.0", "d2"), ("m-other", "1.2.0", "d3")):
+    for model_id, version, dataset in (("m-champ", "1.0.0", "d1"), ("m-new", "1.1.0", "d2"),
+                                       ("m-other", "1.2.0", "d3")):
         registry.register(con, model_id=model_id, organization_id=None, task_type="all", base_model="gpt-4o-mini",
                           backend="sandbox", method="supervised", job_id=None, job_key=None, dataset_version=dataset,
                           stats={"examples": 100, "positives": 40}, hyperparameters={}, trained_tokens=None,
@@ -199,7 +200,8 @@ def test_deploy_promote_rollback_over_http_change_routing_and_are_audited(home):
         assert stats["models"] == {"champion": 1, "retired": 3}
         assert stats["families"][0]["champion"] == "m-4" and stats["actions"]["deploy"]["ok"] == 3
         text = http.get("/metrics").text
-        assert metric(text, "flywheel_requests_rejected_total", route="/training/promote-winner", reason="conflict") >= 3
+        assert metric(text, "flywheel_requests_rejected_total", route="/training/promote-winner",
+                      reason="conflict") >= 3
 
     rows = audit_rows()
     assert len(rows) == len({r["audit_id"] for r in rows}) and all(r["channel"] == "http" for r in rows)
