@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import time
 from collections import Counter
 from datetime import date, datetime
@@ -289,6 +291,16 @@ def test_a_retrain_launched_over_http_is_a_real_dagster_run_only_for_admins(home
         assert f"already running: run {run_id}" in again.json()["detail"]
         assert flywheel(["retrain"]) == 2  # the CLI is refused the same way
         assert f"conflict: a retrain is already running: run {run_id}" in capsys.readouterr().err
+        # the process executing it dies (kill -9): the run is marked failed and blocks nothing
+        os.kill(r.json()["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while (again := http.post("/training/run", headers=AS_ADMIN)).status_code == 409:
+            assert time.monotonic() < deadline, again.text  # the pid outlives SIGKILL only until reaped
+            time.sleep(0.5)
+        assert again.status_code == 202, again.text
+        dead = http.get(f"/training/status/{run_id}", headers=AS_ADMIN).json()
+        assert dead["status"] == "FAILURE" and dead["finished"] and not dead["success"]
+        run_id = again.json()["run_id"]
         status = _wait_finished(http, run_id)
         assert status["status"] == "SUCCESS" and status["success"] and status["launched_by"] == "admin:ops"
         steps = {s["step"]: s["status"] for s in status["steps"]}
@@ -305,10 +317,20 @@ def test_a_retrain_launched_over_http_is_a_real_dagster_run_only_for_admins(home
         assert run.job_code_origin is not None  # re-executable from the UI
     assert flywheel(["status", run_id]) == 0
     assert f"run {run_id} of job retrain: SUCCESS" in capsys.readouterr().out
+    # the CLI launches the same way and follows the run to its end
+    assert flywheel(["retrain", "--wait", "--timeout", "300"]) == 0
+    out = capsys.readouterr().out
+    cli_run = out.split("Dagster run ", 1)[1].split()[0]
+    assert f"run {cli_run} of job retrain: SUCCESS" in out and "  fine_tuned_model: SUCCESS" in out
+    with dg.DagsterInstance.get() as instance:
+        assert instance.get_run_by_id(cli_run).tags["flywheel/trigger"] == "control-cli"
     rows = audit_rows("action = 'retrain'")
-    assert [(r["actor"], r["result"], r["run_id"]) for r in rows] == [
-        ("admin:ops", "ok", run_id), ("admin:ops", "conflict", run_id), (rows[2]["actor"], "conflict", run_id)]
-    assert rows[2]["actor"].startswith("cli:") and rows[2]["channel"] == "cli"
+    first = rows[0]["run_id"]
+    assert [(r["channel"], r["result"], r["run_id"]) for r in rows] == [
+        ("http", "ok", first), ("http", "conflict", first), ("cli", "conflict", first), ("http", "ok", run_id),
+        ("cli", "ok", cli_run)]
+    assert {r["actor"] for r in rows if r["channel"] == "http"} == {"admin:ops"}
+    assert all(r["actor"].startswith("cli:") for r in rows if r["channel"] == "cli")
 
 
 def test_a_schema_8_warehouse_gets_the_audit_table_in_place(tmp_path):
