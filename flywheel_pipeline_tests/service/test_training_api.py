@@ -118,6 +118,10 @@ def test_deploy_promote_rollback_over_http_change_routing_and_are_audited(home):
             r = http.post("/training/deploy/1.1.0", json=body)
             assert r.status_code == want and r.json()["error"] == "invalid_request", (body, r.text)
         assert "outside (0, 50]" in http.post("/training/deploy/1.1.0", json={"traffic_pct": 50.5}).json()["detail"]
+        r = http.post("/training/deploy/1.1.0", content=b'{"traffic_pct": NaN}')  # bodies are strict JSON
+        assert r.status_code == 400 and r.json()["error"] == "invalid_number"
+        r = http.post("/training/promote-winner", json={"force": "yes"})
+        assert r.status_code == 422 and "force" in r.json()["detail"]
         r = http.post("/training/deploy/9.9.9", json={"traffic_pct": 20})
         assert r.status_code == 404 and "9.9.9" in r.json()["detail"]
         r = http.post("/training/deploy/1.0.0", json={"traffic_pct": 20})

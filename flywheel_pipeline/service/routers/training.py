@@ -14,16 +14,16 @@ already running, with its ``run_id``; no significant winner; an experiment alrea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from flywheel_pipeline import control
 from flywheel_pipeline.core.control import ControlRefused
-from flywheel_pipeline.service.dependencies import Admin, State
-from flywheel_pipeline.service.errors import route_of
+from flywheel_pipeline.service.dependencies import Admin, RawBody, State, parse_json
+from flywheel_pipeline.service.errors import Rejected, route_of
 
 router = APIRouter(prefix="/training", tags=["training"])
 
@@ -59,6 +59,21 @@ class PromoteBody(BaseModel):
     reason: str | None = Field(None, max_length=2000, description="Why (required with force).")
 
 
+B = TypeVar("B", bound=BaseModel)
+
+
+def _body(raw: bytes, model: type[B], *, optional: bool = False) -> B:
+    """The body as the service reads every body (within its size and time limits, strict JSON: see
+    dependencies.raw_body, parse_json), checked by ``model``; 422 ``invalid_request`` with the reason."""
+    if optional and not raw.strip():
+        return model()
+    try:
+        return model.model_validate(parse_json(raw))
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors())
+        raise Rejected(422, "invalid_request", problems) from None
+
+
 @router.post("/run", status_code=202)
 def run(request: Request, state: State, actor: Admin) -> Any:
     """Launch the ``retrain`` job as a Dagster run in the background; answers its ``run_id`` at once."""
@@ -85,18 +100,25 @@ def models(request: Request, state: State, actor: Admin, status: str | None = No
         return _refused(request, state, exc)
 
 
-@router.post("/deploy/{version:path}")
-def deploy(request: Request, state: State, actor: Admin, version: str, body: DeployBody,
+def _documented(model: type[BaseModel], *, required: bool) -> dict:
+    """The body's schema for /docs (the route reads the raw body itself: strict JSON, limits)."""
+    return {"requestBody": {"required": required,
+                            "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+@router.post("/deploy/{version:path}", openapi_extra=_documented(DeployBody, required=True))
+def deploy(request: Request, state: State, actor: Admin, raw: RawBody, version: str,
            family: str | None = None) -> Any:
+    body = _body(raw, DeployBody)
     try:
         return control.deploy(actor, version, body.traffic_pct, family).answer
     except ControlRefused as exc:
         return _refused(request, state, exc)
 
 
-@router.post("/promote-winner")
-def promote_winner(request: Request, state: State, actor: Admin, body: PromoteBody | None = None) -> Any:
-    body = body or PromoteBody()
+@router.post("/promote-winner", openapi_extra=_documented(PromoteBody, required=False))
+def promote_winner(request: Request, state: State, actor: Admin, raw: RawBody) -> Any:
+    body = _body(raw, PromoteBody, optional=True)
     try:
         return control.promote_winner(actor, body.family, force=body.force, reason=body.reason).answer
     except ControlRefused as exc:
