@@ -335,6 +335,17 @@ def test_a_retrain_launched_over_http_is_a_real_dagster_run_only_for_admins(home
         ("cli", "ok", cli_run)]
     assert {r["actor"] for r in rows if r["channel"] == "http"} == {"admin:ops"}
     assert all(r["actor"].startswith("cli:") for r in rows if r["channel"] == "cli")
+    # the trained challenger rolled back: off traffic, and its MLflow alias with it
+    from mlflow import MlflowClient
+
+    from flywheel_pipeline.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=default_tracking_uri())
+    assert {k: str(v) for k, v in client.get_registered_model(FAMILY).aliases.items()} == {"challenger": "1"}
+    assert flywheel(["rollback", "1.0.0"]) == 0
+    assert "MLflow: aliases updated" in capsys.readouterr().out
+    assert dict(client.get_registered_model(FAMILY).aliases) == {}
+    assert [a["ab_group"] for a in load_routing()["families"][FAMILY]["arms"]] == ["champion"]
 
 
 def test_a_schema_8_warehouse_gets_the_audit_table_in_place(tmp_path):
