@@ -120,3 +120,9 @@ def dagster_workspace_path(env: Mapping[str, str] | None = None) -> Path:
 def catalog_path(env: Mapping[str, str] | None = None) -> Path:
     """The model catalog's local extensions and overrides (core/catalog.py), by model_id."""
     return flywheel_home(env) / "catalog.yaml"
+
+
+def retrain_lock_path(env: Mapping[str, str] | None = None) -> Path:
+    """Held while the control API or `flywheel retrain` checks for a running retrain and creates one
+    (flywheel_pipeline/control.py), so two callers cannot both launch."""
+    return dagster_home(env) / ".retrain.lock"

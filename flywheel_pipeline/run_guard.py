@@ -44,9 +44,10 @@ def _process_start(pid: int) -> str | None:
     return fields[19].decode()
 
 
-def process_tags() -> dict[str, str]:
-    """Tags that let a later ``flywheel`` process tell whether this one is still alive."""
-    pid = os.getpid()
+def process_tags(pid: int | None = None) -> dict[str, str]:
+    """Tags that let a later ``flywheel`` process tell whether this one (or its child ``pid``, which
+    executes the run: flywheel_pipeline/launcher.py) is still alive."""
+    pid = os.getpid() if pid is None else pid
     return {HOST_TAG: socket.gethostname(), PID_TAG: str(pid), START_TAG: _process_start(pid) or ""}
 
 

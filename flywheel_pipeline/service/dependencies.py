@@ -22,8 +22,9 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute
 
 from flywheel_pipeline.core import strict_json
+from flywheel_pipeline.core.control import Actor
 from flywheel_pipeline.service.errors import Rejected, client_of
-from flywheel_pipeline.service.settings import ROUTES, ServiceSettings
+from flywheel_pipeline.service.settings import ROUTES, ServiceSettings, key_fingerprint
 from flywheel_pipeline.service.state import ServiceState
 
 log = logging.getLogger("flywheel.service")
@@ -82,6 +83,37 @@ async def throttled_caller(request: Request, state: State, org: Caller) -> str |
 
 
 ThrottledCaller = Annotated[str | None, Depends(throttled_caller)]
+
+
+def _given_key(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:].strip() if auth.lower().startswith("bearer ") else request.headers.get("x-api-key", "")
+
+
+async def admin(request: Request, state: State) -> Actor:
+    """The admin key's actor for the control API (``FLYWHEEL_ADMIN_KEYS``): no key or an unknown one is
+    401, an organization's key 403 (never an admin); every key is compared, in constant time each."""
+    auth_gate(request, state)
+    given = _given_key(request).encode()
+    found = None
+    for name, key in state.admin_keys:
+        if hmac.compare_digest(given, key) and given:
+            found = name
+    organization = False
+    for _org, key in state.api_keys:
+        if hmac.compare_digest(given, key) and given:
+            organization = True
+    if found is not None:
+        return Actor(f"admin:{found}", "http", key_fingerprint(given.decode()))
+    if organization:
+        raise Rejected(403, "forbidden", "an organization's API key cannot use the control API: it needs an admin "
+                                         "key (FLYWHEEL_ADMIN_KEYS)")
+    off = "" if state.admin_keys else " (no FLYWHEEL_ADMIN_KEYS configured: the control API is off)"
+    raise Rejected(401, "unauthorized", f"missing or unknown admin key (Authorization: Bearer <admin key>){off}",
+                   {"WWW-Authenticate": "Bearer"})
+
+
+Admin = Annotated[Actor, Depends(admin)]
 
 
 def check_org(state: ServiceState, org: str | None, claimed: Any, where: str) -> None:

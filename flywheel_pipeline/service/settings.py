@@ -24,6 +24,10 @@
 ``FLYWHEEL_PIPEDRIVE_MESSAGE_ID_FIELD``  key of the deal/activity custom field with our message id
 ``FLYWHEEL_API_KEYS``                  ``org-a=key1,org-b=key2``: API keys per organization (an
                                        organization named twice has two valid keys: rotation)
+``FLYWHEEL_ADMIN_KEYS``                admin keys of the control API (/training/*): ``ops=key1,ci=key2`` (an id
+                                       the audit names) or bare keys (named by fingerprint); several
+                                       at once for rotation; at least 16 characters, never an
+                                       organization's key; unset = the control API refuses everyone
 ``FLYWHEEL_AUTH_FAILURES_PER_MINUTE``  failed authentications a client may make per minute before
                                        it gets 429 without its credentials being checked (30; 0 off)
 ``FLYWHEEL_MESSAGE_ID_DOMAINS``        domains of our Message-IDs, default ``outreach.example``
@@ -43,11 +47,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 
 from flywheel_pipeline import paths
 from flywheel_pipeline.core.signatures import load_sendgrid_public_key
@@ -75,6 +81,38 @@ def parse_api_keys(value: str | None) -> dict[str, tuple[SecretStr, ...]]:
     secrets = [k.get_secret_value() for org_keys in keys.values() for k in org_keys]
     if len(set(secrets)) != len(secrets):
         raise ValueError("FLYWHEEL_API_KEYS gives the same key twice")
+    return keys
+
+
+ADMIN_KEY_MIN_LENGTH = 16
+_ADMIN_ID = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def key_fingerprint(key: str) -> str:
+    """What the audit records of a key: the first 16 hex digits of its sha256, never the key."""
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def parse_admin_keys(value: str | None) -> dict[str, SecretStr]:
+    """``ops=key1,ci=key2`` or bare ``key1,key2`` -> {key id: key}: an entry is ``id=key`` when the part
+    before its first ``=`` is an id (letters, digits, ``_.@-``) and the rest is not only ``=`` padding;
+    a bare key's id is ``key-<fingerprint>``. Refuses short keys and a key or an id given twice."""
+    keys: dict[str, SecretStr] = {}
+    for entry in _csv(value):
+        name, sep, key = entry.partition("=")
+        if not (sep and _ADMIN_ID.fullmatch(name.strip()) and key.strip().strip("=")):
+            name, key = "", entry
+        key = key.strip()
+        if len(key) < ADMIN_KEY_MIN_LENGTH:
+            raise ValueError(f"FLYWHEEL_ADMIN_KEYS: a key of {len(key)} characters; admin keys need at least "
+                             f"{ADMIN_KEY_MIN_LENGTH}")
+        name = name.strip() or f"key-{key_fingerprint(key)}"
+        if name in keys:
+            raise ValueError(f"FLYWHEEL_ADMIN_KEYS names {name!r} twice")
+        keys[name] = SecretStr(key)
+    secrets = [k.get_secret_value() for k in keys.values()]
+    if len(set(secrets)) != len(secrets):
+        raise ValueError("FLYWHEEL_ADMIN_KEYS gives the same key twice")
     return keys
 
 
@@ -108,6 +146,14 @@ class ServiceSettings(BaseModel):
     body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     max_connections: int = Field(200, ge=1)
     auth_failures_per_minute: int = Field(30, ge=0)
+    admin_keys: dict[str, SecretStr] = Field(default_factory=dict)  # key id -> admin key (the control API)
+
+    @model_validator(mode="after")
+    def _admin_keys_are_not_organization_keys(self) -> ServiceSettings:
+        org_keys = {k.get_secret_value() for keys in self.api_keys.values() for k in keys}
+        if any(k.get_secret_value() in org_keys for k in self.admin_keys.values()):
+            raise ValueError("FLYWHEEL_ADMIN_KEYS: an admin key is also an organization's key (FLYWHEEL_API_KEYS)")
+        return self
 
     @field_validator("sendgrid_public_key")
     @classmethod
@@ -142,7 +188,7 @@ class ServiceSettings(BaseModel):
 
         values: dict = {"home": paths.flywheel_home(env), "landing": paths.landing_dir(env),
                         "routing_path": paths.routing_path(env), "leaderboard_path": paths.leaderboard_path(env),
-                        "api_keys": parse_api_keys(get("API_KEYS"))}
+                        "api_keys": parse_api_keys(get("API_KEYS")), "admin_keys": parse_admin_keys(get("ADMIN_KEYS"))}
         scalar = {"sendgrid_public_key": "SENDGRID_PUBLIC_KEY", "sendgrid_max_age_s": "SENDGRID_MAX_AGE_S",
                   "hubspot_client_secret": "HUBSPOT_CLIENT_SECRET",
                   "hubspot_access_token": "HUBSPOT_ACCESS_TOKEN", "hubspot_api_base": "HUBSPOT_API_BASE",

@@ -72,6 +72,7 @@ class ServiceState:
     routing: PublishedJson
     leaderboard: PublishedJson
     writer: SegmentWriter | None = field(default=None)  # set while the app runs
+    admin_keys: list[tuple[str, bytes]] = field(default_factory=list)  # (key id, key): the control API
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings, *, hubspot: HubSpotClient | None = None) -> ServiceState:
@@ -86,7 +87,8 @@ class ServiceState:
                    organizations=frozenset(settings.api_keys),
                    sendgrid_keys=[load_sendgrid_public_key(k) for k in settings.sendgrid_public_keys()],
                    hubspot=hubspot, routing=PublishedJson(settings.routing_path),
-                   leaderboard=PublishedJson(settings.leaderboard_path))
+                   leaderboard=PublishedJson(settings.leaderboard_path),
+                   admin_keys=[(name, key.get_secret_value().encode()) for name, key in settings.admin_keys.items()])
 
     async def land(self, source: str, records: list[Any]) -> None:
         """Append the records to the source's open landing segment (in the kernel when this returns)."""

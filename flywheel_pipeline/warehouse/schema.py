@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -279,6 +279,18 @@ JUDGEMENTS_DDL: tuple[str, ...] = (
 )
 
 
+# Every action of the control API and CLI (flywheel_pipeline/control.py): who (an admin key's id and
+# fingerprint, or the OS user of the CLI; never a key), what, its parameters, when, the result and
+# the Dagster run it launched; written before the action answers (warehouse/control_audit.py).
+CONTROL_AUDIT_SINCE = 9
+CONTROL_AUDIT_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS control_audit (
+        audit_id VARCHAR PRIMARY KEY, acted_at TIMESTAMP NOT NULL, actor VARCHAR NOT NULL, key_fingerprint VARCHAR,
+        channel VARCHAR NOT NULL, action VARCHAR NOT NULL, parameters JSON, result VARCHAR NOT NULL,
+        detail VARCHAR, run_id VARCHAR, model_id VARCHAR, family VARCHAR)""",
+)
+
+
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
             threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse (creating and migrating it unless read-only)."""
@@ -365,7 +377,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if migrating_from is not None and migrating_from < PIPELINE_TABLES_SINCE:
             for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
-        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL):  # additive and idempotent: whenever migrating
+        # additive and idempotent: whenever migrating
+        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CONTROL_AUDIT_DDL):
             con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])
@@ -392,3 +405,21 @@ def new_batch(con: duckdb.DuckDBPyConnection, kind: str, source: str | None = No
 
 def max_batch(con: duckdb.DuckDBPyConnection) -> int:
     return int(con.execute("SELECT coalesce(max(batch_id), 0) FROM ingest_batches").fetchone()[0])
+
+
+def connect_waiting(path: str | Path, *, read_only: bool = False, timeout_s: float = 60.0) -> duckdb.DuckDBPyConnection:
+    """``connect``, waiting (up to ``timeout_s``) while another process holds the file's lock: DuckDB
+    allows one writing process, and the Dagster runs' connections are short-lived. Raises
+    ``duckdb.IOException`` past the timeout (the control API answers 503 ``warehouse_busy``)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    delay = 0.1
+    while True:
+        try:
+            return connect(path, read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
