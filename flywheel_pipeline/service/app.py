@@ -10,7 +10,8 @@ body ``{"error": <reason code>, "detail": <words>}``, counted in ``/metrics`` by
 
 Layout: state.py (what requests share, built once here), dependencies.py (authentication, rate
 limits, the body), routers/ (``webhooks``: ``POST /webhooks/sendgrid``, ``/webhooks/hubspot``,
-``/webhooks/pipedrive``; ``records``: ``POST /messages``, ``/replies``; ``feedback``: ``POST /feedback``; ``published``:
+``/webhooks/pipedrive``; ``records``: ``POST /messages``, ``/replies``; ``feedback``: ``POST /feedback``;
+``council``: ``POST /council`` (asks the catalog's models; lands preference pairs); ``published``:
 ``GET /route``, ``/leaderboard``; ``health``: ``GET /healthz``, ``/metrics``).
 """
 

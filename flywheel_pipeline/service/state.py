@@ -3,8 +3,9 @@
 
 It holds the settings, the landing writer (opened by :meth:`ServiceState.running`, the app's
 lifespan), the metrics, the two rate limiters, the API keys, SendGrid's verification keys, the
-HubSpot client and the published files the service reads (``routing.json``,
-``leaderboard.json``, paths from flywheel_pipeline/paths.py via the settings).
+HubSpot client, the published files the service reads (``routing.json``,
+``leaderboard.json``, ``judges.json``, paths from flywheel_pipeline/paths.py via the settings), the
+model catalog and the council's model clients.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from flywheel_pipeline.service.errors import Rejected
 from flywheel_pipeline.service.hubspot_client import HubSpotClient
 from flywheel_pipeline.service.landing_writer import SegmentWriter, recover
 from flywheel_pipeline.service.metrics import ServiceMetrics
+from flywheel_pipeline.service.council import CatalogFile, ModelClients
 from flywheel_pipeline.service.rate_limit import RateLimiter
 from flywheel_pipeline.service.settings import ServiceSettings
 
@@ -71,6 +73,9 @@ class ServiceState:
     hubspot: HubSpotClient | None  # None = no enrichment
     routing: PublishedJson
     leaderboard: PublishedJson
+    judges: PublishedJson  # which judges judge_calibration trusts (POST /council)
+    catalog: CatalogFile  # the model catalog with $FLYWHEEL_HOME/catalog.yaml (POST /council)
+    council_clients: ModelClients  # the council's AsyncOpenAI clients, closed on shutdown
     writer: SegmentWriter | None = field(default=None)  # set while the app runs
 
     @classmethod
@@ -86,7 +91,10 @@ class ServiceState:
                    organizations=frozenset(settings.api_keys),
                    sendgrid_keys=[load_sendgrid_public_key(k) for k in settings.sendgrid_public_keys()],
                    hubspot=hubspot, routing=PublishedJson(settings.routing_path),
-                   leaderboard=PublishedJson(settings.leaderboard_path))
+                   leaderboard=PublishedJson(settings.leaderboard_path),
+                   judges=PublishedJson(settings.judges_path or settings.home / "judges.json"),
+                   catalog=CatalogFile(settings.catalog_path or settings.home / "catalog.yaml"),
+                   council_clients=ModelClients())
 
     async def land(self, source: str, records: list[Any]) -> None:
         """Append the records to the source's open landing segment (in the kernel when this returns)."""
@@ -132,6 +140,7 @@ class ServiceState:
             log.info("sealed %d landing segments on shutdown", len(sealed))
             if self.hubspot is not None:
                 self.hubspot.close()
+            await self.council_clients.close()
 
     async def _maintain(self, writer: SegmentWriter) -> None:
         while True:
