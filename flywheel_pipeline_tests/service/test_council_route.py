@@ -264,3 +264,21 @@ def test_every_bad_input_is_refused_with_its_reason(council):
     assert fake.chat_calls == []  # nothing was asked for a refused request
     r = http.post("/council", json={"task_type": "cold_email", "messages": PROMPT}, headers={"Authorization": ""})
     assert (r.status_code, r.json()["error"]) == (401, "unauthorized")
+
+
+def test_the_route_is_switchable_needs_a_key_and_says_when_the_catalog_is_broken(tmp_path, fake, monkeypatch):
+    monkeypatch.setenv(KEY_ENV, "sk-local-test")
+    assert "council" in settings_for(tmp_path).unverified_sources()
+    assert "council" not in settings_for(tmp_path, FLYWHEEL_API_KEYS=KEYS).unverified_sources()
+    off = settings_for(tmp_path, FLYWHEEL_API_KEYS=KEYS, FLYWHEEL_DISABLED_ROUTES="council")
+    body = {"task_type": "cold_email", "messages": PROMPT, "models": ["good-writer"]}
+    with serve_app(create_app(off)) as base:
+        r = httpx.post(f"{base}/council", json=body, headers=ONE)
+        assert (r.status_code, r.json()["error"]) == (404, "not_found")
+    home = tmp_path / "fw"
+    write_catalog(home, fake[1])
+    with serve_app(create_app(settings_for(home, FLYWHEEL_API_KEYS=KEYS))) as base:
+        assert httpx.post(f"{base}/council", json=body, headers=ONE, timeout=30).status_code == 200
+        (home / "catalog.yaml").write_text("models:\n  - {model_id: good-writer, input_per_million: -1}\n")
+        r = httpx.post(f"{base}/council", json=body, headers=ONE, timeout=30)
+        assert (r.status_code, r.json()["error"]) == (503, "catalog_invalid") and "good-writer" in r.json()["detail"]
