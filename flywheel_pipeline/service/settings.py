@@ -1,8 +1,9 @@
 """The ingestion service's configuration, read from the environment (secrets never logged).
 
 =====================================  =========================================================
-``FLYWHEEL_HOME``                      the published ``routing.json`` and ``leaderboard.json`` it reads,
-                                       and the landing zone at ``$FLYWHEEL_HOME/landing`` (every path
+``FLYWHEEL_HOME``                      the published ``routing.json``, ``leaderboard.json`` and
+                                       ``judges.json`` it reads, ``catalog.yaml`` (the model catalog's
+                                       overrides), and the landing zone at ``$FLYWHEEL_HOME/landing`` (every path
                                        from flywheel_pipeline/paths.py)
 ``FLYWHEEL_LANDING``                   the landing zone elsewhere (the one ingestion reads)
 ``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
@@ -89,8 +90,8 @@ class ServiceSettings(BaseModel):
     home: Path
     routing_path: Path  # the published routing table GET /route reads
     leaderboard_path: Path  # the published leaderboard GET /leaderboard reads
-    judges_path: Path | None = None  # the published judge trust table POST /council reads
-    catalog_path: Path | None = None  # the model catalog's local overrides (POST /council)
+    judges_path: Path  # the published judge trust table POST /council reads
+    catalog_path: Path  # the model catalog's local overrides POST /council reads
     sendgrid_public_key: str | None = None
     sendgrid_max_age_s: float = Field(300.0, ge=0, allow_inf_nan=False)
     hubspot_client_secret: SecretStr | None = None

@@ -27,8 +27,8 @@ from flywheel_pipeline.core.signatures import load_sendgrid_public_key
 from flywheel_pipeline.service.errors import Rejected
 from flywheel_pipeline.service.hubspot_client import HubSpotClient
 from flywheel_pipeline.service.landing_writer import SegmentWriter, recover
-from flywheel_pipeline.service.metrics import ServiceMetrics
 from flywheel_pipeline.service.council import CatalogFile, ModelClients
+from flywheel_pipeline.service.metrics import ServiceMetrics
 from flywheel_pipeline.service.rate_limit import RateLimiter
 from flywheel_pipeline.service.settings import ServiceSettings
 
@@ -92,8 +92,7 @@ class ServiceState:
                    sendgrid_keys=[load_sendgrid_public_key(k) for k in settings.sendgrid_public_keys()],
                    hubspot=hubspot, routing=PublishedJson(settings.routing_path),
                    leaderboard=PublishedJson(settings.leaderboard_path),
-                   judges=PublishedJson(settings.judges_path or settings.home / "judges.json"),
-                   catalog=CatalogFile(settings.catalog_path or settings.home / "catalog.yaml"),
+                   judges=PublishedJson(settings.judges_path), catalog=CatalogFile(settings.catalog_path),
                    council_clients=ModelClients())
 
     async def land(self, source: str, records: list[Any]) -> None:
