@@ -11,7 +11,8 @@ concurrent clients) it times:
 * the baseline: the slowest model asked directly with the openai SDK from this process.
 
 and prints the latency percentiles of both and the overhead (council minus baseline, per
-percentile), beside the service's own view: its response time minus its slowest answer's. Every loop is bounded by ``--requests``.
+percentile), beside the service's own view: its response time minus its slowest answer's.
+Every loop is bounded by ``--requests``.
 
     python benchmarks/bench_council.py                      # 200 requests
     python benchmarks/bench_council.py --requests 1000 --clients 8

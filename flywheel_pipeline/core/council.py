@@ -46,7 +46,6 @@ STRATEGIES = ("judge", "vote", "average")
 # ``vote`` compares as numbers
 NUMERIC_TASK_TYPES = ("lead_scoring",)
 MAX_MODELS = 8
-ROLES = ("system", "user", "assistant")
 ALL_TASKS = "all"  # a judge_calibration row over every task type
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _SUBJECT = re.compile(r"^\s*subject:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
@@ -252,7 +251,8 @@ def choose_judge(task_type: str, calibration: Mapping[str, Any] | None) -> Judge
     if own:
         shown = max(own, key=lambda r: r.get("auc_low") or 0)
         why = (f"judge_calibration does not trust {name} for {task_type}: AUC {_f(shown.get('auc'))} "
-               f"[{_f(shown.get('auc_low'))}, {_f(shown.get('auc_high'))}] on {shown.get('metric')} (n={shown.get('n')})")
+               f"[{_f(shown.get('auc_low'))}, {_f(shown.get('auc_high'))}] on {shown.get('metric')} "
+               f"(n={shown.get('n')})")
     else:
         why = f"judge_calibration has no row for {name} on {task_type}"
     return JudgeChoice(name, False, f"{why}{also}: {name} decides as the untrusted fallback")
@@ -384,7 +384,8 @@ def decide(request: CouncilRequest, answers: Iterable[Answer], failed: Iterable[
     if request.strategy == "judge":
         chosen = _chosen(best, best.score, "judge_score")
         pairs = [Pair(best, c, round(best.score - c.score, 4)) for c in candidates
-                 if c is not best and best.score - c.score >= pair_margin and normalized(c.text) != normalized(best.text)]
+                 if c is not best and best.score - c.score >= pair_margin
+                 and normalized(c.text) != normalized(best.text)]
         return Verdict("judge", chosen, candidates, failed, pairs=pairs)
     groups: dict[Any, list[Candidate]] = {}
     for c in candidates:

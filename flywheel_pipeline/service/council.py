@@ -83,15 +83,18 @@ async def ask(clients: ModelClients, seat: Seat, request: CouncilRequest, max_to
         return Failure(seat.model_id, f"no API key: set {key_env or 'api_key_env in the catalog entry'}")
     client = clients.get(base_url, key)
     started = time.perf_counter()
+
+    def elapsed_ms() -> float:
+        return round((time.perf_counter() - started) * 1000, 1)
     try:
         reply = await asyncio.wait_for(client.chat.completions.create(
             model=seat.model_id, messages=[m.model_dump() for m in request.messages], max_tokens=max_tokens),
             timeout_s)
     except asyncio.TimeoutError:
-        return Failure(seat.model_id, f"timed out after {timeout_s:g}s", round((time.perf_counter() - started) * 1000, 1))
+        return Failure(seat.model_id, f"timed out after {timeout_s:g}s", elapsed_ms())
     except Exception as exc:  # noqa: BLE001 - any provider failure is this model's, named in the answer
-        return Failure(seat.model_id, _error(exc), round((time.perf_counter() - started) * 1000, 1))
-    latency = (time.perf_counter() - started) * 1000
+        return Failure(seat.model_id, _error(exc), elapsed_ms())
+    latency = elapsed_ms()
     text = (reply.choices[0].message.content or "") if reply.choices else ""
     usage = reply.usage
     prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage is not None else (None, None)

@@ -225,7 +225,8 @@ def _add_council_pairs(con: duckdb.DuckDBPyConnection, cfg: PairConfig) -> dict[
                                   non_preferred, non_preferred_score, margin, judge
                            FROM council_pairs WHERE judge_trusted {org} ORDER BY pair_id""", params).fetchall()
     out = []
-    for pair_id, council_id, organization_id, task_type, messages, preferred, p_score, other, o_score, margin, judge in rows:
+    for (pair_id, council_id, organization_id, task_type, messages, preferred, p_score, other, o_score, margin,
+         judge) in rows:
         system, user = prompt_parts(json.loads(messages))
         texts = [redact(t).text if t else t for t in (system, user, preferred, other)]
         if dedupe_key(texts[2]) == dedupe_key(texts[3]):

@@ -339,9 +339,11 @@ SELECT *,
                                "non_preferred_model", "non_preferred", "judge", "strategy")}
                      WHEN messages IS NULL OR json_type(messages) <> 'ARRAY' OR json_array_length(messages) = 0
                          THEN 'invalid messages: not a non-empty array'
-                     WHEN NOT coalesce(isfinite(preferred_score), false) OR NOT coalesce(isfinite(non_preferred_score), false)
+                     WHEN NOT coalesce(isfinite(preferred_score), false)
+                          OR NOT coalesce(isfinite(non_preferred_score), false)
                          THEN 'invalid score: not a finite number'
-                     WHEN NOT coalesce(isfinite(margin), false) OR margin <= 0 THEN 'invalid margin: not a positive number'
+                     WHEN NOT coalesce(isfinite(margin), false) OR margin <= 0
+                         THEN 'invalid margin: not a positive number'
                      WHEN judge_trusted IS NULL THEN 'invalid judge_trusted: not true or false'
                      WHEN decided_text IS NULL THEN 'missing decided_at'
                      WHEN decided_at IS NULL THEN 'invalid decided_at: not an ISO 8601 timestamp'

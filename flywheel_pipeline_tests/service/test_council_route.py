@@ -99,7 +99,8 @@ def test_the_council_chooses_the_better_answer_and_the_pair_is_stored(council, t
     asked = sorted(c["model"] for c in fake.chat_calls)
     assert asked == ["good-writer", "spam-writer"] and all(c["messages"] == PROMPT for c in fake.chat_calls)
     cost = {c["model_id"]: c["cost_usd"] for c in body["candidates"]}
-    assert cost == {"good-writer": pytest.approx(10 * 1e-6 + 10 * 2e-6), "spam-writer": pytest.approx(10 * 0.5e-6 + 10 * 1e-6)}
+    assert cost == {"good-writer": pytest.approx(10 * 1e-6 + 10 * 2e-6),
+                    "spam-writer": pytest.approx(10 * 0.5e-6 + 10 * 1e-6)}
     assert body["cost_usd"] == pytest.approx(sum(cost.values()))
     assert all(c["latency_ms"] > 0 for c in body["candidates"]) and body["failed"] == []
     assert body["pairs_stored"] == 1  # stored: see the next test
@@ -147,7 +148,8 @@ def test_a_model_that_times_out_or_errors_is_named_and_the_others_answer(council
     elapsed = time.monotonic() - started
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["chosen"]["model_id"] == "good-writer" and [c["model_id"] for c in body["candidates"]] == ["good-writer"]
+    assert body["chosen"]["model_id"] == "good-writer"
+    assert [c["model_id"] for c in body["candidates"]] == ["good-writer"]
     failed = {f["model_id"]: f["reason"] for f in body["failed"]}
     assert failed["slow-writer"] == "timed out after 0.5s"
     assert "HTTP 500" in failed["broken-writer"]

@@ -103,7 +103,8 @@ def test_the_dpo_dataset_takes_council_pairs_only_when_enabled_and_only_trusted(
     assert on["pairs"] == 2 and on["council_pairs"] == 2 and on["council_pairs_untrusted_excluded"] == 1
     assert on["pairs_by_source"] == {"council": 2}
     rows = con.execute("SELECT source, judge, organization_id, split, preferred_score, non_preferred_score, margin, "
-                       "system_prompt, user_prompt, preferred, non_preferred FROM preference_pairs ORDER BY 3").fetchall()
+                       "system_prompt, user_prompt, preferred, non_preferred FROM preference_pairs ORDER BY 3"
+                       ).fetchall()
     for source, judge, _, split, p, q, margin, system, user, preferred, non_preferred in rows:
         assert (source, judge, split) == ("council", "heuristic:email_writing", "train")
         assert 0 <= q < p <= 1 and margin == pytest.approx(p - q, abs=1e-6)  # judge points / 100
