@@ -167,3 +167,25 @@ def test_judges_json_is_published_from_judge_calibration(tmp_path, monkeypatch):
     assert published["judges"][0] == {"judge": "heuristic:email_writing", "metric": "reply", "task_type": "cold_email",
                                       "n": 900, "auc": 0.58, "auc_low": 0.53, "auc_high": 0.63, "spearman": 0.1,
                                       "trusted": True}
+
+
+def test_the_council_pairs_asset_is_in_the_refresh_job_and_reports_them(tmp_path):
+    from flywheel_pipeline.defs.ingest.assets import council_pairs
+    from flywheel_pipeline.defs.ingest.automation import refresh_job
+    from flywheel_pipeline.defs.resources import LandingZoneResource
+    from flywheel_pipeline_tests.domains import assets_of
+
+    # in the ingest group, as the code location loads it: the refresh job runs it
+    assert dg.AssetKey("council_pairs") in {k for a in assets_of("ingest") if isinstance(a, dg.AssetsDefinition)
+                                            for k in a.keys}
+    assert refresh_job.selection == dg.AssetSelection.groups("ingest", "outcomes")
+    write_jsonl(tmp_path / "landing", "council_pairs", records("c-1", trusted=True) + records("c-2", trusted=False))
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([council_pairs], instance=instance, resources={
+            "warehouse": WarehouseResource(database=str(tmp_path / "wh.duckdb")),
+            "landing": LandingZoneResource(path=str(tmp_path / "landing"))})
+        assert result.success
+        meta = result.asset_materializations_for_node("council_pairs")[0].metadata
+    assert meta["rows_accepted"].value == 2 and meta["dagster/row_count"].value == 2
+    table = meta["pairs_by_task_and_judge"].value
+    assert "heuristic:email_writing" in table and table.count("cold_email") == 2, table
