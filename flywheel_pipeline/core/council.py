@@ -38,6 +38,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flywheel_pipeline.core.catalog import Catalog, CatalogEntry, message_cost
+from flywheel_pipeline.core.geval_judge import JUDGE_PREFIX
 from flywheel_pipeline.core.message_scorers import MessageText, scorer_for
 from flywheel_pipeline.core.tokens import count_chat_tokens, counter_for_model
 
@@ -47,6 +48,10 @@ STRATEGIES = ("judge", "vote", "average")
 NUMERIC_TASK_TYPES = ("lead_scoring",)
 MAX_MODELS = 8
 ALL_TASKS = "all"  # a judge_calibration row over every task type
+# What one G-Eval judgement of an answer is estimated to cost: the rubric and template around the
+# prompt and the answer (input), and the JSON verdict (output), in tokens.
+GEVAL_PROMPT_TOKENS = 450
+GEVAL_OUTPUT_TOKENS = 150
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 _SUBJECT = re.compile(r"^\s*subject:\s*(.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 _SPACE = re.compile(r"\s+")
@@ -137,11 +142,12 @@ def is_numeric(task_type: str) -> bool:
 
 @dataclass(frozen=True)
 class Seat:
-    """A model admitted to the council, with its estimated cost."""
+    """A model admitted to the council, with its estimated cost (its answer, and judging it)."""
     model_id: str
     entry: CatalogEntry
     prompt_tokens: int
     estimate_usd: Decimal
+    judge_usd: Decimal = Decimal(0)  # of the estimate, judging the answer (an LLM judge)
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,13 @@ def estimate(entry: CatalogEntry, model_id: str, messages: Sequence[ChatMessage]
     return tokens, cost if cost is not None else Decimal(0)
 
 
+def judge_estimate(entry: CatalogEntry, model_id: str, messages: Sequence[ChatMessage], max_tokens: int) -> Decimal:
+    """The estimated USD of one G-Eval judgement of an answer of at most ``max_tokens`` by ``entry``."""
+    tokens = GEVAL_PROMPT_TOKENS + prompt_tokens(model_id, messages) + max_tokens
+    cost = message_cost(Catalog({entry.model_id: entry}).price(entry.model_id), tokens, GEVAL_OUTPUT_TOKENS)
+    return cost if cost is not None else Decimal(0)
+
+
 def default_models(catalog: Catalog, task_type: str, count: int, messages: Sequence[ChatMessage],
                    max_tokens: int) -> list[str]:
     """The ``count`` cheapest (estimated for this request; then by id) catalog models that list
@@ -177,10 +190,10 @@ def default_models(catalog: Catalog, task_type: str, count: int, messages: Seque
 
 
 def seat_models(catalog: Catalog, model_ids: Sequence[str], messages: Sequence[ChatMessage], max_tokens: int,
-                cap_usd: Decimal) -> tuple[list[Seat], list[Dropped]]:
-    """Admit models cheapest first while the estimated total stays within ``cap_usd``; unknown
-    models are refused (``unknown_model``), and so is a request where nothing fits
-    (``over_cost_cap``)."""
+                cap_usd: Decimal, judge_usd: Decimal = Decimal(0)) -> tuple[list[Seat], list[Dropped]]:
+    """Admit models cheapest first while the estimated total (each model's answer, and
+    ``judge_usd`` for judging it) stays within ``cap_usd``; unknown models are refused
+    (``unknown_model``), and so is a request where nothing fits (``over_cost_cap``)."""
     unknown = [m for m in model_ids if catalog.get(m) is None]
     if unknown:
         raise CouncilError("unknown_model", f"not in the model catalog: {', '.join(unknown)} "
@@ -189,15 +202,17 @@ def seat_models(catalog: Catalog, model_ids: Sequence[str], messages: Sequence[C
     for model_id in model_ids:
         entry = catalog.get(model_id)
         tokens, cost = estimate(entry, model_id, messages, max_tokens)
-        candidates.append(Seat(model_id, entry, tokens, cost))
+        candidates.append(Seat(model_id, entry, tokens, cost + judge_usd, judge_usd))
     seats, dropped, total = [], [], Decimal(0)
     for seat in sorted(candidates, key=lambda s: (s.estimate_usd, model_ids.index(s.model_id))):
         if total + seat.estimate_usd <= cap_usd:
             seats.append(seat)
             total += seat.estimate_usd
         else:
+            judged = f", ${usd(judge_usd)} of it judging the answer" if judge_usd else ""
             dropped.append(Dropped(seat.model_id, f"over the cost cap: estimated ${usd(seat.estimate_usd)} "
-                                                  f"({seat.prompt_tokens} prompt tokens + {max_tokens} max_tokens) "
+                                                  f"({seat.prompt_tokens} prompt tokens + {max_tokens} max_tokens"
+                                                  f"{judged}) "
                                                   f"would bring the request to ${usd(total + seat.estimate_usd)}, "
                                                   f"over ${usd(cap_usd)}"))
     if not seats:
@@ -219,17 +234,38 @@ def usd(value: Decimal | float | None) -> str | None:
 
 @dataclass(frozen=True)
 class JudgeChoice:
-    name: str  # heuristic:<family>
+    name: str  # heuristic:<family>, or deepeval-geval:<model> (an LLM judge)
     trusted: bool
     reason: str  # in words: why trusted, or why not and what the council did instead
+    model_id: str | None = None  # the LLM judge's model; None for the heuristic scorer
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "trusted": self.trusted, "reason": self.reason}
 
+    def with_note(self, note: str) -> "JudgeChoice":
+        return JudgeChoice(self.name, self.trusted, f"{note}; {self.reason}", self.model_id)
 
-def choose_judge(task_type: str, calibration: Mapping[str, Any] | None) -> JudgeChoice:
-    """The judge of the task's family, trusted only as ``judge_calibration`` says (``calibration``:
-    the published judges.json, None when none is published)."""
+
+def _trusted_rows(rows: list[Mapping[str, Any]], name: str, task_type: str) -> list[Mapping[str, Any]]:
+    wanted = {task_type.strip().lower(), ALL_TASKS}
+    return [r for r in rows if r.get("judge") == name and str(r.get("task_type") or ALL_TASKS).lower() in wanted
+            and r.get("trusted") is True]
+
+
+def choose_judge(task_type: str, calibration: Mapping[str, Any] | None, llm_judge: str | None = None) -> JudgeChoice:
+    """The council's judge, trusted only as ``judge_calibration`` says (``calibration``: the
+    published judges.json, None when none is published): the configured LLM judge
+    (``deepeval-geval:<llm_judge>``) when calibration trusts it for the task type, else the
+    heuristic scorer of the task's family, trusted or as the untrusted fallback."""
+    rows = [r for r in (calibration or {}).get("judges") or [] if isinstance(r, Mapping)]
+    if llm_judge:
+        llm_name = f"{JUDGE_PREFIX}{llm_judge}"
+        trusted = _trusted_rows(rows, llm_name, task_type)
+        if trusted:
+            best = max(trusted, key=lambda r: (str(r.get("task_type")).lower() != ALL_TASKS, r.get("auc_low") or 0))
+            return JudgeChoice(llm_name, True, _trusted_reason(best), llm_judge)
+        return choose_judge(task_type, calibration).with_note(
+            f"the LLM judge {llm_name} is not trusted by judge_calibration for {task_type}")
     name = f"heuristic:{scorer_for(task_type).family}"
     if calibration is None:
         return JudgeChoice(name, False, "no judge calibration is published (judges.json; the learn job writes it "
@@ -240,12 +276,10 @@ def choose_judge(task_type: str, calibration: Mapping[str, Any] | None) -> Judge
         return JudgeChoice(name, False, f"{why}: {name} decides as the untrusted fallback")
     wanted = {task_type.strip().lower(), ALL_TASKS}
     own = [r for r in rows if r.get("judge") == name and str(r.get("task_type") or ALL_TASKS).lower() in wanted]
-    trusted = [r for r in own if r.get("trusted") is True]
+    trusted = _trusted_rows(rows, name, task_type)
     if trusted:
         best = max(trusted, key=lambda r: (str(r.get("task_type")).lower() != ALL_TASKS, r.get("auc_low") or 0))
-        return JudgeChoice(name, True, f"trusted by judge_calibration: AUC {_f(best.get('auc'))} "
-                                       f"[{_f(best.get('auc_low'))}, {_f(best.get('auc_high'))}] for "
-                                       f"{best.get('metric')} on {best.get('task_type')} (n={best.get('n')})")
+        return JudgeChoice(name, True, _trusted_reason(best))
     others = sorted({str(r.get("judge")) for r in rows if r.get("trusted") is True and r.get("judge") != name})
     also = f"; trusted but not runnable by the council: {', '.join(others)}" if others else ""
     if own:
@@ -256,6 +290,11 @@ def choose_judge(task_type: str, calibration: Mapping[str, Any] | None) -> Judge
     else:
         why = f"judge_calibration has no row for {name} on {task_type}"
     return JudgeChoice(name, False, f"{why}{also}: {name} decides as the untrusted fallback")
+
+
+def _trusted_reason(row: Mapping[str, Any]) -> str:
+    return (f"trusted by judge_calibration: AUC {_f(row.get('auc'))} [{_f(row.get('auc_low'))}, "
+            f"{_f(row.get('auc_high'))}] for {row.get('metric')} on {row.get('task_type')} (n={row.get('n')})")
 
 
 def _f(value: Any) -> str:
@@ -269,8 +308,12 @@ def as_message_text(task_type: str, messages: Sequence[ChatMessage], answer: str
     match = _SUBJECT.match(first)
     if match:
         subject, body = match.group(1), rest.strip()
-    prompt = "\n".join(m.content for m in messages if m.role != "assistant")
-    return MessageText(task_type=task_type, subject=subject, body=body, prompt=prompt)
+    return MessageText(task_type=task_type, subject=subject, body=body, prompt=judge_prompt(messages))
+
+
+def judge_prompt(messages: Sequence[ChatMessage]) -> str:
+    """The request as a judge is shown it: every non-assistant turn."""
+    return "\n".join(m.content for m in messages if m.role != "assistant")
 
 
 def judge_score(task_type: str, messages: Sequence[ChatMessage], answer: str) -> float:
@@ -355,8 +398,9 @@ def normalized(text: str) -> str:
 
 
 def decide(request: CouncilRequest, answers: Iterable[Answer], failed: Iterable[Failure], *,
-           pair_margin: float) -> Verdict:
-    """The council's verdict from the answers it got (raises :class:`NoAnswer` when none is usable)."""
+           pair_margin: float, scores: Mapping[str, float] | None = None) -> Verdict:
+    """The council's verdict from the answers it got (raises :class:`NoAnswer` when none is
+    usable). ``scores``: an LLM judge's (0-100) by model id; without them the heuristic judges."""
     failed = list(failed)
     numeric = is_numeric(request.task_type)
     candidates: list[Candidate] = []
@@ -368,7 +412,12 @@ def decide(request: CouncilRequest, answers: Iterable[Answer], failed: Iterable[
         if numeric and value is None:
             failed.append(Failure(a.model_id, "no number in the answer of a numeric task", a.latency_ms))
             continue
-        score = None if request.strategy == "average" else judge_score(request.task_type, request.messages, a.text)
+        if request.strategy == "average":
+            score = None
+        elif scores is not None:
+            score = scores[a.model_id]
+        else:
+            score = judge_score(request.task_type, request.messages, a.text)
         candidates.append(Candidate(a.model_id, a.text, score, value, a.latency_ms, a.prompt_tokens,
                                     a.completion_tokens, a.cost_usd))
     if not candidates:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -20,8 +21,8 @@ import httpx
 import openai
 from openai import AsyncOpenAI
 
-from flywheel_pipeline.core.catalog import Catalog, endpoint, load_catalog, message_cost
-from flywheel_pipeline.core.council import Answer, CouncilRequest, Failure, Seat
+from flywheel_pipeline.core.catalog import Catalog, CatalogEntry, endpoint, load_catalog, message_cost
+from flywheel_pipeline.core.council import Answer, CouncilRequest, Failure, Seat, judge_prompt
 
 
 class CatalogFile:
@@ -108,3 +109,48 @@ async def ask_all(clients: ModelClients, seats: Sequence[Seat], request: Council
     env = os.environ if env is None else env
     results = await asyncio.gather(*(ask(clients, s, request, max_tokens, timeout_s, env) for s in seats))
     return [r for r in results if isinstance(r, Answer)], [r for r in results if isinstance(r, Failure)]
+
+
+# ---- an LLM judge (G-Eval through deepeval, core/geval_judge.py) --------------------------------
+
+class JudgeFailed(Exception):
+    """The LLM judge could not score every answer (the council falls back to the heuristic)."""
+
+
+def prewarm_llm_judge() -> None:
+    """Import deepeval (seconds) in a background thread, so the first council does not pay it."""
+    def load() -> None:
+        try:
+            from flywheel_pipeline.core.geval_judge import _deepeval
+            _deepeval()
+        except Exception:  # noqa: BLE001 - said when a council needs the judge (JudgeFailed)
+            pass
+    threading.Thread(target=load, name="deepeval-import", daemon=True).start()
+
+
+def _geval_score(model_id: str, key: str, base_url: str | None, prompt: str, answer: str) -> float:
+    from flywheel_pipeline.core.geval_judge import GEvalJudge
+
+    # one judge per answer: a GEval metric keeps its last result on itself, so it is not shared
+    return 100.0 * GEvalJudge(model_id, key, base_url).score(prompt, answer)
+
+
+async def llm_scores(entry: CatalogEntry, model_id: str, request: CouncilRequest, answers: Sequence[Answer],
+                     timeout_s: float, env: Mapping[str, str] | None = None) -> dict[str, float]:
+    """Every answer's G-Eval score (0-100) by ``model_id`` at its catalog endpoint, at once (a
+    thread each: deepeval's judge is synchronous), within ``timeout_s``; any failure is
+    :class:`JudgeFailed` with the reason."""
+    env = os.environ if env is None else env
+    base_url, key_env = endpoint(entry)
+    key = env.get(key_env) if key_env else None
+    if not key:
+        raise JudgeFailed(f"no API key for the judge: set {key_env or 'api_key_env in its catalog entry'}")
+    prompt = judge_prompt(request.messages)
+    try:
+        scores = await asyncio.wait_for(asyncio.gather(*(
+            asyncio.to_thread(_geval_score, model_id, key, base_url, prompt, a.text) for a in answers)), timeout_s)
+    except asyncio.TimeoutError:
+        raise JudgeFailed(f"the judge did not score every answer within {timeout_s:g}s") from None
+    except Exception as exc:  # noqa: BLE001 - any judge failure is said, and the heuristic decides
+        raise JudgeFailed(_error(exc)) from exc
+    return {a.model_id: round(s, 4) for a, s in zip(answers, scores)}

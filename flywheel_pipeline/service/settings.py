@@ -40,6 +40,8 @@
 ``FLYWHEEL_COUNCIL_MAX_COST_USD``      POST /council: estimated cost cap per request (0.05; a request may ask less)
 ``FLYWHEEL_COUNCIL_MAX_TOKENS``        POST /council: max_tokens per answer unless the request says (512)
 ``FLYWHEEL_COUNCIL_MODELS``            POST /council: how many catalog models sit when the request names none (3)
+``FLYWHEEL_COUNCIL_LLM_JUDGE``         POST /council: a catalog model that judges through G-Eval (deepeval) when
+                                       judge_calibration trusts ``deepeval-geval:<model>`` for the task type
 ``FLYWHEEL_COUNCIL_PAIR_MARGIN``       POST /council: judge points (0-100) by which the winner must beat an
                                        answer for the two to land as a preference pair (10)
 ``FLYWHEEL_HEADER_TIMEOUT_S``          a connection's request line and headers must arrive within it (10 s)
@@ -122,6 +124,7 @@ class ServiceSettings(BaseModel):
     council_max_tokens: int = Field(512, ge=1, le=16_384)
     council_models: int = Field(3, ge=1, le=8)
     council_pair_margin: float = Field(10.0, gt=0, le=100, allow_inf_nan=False)
+    council_llm_judge: str | None = None
 
     @field_validator("sendgrid_public_key")
     @classmethod
@@ -172,7 +175,7 @@ class ServiceSettings(BaseModel):
                   "max_connections": "MAX_CONNECTIONS", "auth_failures_per_minute": "AUTH_FAILURES_PER_MINUTE",
                   "council_timeout_s": "COUNCIL_TIMEOUT_S", "council_max_cost_usd": "COUNCIL_MAX_COST_USD",
                   "council_max_tokens": "COUNCIL_MAX_TOKENS", "council_models": "COUNCIL_MODELS",
-                  "council_pair_margin": "COUNCIL_PAIR_MARGIN"}
+                  "council_pair_margin": "COUNCIL_PAIR_MARGIN", "council_llm_judge": "COUNCIL_LLM_JUDGE"}
         for field, name in scalar.items():
             if (value := get(name)) is not None:
                 values[field] = value

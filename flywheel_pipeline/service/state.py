@@ -27,7 +27,7 @@ from flywheel_pipeline.core.signatures import load_sendgrid_public_key
 from flywheel_pipeline.service.errors import Rejected
 from flywheel_pipeline.service.hubspot_client import HubSpotClient
 from flywheel_pipeline.service.landing_writer import SegmentWriter, recover
-from flywheel_pipeline.service.council import CatalogFile, ModelClients
+from flywheel_pipeline.service.council import CatalogFile, ModelClients, prewarm_llm_judge
 from flywheel_pipeline.service.metrics import ServiceMetrics
 from flywheel_pipeline.service.rate_limit import RateLimiter
 from flywheel_pipeline.service.settings import ServiceSettings
@@ -130,6 +130,8 @@ class ServiceState:
         for route in settings.unverified_sources():
             log.warning("%s: requests are NOT authenticated (configure its secret or key, or switch it off "
                         "with FLYWHEEL_DISABLED_ROUTES)", route)
+        if settings.council_llm_judge:
+            prewarm_llm_judge()
         task = asyncio.create_task(self._maintain(writer))
         try:
             yield

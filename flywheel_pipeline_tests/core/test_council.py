@@ -50,6 +50,13 @@ def test_the_judge_is_trusted_only_as_calibration_says():
         assert not choice.trusted and words in choice.reason and "untrusted fallback" in choice.reason
         assert choice.name == "heuristic:email_writing"
     assert choose_judge("haiku", None).name == "heuristic:generic"  # an unknown task type, named as such
+    # an LLM judge decides only where calibration trusts it
+    llm = dict(row, judge="deepeval-geval:judge-llm")
+    chosen = choose_judge("cold_email", {"judges": [llm]}, "judge-llm")
+    assert (chosen.name, chosen.trusted, chosen.model_id) == ("deepeval-geval:judge-llm", True, "judge-llm")
+    fallback = choose_judge("cold_email", {"judges": [row, dict(llm, trusted=False)]}, "judge-llm")
+    assert (fallback.name, fallback.trusted, fallback.model_id) == ("heuristic:email_writing", True, None)
+    assert "deepeval-geval:judge-llm is not trusted" in fallback.reason
 
 
 def test_the_cost_cap_seats_the_cheapest_first_and_keeps_the_request_order():
@@ -60,6 +67,10 @@ def test_the_cost_cap_seats_the_cheapest_first_and_keeps_the_request_order():
     for s in seats:  # estimate = prompt tokens x input price + max_tokens x output price
         assert s.estimate_usd == (s.prompt_tokens * s.entry.input_per_million
                                   + 1000 * s.entry.output_per_million) / 10**6
+    # judging each answer is part of its seat's cost
+    judged, dropped = seat_models(CATALOG, ["mid", "cheap"], messages, 1000, Decimal("0.003"), Decimal("0.001"))
+    assert [s.model_id for s in judged] == ["cheap"] and "judging the answer" in dropped[0].reason
+    assert judged[0].estimate_usd == seats[1].estimate_usd + Decimal("0.001") and judged[0].judge_usd == Decimal("0.001")
     with pytest.raises(CouncilError) as refused:
         seat_models(CATALOG, ["dear"], messages, 1000, Decimal("0.003"))
     assert refused.value.reason == "over_cost_cap"

@@ -38,7 +38,8 @@ MODELS = [("good-writer", "1.00", "2.00", "cold_email, council_demo"),
           ("pricey-writer", "900", "900", "cold_email, council_demo"),
           ("score-a", "0.1", "0.1", "lead_scoring"), ("score-b", "0.1", "0.1", "lead_scoring"),
           ("score-c", "0.1", "0.1", "lead_scoring"), ("vague-scorer", "0.1", "0.1", "lead_scoring"),
-          ("plain-1", "0.1", "0.1", "council_demo"), ("plain-2", "0.2", "0.2", "council_demo")]
+          ("plain-1", "0.1", "0.1", "council_demo"), ("plain-2", "0.2", "0.2", "council_demo"),
+          ("judge-llm", "1.00", "4.00", "")]
 
 
 def write_catalog(home, base_url: str) -> None:
@@ -51,13 +52,13 @@ def write_catalog(home, base_url: str) -> None:
     (home / "catalog.yaml").write_text("\n".join(lines) + "\n")
 
 
-def trust_email_judge(home, tmp_path, trusted: bool = True) -> None:
+def trust_email_judge(home, tmp_path, trusted: bool = True, judge: str = "heuristic:email_writing") -> None:
     """Publish judges.json as the council_judges asset does, from a judge_calibration table."""
     con = connect(tmp_path / "calibration.duckdb")
-    con.execute("CREATE TABLE judge_calibration (judge VARCHAR, metric VARCHAR, task_type VARCHAR, n BIGINT, "
-                "auc DOUBLE, auc_low DOUBLE, auc_high DOUBLE, spearman DOUBLE, trusted BOOLEAN)")
-    con.execute("INSERT INTO judge_calibration VALUES ('heuristic:email_writing', 'reply', 'cold_email', 5000, "
-                "0.61, ?, 0.64, 0.21, ?)", [0.58 if trusted else 0.47, trusted])
+    con.execute("CREATE TABLE IF NOT EXISTS judge_calibration (judge VARCHAR, metric VARCHAR, task_type VARCHAR, "
+                "n BIGINT, auc DOUBLE, auc_low DOUBLE, auc_high DOUBLE, spearman DOUBLE, trusted BOOLEAN)")
+    con.execute("INSERT INTO judge_calibration VALUES (?, 'reply', 'cold_email', 5000, "
+                "0.61, ?, 0.64, 0.21, ?)", [judge, 0.58 if trusted else 0.47, trusted])
     publish_judge_trust(con, home / "judges.json")
     con.close()
 
@@ -284,3 +285,52 @@ def test_the_route_is_switchable_needs_a_key_and_says_when_the_catalog_is_broken
         (home / "catalog.yaml").write_text("models:\n  - {model_id: good-writer, input_per_million: -1}\n")
         r = httpx.post(f"{base}/council", json=body, headers=ONE, timeout=30)
         assert (r.status_code, r.json()["error"]) == (503, "catalog_invalid") and "good-writer" in r.json()["detail"]
+
+
+def test_a_trusted_llm_judge_decides_through_g_eval(tmp_path, fake, monkeypatch):
+    """With FLYWHEEL_COUNCIL_LLM_JUDGE and judge_calibration trusting deepeval-geval:<model>, G-Eval
+    (deepeval over the openai SDK, JSON mode) scores the answers; its verdict wins over the
+    heuristic's, it is costed in the cap, and a failing or untrusted LLM judge hands over to the
+    heuristic, said in the answer."""
+    pytest.importorskip("deepeval", reason="the G-Eval judge is the optional extra [judge]")
+    monkeypatch.setenv(KEY_ENV, "sk-local-test")
+    server, base_url = fake
+    server.judge_scorer = lambda text: 9 if "FREE" in text else 2  # this judge disagrees with the heuristic
+    home = tmp_path / "fw"
+    write_catalog(home, base_url)
+    body = {"task_type": "cold_email", "messages": PROMPT, "models": ["good-writer", "spam-writer"]}
+    settings = settings_for(home, FLYWHEEL_API_KEYS=KEYS, FLYWHEEL_COUNCIL_LLM_JUDGE="judge-llm")
+    with serve_app(create_app(settings)) as base, httpx.Client(base_url=base, headers=ONE, timeout=60) as http:
+        trust_email_judge(home, tmp_path, judge="deepeval-geval:judge-llm")
+        r = http.post("/council", json=body)
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["judge"]["name"] == "deepeval-geval:judge-llm" and answer["judge"]["trusted"] is True
+        assert answer["chosen"]["model_id"] == "spam-writer"
+        assert {c["model_id"]: c["score"] for c in answer["candidates"]} == {"spam-writer": 90.0, "good-writer": 20.0}
+        assert answer["pairs_stored"] == 1 and answer["judge_cost_estimate_usd"] > 0
+        judged = [c for c in server.chat_calls if c["model"] == "judge-llm"]
+        assert len(judged) == 2 and all(c["response_format"] == {"type": "json_object"} for c in judged)
+        # the judge's estimate counts against the cap: a cap that would seat spam-writer unjudged is refused
+        r = http.post("/council", json={**body, "max_tokens": 100, "max_cost_usd": 0.0003})
+        assert (r.status_code, r.json()["error"]) == (422, "over_cost_cap") and "judging" in r.json()["detail"]
+        # a failing judge: the heuristic decides, and the answer says why
+        server.chat_errors["judge-llm"] = 500
+        r = http.post("/council", json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["chosen"]["model_id"] == "good-writer"
+        judge = r.json()["judge"]
+        assert judge["name"] == "heuristic:email_writing" and judge["trusted"] is False
+        assert "the LLM judge deepeval-geval:judge-llm failed" in judge["reason"]
+        del server.chat_errors["judge-llm"]
+        # calibration that does not trust it: the heuristic decides (trusted here), said too
+        (tmp_path / "calibration.duckdb").unlink()
+        trust_email_judge(home, tmp_path, trusted=True)
+        r = http.post("/council", json=body)
+        judge = r.json()["judge"]
+        assert judge["name"] == "heuristic:email_writing" and judge["trusted"] is True
+        assert "deepeval-geval:judge-llm is not trusted" in judge["reason"]
+    pairs = landed(home, "council_pairs")
+    assert [(p["judge"], p["preferred_model"]) for p in pairs] == [("deepeval-geval:judge-llm", "spam-writer"),
+                                                                  ("heuristic:email_writing", "good-writer"),
+                                                                  ("heuristic:email_writing", "good-writer")]

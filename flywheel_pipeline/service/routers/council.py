@@ -1,7 +1,8 @@
 """The AI council: ``POST /council`` (an organization's key).
 
 Several catalog models answer the same chat at once (service/council.py), the judge scores them
-and the strategy picks (core/council.py); a clear verdict's preference pairs land in the
+(the heuristic scorer, or the configured LLM judge when calibration trusts it; if that judge
+fails, the heuristic, said in the answer) and the strategy picks (core/council.py); a clear verdict's preference pairs land in the
 ``council_pairs`` landing source, which ingestion loads into the table of that name. Refusals:
 422 ``empty_messages``, ``unknown_strategy``, ``unknown_model``, ``not_numeric_task``,
 ``unknown_task_type``, ``over_cost_cap``, ``invalid_request``; 503 ``council_unavailable`` with
@@ -18,12 +19,14 @@ from decimal import Decimal
 
 from fastapi import APIRouter
 
-from flywheel_pipeline.core.catalog import CatalogError
-from flywheel_pipeline.core.council import (CouncilError, NoAnswer, choose_judge, decide, default_models,
-                                            pair_records, parse_request, seat_models, usd)
-from flywheel_pipeline.service.council import ask_all
+from flywheel_pipeline.core.catalog import Catalog, CatalogEntry, CatalogError
+from flywheel_pipeline.core.council import (CouncilError, CouncilRequest, JudgeChoice, NoAnswer, choose_judge, decide,
+                                            default_models, judge_estimate, pair_records, parse_request, seat_models,
+                                            usd)
+from flywheel_pipeline.service.council import JudgeFailed, ask_all, llm_scores
 from flywheel_pipeline.service.dependencies import JsonBody, State, ThrottledCaller, switchable
 from flywheel_pipeline.service.errors import Rejected
+from flywheel_pipeline.service.state import ServiceState
 
 router = APIRouter()
 
@@ -40,9 +43,10 @@ async def council(state: State, org: ThrottledCaller, payload: JsonBody) -> dict
         catalog = state.catalog.get()
         max_tokens = request.max_tokens or settings.council_max_tokens
         cap = Decimal(str(min(request.max_cost_usd or settings.council_max_cost_usd, settings.council_max_cost_usd)))
+        judge, judge_entry, judge_usd = _judge(state, request, catalog, max_tokens)
         models = request.models or default_models(catalog, request.task_type, settings.council_models,
                                                   request.messages, max_tokens)
-        seats, dropped = seat_models(catalog, models, request.messages, max_tokens, cap)
+        seats, dropped = seat_models(catalog, models, request.messages, max_tokens, cap, judge_usd)
     except CouncilError as exc:
         raise Rejected(422, exc.reason, exc.detail) from exc
     except CatalogError as exc:
@@ -50,9 +54,15 @@ async def council(state: State, org: ThrottledCaller, payload: JsonBody) -> dict
     timeout_s = min(request.timeout_s or settings.council_timeout_s, settings.council_timeout_s)
     answers, failed = await ask_all(state.council_clients, seats, request, max_tokens, timeout_s)
     asked_ms = (time.perf_counter() - started) * 1000
-    judge = choose_judge(request.task_type, state.judges.get()) if request.strategy != "average" else None
+    scores = None
+    if judge is not None and judge_entry is not None and answers:
+        try:
+            scores = await llm_scores(judge_entry, judge.model_id, request, answers, timeout_s)
+        except JudgeFailed as exc:  # the heuristic decides, and the answer says why
+            judge = choose_judge(request.task_type, state.judges.get()).with_note(
+                f"the LLM judge {judge.name} failed ({exc})")
     try:
-        verdict = decide(request, answers, failed, pair_margin=settings.council_pair_margin)
+        verdict = decide(request, answers, failed, pair_margin=settings.council_pair_margin, scores=scores)
     except NoAnswer as exc:
         raise Rejected(503, "council_unavailable", "no model answered: " + "; ".join(
             f"{f.model_id}: {f.reason}" for f in exc.failed), {"Retry-After": str(RETRY_AFTER_S)}) from exc
@@ -73,8 +83,27 @@ async def council(state: State, org: ThrottledCaller, payload: JsonBody) -> dict
         "pairs_stored": len(records),
         "cost_usd": float(sum(spent, Decimal(0))),
         "cost_estimate_usd": float(sum((s.estimate_usd for s in seats), Decimal(0))),
+        "judge_cost_estimate_usd": float(sum((s.judge_usd for s in seats), Decimal(0))),
         "cost_cap_usd": float(cap), "cost_cap": f"${usd(cap)}",
         "timeout_s": timeout_s,
         "latency_ms": round((time.perf_counter() - started) * 1000, 1),
         "models_ms": round(asked_ms, 1),
     }
+
+
+def _judge(state: ServiceState, request: CouncilRequest, catalog: Catalog, max_tokens: int
+           ) -> tuple[JudgeChoice | None, CatalogEntry | None, Decimal]:
+    """(the judge, the LLM judge's catalog entry when it is one, its estimated USD per answer);
+    no judge under ``average``. A configured LLM judge missing from the catalog is said, and the
+    heuristic decides."""
+    if request.strategy == "average":
+        return None, None, Decimal(0)
+    calibration = state.judges.get()
+    judge = choose_judge(request.task_type, calibration, state.settings.council_llm_judge)
+    if judge.model_id is None:
+        return judge, None, Decimal(0)
+    entry = catalog.get(judge.model_id)
+    if entry is None:
+        return choose_judge(request.task_type, calibration).with_note(
+            f"the LLM judge {judge.model_id} is not in the model catalog"), None, Decimal(0)
+    return judge, entry, judge_estimate(entry, judge.model_id, request.messages, max_tokens)
