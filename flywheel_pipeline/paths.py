@@ -117,6 +117,11 @@ def dagster_workspace_path(env: Mapping[str, str] | None = None) -> Path:
     return dagster_home(env) / "workspace.yaml"
 
 
+def judges_path(env: Mapping[str, str] | None = None) -> Path:
+    """Which judges judge_calibration trusts, published for POST /council (the council_judges asset)."""
+    return flywheel_home(env) / "judges.json"
+
+
 def catalog_path(env: Mapping[str, str] | None = None) -> Path:
     """The model catalog's local extensions and overrides (core/catalog.py), by model_id."""
     return flywheel_home(env) / "catalog.yaml"

@@ -48,6 +48,10 @@ class CatalogEntry(BaseModel):
     base_model: str | None = None
     fine_tuned: bool = False
     notes: str | None = None
+    # where the model answers (an OpenAI-compatible chat completions API) and the environment
+    # variable holding its key; unset: the provider's defaults (PROVIDER_ENDPOINTS)
+    base_url: str | None = Field(None, min_length=1)
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @field_validator("input_per_million", "output_per_million", "fine_tuned_input_per_million",
                      "fine_tuned_output_per_million")
@@ -56,6 +60,20 @@ class CatalogEntry(BaseModel):
         if value is not None and (not value.is_finite() or value != value.quantize(Decimal(1).scaleb(-PRICE_DECIMALS))):
             raise ValueError(f"a price must be finite with at most {PRICE_DECIMALS} decimals, got {value}")
         return value
+
+
+# Each provider's OpenAI-compatible endpoint and key variable, for entries that name neither.
+PROVIDER_ENDPOINTS: dict[str, tuple[str | None, str]] = {
+    "openai": ("https://api.openai.com/v1", "OPENAI_API_KEY"),
+    "anthropic": ("https://api.anthropic.com/v1/", "ANTHROPIC_API_KEY"),
+    "together": ("https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+}
+
+
+def endpoint(entry: CatalogEntry) -> tuple[str | None, str | None]:
+    """(base_url, api_key_env) of a model: its own, else its provider's (None: unknown)."""
+    default_url, default_env = PROVIDER_ENDPOINTS.get(entry.provider.lower(), (None, None))
+    return entry.base_url or default_url, entry.api_key_env or default_env
 
 
 @dataclass(frozen=True)

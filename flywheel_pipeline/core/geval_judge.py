@@ -18,6 +18,7 @@ import os
 import re
 from typing import Any
 
+JUDGE_PREFIX = "deepeval-geval:"  # a G-Eval judge's name is this and its model id
 OUTREACH_CRITERIA = ("How likely is this B2B outreach email to earn a positive reply from the person described "
                      "in the input, while staying honest and respectful?")
 OUTREACH_STEPS = [
@@ -92,7 +93,7 @@ class GEvalJudge:
         from deepeval.metrics import GEval
         from deepeval.test_case import SingleTurnParams
 
-        self.name = f"deepeval-geval:{model}"
+        self.name = f"{JUDGE_PREFIX}{model}"
         self.tie_margin = tie_margin
         self._metric = GEval(name="Outreach quality", criteria=criteria, evaluation_steps=steps or OUTREACH_STEPS,
                              evaluation_params=[SingleTurnParams.INPUT, SingleTurnParams.ACTUAL_OUTPUT],

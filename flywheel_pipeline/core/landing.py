@@ -22,6 +22,9 @@ SOURCES: tuple[str, ...] = ("messages", "sendgrid", "crm", "replies", "feedback"
 # What people write rather than the outside world: reviewed reply labels
 # (`flywheel replies correct`), which override the reply classifier.
 LABEL_SOURCES: tuple[str, ...] = ("reply_labels",)
+# What the flywheel itself derives: the AI council's preference pairs (POST /council).
+DERIVED_SOURCES: tuple[str, ...] = ("council_pairs",)
+ALL_SOURCES: tuple[str, ...] = SOURCES + LABEL_SOURCES + DERIVED_SOURCES
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ class LandingFile:
 
 
 def source_dir(landing: Path, source: str) -> Path:
-    if source not in SOURCES + LABEL_SOURCES:
-        raise ValueError(f"unknown landing source {source!r}; expected one of {', '.join(SOURCES + LABEL_SOURCES)}")
+    if source not in ALL_SOURCES:
+        raise ValueError(f"unknown landing source {source!r}; expected one of {', '.join(ALL_SOURCES)}")
     return landing / source
 
 
@@ -95,7 +98,7 @@ def list_files(landing: Path, source: str) -> list[LandingFile]:
     return files
 
 
-def fingerprint(landing: Path, sources: Iterable[str] = SOURCES + LABEL_SOURCES) -> dict[str, str]:
+def fingerprint(landing: Path, sources: Iterable[str] = ALL_SOURCES) -> dict[str, str]:
     """A cheap digest per source of which files are visible (names and sizes).
 
     The landing sensor compares digests to decide whether to launch an ingestion run;

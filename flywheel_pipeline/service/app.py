@@ -10,7 +10,8 @@ reason (service/errors.py; requests and latency: service/metrics.py).
 
 Layout: state.py (what requests share, built once here), dependencies.py (authentication, rate
 limits, the body), routers/ (``webhooks``: ``POST /webhooks/sendgrid``, ``/webhooks/hubspot``,
-``/webhooks/pipedrive``; ``records``: ``POST /messages``, ``/replies``; ``feedback``: ``POST /feedback``; ``published``:
+``/webhooks/pipedrive``; ``records``: ``POST /messages``, ``/replies``; ``feedback``: ``POST /feedback``;
+``council``: ``POST /council`` (asks the catalog's models; lands preference pairs); ``published``:
 ``GET /route``, ``/leaderboard``; ``health``: ``GET /healthz``, ``/metrics``; ``training``: the admin
 control API ``/training/*``, which launches Dagster runs and changes the model registry and routing
 through flywheel_pipeline/control.py, the one part of the service that writes the warehouse).

@@ -1,8 +1,9 @@
 """The ingestion service's configuration, read from the environment (secrets never logged).
 
 =====================================  =========================================================
-``FLYWHEEL_HOME``                      the published ``routing.json`` and ``leaderboard.json`` it reads,
-                                       and the landing zone at ``$FLYWHEEL_HOME/landing`` (every path
+``FLYWHEEL_HOME``                      the published ``routing.json``, ``leaderboard.json`` and
+                                       ``judges.json`` it reads, ``catalog.yaml`` (the model catalog's
+                                       overrides), and the landing zone at ``$FLYWHEEL_HOME/landing`` (every path
                                        from flywheel_pipeline/paths.py)
 ``FLYWHEEL_LANDING``                   the landing zone elsewhere (the one ingestion reads)
 ``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
@@ -38,7 +39,15 @@
                                        landing segment rotation (8 MiB / 60 s) and fsync cadence (1 s)
 ``FLYWHEEL_DISABLED_ROUTES``           routes switched off (404): any of ``sendgrid``, ``hubspot``,
                                        ``pipedrive``, ``messages``, ``replies``, ``route``, ``leaderboard``,
-                                       ``feedback``
+                                       ``feedback``, ``council``
+``FLYWHEEL_COUNCIL_TIMEOUT_S``         POST /council: each model's answer within it (30 s; a request may ask less)
+``FLYWHEEL_COUNCIL_MAX_COST_USD``      POST /council: estimated cost cap per request (0.05; a request may ask less)
+``FLYWHEEL_COUNCIL_MAX_TOKENS``        POST /council: max_tokens per answer unless the request says (512)
+``FLYWHEEL_COUNCIL_MODELS``            POST /council: how many catalog models sit when the request names none (3)
+``FLYWHEEL_COUNCIL_LLM_JUDGE``         POST /council: a catalog model that judges through G-Eval (deepeval) when
+                                       judge_calibration trusts ``deepeval-geval:<model>`` for the task type
+``FLYWHEEL_COUNCIL_PAIR_MARGIN``       POST /council: judge points (0-100) by which the winner must beat an
+                                       answer for the two to land as a preference pair (10)
 ``FLYWHEEL_HEADER_TIMEOUT_S``          a connection's request line and headers must arrive within it (10 s)
 ``FLYWHEEL_BODY_TIMEOUT_S``            a request's body must arrive within it (30 s; 408 ``body_timeout``)
 ``FLYWHEEL_MAX_CONNECTIONS``           concurrent connections and requests; beyond it 503 (default 200)
@@ -59,7 +68,7 @@ from flywheel_pipeline import paths
 from flywheel_pipeline.core.signatures import load_sendgrid_public_key
 
 # the routes that can be switched off (FLYWHEEL_DISABLED_ROUTES); /healthz and /metrics cannot
-ROUTES = ("sendgrid", "hubspot", "pipedrive", "messages", "replies", "route", "leaderboard", "feedback")
+ROUTES = ("sendgrid", "hubspot", "pipedrive", "messages", "replies", "route", "leaderboard", "feedback", "council")
 
 
 def _csv(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -121,6 +130,8 @@ class ServiceSettings(BaseModel):
     home: Path
     routing_path: Path  # the published routing table GET /route reads
     leaderboard_path: Path  # the published leaderboard GET /leaderboard reads
+    judges_path: Path  # the published judge trust table POST /council reads
+    catalog_path: Path  # the model catalog's local overrides POST /council reads
     sendgrid_public_key: str | None = None
     sendgrid_max_age_s: float = Field(300.0, ge=0, allow_inf_nan=False)
     hubspot_client_secret: SecretStr | None = None
@@ -146,6 +157,13 @@ class ServiceSettings(BaseModel):
     body_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
     max_connections: int = Field(200, ge=1)
     auth_failures_per_minute: int = Field(30, ge=0)
+    council_timeout_s: float = Field(30.0, gt=0, allow_inf_nan=False)
+    council_max_cost_usd: float = Field(0.05, gt=0, allow_inf_nan=False)
+    council_max_tokens: int = Field(512, ge=1, le=16_384)
+    council_models: int = Field(3, ge=1, le=8)
+    council_pair_margin: float = Field(10.0, gt=0, le=100, allow_inf_nan=False)
+    council_llm_judge: str | None = None
+
     admin_keys: dict[str, SecretStr] = Field(default_factory=dict)  # key id -> admin key (the control API)
 
     @model_validator(mode="after")
@@ -188,6 +206,7 @@ class ServiceSettings(BaseModel):
 
         values: dict = {"home": paths.flywheel_home(env), "landing": paths.landing_dir(env),
                         "routing_path": paths.routing_path(env), "leaderboard_path": paths.leaderboard_path(env),
+                        "judges_path": paths.judges_path(env), "catalog_path": paths.catalog_path(env),
                         "api_keys": parse_api_keys(get("API_KEYS")), "admin_keys": parse_admin_keys(get("ADMIN_KEYS"))}
         scalar = {"sendgrid_public_key": "SENDGRID_PUBLIC_KEY", "sendgrid_max_age_s": "SENDGRID_MAX_AGE_S",
                   "hubspot_client_secret": "HUBSPOT_CLIENT_SECRET",
@@ -200,7 +219,10 @@ class ServiceSettings(BaseModel):
                   "max_body_bytes": "MAX_BODY_BYTES", "segment_max_bytes": "SEGMENT_MAX_BYTES",
                   "segment_max_age_s": "SEGMENT_MAX_AGE_S", "fsync_interval_s": "FSYNC_INTERVAL_S",
                   "header_timeout_s": "HEADER_TIMEOUT_S", "body_timeout_s": "BODY_TIMEOUT_S",
-                  "max_connections": "MAX_CONNECTIONS", "auth_failures_per_minute": "AUTH_FAILURES_PER_MINUTE"}
+                  "max_connections": "MAX_CONNECTIONS", "auth_failures_per_minute": "AUTH_FAILURES_PER_MINUTE",
+                  "council_timeout_s": "COUNCIL_TIMEOUT_S", "council_max_cost_usd": "COUNCIL_MAX_COST_USD",
+                  "council_max_tokens": "COUNCIL_MAX_TOKENS", "council_models": "COUNCIL_MODELS",
+                  "council_pair_margin": "COUNCIL_PAIR_MARGIN", "council_llm_judge": "COUNCIL_LLM_JUDGE"}
         for field, name in scalar.items():
             if (value := get(name)) is not None:
                 values[field] = value
@@ -220,5 +242,5 @@ class ServiceSettings(BaseModel):
                            "pipedrive": not (self.pipedrive_user and self.pipedrive_password),
                            "messages": not self.api_keys, "replies": not self.api_keys,
                            "route": not self.api_keys, "leaderboard": not self.api_keys,
-                           "feedback": not self.api_keys}
+                           "feedback": not self.api_keys, "council": not self.api_keys}
         return [route for route in ROUTES if unauthenticated[route] and self.enabled(route)]

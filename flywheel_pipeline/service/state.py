@@ -3,8 +3,9 @@
 
 It holds the settings, the landing writer (opened by :meth:`ServiceState.running`, the app's
 lifespan), the metrics, the two rate limiters, the API keys, SendGrid's verification keys, the
-HubSpot client and the published files the service reads (``routing.json``,
-``leaderboard.json``, paths from flywheel_pipeline/paths.py via the settings).
+HubSpot client, the published files the service reads (``routing.json``,
+``leaderboard.json``, ``judges.json``, paths from flywheel_pipeline/paths.py via the settings), the
+model catalog and the council's model clients.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from flywheel_pipeline.core.signatures import load_sendgrid_public_key
 from flywheel_pipeline.service.errors import Rejected
 from flywheel_pipeline.service.hubspot_client import HubSpotClient
 from flywheel_pipeline.service.landing_writer import SegmentWriter, recover
+from flywheel_pipeline.service.council import CatalogFile, ModelClients, prewarm_llm_judge
 from flywheel_pipeline.service.metrics import ServiceMetrics
 from flywheel_pipeline.service.rate_limit import RateLimiter
 from flywheel_pipeline.service.settings import ServiceSettings
@@ -71,6 +73,9 @@ class ServiceState:
     hubspot: HubSpotClient | None  # None = no enrichment
     routing: PublishedJson
     leaderboard: PublishedJson
+    judges: PublishedJson  # which judges judge_calibration trusts (POST /council)
+    catalog: CatalogFile  # the model catalog with $FLYWHEEL_HOME/catalog.yaml (POST /council)
+    council_clients: ModelClients  # the council's AsyncOpenAI clients, closed on shutdown
     writer: SegmentWriter | None = field(default=None)  # set while the app runs
     admin_keys: list[tuple[str, bytes]] = field(default_factory=list)  # (key id, key): the control API
 
@@ -88,7 +93,9 @@ class ServiceState:
                    sendgrid_keys=[load_sendgrid_public_key(k) for k in settings.sendgrid_public_keys()],
                    hubspot=hubspot, routing=PublishedJson(settings.routing_path),
                    leaderboard=PublishedJson(settings.leaderboard_path),
-                   admin_keys=[(name, key.get_secret_value().encode()) for name, key in settings.admin_keys.items()])
+                   admin_keys=[(name, key.get_secret_value().encode()) for name, key in settings.admin_keys.items()],
+                   judges=PublishedJson(settings.judges_path), catalog=CatalogFile(settings.catalog_path),
+                   council_clients=ModelClients())
 
     async def land(self, source: str, records: list[Any]) -> None:
         """Append the records to the source's open landing segment (in the kernel when this returns)."""
@@ -125,6 +132,8 @@ class ServiceState:
         for route in settings.unverified_sources():
             log.warning("%s: requests are NOT authenticated (configure its secret or key, or switch it off "
                         "with FLYWHEEL_DISABLED_ROUTES)", route)
+        if settings.council_llm_judge:
+            prewarm_llm_judge()
         task = asyncio.create_task(self._maintain(writer))
         try:
             yield
@@ -134,6 +143,7 @@ class ServiceState:
             log.info("sealed %d landing segments on shutdown", len(sealed))
             if self.hubspot is not None:
                 self.hubspot.close()
+            await self.council_clients.close()
 
     async def _maintain(self, writer: SegmentWriter) -> None:
         while True:

@@ -11,7 +11,9 @@ preference pairs, and JSONL exports written by DuckDB's own JSON writer.
   ``task_type``/``framework``, a split by lead hash.
 * ``preference_pairs``: preferred / non-preferred messages of the same context
   (organization, task type, lead industry and role) with a score margin; the two leads are
-  on the same side of the split.
+  on the same side of the split. With ``include_council_pairs`` (off by default) the AI
+  council's pairs whose judge was trusted join them, redacted, split by council request, each
+  row's ``source`` (``outcomes`` or ``council``) and ``judge`` saying where it came from.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
+from flywheel_pipeline.core.council import prompt_parts
 from flywheel_pipeline.core.datasets import SPLIT_SALT, assistant_text, dedupe_key
 from flywheel_pipeline.core.pii import redact
 from flywheel_pipeline.warehouse.schema import transaction
@@ -159,6 +162,7 @@ class PairConfig:
     organization_id: str | None = None
     validation_fraction: float = 0.1
     limit: int | None = None
+    include_council_pairs: bool = False  # the AI council's pairs of trusted judges join (council_pairs)
 
 
 def build_preference_pairs(con: duckdb.DuckDBPyConnection, cfg: PairConfig) -> dict[str, object]:
@@ -188,7 +192,8 @@ def build_preference_pairs(con: duckdb.DuckDBPyConnection, cfg: PairConfig) -> d
                    p.assistant AS preferred, p.lead_id AS preferred_lead_id,
                    q.message_id AS non_preferred_message_id, q.quality_score AS non_preferred_score,
                    q.assistant AS non_preferred, q.lead_id AS non_preferred_lead_id,
-                   round(p.quality_score - q.quality_score, 6) AS margin
+                   round(p.quality_score - q.quality_score, 6) AS margin,
+                   'outcomes' AS source, NULL::VARCHAR AS judge, NULL::VARCHAR AS council_pair_id
             FROM ranked p JOIN ranked q ON p.ctx = q.ctx AND p.top_rank = q.bottom_rank
             WHERE p.top_rank <= p.n // 2
               AND p.quality_score - q.quality_score >= {cfg.min_margin!r}
@@ -196,13 +201,62 @@ def build_preference_pairs(con: duckdb.DuckDBPyConnection, cfg: PairConfig) -> d
             ORDER BY margin DESC, preferred_message_id
             {limit}
         """, params)
+        council = _add_council_pairs(con, cfg) if cfg.include_council_pairs else {}
         stats = con.execute("""
             SELECT count(*), count(DISTINCT context), coalesce(avg(margin), 0), coalesce(min(margin), 0),
                    coalesce(max(margin), 0), count(*) FILTER (split = 'train'), count(*) FILTER (split = 'validation')
             FROM preference_pairs""").fetchone()
     return {"pairs": int(stats[0]), "contexts": int(stats[1]), "mean_margin": round(float(stats[2]), 4),
             "min_margin": round(float(stats[3]), 4), "max_margin": round(float(stats[4]), 4),
-            "train": int(stats[5]), "validation": int(stats[6])}
+            "train": int(stats[5]), "validation": int(stats[6]), "include_council_pairs": cfg.include_council_pairs,
+            "pairs_by_source": pair_provenance(con)["pairs_by_source"], **council}
+
+
+def _add_council_pairs(con: duckdb.DuckDBPyConnection, cfg: PairConfig) -> dict[str, object]:
+    """Append the council's pairs whose judge ``judge_calibration`` trusted (of one organization
+    when ``cfg.organization_id``): prompts and answers redacted like the messages' text, judge
+    scores and margins divided by 100 (the outcome pairs' 0-1 scale), split by a hash of the
+    council request (its pairs share the prompt), texts that redact to the same dedupe key left
+    out. Counts go to the metadata, untrusted pairs as excluded."""
+    org = "AND organization_id = ?" if cfg.organization_id else ""
+    params = [cfg.organization_id] if cfg.organization_id else []
+    untrusted = con.execute(f"SELECT count(*) FROM council_pairs WHERE NOT judge_trusted {org}", params).fetchone()[0]
+    rows = con.execute(f"""SELECT pair_id, council_id, organization_id, task_type, messages, preferred, preferred_score,
+                                  non_preferred, non_preferred_score, margin, judge
+                           FROM council_pairs WHERE judge_trusted {org} ORDER BY pair_id""", params).fetchall()
+    out = []
+    for (pair_id, council_id, organization_id, task_type, messages, preferred, p_score, other, o_score, margin,
+         judge) in rows:
+        system, user = prompt_parts(json.loads(messages))
+        texts = [redact(t).text if t else t for t in (system, user, preferred, other)]
+        if dedupe_key(texts[2]) == dedupe_key(texts[3]):
+            continue
+        out.append((f"council|{organization_id or ''}|{task_type}", organization_id, task_type, council_id,
+                    texts[0], texts[1], round(p_score / 100, 6), texts[2], round(o_score / 100, 6), texts[3],
+                    round(margin / 100, 6), judge, pair_id))
+    frame = pd.DataFrame(out, columns=["context", "organization_id", "task_type", "council_id", "system_prompt",
+                                       "user_prompt", "preferred_score", "preferred", "non_preferred_score",
+                                       "non_preferred", "margin", "judge", "council_pair_id"])
+    split = _split_sql("council_id", cfg.validation_fraction) if cfg.validation_fraction > 0 else "'train'"
+    if len(frame):
+        con.register("_council_frame", frame)
+        try:
+            con.execute(f"""INSERT INTO preference_pairs BY NAME
+                            SELECT * EXCLUDE (council_id), {split} AS split, 'council' AS source
+                            FROM _council_frame ORDER BY council_pair_id""")
+        finally:
+            con.unregister("_council_frame")
+    return {"council_pairs": len(out), "council_pairs_untrusted_excluded": int(untrusted),
+            "council_pairs_same_text_skipped": len(rows) - len(out)}
+
+
+def pair_provenance(con: duckdb.DuckDBPyConnection) -> dict[str, object]:
+    """Where the preference pairs came from: pairs per source, and per judge for the council's."""
+    by_source = dict(con.execute("SELECT source, count(*) FROM preference_pairs GROUP BY 1 ORDER BY 1").fetchall())
+    judges = dict(con.execute("SELECT judge, count(*) FROM preference_pairs WHERE source = 'council' "
+                              "GROUP BY 1 ORDER BY 1").fetchall())
+    return {"pairs_by_source": {k: int(v) for k, v in by_source.items()},
+            "council_pairs_by_judge": {k: int(v) for k, v in judges.items()}}
 
 
 # ---- exports ------------------------------------------------------------------------------
@@ -242,11 +296,13 @@ class ExportResult:
     reused: bool
 
 
-def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: list[str]) -> ExportResult:
+def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: list[str],
+                 provenance: dict[str, object] | None = None) -> ExportResult:
     """Write ``<format>.<split>.jsonl`` files with DuckDB's JSON writer into a temporary
     directory, name the directory by the sha256 of its files (the dataset version) and
     rename it into ``exports_root/<version>/`` atomically. The same content yields the same
-    version; an existing version directory is reused, never overwritten."""
+    version; an existing version directory is reused, never overwritten. ``provenance`` (where
+    the rows came from) is written into ``manifest.json``."""
     exports_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = exports_root / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
@@ -272,7 +328,7 @@ def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: li
                     digest.update(block)
         version = digest.hexdigest()[:16]
         final = exports_root / version
-        manifest = {"dataset_version": version, "files": rows}
+        manifest = {"dataset_version": version, "files": rows, **({"provenance": provenance} if provenance else {})}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         reused = final.exists()
         if reused:

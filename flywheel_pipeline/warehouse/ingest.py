@@ -313,6 +313,56 @@ FROM {rows} v JOIN message_keys k ON k.organization_id = v.message_org AND k.mes
 ON CONFLICT DO NOTHING
 """
 
+# The AI council's preference pairs (POST /council, core/council.pair_records).
+COUNCIL_PAIRS_FIELDS = {k: _V for k in (
+    "pair_id", "council_id", "organization_id", "task_type", "preferred_model", "preferred", "preferred_score",
+    "non_preferred_model", "non_preferred", "non_preferred_score", "margin", "judge", "judge_trusted", "strategy",
+    "decided_at")} | {"messages": "JSON"}
+
+
+def _missing(*names: str) -> str:
+    return "\n".join(f"WHEN {n} IS NULL OR {n} = '' THEN 'missing {n}'" for n in names)
+
+
+COUNCIL_PAIRS_SQL = f"""
+WITH p AS ({_parse_common(COUNCIL_PAIRS_FIELDS)}),
+f AS (
+    SELECT source_file, line_no, line, base_reason,
+           r.pair_id, r.council_id, nullif(r.organization_id, '') AS organization_id,
+           coalesce(r.organization_id, '') AS key_org, r.task_type, r.messages,
+           r.preferred_model, r.preferred, try_cast(r.preferred_score AS DOUBLE) AS preferred_score,
+           r.non_preferred_model, r.non_preferred, try_cast(r.non_preferred_score AS DOUBLE) AS non_preferred_score,
+           try_cast(r.margin AS DOUBLE) AS margin, r.judge,
+           CASE lower(r.judge_trusted) WHEN 'true' THEN true WHEN 'false' THEN false END AS judge_trusted,
+           r.strategy, {_TS.format(expr='r.decided_at')} AS decided_at, r.decided_at AS decided_text
+    FROM p)
+SELECT *,
+       coalesce(base_reason,
+                CASE {_missing("pair_id", "council_id", "task_type", "preferred_model", "preferred",
+                               "non_preferred_model", "non_preferred", "judge", "strategy")}
+                     WHEN messages IS NULL OR json_type(messages) <> 'ARRAY' OR json_array_length(messages) = 0
+                         THEN 'invalid messages: not a non-empty array'
+                     WHEN NOT coalesce(isfinite(preferred_score), false)
+                          OR NOT coalesce(isfinite(non_preferred_score), false)
+                         THEN 'invalid score: not a finite number'
+                     WHEN NOT coalesce(isfinite(margin), false) OR margin <= 0
+                         THEN 'invalid margin: not a positive number'
+                     WHEN judge_trusted IS NULL THEN 'invalid judge_trusted: not true or false'
+                     WHEN decided_text IS NULL THEN 'missing decided_at'
+                     WHEN decided_at IS NULL THEN 'invalid decided_at: not an ISO 8601 timestamp'
+                     WHEN NOT {sql_range('decided_at')} THEN 'invalid decided_at: {_RANGE}' END) AS reason
+FROM f
+"""
+
+COUNCIL_PAIRS_INSERT = """
+INSERT INTO council_pairs
+SELECT pair_id, council_id, task_type, messages, preferred_model, preferred, preferred_score, non_preferred_model,
+       non_preferred, non_preferred_score, margin, judge, judge_trusted, strategy, decided_at, source_file, line_no,
+       $batch_id, organization_id, key_org
+FROM {rows}
+ON CONFLICT DO NOTHING
+"""
+
 
 @dataclass(frozen=True)
 class SourceSpec:
@@ -375,6 +425,11 @@ SPECS: dict[str, SourceSpec] = {
         # so took another time of receipt) is a copy; the first landed is kept
         _same("feedback_id", "message_id", "organization_id", "rating", "rater", "comment"),
         labelled=False),
+    "council_pairs": SourceSpec(
+        "council_pairs", "council_pairs", ("key_org", "pair_id"), COUNCIL_PAIRS_SQL, COUNCIL_PAIRS_INSERT,
+        _same("pair_id", "council_id", "organization_id", "task_type", "messages", "preferred_model", "preferred",
+              "preferred_score", "non_preferred_model", "non_preferred", "non_preferred_score", "margin", "judge",
+              "judge_trusted", "strategy", "decided_at"), of_a_message=False, labelled=False),
 }
 
 # Organizations and message keys of a chunk's records (see _key_messages).

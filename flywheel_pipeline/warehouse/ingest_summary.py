@@ -9,7 +9,7 @@ import duckdb
 
 # The table each landing source loads.
 SOURCE_TABLES = {"messages": "messages", "sendgrid": "email_events", "crm": "crm_events", "replies": "replies",
-                 "reply_labels": "reply_labels", "feedback": "feedback"}
+                 "reply_labels": "reply_labels", "feedback": "feedback", "council_pairs": "council_pairs"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,9 @@ BREAKDOWNS: dict[str, tuple[tuple[str, ...], str]] = {
                  "SELECT r.rating, count(f.rating), "
                  "round(coalesce(count(f.rating) / nullif(sum(count(f.rating)) OVER (), 0), 0), 4) "
                  "FROM range(1, 6) r(rating) LEFT JOIN feedback f ON f.rating = r.rating GROUP BY 1 ORDER BY 1"),
+    "council_pairs": (("task_type", "judge", "judge_trusted", "pairs", "mean_margin"),
+                      "SELECT task_type, judge, judge_trusted, count(*), round(avg(margin), 2) FROM council_pairs "
+                      "GROUP BY ALL ORDER BY 1, 2, 3"),
 }
 
 

@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -279,6 +279,22 @@ JUDGEMENTS_DDL: tuple[str, ...] = (
 )
 
 
+# The AI council's preference pairs (POST /council -> landing/council_pairs -> ingestion): for one
+# chat, the answer the judge preferred and one it scored at least the pair margin lower, with both
+# models, scores, the judge and whether judge_calibration trusted it. The DPO dataset can include
+# them (preference_pairs' include_council_pairs, off by default; trusted judges' pairs only).
+COUNCIL_PAIRS_SINCE = 10
+COUNCIL_PAIRS_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS council_pairs (
+        pair_id VARCHAR NOT NULL, council_id VARCHAR NOT NULL, task_type VARCHAR NOT NULL, messages JSON NOT NULL,
+        preferred_model VARCHAR NOT NULL, preferred VARCHAR NOT NULL, preferred_score DOUBLE NOT NULL,
+        non_preferred_model VARCHAR NOT NULL, non_preferred VARCHAR NOT NULL, non_preferred_score DOUBLE NOT NULL,
+        margin DOUBLE NOT NULL, judge VARCHAR NOT NULL, judge_trusted BOOLEAN NOT NULL, strategy VARCHAR NOT NULL,
+        decided_at TIMESTAMP NOT NULL, source_file VARCHAR NOT NULL, line_no BIGINT NOT NULL, batch_id BIGINT NOT NULL,
+        organization_id VARCHAR, key_org VARCHAR NOT NULL, PRIMARY KEY (key_org, pair_id))""",
+)
+
+
 # Every action of the control API and CLI (flywheel_pipeline/control.py): who (an admin key's id and
 # fingerprint, or the OS user of the CLI; never a key), what, its parameters, when, the result and
 # the Dagster run it launched; written before the action answers (warehouse/control_audit.py).
@@ -378,7 +394,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
         # additive and idempotent: whenever migrating
-        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CONTROL_AUDIT_DDL):
+        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CONTROL_AUDIT_DDL, *COUNCIL_PAIRS_DDL):
             con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])

@@ -4,6 +4,7 @@ queued -> running -> succeeded (or failed, for models named ``fail-*``), create 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -34,6 +35,10 @@ class FakeOpenAI:
         # how many chat requests still to fail with a 500 before answering
         self.chat_responder: Callable[[dict[str, Any]], str] | None = None
         self.chat_failures = 0
+        # optional, per model (the longest matching prefix): seconds to wait before answering, and
+        # an HTTP status to fail with instead of answering
+        self.chat_delays: dict[str, float] = {}
+        self.chat_errors: dict[str, int] = {}
         self._ids = itertools.count(1)
         self.app = self._build()
 
@@ -75,6 +80,12 @@ class FakeOpenAI:
             self.chat_calls.append(body)
             if not body.get("messages") or not body.get("model"):
                 raise HTTPException(400, {"error": {"message": "model and messages are required"}})
+            delay = _by_prefix(self.chat_delays, body["model"])
+            if delay:
+                await asyncio.sleep(delay)
+            status = _by_prefix(self.chat_errors, body["model"])
+            if status:
+                raise HTTPException(status, {"error": {"message": f"injected {status} for {body['model']}"}})
             if self.chat_failures > 0:
                 self.chat_failures -= 1
                 raise HTTPException(500, {"error": {"message": "injected failure"}})
@@ -150,6 +161,12 @@ class FakeOpenAI:
         if jid not in self.jobs:
             raise HTTPException(404, {"error": {"message": f"no job {jid}", "code": "not_found"}})
         return self.jobs[jid]
+
+
+def _by_prefix(table: dict[str, Any], model: str) -> Any:
+    """The value of the longest prefix of ``model`` in ``table`` (None when none matches)."""
+    matches = [p for p in table if model.startswith(p)]
+    return table[max(matches, key=len)] if matches else None
 
 
 @contextlib.contextmanager

@@ -14,7 +14,8 @@ from flywheel_pipeline.defs.outcomes.assets import outcome_labels
 from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, ExportsResource, WarehouseResource
 from flywheel_pipeline.warehouse import dataset_summary
 from flywheel_pipeline.warehouse.datasets import (PairConfig, SelectionConfig, build_preference_pairs,
-                                                  build_training_examples, export_jsonl, redact_new_messages)
+                                                  build_training_examples, export_jsonl, pair_provenance,
+                                                  redact_new_messages)
 
 DATASETS_GROUP = "datasets"
 
@@ -69,6 +70,10 @@ class PreferencePairsConfig(dg.Config):
     organization_id: str | None = None
     validation_fraction: float = 0.1
     limit: int | None = None
+    include_council_pairs: bool = Field(
+        False, description="Also include the AI council's preference pairs (table council_pairs, POST /council) whose "
+                           "judge judge_calibration trusted. Off by default: they train paid models on a judge's "
+                           "opinion, not on outcomes.")
 
 
 @dg.asset(group_name=DATASETS_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"}, deps=[redacted_messages],
@@ -83,7 +88,8 @@ def preference_pairs(context: dg.AssetExecutionContext, config: PreferencePairsC
             raise dg.Failure(str(exc)) from exc
         margins = dataset_summary.pair_margin_distribution(con)
     return dg.MaterializeResult(metadata={
-        "dagster/row_count": dg.MetadataValue.int(stats["pairs"]), **stats,
+        "dagster/row_count": dg.MetadataValue.int(stats["pairs"]),
+        **{k: dg.MetadataValue.json(v) if isinstance(v, dict) else v for k, v in stats.items()},
         "margin_distribution": dg.MetadataValue.md(md_bar_chart(margins))})
 
 
@@ -99,7 +105,8 @@ def _export(context: dg.AssetExecutionContext, config: ExportConfig, warehouse: 
             exports: ExportsResource, fmt: str, trl: str) -> dg.MaterializeResult:
     formats = [fmt] + ([trl] if config.include_trl else [])
     with warehouse.connect() as con:
-        result = export_jsonl(con, Path(exports.path), formats)
+        provenance = pair_provenance(con) if fmt == "dpo" else None
+        result = export_jsonl(con, Path(exports.path), formats, provenance)
         distribution = (dataset_summary.example_score_distribution(con, positives_only=True) if fmt == "sft"
                         else dataset_summary.pair_score_distribution(con))
     reports = {}
@@ -113,6 +120,7 @@ def _export(context: dg.AssetExecutionContext, config: ExportConfig, warehouse: 
         json.dumps({k: v.as_dict() for k, v in reports.items()}, indent=2))
     context.log.info(f"{fmt} export {result.version}: {result.rows} ({'reused' if result.reused else 'new'})")
     return dg.MaterializeResult(metadata={
+        **({"pair_provenance": dg.MetadataValue.json(provenance)} if provenance is not None else {}),
         "dataset_version": result.version,
         "path": dg.MetadataValue.path(str(result.directory)),
         "rows_per_file": dg.MetadataValue.json(result.rows),

@@ -14,7 +14,8 @@ from flywheel_pipeline.warehouse.ingest_summary import BREAKDOWNS, source_summar
 INGEST_GROUP = "ingest"
 # the metadata entry that shows each source's breakdown
 _BREAKDOWN_ENTRY = {"messages": "messages_per_model", "sendgrid": "events_by_type",
-                    "crm": "events_by_type_and_attribution", "feedback": "ratings_distribution"}
+                    "crm": "events_by_type_and_attribution", "feedback": "ratings_distribution",
+                    "council_pairs": "pairs_by_task_and_judge"}
 
 
 def _ingest(context: dg.AssetExecutionContext, warehouse: WarehouseResource, landing: LandingZoneResource,
@@ -103,3 +104,13 @@ def reply_labels(context: dg.AssetExecutionContext, warehouse: WarehouseResource
 def feedback(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
              landing: LandingZoneResource) -> dg.MaterializeResult:
     return _ingest(context, warehouse, landing, "feedback")
+
+
+@dg.asset(group_name=INGEST_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb"},
+          description="The AI council's preference pairs from landing/council_pairs (POST /council): the answer "
+                      "the judge preferred and one it scored at least the pair margin lower, with models, scores, "
+                      "the judge and whether judge_calibration trusted it; unique (organization, pair_id). The DPO "
+                      "dataset includes them only when preference_pairs' include_council_pairs is on.")
+def council_pairs(context: dg.AssetExecutionContext, warehouse: WarehouseResource,
+                  landing: LandingZoneResource) -> dg.MaterializeResult:
+    return _ingest(context, warehouse, landing, "council_pairs")
