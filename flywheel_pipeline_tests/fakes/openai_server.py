@@ -4,6 +4,7 @@ queued -> running -> succeeded (or failed, for models named ``fail-*``), create 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import json
@@ -34,6 +35,11 @@ class FakeOpenAI:
         # how many chat requests still to fail with a 500 before answering
         self.chat_responder: Callable[[dict[str, Any]], str] | None = None
         self.chat_failures = 0
+        self.chat_failure_status = 500  # the status of those failures (401: a refused key)
+        # optional: seconds to wait (without blocking the server) before answering a chat request,
+        # computed from its body (None: answer at once); the token usage chat answers report
+        self.chat_delay: Callable[[dict[str, Any]], float] | None = None
+        self.chat_usage = {"prompt_tokens": 10, "completion_tokens": 10}
         self._ids = itertools.count(1)
         self.app = self._build()
 
@@ -75,9 +81,11 @@ class FakeOpenAI:
             self.chat_calls.append(body)
             if not body.get("messages") or not body.get("model"):
                 raise HTTPException(400, {"error": {"message": "model and messages are required"}})
+            if self.chat_delay is not None:
+                await asyncio.sleep(self.chat_delay(body))
             if self.chat_failures > 0:
                 self.chat_failures -= 1
-                raise HTTPException(500, {"error": {"message": "injected failure"}})
+                raise HTTPException(self.chat_failure_status, {"error": {"message": "injected failure"}})
             prefix = max((p for p in self.answers if body["model"].startswith(p)), key=len)
             content = self.chat_responder(body) if self.chat_responder else self.answers[prefix]
             if self.judge_scorer is not None and (body.get("response_format") or {}).get("type") == "json_object":
@@ -91,7 +99,7 @@ class FakeOpenAI:
                     "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": content}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
+                    "usage": {**self.chat_usage, "total_tokens": sum(self.chat_usage.values())}}
 
         @app.get("/v1/fine_tuning/jobs")
         async def list_jobs(request: Request):
