@@ -258,3 +258,20 @@ def test_the_asset_is_off_by_default_and_ends_green_with_a_warning_at_its_budget
         failed = dg.materialize([message_llm_judgements], instance=instance, raise_on_error=False,
                                 resources={"warehouse": warehouse, "message_judge": unpriced})
         assert not failed.success
+
+
+def test_the_binding_is_off_unless_asked_and_refuses_a_bad_budget_in_one_line(monkeypatch):
+    from flywheel_pipeline.defs.resources import local_resources, production_resources
+
+    monkeypatch.delenv("FLYWHEEL_MESSAGE_JUDGE", raising=False)
+    assert not local_resources()["message_judge"].enabled
+    monkeypatch.setenv("FLYWHEEL_MESSAGE_JUDGE", "geval")
+    monkeypatch.setenv("FLYWHEEL_JUDGE_MODEL", MODEL)
+    monkeypatch.setenv("FLYWHEEL_MESSAGE_JUDGE_BUDGET_USD", "2.5")
+    bound = production_resources()["message_judge"]
+    assert bound.enabled and bound.model == MODEL and bound.budget_usd == 2.5 and bound.concurrency == 4
+    monkeypatch.setenv("FLYWHEEL_MESSAGE_JUDGE_BUDGET_USD", "lots")
+    with pytest.raises(ValueError, match="FLYWHEEL_MESSAGE_JUDGE_BUDGET_USD must be a number above 0, got 'lots'"):
+        local_resources()
+    with pytest.raises(ValueError, match="unknown message judge mode 'gpt'"):
+        _ = MessageJudgeResource(mode="gpt").enabled
