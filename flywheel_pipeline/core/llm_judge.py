@@ -43,8 +43,9 @@ MAX_PROMPT_CHARS = 2_000  # of the writer's system and user prompt shown to the 
 # reason codes of an unjudged message; the transient ones are tried again by the next run
 TIMEOUT, CONNECTION_ERROR, HTTP_ERROR = "timeout", "connection_error", "http_error"
 NON_JSON, OUT_OF_RANGE, INVALID_REPLY = "non_json", "score_out_of_range", "invalid_reply"
+JUDGE_ERROR = "judge_error"  # anything else the judging of one message raised (its type and words in critique)
 TRANSIENT_REASONS = (TIMEOUT, CONNECTION_ERROR, HTTP_ERROR)
-UNJUDGED_REASONS = (TIMEOUT, CONNECTION_ERROR, HTTP_ERROR, NON_JSON, OUT_OF_RANGE, INVALID_REPLY)
+UNJUDGED_REASONS = (TIMEOUT, CONNECTION_ERROR, HTTP_ERROR, NON_JSON, OUT_OF_RANGE, INVALID_REPLY, JUDGE_ERROR)
 # what a call can end with besides a verdict or a reason: the budget did not allow it (nothing is recorded)
 BUDGET = "budget"
 # HTTP statuses that say the judge is misconfigured (key, model, URL): the run fails, nothing is recorded
@@ -383,6 +384,8 @@ class LLMJudge:
                     raise JudgeMisconfigured(f"the judge endpoint answered {exc.status_code} for model "
                                              f"{self.settings.model!r}: {str(exc)[:200]}") from None
                 outcome.reason, outcome.detail = HTTP_ERROR, f"HTTP {exc.status_code}: {str(exc)[:300]}"
+            except Exception as exc:  # noqa: BLE001 - one message's surprise must not stop the others
+                outcome.reason, outcome.detail = JUDGE_ERROR, f"{type(exc).__name__}: {exc}"[:300]
             finally:
                 if call.reserved:  # an attempt that never got a reply: charged what it could have cost
                     self.budget.settle(call.reserved, call.reserved)
