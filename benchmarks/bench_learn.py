@@ -121,13 +121,13 @@ def phase_judge(path: Path) -> dict:
     from flywheel_pipeline.warehouse.schema import connect
 
     con = connect(path, threads=2)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     run = judge_new_messages(con, batch_size=5_000)
-    t1 = time.perf_counter()
+    t1, cpu1 = time.perf_counter(), time.process_time()
     again = judge_new_messages(con)
     t2 = time.perf_counter()
     con.close()
-    return {"seconds": t1 - t0, "judged": run.judged, "reused": run.reused, "by_judge": run.by_judge,
+    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "judged": run.judged, "reused": run.reused, "by_judge": run.by_judge,
             "again_s": t2 - t1, "again_judged": again.judged + again.reused, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -236,6 +236,8 @@ def main() -> None:
               f"{(j['judged'] + j['reused']) / j['seconds']:,.0f} messages/s ({j['judged']:,} scored, {j['reused']:,} "
               f"copied; {', '.join(f'{k} {v:,}' for k, v in sorted(j['by_judge'].items()))}), peak RSS "
               f"{j['peak_rss_mb']:.0f} MB")
+        print(f"heuristic judging CPU time: {j['cpu_s']:.1f} s, {(j['judged'] + j['reused']) / j['cpu_s']:,.0f} "
+              "messages per CPU second (the machine's load does not change it)")
         print(f"heuristic judging again (nothing new): {j['again_s']:.2f} s, {j['again_judged']} judged")
     print(f"drivers over {r['messages']:,} messages: {r['seconds']:.2f} s (features + sufficient statistics in SQL "
           f"{r['sql_s']:.2f} s, statistics {r['stats_s']:.3f} s, write {r['write_s']:.3f} s), {r['cells']} cells, "

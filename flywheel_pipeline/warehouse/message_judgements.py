@@ -59,10 +59,9 @@ def judge_new_messages(con: duckdb.DuckDBPyConnection, *, batch_size: int = 5_00
         with transaction(con):
             con.execute(f"""
                 CREATE OR REPLACE TEMP TABLE _to_judge AS
-                SELECT row_number() OVER (ORDER BY m.message_key) AS n, m.message_key,
+                SELECT m.message_key,
                        'heuristic:' || coalesce(f.family, '{GENERIC}') AS judge, v.criteria_version,
-                       {_CONTENT_HASH} AS content_hash, m.task_type, m.subject, m.body,
-                       concat_ws(chr(10), m.system_prompt, m.user_prompt) AS prompt, {_CONTEXT}
+                       {_CONTENT_HASH} AS content_hash
                 FROM messages m JOIN message_labels l USING (message_key)
                 LEFT JOIN _task_families f ON f.task_type = {_TASK}
                 JOIN _judge_versions v ON v.judge = 'heuristic:' || coalesce(f.family, '{GENERIC}')
@@ -84,36 +83,47 @@ def judge_new_messages(con: duckdb.DuckDBPyConnection, *, batch_size: int = 5_00
             con.execute("""DELETE FROM _to_judge t WHERE EXISTS (
                 SELECT 1 FROM message_judgements j WHERE j.message_key = t.message_key AND j.judge = t.judge
                   AND j.criteria_version = t.criteria_version)""")
-            total = con.execute("SELECT count(*) FROM _to_judge").fetchone()[0]
-            last = con.execute("SELECT coalesce(max(n), 0) FROM _to_judge").fetchone()[0]
-            for start in range(0, last, batch_size):
-                rows = con.execute(f"SELECT message_key, judge, content_hash, task_type, subject, body, prompt, "
-                                   f"{', '.join(CONTEXT_FIELDS)} FROM _to_judge WHERE n > ? AND n <= ? "
-                                   "ORDER BY n", [start, start + batch_size]).fetchall()
-                out = []
-                for key, judge, content_hash, task_type, subject, body, prompt, *lead in rows:
-                    context = {k: v for k, v in zip(CONTEXT_FIELDS, lead) if v}
-                    # the scorer is the one the SQL chose (the judge's name), so the two cannot disagree
-                    result = SCORERS[judge.removeprefix("heuristic:")].judge(
-                        MessageText(task_type or "", subject or "", body or "", prompt or "", context))
-                    out.append((key, result.judge, result.criteria_version, content_hash, result.score,
-                                result.dimensions_json()))
-                    run.by_judge[result.judge] = run.by_judge.get(result.judge, 0) + 1
-                if out:
-                    frame = pd.DataFrame(out, columns=["message_key", "judge", "criteria_version", "content_hash",
-                                                       "score", "dimensions"])
-                    con.register("_judged_frame", frame)
+        total = con.execute("SELECT count(*) FROM _to_judge").fetchone()[0]
+        after = None
+        while True:
+            # the texts a batch at a time, in key order (the list of what to judge holds keys and hashes only;
+            # numbering it with a window would sort all of it in memory)
+            rows = con.execute(f"""
+                SELECT t.message_key, t.judge, t.content_hash, m.task_type, m.subject, m.body,
+                       concat_ws(chr(10), m.system_prompt, m.user_prompt) AS prompt, {_CONTEXT}
+                FROM (SELECT * FROM _to_judge WHERE $after IS NULL OR message_key > $after
+                      ORDER BY message_key LIMIT $size) t
+                JOIN messages m USING (message_key) ORDER BY t.message_key""",
+                               {"after": after, "size": batch_size}).fetchall()
+            if not rows:
+                break
+            after = rows[-1][0]
+            out = []
+            for key, judge, content_hash, task_type, subject, body, prompt, *lead in rows:
+                context = {k: v for k, v in zip(CONTEXT_FIELDS, lead) if v}
+                # the scorer is the one the SQL chose (the judge's name), so the two cannot disagree
+                result = SCORERS[judge.removeprefix("heuristic:")].judge(
+                    MessageText(task_type or "", subject or "", body or "", prompt or "", context))
+                out.append((key, result.judge, result.criteria_version, content_hash, result.score,
+                            result.dimensions_json()))
+                run.by_judge[result.judge] = run.by_judge.get(result.judge, 0) + 1
+            if out:
+                frame = pd.DataFrame(out, columns=["message_key", "judge", "criteria_version", "content_hash",
+                                                   "score", "dimensions"])
+                con.register("_judged_frame", frame)
+                with transaction(con):  # a batch at a time: a run's memory does not grow with its size
                     con.execute("""INSERT INTO message_judgements (message_key, judge, criteria_version, content_hash,
                                        score, dimensions, unjudged_reason, reused, judged_at)
                                    SELECT message_key, judge, criteria_version, content_hash, score,
                                           dimensions::JSON, NULL, false, now()::TIMESTAMP FROM _judged_frame""")
-                    con.unregister("_judged_frame")
-                run.judged += len(out)
-                if progress:
-                    progress(f"judged {run.judged}/{total} messages")
+                con.unregister("_judged_frame")
+            run.judged += len(out)
+            if progress:
+                progress(f"judged {run.judged}/{total} messages")
     finally:
         con.unregister("_task_families")
         con.unregister("_judge_versions")
+        con.execute("DROP TABLE IF EXISTS _to_judge")
     return run
 
 
