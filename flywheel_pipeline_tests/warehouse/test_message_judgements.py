@@ -86,8 +86,8 @@ def test_the_same_text_for_another_lead_is_scored_again_and_the_same_text_and_le
     run_pipeline(con, landing)
     assert judge_new_messages(con).judged == 1
     con.execute("UPDATE message_judgements SET score = 12.34")  # a score no scorer gives: a copy shows it
-    _land(landing, [message("d2", body=text, **_lead("Dana", "Acme")), message("z1", body=text, **_lead("Lee", "Zeta"))],
-          ["d2", "z1"])
+    _land(landing, [message("d2", body=text, **_lead("Dana", "Acme")),
+                    message("z1", body=text, **_lead("Lee", "Zeta"))], ["d2", "z1"])
     run_pipeline(con, landing)
     run = judge_new_messages(con)
     assert (run.judged, run.reused) == (1, 1)
