@@ -1,4 +1,12 @@
-"""Benchmark: outcome_drivers' speed over 1M labelled messages, and its error rates on simulated worlds.
+"""Benchmark: heuristic judging and outcome_drivers' speed over 1M labelled messages, and the
+drivers' error rates on simulated worlds.
+
+Judging. A fresh process runs what the ``message_judgements`` asset runs
+(warehouse/message_judgements.judge_new_messages: the candidates and content hashes in SQL, the
+heuristic scorer of each message's task family in Python, batched writes) over every message of
+the file, then a second pass (nothing new: the incremental no-op); it prints messages per second
+and its peak RSS. The bodies are ``--distinct-bodies``-way varied text, so few contents repeat
+within a run (heuristic reuse only copies contents judged by an earlier run).
 
 Speed. N synthetic mature, delivered messages (5 organizations, 2 task types, bodies of 5 to 225
 words, subjects with and without a question, metadata with the lead's first name and company,
@@ -22,7 +30,7 @@ sufficient statistics the SQL returns and run through core.drivers.drivers (BH a
   the power to find it (significant, right sign, reply rate) and the mean false discovery
   proportion (significant rows of any other feature / significant rows), which BH keeps <= q.
 
-    python benchmarks/bench_learn.py [--messages 1000000] [--worlds 500] [--world-size 20000]
+    python benchmarks/bench_learn.py [--messages 1000000] [--worlds 500] [--world-size 20000] [--skip-judge]
 """
 
 from __future__ import annotations
@@ -108,6 +116,21 @@ def phase_drivers(path: Path) -> dict:
             "rows": len(results), "messages": messages, "peak_rss_mb": peak_rss_mb()}
 
 
+def phase_judge(path: Path) -> dict:
+    from flywheel_pipeline.warehouse.message_judgements import judge_new_messages
+    from flywheel_pipeline.warehouse.schema import connect
+
+    con = connect(path, threads=2)
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    run = judge_new_messages(con, batch_size=5_000)
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    again = judge_new_messages(con)
+    t2 = time.perf_counter()
+    con.close()
+    return {"seconds": t1 - t0, "cpu_s": cpu1 - cpu0, "judged": run.judged, "reused": run.reused, "by_judge": run.by_judge,
+            "again_s": t2 - t1, "again_judged": again.judged + again.reused, "peak_rss_mb": peak_rss_mb()}
+
+
 class World:
     """Message-level worlds: features confounded with organization, outcomes nested."""
 
@@ -191,11 +214,15 @@ def main() -> None:
     parser.add_argument("--world-size", type=int, default=20_000)
     parser.add_argument("--q", type=float, default=0.05)
     parser.add_argument("--seed", type=int, default=18)
-    parser.add_argument("--phase", choices=("drivers",))
+    parser.add_argument("--phase", choices=("drivers", "judge"))
+    parser.add_argument("--skip-judge", action="store_true", help="leave the heuristic judging phase out")
     parser.add_argument("--database")
     args = parser.parse_args()
     if args.phase == "drivers":
         print(json.dumps(phase_drivers(Path(args.database))))
+        return
+    if args.phase == "judge":
+        print(json.dumps(phase_judge(Path(args.database))))
         return
     with tempfile.TemporaryDirectory() as tmp:
         database = Path(tmp) / "bench.duckdb"
@@ -203,6 +230,15 @@ def main() -> None:
         build(database, args.messages)
         print(f"built {args.messages:,} labelled messages in {time.perf_counter() - t0:.1f} s")
         r = run_phase(__file__, "drivers", "--database", str(database))
+        j = None if args.skip_judge else run_phase(__file__, "judge", "--database", str(database))
+    if j is not None:
+        print(f"heuristic judging of {j['judged'] + j['reused']:,} messages: {j['seconds']:.1f} s, "
+              f"{(j['judged'] + j['reused']) / j['seconds']:,.0f} messages/s ({j['judged']:,} scored, {j['reused']:,} "
+              f"copied; {', '.join(f'{k} {v:,}' for k, v in sorted(j['by_judge'].items()))}), peak RSS "
+              f"{j['peak_rss_mb']:.0f} MB")
+        print(f"heuristic judging CPU time: {j['cpu_s']:.1f} s, {(j['judged'] + j['reused']) / j['cpu_s']:,.0f} "
+              "messages per CPU second (the machine's load does not change it)")
+        print(f"heuristic judging again (nothing new): {j['again_s']:.2f} s, {j['again_judged']} judged")
     print(f"drivers over {r['messages']:,} messages: {r['seconds']:.2f} s (features + sufficient statistics in SQL "
           f"{r['sql_s']:.2f} s, statistics {r['stats_s']:.3f} s, write {r['write_s']:.3f} s), {r['cells']} cells, "
           f"{r['rows']} rows, peak RSS {r['peak_rss_mb']:.0f} MB")

@@ -143,6 +143,11 @@ def say_learning(run: JobRun) -> None:
     if judged:
         say(f"  judged {judged.get('judged_now', 0)} messages now ({judged.get('reused_now', 0)} identical texts "
             f"copied); {judged.get('dagster/row_count', 0)} judgements in all")
+    llm = run.metadata.get("message_llm_judgements") or {}
+    if llm.get("enabled"):
+        say(f"  LLM judge {llm.get('model')}: judged {llm.get('judged_now', 0)} contents now "
+            f"({llm.get('reused_now', 0)} copied, {llm.get('unjudged_now', 0)} unjudged); spent {llm.get('spent_usd')} "
+            f"of {llm.get('budget_usd')} USD; {llm.get('left_for_next_run', 0)} messages left for the next run")
     costs = run.metadata.get("cost_analysis") or {}
     if costs:
         say(f"  cost: {costs.get('messages', 0)} messages, {costs.get('cost_usd')} USD; possible savings on the "

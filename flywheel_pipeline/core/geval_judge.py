@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from typing import Any
 
 JUDGE_PREFIX = "deepeval-geval:"  # a G-Eval judge's name is this and its model id
@@ -47,16 +48,25 @@ def _json_object(text: str) -> dict[str, Any]:
     return json.loads(match.group(0))
 
 
-def openai_compatible_model(model: str, api_key: str, base_url: str | None, *, timeout_s: float = 60.0):
-    """A deepeval model backed by the openai SDK against ``base_url`` (None = api.openai.com)."""
+def openai_compatible_model(model: str, api_key: str, base_url: str | None, *, timeout_s: float = 60.0,
+                            max_retries: int = 2, max_tokens: int | None = None,
+                            before_request: Callable[[dict[str, Any]], None] | None = None,
+                            after_reply: Callable[[Any], None] | None = None):
+    """A deepeval model backed by the openai SDK against ``base_url`` (None = api.openai.com).
+
+    ``max_retries`` is the SDK's own retrying (0: the caller retries); ``max_tokens`` caps each
+    reply. ``before_request(request)`` runs before every call (it may raise to stop the call, e.g.
+    a budget), ``after_reply(completion)`` after every answered call, before the reply is parsed
+    (its usage and raw text, whatever the parsing makes of it)."""
     from openai import AsyncOpenAI, OpenAI
 
     base = _deepeval()
 
     class OpenAICompatibleJudgeModel(base):
         def __init__(self) -> None:
-            self._sync = OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=2)
-            self._async = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=2)
+            self._sync = OpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s, max_retries=max_retries)
+            self._async = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s,
+                                      max_retries=max_retries)
             super().__init__(model)
 
         def load_model(self):
@@ -67,18 +77,29 @@ def openai_compatible_model(model: str, api_key: str, base_url: str | None, *, t
 
         def _request(self, prompt: str, schema) -> dict[str, Any]:
             extra = {"response_format": {"type": "json_object"}} if schema is not None else {}
-            return {"model": model, "temperature": 0, "messages": [{"role": "user", "content": prompt}], **extra}
+            if max_tokens is not None:
+                extra["max_tokens"] = max_tokens
+            request = {"model": model, "temperature": 0, "messages": [{"role": "user", "content": prompt}], **extra}
+            if before_request is not None:
+                before_request(request)
+            return request
+
+        @staticmethod
+        def _answered(reply):
+            if after_reply is not None:
+                after_reply(reply)
+            return reply
 
         @staticmethod
         def _parse(content: str, schema):
             return content if schema is None else schema.model_validate(_json_object(content))
 
         def generate(self, prompt: str, schema=None):
-            reply = self._sync.chat.completions.create(**self._request(prompt, schema))
+            reply = self._answered(self._sync.chat.completions.create(**self._request(prompt, schema)))
             return self._parse(reply.choices[0].message.content, schema)
 
         async def a_generate(self, prompt: str, schema=None):
-            reply = await self._async.chat.completions.create(**self._request(prompt, schema))
+            reply = self._answered(await self._async.chat.completions.create(**self._request(prompt, schema)))
             return self._parse(reply.choices[0].message.content, schema)
 
     return OpenAICompatibleJudgeModel()

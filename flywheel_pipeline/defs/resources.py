@@ -149,6 +149,41 @@ class JudgeResource(dg.ConfigurableResource):
         raise ValueError(f"unknown judge mode {self.mode!r}; expected 'heuristic' or 'geval'")
 
 
+class MessageJudgeResource(dg.ConfigurableResource):
+    """The LLM judge of every delivered message (asset ``message_llm_judgements``): ``off`` (default,
+    nothing leaves the machine) or ``geval`` (deepeval's G-Eval with per-task criteria on ``model`` at
+    any OpenAI-compatible ``base_url``; extra ``[judge]``), paying at most ``budget_usd`` per run at
+    the model catalog's prices."""
+
+    mode: str = Field("off", description="'off' or 'geval'.")
+    model: str | None = Field(None, description="The judge model's name on the endpoint (priced by the catalog).")
+    api_key: str | None = Field(None, description="Bind with EnvVar.")
+    base_url: str | None = Field(None, description="An OpenAI-compatible base URL (None = OpenAI).")
+    budget_usd: float = Field(1.0, gt=0, description="Most a run may spend (USD, at catalog prices); what is left "
+                                                     "unjudged is judged by the next run.")
+    concurrency: int = Field(4, ge=1, description="Judge calls in flight at once.")
+    max_attempts: int = Field(3, ge=1, description="Calls per message before it is recorded unjudged.")
+    timeout_s: float = Field(60.0, gt=0, description="Seconds to wait for one answer.")
+    max_tokens: int = Field(600, ge=50, description="Most tokens of one answer (also bounds its cost).")
+    backoff_s: float = Field(1.0, ge=0, description="Wait before the second attempt; doubles, at most 30 s.")
+    page_size: int = Field(100, ge=1, description="Distinct contents judged between two warehouse writes.")
+
+    @property
+    def enabled(self) -> bool:
+        if self.mode not in ("off", "geval"):
+            raise ValueError(f"unknown message judge mode {self.mode!r}; expected 'off' or 'geval'")
+        return self.mode == "geval"
+
+    def settings(self):
+        from flywheel_pipeline.core.llm_judge import JudgeSettings
+
+        if not self.model or not self.api_key:
+            raise ValueError("message judge mode 'geval' needs model and api_key (FLYWHEEL_JUDGE_MODEL, "
+                             "FLYWHEEL_JUDGE_API_KEY)")
+        return JudgeSettings(self.model, self.api_key, self.base_url, timeout_s=self.timeout_s,
+                             max_attempts=self.max_attempts, max_tokens=self.max_tokens, backoff_s=self.backoff_s)
+
+
 class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str = Field(description="MLflow tracking URI.")
     ui_url: str = Field("http://127.0.0.1:5000", description="Where the MLflow UI is served, for links.")
@@ -180,6 +215,7 @@ def local_resources() -> dict[str, dg.ConfigurableResource]:
         "fine_tuning": FineTuningResource(),
         "generation": GenerationResource(),
         "judge": JudgeResource(),
+        "message_judge": _message_judge(),
         "mlflow": MlflowResource(tracking_uri=_default_tracking_uri()),
     }
 
@@ -198,6 +234,30 @@ def _production_judge() -> JudgeResource:
                          api_key=dg.EnvVar("FLYWHEEL_JUDGE_API_KEY"), base_url=os.environ.get("FLYWHEEL_JUDGE_BASE_URL"))
 
 
+def _message_judge() -> MessageJudgeResource:
+    """Off unless FLYWHEEL_MESSAGE_JUDGE=geval (in every environment: the LLM judge costs money); the
+    model, key and URL are the G-Eval judge's (FLYWHEEL_JUDGE_MODEL, _API_KEY, _BASE_URL)."""
+    mode = os.environ.get("FLYWHEEL_MESSAGE_JUDGE", "off")
+    if mode != "geval":
+        return MessageJudgeResource(mode=mode)
+    return MessageJudgeResource(
+        mode=mode, model=os.environ.get("FLYWHEEL_JUDGE_MODEL"), api_key=dg.EnvVar("FLYWHEEL_JUDGE_API_KEY"),
+        base_url=os.environ.get("FLYWHEEL_JUDGE_BASE_URL"),
+        budget_usd=_env_number("FLYWHEEL_MESSAGE_JUDGE_BUDGET_USD", "1.0", float),
+        concurrency=_env_number("FLYWHEEL_MESSAGE_JUDGE_CONCURRENCY", "4", int))
+
+
+def _env_number(name: str, default: str, kind: type):
+    raw = os.environ.get(name, default)
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or value <= 0:
+        raise ValueError(f"{name} must be a {'whole ' if kind is int else ''}number above 0, got {raw!r}")
+    return value
+
+
 def production_resources() -> dict[str, dg.ConfigurableResource]:
     """Production: locations and limits from the environment (secrets never in code)."""
     return {
@@ -213,6 +273,7 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
                                          api_key=dg.EnvVar("FLYWHEEL_GENERATION_API_KEY"),
                                          base_url=os.environ.get("FLYWHEEL_GENERATION_BASE_URL")),
         "judge": _production_judge(),
+        "message_judge": _message_judge(),
         "mlflow": MlflowResource(tracking_uri=dg.EnvVar("MLFLOW_TRACKING_URI")),
     }
 

@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -278,6 +278,15 @@ JUDGEMENTS_DDL: tuple[str, ...] = (
         PRIMARY KEY (message_key, judge, criteria_version))""",
 )
 
+# Version 9: the LLM judge's columns on message_judgements (warehouse/message_judgements.py): the judge
+# model, what the judgement cost (USD, exact from the reply's tokens and the model catalog), the calls
+# it took, and its critique (reason, strengths, weaknesses, suggestions; or the error it was left with).
+JUDGE_LLM_SINCE = 11
+JUDGE_LLM_DDL: tuple[str, ...] = tuple(
+    f"ALTER TABLE message_judgements ADD COLUMN IF NOT EXISTS {name} {kind}"
+    for name, kind in (("judge_model", "VARCHAR"), ("cost_usd", "DECIMAL(38, 12)"), ("attempts", "INTEGER"),
+                       ("critique", "JSON")))
+
 
 # The AI council's preference pairs (POST /council -> landing/council_pairs -> ingestion): for one
 # chat, the answer the judge preferred and one it scored at least the pair margin lower, with both
@@ -394,7 +403,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
         # additive and idempotent: whenever migrating
-        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CONTROL_AUDIT_DDL, *COUNCIL_PAIRS_DDL):
+        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CONTROL_AUDIT_DDL, *COUNCIL_PAIRS_DDL, *JUDGE_LLM_DDL):
             con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])

@@ -73,6 +73,9 @@ def test_bench_learn_reports_speed_error_rates_and_power():
     out = run_benchmark("bench_learn.py", "--messages", "20000", "--worlds", "10", "--world-size", "5000")
     assert re.search(r"^drivers over 20,000 messages: \d+\.\d+ s .* peak RSS \d+ MB$", out, re.M), out
     assert re.search(r"^messages per second: [\d,]+$", out, re.M), out
+    assert re.search(r"^heuristic judging of 20,000 messages: \d+\.\d s, [\d,]+ messages/s \(20,000 scored, 0 copied; "
+                     r"heuristic:email_writing 20,000\), peak RSS \d+ MB$", out, re.M), out
+    assert "heuristic judging again (nothing new): " in out and out.count(" s, 0 judged") == 1, out
     for line in (r"null  stratified by organization  worlds with any significant driver: \d\.\d{3} \[",
                  r"null  organization ignored        worlds with any significant driver: \d\.\d{3} \[",
                  r"planted x1\.2 .* power: \d\.\d{3} \[.*mean FDP: \d\.\d{3} \[",

@@ -111,11 +111,11 @@ def test_the_dagster_layer_holds_no_sql():
 
 def test_every_asset_that_writes_the_warehouse_takes_the_pool(home):
     """DuckDB allows one writing process per file: every asset with the warehouse resource is in
-    the duckdb_warehouse pool, except the two that wait on a provider for minutes to hours."""
+    the duckdb_warehouse pool, except the three that wait on a provider for minutes to hours."""
     from flywheel_pipeline.defs.resources import WAREHOUSE_POOL
 
     repo = build_definitions("local").get_repository_def()
     outside = sorted(key.to_user_string() for key, asset in repo.assets_defs_by_key.items()
                      if "warehouse" in asset.required_resource_keys
                      and asset.node_def.pool != WAREHOUSE_POOL)
-    assert outside == ["fine_tuned_model", "offline_evaluation"]
+    assert outside == ["fine_tuned_model", "message_llm_judgements", "offline_evaluation"]

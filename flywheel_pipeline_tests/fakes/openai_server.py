@@ -39,6 +39,11 @@ class FakeOpenAI:
         # an HTTP status to fail with instead of answering
         self.chat_delays: dict[str, float] = {}
         self.chat_errors: dict[str, int] = {}
+        self.chat_failure_status = 500  # the status of those failures (401: a refused key)
+        # optional: seconds to wait (without blocking the server) before answering a chat request,
+        # computed from its body (None: answer at once); the token usage chat answers report
+        self.chat_delay: Callable[[dict[str, Any]], float] | None = None
+        self.chat_usage = {"prompt_tokens": 10, "completion_tokens": 10}
         self._ids = itertools.count(1)
         self.app = self._build()
 
@@ -86,9 +91,11 @@ class FakeOpenAI:
             status = _by_prefix(self.chat_errors, body["model"])
             if status:
                 raise HTTPException(status, {"error": {"message": f"injected {status} for {body['model']}"}})
+            if self.chat_delay is not None:
+                await asyncio.sleep(self.chat_delay(body))
             if self.chat_failures > 0:
                 self.chat_failures -= 1
-                raise HTTPException(500, {"error": {"message": "injected failure"}})
+                raise HTTPException(self.chat_failure_status, {"error": {"message": "injected failure"}})
             prefix = max((p for p in self.answers if body["model"].startswith(p)), key=len)
             content = self.chat_responder(body) if self.chat_responder else self.answers[prefix]
             if self.judge_scorer is not None and (body.get("response_format") or {}).get("type") == "json_object":
@@ -102,7 +109,7 @@ class FakeOpenAI:
                     "model": body["model"],
                     "choices": [{"index": 0, "finish_reason": "stop",
                                  "message": {"role": "assistant", "content": content}}],
-                    "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20}}
+                    "usage": {**self.chat_usage, "total_tokens": sum(self.chat_usage.values())}}
 
         @app.get("/v1/fine_tuning/jobs")
         async def list_jobs(request: Request):
