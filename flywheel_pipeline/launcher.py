@@ -48,8 +48,9 @@ def unfinished_runs(instance, job_name: str) -> list:
 def prepare(job_name: str) -> tuple:
     """The job's definition and Python origin (loading the code location takes seconds: do it before
     holding any lock)."""
-    from flywheel_pipeline.definitions import defs
+    from flywheel_pipeline.definitions import build_definitions
 
+    defs = build_definitions()  # bound to this process's settings now, not at first import
     return defs.resolve_job_def(job_name), _reconstructable(job_name).get_python_origin()
 
 

@@ -35,7 +35,8 @@ def run_job(job_name: str, run_config: dict | None = None, *, verbose: bool = Fa
     with library_output(f"job {job_name}", verbose=verbose):
         import dagster as dg
 
-        from flywheel_pipeline.definitions import defs
+        from flywheel_pipeline.definitions import build_definitions
+        defs = build_definitions()  # bound to this process's settings now, not at first import
         from flywheel_pipeline.defs.resources import WAREHOUSE_POOL
         from flywheel_pipeline.run_guard import process_tags, reap_dead_runs, wait_for_pool
 
@@ -86,7 +87,8 @@ def tick_sensor(sensor_name: str, *, verbose: bool = False, announce: str | None
     with library_output(f"{sensor_name} tick", verbose=verbose):
         import dagster as dg
 
-        from flywheel_pipeline.definitions import defs
+        from flywheel_pipeline.definitions import build_definitions
+        defs = build_definitions()  # bound to this process's settings now, not at first import
 
         sensor = defs.resolve_sensor_def(sensor_name)
         with dg.DagsterInstance.get() as instance:
