@@ -1,7 +1,7 @@
-"""`flywheel` command line: demo, simulate, refresh, datasets, summary, sql, validate, replies, ui, serve.
+"""`flywheel` command line: demo, simulate, refresh, datasets, summary, sql, validate, replies, models, route, ui, serve.
 
 One module per command group (``demo``, ``simulate``, ``jobs``: refresh and datasets,
-``warehouse``: summary and sql, ``validate``, ``replies``, ``ui``, ``serve``), each with an
+``warehouse``: summary and sql, ``validate``, ``replies``, ``models``: models and route, ``ui``, ``serve``), each with an
 ``add_parsers`` that registers its commands; ``options`` holds what the parsers share,
 ``output`` how the command prints (the story on stdout, the libraries' logs in a file).
 """
@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from flywheel_pipeline.cli import demo, jobs, replies, serve, simulate, ui, validate, warehouse
+from flywheel_pipeline.cli import demo, jobs, models, replies, serve, simulate, ui, validate, warehouse
 from flywheel_pipeline.cli.options import HelpFormatter
 from flywheel_pipeline.cli.serve import bind_refusal
 from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
@@ -20,7 +20,7 @@ from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
 __all__ = ["bind_refusal", "build_parser", "main"]
 
 # the order of `flywheel --help`
-COMMAND_GROUPS = (demo, simulate, jobs, warehouse, validate, replies, ui, serve)
+COMMAND_GROUPS = (demo, simulate, jobs, warehouse, validate, replies, models, ui, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
