@@ -96,9 +96,8 @@ def route_answer(lead_id: str, organization_id: str | None, task_type: str, *, t
     experiment = _running_experiment(table, organization_id, task_type)
     ranked_by = strategy or "balanced"
     try:
-        choice = model_choice.choose(routing_candidates(catalog, snapshot, organization_id, task_type, candidates),
-                                     strategy or "balanced", constraints, metric=metric, alpha=alpha,
-                                     tolerance=tolerance, fallbacks=fallbacks)
+        choice = _choice(snapshot, catalog, organization_id, task_type, candidates, strategy or "balanced",
+                         constraints, metric, alpha, tolerance, fallbacks)
     except ChoiceError as exc:
         if (strategy is not None and experiment is None) or (candidates is not None and exc.code != "unsatisfiable"):
             raise
@@ -106,15 +105,15 @@ def route_answer(lead_id: str, organization_id: str | None, task_type: str, *, t
     if experiment is None and strategy is not None:
         assert choice is not None
         return {"model_id": choice.model_id, "version": None, "ab_group": "strategy", "experiment_id": None,
-                "allocation": None, "source": "strategy", "strategy": strategy, "reasons": choice.reasons,
-                "fallback": choice.fallback}
+                "allocation": None, "source": "strategy", "strategy": strategy, "reasons": list(choice.reasons),
+                "fallback": list(choice.fallback)}
     arm = table_rules.model_for_lead(table, lead_id, organization_id, task_type)  # LookupError: no route at all
     if experiment is not None:
         source = "experiment"
         reasons = [f"an experiment is running for {experiment}: the lead's sticky {arm['ab_group']} arm "
                    f"({arm['model_id']}) wins over {'the ' + strategy + ' strategy' if strategy else 'any strategy'}"]
         if choice is not None and strategy is not None:
-            reasons.append(f"{strategy} would pick {choice.model_id}: {choice.reasons[0]}")
+            reasons.append(f"{strategy} would pick {choice.model_id}: {choice.reasons[0]}")  # a copy: cached
     elif arm["experiment_id"] is not None:
         source = "routing_table"
         reasons = [f"routing.json: the {arm['ab_group']} of its family ({arm['model_id']}); no strategy asked"]
@@ -125,6 +124,45 @@ def route_answer(lead_id: str, organization_id: str | None, task_type: str, *, t
     fallback = model_choice.fallback_chain(choice.ranked if choice is not None else [], fallbacks,
                                            (arm["model_id"], entry.provider if entry is not None else None))
     return {**arm, "source": source, "strategy": strategy, "reasons": reasons, "fallback": fallback}
+
+
+class _ChoiceCache:
+    """The strategy's choice depends on the organization, task, candidates, strategy and
+    constraints, not on the lead: kept per published snapshot and catalog (held here, so a new
+    one is never mistaken for an old one), at most ``size`` entries."""
+
+    def __init__(self, size: int = 4096):
+        self.size = size
+        self.owner: tuple[Any, Any] | None = None
+        self.entries: dict[tuple, Any] = {}
+
+    def get(self, snapshot: dict[str, Any], catalog: Catalog, key: tuple, compute) -> Any:
+        if self.owner is None or self.owner[0] is not snapshot or self.owner[1] is not catalog:
+            self.owner, self.entries = (snapshot, catalog), {}
+        if key not in self.entries:
+            if len(self.entries) >= self.size:
+                self.entries.clear()
+            try:
+                self.entries[key] = compute()
+            except ChoiceError as exc:
+                self.entries[key] = exc
+        found = self.entries[key]
+        if isinstance(found, ChoiceError):
+            raise found
+        return found
+
+
+_CACHE = _ChoiceCache()
+
+
+def _choice(snapshot: dict[str, Any], catalog: Catalog, organization_id: str | None, task_type: str,
+            candidates: Sequence[str] | None, strategy: str, constraints: Constraints, metric: str, alpha: float,
+            tolerance: float, fallbacks: int) -> model_choice.Choice:
+    key = (organization_id, task_type, None if candidates is None else tuple(candidates), strategy, constraints,
+           tolerance, fallbacks)
+    return _CACHE.get(snapshot, catalog, key, lambda: model_choice.choose(
+        routing_candidates(catalog, snapshot, organization_id, task_type, candidates), strategy, constraints,
+        metric=metric, alpha=alpha, tolerance=tolerance, fallbacks=fallbacks))
 
 
 def _running_experiment(table: dict[str, Any], organization_id: str | None, task_type: str) -> str | None:
