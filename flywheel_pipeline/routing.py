@@ -21,7 +21,7 @@ from flywheel_pipeline import paths
 from flywheel_pipeline.core import model_choice
 from flywheel_pipeline.core import routing as table_rules
 from flywheel_pipeline.core.atomic_json import write_json_atomic
-from flywheel_pipeline.core.catalog import Catalog, load_catalog
+from flywheel_pipeline.core.catalog import Catalog, CatalogError, load_catalog
 from flywheel_pipeline.core.model_choice import ChoiceError, Constraints
 from flywheel_pipeline.core.model_snapshot import candidates as routing_candidates
 from flywheel_pipeline.core.model_snapshot import empty_snapshot
@@ -90,7 +90,13 @@ def route_answer(lead_id: str, organization_id: str | None, task_type: str, *, t
     if strategy is not None and strategy not in model_choice.STRATEGIES:
         raise model_choice.unknown_strategy(strategy)
     snapshot = snapshot if snapshot is not None else load_model_stats()
-    catalog = catalog if catalog is not None else routing_catalog(snapshot)
+    if catalog is None:
+        try:
+            catalog = routing_catalog(snapshot)
+        except CatalogError:
+            if strategy is not None:
+                raise
+            catalog = Catalog({})  # the routing table decides; only the fallback chain needs the catalog
     metric = snapshot.get("quality_metric") or model_choice.DEFAULT_QUALITY_METRIC
     alpha = float(snapshot.get("alpha") or model_choice.DEFAULT_ALPHA)
     experiment = _running_experiment(table, organization_id, task_type)

@@ -176,3 +176,19 @@ def test_the_new_routes_can_be_switched_off(tmp_path, published):
         assert route(http, strategy="fastest").status_code == 200
     with pytest.raises(ValueError, match="FLYWHEEL_ROUTE_STRATEGY"):
         settings_for(home, FLYWHEEL_ROUTE_STRATEGY="cheapest")
+
+
+def test_a_bad_catalog_stops_strategies_but_not_the_routing_table(tmp_path, published):
+    home = tmp_path / "fw"
+    write_model_stats(published, home / "model_stats.json")
+    (home / "catalog.yaml").write_text("models: [{model_id: gpt-4o, input_per_million: -1}]\n")
+    settings = settings_for(home, FLYWHEEL_API_KEYS=KEYS, FLYWHEEL_DEFAULT_MODEL="gpt-4o-mini-2024-07-18")
+    with serve_app(create_app(settings)) as base, httpx.Client(base_url=base, headers=ONE) as http:
+        plain = route(http)
+        assert plain.status_code == 200 and plain.json()["model_id"] == "gpt-4o-mini-2024-07-18"
+        assert plain.json()["fallback"] == []
+        r = route(http, strategy="best_cost")
+        assert r.status_code == 503 and r.json()["error"] == "catalog_invalid" and "models[0] (gpt-4o)" in r.json()["detail"]
+        assert http.get("/models").status_code == 503
+        (home / "catalog.yaml").write_text("models: [{model_id: gpt-4.1-nano, typical_latency_ms: 10}]\n")  # fixed
+        assert route(http, strategy="fastest").json()["model_id"] == "gpt-4.1-nano"  # re-read when it changes

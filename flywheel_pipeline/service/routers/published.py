@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from flywheel_pipeline.core.catalog import CatalogError
+from flywheel_pipeline.core.catalog import Catalog, CatalogError
 from flywheel_pipeline.core.model_choice import ALL_TASKS, ChoiceError, Constraints
 from flywheel_pipeline.core.model_snapshot import catalog_rows
 from flywheel_pipeline.routing import route_answer
@@ -81,9 +81,15 @@ async def route(state: State, query: Annotated[RouteQuery, Depends(route_query)]
     snapshot = state.model_stats()
     settings = state.settings
     try:
+        catalog = state.catalog(snapshot)
+    except CatalogError as exc:
+        if query.strategy is not None:
+            raise Rejected(503, "catalog_invalid", str(exc)) from exc
+        catalog = Catalog({})  # the routing table decides as before; no fallback chain
+    try:
         return route_answer(query.lead_id, query.organization_id, query.task_type, table=state.routing_table(),
                             strategy=query.strategy, candidates=query.candidates, constraints=query.constraints,
-                            snapshot=snapshot, catalog=catalog_of(state, snapshot), fallbacks=settings.route_fallbacks,
+                            snapshot=snapshot, catalog=catalog, fallbacks=settings.route_fallbacks,
                             tolerance=settings.route_tolerance)
     except ChoiceError as exc:
         raise choice_rejected(exc) from exc
