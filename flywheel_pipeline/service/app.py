@@ -2,7 +2,7 @@
 and the routing table out.
 
 It only appends to the landing zone (never the warehouse) and only reads published files
-(``routing.json``, ``leaderboard.json``). A 2xx means the request's records are in an open
+(``routing.json``, ``leaderboard.json``, ``model_stats.json``). A 2xx means the request's records are in an open
 landing segment in the kernel (a ``kill -9`` cannot lose them; fsync follows within
 ``fsync_interval_s``, see service/landing_writer.py). Every refusal is a 4xx/5xx with a JSON
 body ``{"error": <reason code>, "detail": <words>}``, counted in ``/metrics`` by reason
@@ -11,7 +11,8 @@ body ``{"error": <reason code>, "detail": <words>}``, counted in ``/metrics`` by
 Layout: state.py (what requests share, built once here), dependencies.py (authentication, rate
 limits, the body), routers/ (``webhooks``: ``POST /webhooks/sendgrid``, ``/webhooks/hubspot``,
 ``/webhooks/pipedrive``; ``records``: ``POST /messages``, ``/replies``; ``feedback``: ``POST /feedback``; ``published``:
-``GET /route``, ``/leaderboard``; ``health``: ``GET /healthz``, ``/metrics``).
+``GET /route``, ``/models``, ``/leaderboard``; ``metrics_api``: ``GET /api/v1/...``; ``health``: ``GET /healthz``,
+``/metrics``).
 """
 
 from __future__ import annotations
