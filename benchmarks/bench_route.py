@@ -177,31 +177,36 @@ def strategy_world(work: Path, history_days: int, per_day: int) -> tuple[dict, l
     return snapshot, lines
 
 
-async def open_loop(base: str, headers: dict, rate: int, duration: float, queries: list[dict]) -> dict:
+async def open_loop(base: str, headers: dict, rate: int, duration: float, queries: list[dict],
+                    connections: int = 64) -> dict:
+    """Request i is scheduled at t0 + i / rate; ``connections`` workers (one keep-alive connection
+    each) take the next scheduled request, wait for its time and send it. Latency counts from the
+    scheduled time, so a server (or client) that falls behind shows as latency, not as a lower rate."""
     total = int(rate * duration)
     latencies: list[float] = []
     service: list[float] = []
     errors = 0
-    limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+    slots = iter(range(total))
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=5.0) as client:
         t0 = time.perf_counter() + 0.2
 
-        async def one(i: int) -> None:
+        async def worker() -> None:
             nonlocal errors
-            scheduled = t0 + i / rate
-            await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-            sent = time.perf_counter()
-            try:
-                r = await client.get("/route", params=queries[i % len(queries)])
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            done = time.perf_counter()
-            if not ok:
-                errors += 1
-            latencies.append(done - scheduled)
-            service.append(done - sent)
-        await asyncio.gather(*(one(i) for i in range(total)))
+            for i in slots:
+                scheduled = t0 + i / rate
+                await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
+                sent = time.perf_counter()
+                try:
+                    r = await client.get("/route", params=queries[i % len(queries)])
+                    ok = r.status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                done = time.perf_counter()
+                errors += not ok
+                latencies.append(done - scheduled)
+                service.append(done - sent)
+        await asyncio.gather(*(worker() for _ in range(connections)))
         elapsed = time.perf_counter() - t0
     return {"requests": total, "errors": errors, "throughput": total / elapsed, "latencies": latencies,
             "service": service}
