@@ -30,7 +30,6 @@ import json
 import random
 import re
 import signal
-import statistics
 import sys
 import tempfile
 import time
