@@ -10,6 +10,7 @@ used by the CLI, the service, the Dagster resources and the sensors.
     models/                    local (trl) adapters
     routing.json               the routing table the outreach app and the service read
     leaderboard.json           the published leaderboard
+    model_stats.json           the routing strategies' measurements (model_choice_stats asset)
     alerts/failures.jsonl      one line per failed Dagster run
     state/landing_ingested.json  per landing source, the digest of the files ingestion last took
                                (the landing sensor launches a refresh only for files not taken yet)
@@ -76,6 +77,11 @@ def routing_path(env: Mapping[str, str] | None = None) -> Path:
 
 def leaderboard_path(env: Mapping[str, str] | None = None) -> Path:
     return flywheel_home(env) / "leaderboard.json"
+
+
+def model_stats_path(env: Mapping[str, str] | None = None) -> Path:
+    """The published per-model measurements the routing strategies rank by (``GET /route``)."""
+    return flywheel_home(env) / "model_stats.json"
 
 
 def alerts_path(env: Mapping[str, str] | None = None) -> Path:

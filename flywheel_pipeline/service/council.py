@@ -25,26 +25,6 @@ from flywheel_pipeline.core.catalog import Catalog, CatalogEntry, endpoint, load
 from flywheel_pipeline.core.council import Answer, CouncilRequest, Failure, Seat, judge_prompt
 
 
-class CatalogFile:
-    """The packaged catalog with the local overrides file, read again when that file changes."""
-
-    def __init__(self, override: Path):
-        self.override = override
-        self._stamp: tuple[int, int] | None = None
-        self._catalog: Catalog | None = None
-
-    def get(self) -> Catalog:
-        """The catalog (CatalogError when the overrides file is bad)."""
-        try:
-            st = self.override.stat()
-            stamp = (st.st_mtime_ns, st.st_ino)
-        except FileNotFoundError:
-            stamp = (0, 0)
-        if self._catalog is None or stamp != self._stamp:
-            self._catalog, self._stamp = load_catalog(self.override), stamp
-        return self._catalog
-
-
 class ModelClients:
     """AsyncOpenAI clients by (base_url, key), closed with the app."""
 

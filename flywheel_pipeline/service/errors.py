@@ -23,9 +23,11 @@ _HTTP_REASONS = {404: "not_found", 405: "method_not_allowed"}
 
 
 class Rejected(Exception):
-    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None):
+    def __init__(self, status: int, reason: str, detail: str, headers: dict[str, str] | None = None,
+                 extra: dict[str, object] | None = None):
         super().__init__(detail)
         self.status, self.reason, self.detail, self.headers = status, reason, detail, headers
+        self.extra = extra or {}  # more fields of the JSON body beside error and detail
 
 
 def route_of(request: Request | Scope) -> str:
@@ -44,7 +46,8 @@ async def rejected(request: Request, exc: Rejected) -> JSONResponse:
     if exc.status == 401:  # a failed authentication counts against the client's budget
         state.auth_failures.acquire(client_of(request))
     state.metrics.rejected.labels(route_of(request), exc.reason).inc()
-    return JSONResponse({"error": exc.reason, "detail": exc.detail}, status_code=exc.status, headers=exc.headers)
+    return JSONResponse({"error": exc.reason, "detail": exc.detail, **exc.extra}, status_code=exc.status,
+                        headers=exc.headers)
 
 
 async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:

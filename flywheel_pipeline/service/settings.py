@@ -33,13 +33,17 @@
                                        it gets 429 without its credentials being checked (30; 0 off)
 ``FLYWHEEL_MESSAGE_ID_DOMAINS``        domains of our Message-IDs, default ``outreach.example``
 ``FLYWHEEL_DEFAULT_MODEL``             the model /route returns when nothing is routed
+``FLYWHEEL_ROUTE_STRATEGY``            the strategy /route uses when the request names none (unset:
+                                       the routing table decides, as before)
+``FLYWHEEL_ROUTE_FALLBACKS``           length of /route's fallback chain (3)
+``FLYWHEEL_ROUTE_TOLERANCE``           ``balanced``: how far below the best quality bound a model may be (0.10)
 ``FLYWHEEL_RATE_LIMIT_PER_MINUTE``     per organization, default 100 (0 disables)
 ``FLYWHEEL_MAX_BODY_BYTES``            default 4 MiB
 ``FLYWHEEL_SEGMENT_MAX_BYTES`` / ``FLYWHEEL_SEGMENT_MAX_AGE_S`` / ``FLYWHEEL_FSYNC_INTERVAL_S``
                                        landing segment rotation (8 MiB / 60 s) and fsync cadence (1 s)
 ``FLYWHEEL_DISABLED_ROUTES``           routes switched off (404): any of ``sendgrid``, ``hubspot``,
                                        ``pipedrive``, ``messages``, ``replies``, ``route``, ``leaderboard``,
-                                       ``feedback``, ``council``
+                                       ``feedback``, ``council``, ``models``, ``metrics_api`` (the /api/v1 endpoints)
 ``FLYWHEEL_COUNCIL_TIMEOUT_S``         POST /council: each model's answer within it (30 s; a request may ask less)
 ``FLYWHEEL_COUNCIL_MAX_COST_USD``      POST /council: estimated cost cap per request (0.05; a request may ask less)
 ``FLYWHEEL_COUNCIL_MAX_TOKENS``        POST /council: max_tokens per answer unless the request says (512)
@@ -68,7 +72,8 @@ from flywheel_pipeline import paths
 from flywheel_pipeline.core.signatures import load_sendgrid_public_key
 
 # the routes that can be switched off (FLYWHEEL_DISABLED_ROUTES); /healthz and /metrics cannot
-ROUTES = ("sendgrid", "hubspot", "pipedrive", "messages", "replies", "route", "leaderboard", "feedback", "council")
+ROUTES = ("sendgrid", "hubspot", "pipedrive", "messages", "replies", "route", "leaderboard", "feedback", "council",
+          "models", "metrics_api")
 
 
 def _csv(value: str | None, default: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -130,8 +135,9 @@ class ServiceSettings(BaseModel):
     home: Path
     routing_path: Path  # the published routing table GET /route reads
     leaderboard_path: Path  # the published leaderboard GET /leaderboard reads
-    judges_path: Path  # the published judge trust table POST /council reads
-    catalog_path: Path  # the model catalog's local overrides POST /council reads
+    judges_path: Path | None = None  # the published judge trust table POST /council reads (home/judges.json)
+    model_stats_path: Path | None = None  # the published measurements (/route strategies, /models, /api/v1)
+    catalog_path: Path | None = None  # $FLYWHEEL_HOME/catalog.yaml
     sendgrid_public_key: str | None = None
     sendgrid_max_age_s: float = Field(300.0, ge=0, allow_inf_nan=False)
     hubspot_client_secret: SecretStr | None = None
@@ -147,6 +153,9 @@ class ServiceSettings(BaseModel):
     api_keys: dict[str, tuple[SecretStr, ...]] = Field(default_factory=dict)
     message_id_domains: tuple[str, ...] = ("outreach.example",)
     default_model: str | None = None
+    route_strategy: str | None = None
+    route_fallbacks: int = Field(3, ge=0, le=20)
+    route_tolerance: float = Field(0.10, ge=0, le=1, allow_inf_nan=False)
     rate_limit_per_minute: int = Field(100, ge=0)
     max_body_bytes: int = Field(4 << 20, ge=0)
     segment_max_bytes: int = Field(8 << 20, ge=0)
@@ -180,6 +189,14 @@ class ServiceSettings(BaseModel):
             load_sendgrid_public_key(key)  # ValueError: a configuration error, said at start
         return value
 
+    @field_validator("route_strategy")
+    @classmethod
+    def _known_strategy(cls, value: str | None) -> str | None:
+        from flywheel_pipeline.core.model_choice import STRATEGIES
+        if value is not None and value not in STRATEGIES:
+            raise ValueError(f"FLYWHEEL_ROUTE_STRATEGY: unknown strategy {value!r}; known: {', '.join(STRATEGIES)}")
+        return value
+
     def sendgrid_public_keys(self) -> tuple[str, ...]:
         """The verification keys in force (several while SendGrid's key is rotated)."""
         return _csv(self.sendgrid_public_key)
@@ -206,7 +223,8 @@ class ServiceSettings(BaseModel):
 
         values: dict = {"home": paths.flywheel_home(env), "landing": paths.landing_dir(env),
                         "routing_path": paths.routing_path(env), "leaderboard_path": paths.leaderboard_path(env),
-                        "judges_path": paths.judges_path(env), "catalog_path": paths.catalog_path(env),
+                        "judges_path": paths.judges_path(env), "model_stats_path": paths.model_stats_path(env),
+                        "catalog_path": paths.catalog_path(env),
                         "api_keys": parse_api_keys(get("API_KEYS")), "admin_keys": parse_admin_keys(get("ADMIN_KEYS"))}
         scalar = {"sendgrid_public_key": "SENDGRID_PUBLIC_KEY", "sendgrid_max_age_s": "SENDGRID_MAX_AGE_S",
                   "hubspot_client_secret": "HUBSPOT_CLIENT_SECRET",
@@ -215,7 +233,9 @@ class ServiceSettings(BaseModel):
                   "public_base_url": "PUBLIC_BASE_URL", "pipedrive_user": "PIPEDRIVE_USER",
                   "pipedrive_password": "PIPEDRIVE_PASSWORD",
                   "pipedrive_message_id_field": "PIPEDRIVE_MESSAGE_ID_FIELD",
-                  "default_model": "DEFAULT_MODEL", "rate_limit_per_minute": "RATE_LIMIT_PER_MINUTE",
+                  "default_model": "DEFAULT_MODEL", "route_strategy": "ROUTE_STRATEGY",
+                  "route_fallbacks": "ROUTE_FALLBACKS", "route_tolerance": "ROUTE_TOLERANCE",
+                  "rate_limit_per_minute": "RATE_LIMIT_PER_MINUTE",
                   "max_body_bytes": "MAX_BODY_BYTES", "segment_max_bytes": "SEGMENT_MAX_BYTES",
                   "segment_max_age_s": "SEGMENT_MAX_AGE_S", "fsync_interval_s": "FSYNC_INTERVAL_S",
                   "header_timeout_s": "HEADER_TIMEOUT_S", "body_timeout_s": "BODY_TIMEOUT_S",
@@ -242,5 +262,6 @@ class ServiceSettings(BaseModel):
                            "pipedrive": not (self.pipedrive_user and self.pipedrive_password),
                            "messages": not self.api_keys, "replies": not self.api_keys,
                            "route": not self.api_keys, "leaderboard": not self.api_keys,
-                           "feedback": not self.api_keys, "council": not self.api_keys}
+                           "feedback": not self.api_keys, "council": not self.api_keys, "models": not self.api_keys,
+                           "metrics_api": not self.api_keys}
         return [route for route in ROUTES if unauthenticated[route] and self.enabled(route)]

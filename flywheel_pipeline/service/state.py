@@ -23,11 +23,13 @@ from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePublicKey
 from starlette.concurrency import run_in_threadpool
 
 from flywheel_pipeline.core import strict_json
+from flywheel_pipeline.core.catalog import Catalog, load_catalog
+from flywheel_pipeline.core.model_snapshot import empty_snapshot
 from flywheel_pipeline.core.signatures import load_sendgrid_public_key
 from flywheel_pipeline.service.errors import Rejected
 from flywheel_pipeline.service.hubspot_client import HubSpotClient
 from flywheel_pipeline.service.landing_writer import SegmentWriter, recover
-from flywheel_pipeline.service.council import CatalogFile, ModelClients, prewarm_llm_judge
+from flywheel_pipeline.service.council import ModelClients, prewarm_llm_judge
 from flywheel_pipeline.service.metrics import ServiceMetrics
 from flywheel_pipeline.service.rate_limit import RateLimiter
 from flywheel_pipeline.service.settings import ServiceSettings
@@ -55,6 +57,9 @@ class PublishedJson:
         return self._value
 
 
+_EMPTY_SNAPSHOT = empty_snapshot()
+
+
 def _line(record: Any) -> bytes:
     """One landing line: strict JSON (NaN/Infinity raise ValueError), UTF-8 (a lone surrogate
     raises UnicodeEncodeError)."""
@@ -74,10 +79,11 @@ class ServiceState:
     routing: PublishedJson
     leaderboard: PublishedJson
     judges: PublishedJson  # which judges judge_calibration trusts (POST /council)
-    catalog: CatalogFile  # the model catalog with $FLYWHEEL_HOME/catalog.yaml (POST /council)
     council_clients: ModelClients  # the council's AsyncOpenAI clients, closed on shutdown
+    model_stats_file: PublishedJson | None = None  # model_stats.json (/route strategies, /models, /api/v1)
     writer: SegmentWriter | None = field(default=None)  # set while the app runs
     admin_keys: list[tuple[str, bytes]] = field(default_factory=list)  # (key id, key): the control API
+    _catalog: tuple[Any, Catalog] | None = field(default=None)
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings, *, hubspot: HubSpotClient | None = None) -> ServiceState:
@@ -94,8 +100,9 @@ class ServiceState:
                    hubspot=hubspot, routing=PublishedJson(settings.routing_path),
                    leaderboard=PublishedJson(settings.leaderboard_path),
                    admin_keys=[(name, key.get_secret_value().encode()) for name, key in settings.admin_keys.items()],
-                   judges=PublishedJson(settings.judges_path), catalog=CatalogFile(settings.catalog_path),
-                   council_clients=ModelClients())
+                   judges=PublishedJson(settings.judges_path or settings.home / "judges.json"),
+                   council_clients=ModelClients(),
+                   model_stats_file=PublishedJson(settings.model_stats_path or settings.home / "model_stats.json"))
 
     async def land(self, source: str, records: list[Any]) -> None:
         """Append the records to the source's open landing segment (in the kernel when this returns)."""
@@ -116,6 +123,25 @@ class ServiceState:
         if not table.get("default_model") and self.settings.default_model:
             table = {**table, "default_model": self.settings.default_model}
         return table
+
+    def model_stats(self) -> dict[str, Any]:
+        """The published measurements (an empty snapshot before the first model_choice_stats run)."""
+        snapshot = self.model_stats_file.get() if self.model_stats_file is not None else None
+        return snapshot if snapshot is not None else _EMPTY_SNAPSHOT
+
+    def catalog(self, snapshot: dict[str, Any]) -> Catalog:
+        """The model catalog (packaged, ``catalog.yaml``, the snapshot's registry models), rebuilt
+        only when the override file or the snapshot changes (CatalogError on a bad override)."""
+        override = self.settings.catalog_path or self.settings.home / "catalog.yaml"
+        try:
+            st = override.stat()
+            stamp: Any = (st.st_mtime_ns, st.st_ino, st.st_size, id(snapshot))
+        except FileNotFoundError:
+            stamp = (None, id(snapshot))
+        if self._catalog is None or self._catalog[0] != stamp:
+            catalog = load_catalog(override).with_registry(tuple(r) for r in snapshot.get("registry_models") or ())
+            self._catalog = (stamp, catalog)
+        return self._catalog[1]
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -47,6 +47,7 @@ class SimModel:
     share: float  # share of traffic in its active period
     start_day: int = 0  # first simulated day (0-based) it sends
     ab_group: str = "control"
+    latency_ms: float | None = None  # its typical latency (None: every model 400-2,500 ms, as before)
 
 
 DEFAULT_MODELS: tuple[SimModel, ...] = (
@@ -84,6 +85,9 @@ class SimConfig:
     # The text's hidden effect on the reply probability (TEXT_EFFECTS); False: the text varies
     # exactly as before but moves no outcome (a null world for the text features).
     text_effects: bool = True
+    # False: messages carry no cost_usd, so cost_analysis prices them from their tokens and the
+    # model catalog (each model at its own price; True: every model at gpt-4o-mini's, as before).
+    record_cost: bool = True
 
     def routing_on(self, day: date) -> dict | None:
         table = None
@@ -416,6 +420,10 @@ def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: dateti
                      **({"experiment_id": routed["experiment_id"], "allocation": routed["allocation"]}
                         if routed and routed.get("experiment_id") else {})},
     }
+    if model.latency_ms is not None:  # drawn from the message's own text RNG: no other stream moves
+        record["latency_ms"] = round(model.latency_ms * random.Random(f"{cfg.seed}:latency:{mid}").uniform(0.6, 1.4), 1)
+    if not cfg.record_cost:
+        del record["cost_usd"]
     return record, links, text.reply_factor if cfg.text_effects else 1.0
 
 
@@ -428,7 +436,8 @@ def _routed_model(cfg: SimConfig, routing: dict, lead: Lead, task_type: str) -> 
         quality = known[pick["model_id"]].quality
     else:
         quality = SANDBOX_MODEL_QUALITY if pick["model_id"].startswith("sandbox:") else 1.0
-    return SimModel(pick["model_id"], pick["version"] or "1.0.0", quality, 0.0, 0, pick["ab_group"]), pick
+    latency = known[pick["model_id"]].latency_ms if pick["model_id"] in known else None
+    return SimModel(pick["model_id"], pick["version"] or "1.0.0", quality, 0.0, 0, pick["ab_group"], latency), pick
 
 
 def _existing_epoch(landing: Path, seed: int) -> date | None:

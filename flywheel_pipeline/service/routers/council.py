@@ -40,7 +40,7 @@ async def council(state: State, org: ThrottledCaller, payload: JsonBody) -> dict
     settings = state.settings
     try:
         request = parse_request(payload)
-        catalog = state.catalog.get()
+        catalog = state.catalog(state.model_stats())
         max_tokens = request.max_tokens or settings.council_max_tokens
         cap = Decimal(str(min(request.max_cost_usd or settings.council_max_cost_usd, settings.council_max_cost_usd)))
         judge, judge_entry, judge_usd = _judge(state, request, catalog, max_tokens)

@@ -1,7 +1,9 @@
 """What the service reads from published files: ``GET /route`` (the lead's model from
-``routing.json``, by ``flywheel_pipeline.routing.choose_model``) and ``GET /leaderboard``
-(``leaderboard.json``). Both files are written elsewhere by atomic rename (the routing_table and
-model_leaderboard assets) and re-read when they change; a key sees its own organization only.
+``routing.json`` or a routing strategy over ``model_stats.json``, by
+``flywheel_pipeline.routing.choose_model``), ``GET /models`` (the catalog with measured quality
+and cost) and ``GET /leaderboard`` (``leaderboard.json``). The files are written elsewhere by
+atomic rename (the routing_table, model_choice_stats and model_leaderboard assets) and re-read
+when they change; a key sees its own organization only.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from flywheel_pipeline.routing import choose_model
+from flywheel_pipeline.core.catalog import Catalog, CatalogError
+from flywheel_pipeline.core.model_choice import ALL_TASKS, ChoiceError, Constraints
+from flywheel_pipeline.core.model_snapshot import catalog_rows
+from flywheel_pipeline.routing import route_answer
 from flywheel_pipeline.service.dependencies import Caller, State, caller, check_org, switchable
 from flywheel_pipeline.service.errors import Rejected
+from flywheel_pipeline.service.state import ServiceState
 
 router = APIRouter()
 
@@ -23,25 +29,83 @@ class RouteQuery:
     lead_id: str
     organization_id: str
     task_type: str
+    strategy: str | None
+    candidates: tuple[str, ...] | None
+    constraints: Constraints
+
+
+def split_list(value: str | None) -> tuple[str, ...] | None:
+    """``a,b`` -> ("a", "b"); None when not given (an empty value is an empty list)."""
+    return None if value is None else tuple(v.strip() for v in value.split(",") if v.strip())
 
 
 async def route_query(request: Request, state: State, lead_id: str = Query(min_length=1),
-                      organization_id: str = Query(min_length=1), task_type: str = "all") -> RouteQuery:
-    """The query, for the caller's own organization. Its key is checked here, after FastAPI has
-    validated the query (not as a sibling ``Caller`` dependency, which would run first): a
-    malformed query is a 422 whoever asks, and not a failed authentication."""
+                      organization_id: str | None = Query(None, min_length=1), task_type: str = ALL_TASKS,
+                      strategy: str | None = None, candidates: str | None = None,
+                      min_quality: float | None = Query(None, ge=0, le=1, allow_inf_nan=False),
+                      max_cost_per_message: float | None = Query(None, ge=0, allow_inf_nan=False),
+                      max_latency_ms: float | None = Query(None, gt=0, allow_inf_nan=False),
+                      capabilities: str | None = None,
+                      min_context_window: int | None = Query(None, gt=0)) -> RouteQuery:
+    """The query, for the caller's own organization (``organization_id`` defaults to the key's).
+    Its key is checked here, after FastAPI has validated the query (not as a sibling ``Caller``
+    dependency, which would run first): a malformed query is a 422 whoever asks, and not a failed
+    authentication."""
     org = await caller(request, state)
+    if organization_id is None:
+        if org is None:
+            raise Rejected(422, "invalid_request", "query.organization_id: required when no API keys are configured")
+        organization_id = org
     check_org(state, org, organization_id, "query")
-    return RouteQuery(lead_id, organization_id, task_type)
+    constraints = Constraints(min_quality, max_cost_per_message, max_latency_ms, split_list(capabilities) or (),
+                              min_context_window)
+    return RouteQuery(lead_id, organization_id, task_type, strategy or state.settings.route_strategy,
+                      split_list(candidates), constraints)
+
+
+def choice_rejected(exc: ChoiceError) -> Rejected:
+    """A routing choice's bad input: 422 with the reason code, words and the closest model."""
+    return Rejected(422, exc.code, exc.detail, extra={"closest": exc.closest} if exc.closest else None)
+
+
+def catalog_of(state: ServiceState, snapshot: dict) -> Any:
+    try:
+        return state.catalog(snapshot)
+    except CatalogError as exc:
+        raise Rejected(503, "catalog_invalid", str(exc)) from exc
 
 
 @router.get("/route")
 @switchable("route")
 async def route(state: State, query: Annotated[RouteQuery, Depends(route_query)]) -> dict:
+    snapshot = state.model_stats()
+    settings = state.settings
     try:
-        return choose_model(query.lead_id, query.organization_id, query.task_type, table=state.routing_table())
+        catalog = state.catalog(snapshot)
+    except CatalogError as exc:
+        if query.strategy is not None:
+            raise Rejected(503, "catalog_invalid", str(exc)) from exc
+        catalog = Catalog({})  # the routing table decides as before; no fallback chain
+    try:
+        return route_answer(query.lead_id, query.organization_id, query.task_type, table=state.routing_table(),
+                            strategy=query.strategy, candidates=query.candidates, constraints=query.constraints,
+                            snapshot=snapshot, catalog=catalog, fallbacks=settings.route_fallbacks,
+                            tolerance=settings.route_tolerance)
+    except ChoiceError as exc:
+        raise choice_rejected(exc) from exc
     except LookupError as exc:
         raise Rejected(404, "no_route", str(exc)) from exc
+
+
+@router.get("/models")
+@switchable("models")
+async def models(state: State, org: Caller, task_type: str | None = None) -> dict:
+    """The model catalog with measured quality and cost where known (the key's organization's own
+    measurements when it has them, else every organization's)."""
+    snapshot = state.model_stats()
+    rows = catalog_rows(catalog_of(state, snapshot), snapshot, org, task_type)
+    return {"organization_id": org, "task_type": task_type or ALL_TASKS, "generated_at": snapshot.get("generated_at"),
+            "quality_metric": snapshot.get("quality_metric"), "models": rows}
 
 
 @router.get("/leaderboard")
