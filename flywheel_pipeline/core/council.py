@@ -38,7 +38,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flywheel_pipeline.core.catalog import Catalog, CatalogEntry, message_cost
-from flywheel_pipeline.core.geval_judge import JUDGE_PREFIX
+from flywheel_pipeline.core.llm_judge import family_for
+from flywheel_pipeline.core.llm_judge import judge_name as llm_judge_name
 from flywheel_pipeline.core.message_scorers import MessageText, scorer_for
 from flywheel_pipeline.core.tokens import count_chat_tokens, counter_for_model
 
@@ -234,7 +235,7 @@ def usd(value: Decimal | float | None) -> str | None:
 
 @dataclass(frozen=True)
 class JudgeChoice:
-    name: str  # heuristic:<family>, or deepeval-geval:<model> (an LLM judge)
+    name: str  # heuristic:<family>, or geval:<family>@<model> (an LLM judge, core/llm_judge.py)
     trusted: bool
     reason: str  # in words: why trusted, or why not and what the council did instead
     model_id: str | None = None  # the LLM judge's model; None for the heuristic scorer
@@ -255,11 +256,12 @@ def _trusted_rows(rows: list[Mapping[str, Any]], name: str, task_type: str) -> l
 def choose_judge(task_type: str, calibration: Mapping[str, Any] | None, llm_judge: str | None = None) -> JudgeChoice:
     """The council's judge, trusted only as ``judge_calibration`` says (``calibration``: the
     published judges.json, None when none is published): the configured LLM judge
-    (``deepeval-geval:<llm_judge>``) when calibration trusts it for the task type, else the
+    (``geval:<family>@<llm_judge>``, as message_judgements names it) when calibration trusts it for the
+    task type, else the
     heuristic scorer of the task's family, trusted or as the untrusted fallback."""
     rows = [r for r in (calibration or {}).get("judges") or [] if isinstance(r, Mapping)]
     if llm_judge:
-        llm_name = f"{JUDGE_PREFIX}{llm_judge}"
+        llm_name = llm_judge_name(family_for(task_type), llm_judge)  # the judge judge_calibration measures
         trusted = _trusted_rows(rows, llm_name, task_type)
         if trusted:
             best = max(trusted, key=lambda r: (str(r.get("task_type")).lower() != ALL_TASKS, r.get("auc_low") or 0))

@@ -108,11 +108,17 @@ def prewarm_llm_judge() -> None:
     threading.Thread(target=load, name="deepeval-import", daemon=True).start()
 
 
-def _geval_score(model_id: str, key: str, base_url: str | None, prompt: str, answer: str) -> float:
+def _geval_score(model_id: str, key: str, base_url: str | None, prompt: str, answer: str, task_type: str) -> float:
+    """The answer's score by the same G-Eval criteria (per task family, core/llm_judge.py) that
+    message_judgements applies to sent messages, so judge_calibration's verdict on that judge
+    (``geval:<family>@<model>``) is the verdict on this one."""
     from flywheel_pipeline.core.geval_judge import GEvalJudge
+    from flywheel_pipeline.core.llm_judge import CRITERIA, family_for
 
+    criteria = CRITERIA[family_for(task_type)]
     # one judge per answer: a GEval metric keeps its last result on itself, so it is not shared
-    return 100.0 * GEvalJudge(model_id, key, base_url).score(prompt, answer)
+    return 100.0 * GEvalJudge(model_id, key, base_url, criteria=criteria.criteria,
+                              steps=list(criteria.steps)).score(prompt, answer)
 
 
 async def llm_scores(entry: CatalogEntry, model_id: str, request: CouncilRequest, answers: Sequence[Answer],
@@ -128,7 +134,8 @@ async def llm_scores(entry: CatalogEntry, model_id: str, request: CouncilRequest
     prompt = judge_prompt(request.messages)
     try:
         scores = await asyncio.wait_for(asyncio.gather(*(
-            asyncio.to_thread(_geval_score, model_id, key, base_url, prompt, a.text) for a in answers)), timeout_s)
+            asyncio.to_thread(_geval_score, model_id, key, base_url, prompt, a.text, request.task_type)
+            for a in answers)), timeout_s)
     except asyncio.TimeoutError:
         raise JudgeFailed(f"the judge did not score every answer within {timeout_s:g}s") from None
     except Exception as exc:  # noqa: BLE001 - any judge failure is said, and the heuristic decides

@@ -49,7 +49,7 @@
 ``FLYWHEEL_COUNCIL_MAX_TOKENS``        POST /council: max_tokens per answer unless the request says (512)
 ``FLYWHEEL_COUNCIL_MODELS``            POST /council: how many catalog models sit when the request names none (3)
 ``FLYWHEEL_COUNCIL_LLM_JUDGE``         POST /council: a catalog model that judges through G-Eval (deepeval) when
-                                       judge_calibration trusts ``deepeval-geval:<model>`` for the task type
+                                       judge_calibration trusts ``geval:<family>@<model>`` for the task type
 ``FLYWHEEL_COUNCIL_PAIR_MARGIN``       POST /council: judge points (0-100) by which the winner must beat an
                                        answer for the two to land as a preference pair (10)
 ``FLYWHEEL_HEADER_TIMEOUT_S``          a connection's request line and headers must arrive within it (10 s)

@@ -288,7 +288,7 @@ def test_the_route_is_switchable_needs_a_key_and_says_when_the_catalog_is_broken
 
 
 def test_a_trusted_llm_judge_decides_through_g_eval(tmp_path, fake, monkeypatch):
-    """With FLYWHEEL_COUNCIL_LLM_JUDGE and judge_calibration trusting deepeval-geval:<model>, G-Eval
+    """With FLYWHEEL_COUNCIL_LLM_JUDGE and judge_calibration trusting geval:<family>@<model>, G-Eval
     (deepeval over the openai SDK, JSON mode) scores the answers; its verdict wins over the
     heuristic's, it is costed in the cap, and a failing or untrusted LLM judge hands over to the
     heuristic, said in the answer."""
@@ -301,11 +301,11 @@ def test_a_trusted_llm_judge_decides_through_g_eval(tmp_path, fake, monkeypatch)
     body = {"task_type": "cold_email", "messages": PROMPT, "models": ["good-writer", "spam-writer"]}
     settings = settings_for(home, FLYWHEEL_API_KEYS=KEYS, FLYWHEEL_COUNCIL_LLM_JUDGE="judge-llm")
     with serve_app(create_app(settings)) as base, httpx.Client(base_url=base, headers=ONE, timeout=60) as http:
-        trust_email_judge(home, tmp_path, judge="deepeval-geval:judge-llm")
+        trust_email_judge(home, tmp_path, judge="geval:email_writing@judge-llm")
         r = http.post("/council", json=body)
         assert r.status_code == 200, r.text
         answer = r.json()
-        assert answer["judge"]["name"] == "deepeval-geval:judge-llm" and answer["judge"]["trusted"] is True
+        assert answer["judge"]["name"] == "geval:email_writing@judge-llm" and answer["judge"]["trusted"] is True
         assert answer["chosen"]["model_id"] == "spam-writer"
         assert {c["model_id"]: c["score"] for c in answer["candidates"]} == {"spam-writer": 90.0, "good-writer": 20.0}
         assert answer["pairs_stored"] == 1 and answer["judge_cost_estimate_usd"] > 0
@@ -321,7 +321,7 @@ def test_a_trusted_llm_judge_decides_through_g_eval(tmp_path, fake, monkeypatch)
         assert r.json()["chosen"]["model_id"] == "good-writer"
         judge = r.json()["judge"]
         assert judge["name"] == "heuristic:email_writing" and judge["trusted"] is False
-        assert "the LLM judge deepeval-geval:judge-llm failed" in judge["reason"]
+        assert "the LLM judge geval:email_writing@judge-llm failed" in judge["reason"]
         del server.chat_errors["judge-llm"]
         # calibration that does not trust it: the heuristic decides (trusted here), said too
         (tmp_path / "calibration.duckdb").unlink()
@@ -329,8 +329,8 @@ def test_a_trusted_llm_judge_decides_through_g_eval(tmp_path, fake, monkeypatch)
         r = http.post("/council", json=body)
         judge = r.json()["judge"]
         assert judge["name"] == "heuristic:email_writing" and judge["trusted"] is True
-        assert "deepeval-geval:judge-llm is not trusted" in judge["reason"]
+        assert "geval:email_writing@judge-llm is not trusted" in judge["reason"]
     pairs = landed(home, "council_pairs")
-    assert [(p["judge"], p["preferred_model"]) for p in pairs] == [("deepeval-geval:judge-llm", "spam-writer"),
+    assert [(p["judge"], p["preferred_model"]) for p in pairs] == [("geval:email_writing@judge-llm", "spam-writer"),
                                                                   ("heuristic:email_writing", "good-writer"),
                                                                   ("heuristic:email_writing", "good-writer")]
