@@ -74,18 +74,14 @@ auc AS (
            coalesce(sum(c1 * v10), 0) AS sum_v10, coalesce(sum(c1 * v10 * v10), 0) AS sumsq_v10,
            coalesce(sum(c0 * v01), 0) AS sum_v01, coalesce(sum(c0 * v01 * v01), 0) AS sumsq_v01
     FROM placements GROUP BY ALL),
-rated AS (SELECT * FROM scoped WHERE quality_score IS NOT NULL),
-score_ranks AS (
-    SELECT {_GROUP}, score,
-           sum(count(*)) OVER (PARTITION BY {_GROUP} ORDER BY score) - (count(*) - 1) / 2.0 AS r_score
-    FROM rated GROUP BY {_GROUP}, score),
-quality_ranks AS (
-    SELECT {_GROUP}, quality_score,
-           sum(count(*)) OVER (PARTITION BY {_GROUP} ORDER BY quality_score) - (count(*) - 1) / 2.0 AS r_quality
-    FROM rated GROUP BY {_GROUP}, quality_score),
-spearman AS (
+spearman AS (  -- Pearson's r of the average ranks (ties share their mean rank), as scipy's spearmanr
     SELECT {_GROUP}, count(*)::BIGINT AS quality_n, corr(r_score, r_quality) AS spearman
-    FROM rated JOIN score_ranks USING ({_GROUP}, score) JOIN quality_ranks USING ({_GROUP}, quality_score)
+    FROM (SELECT {_GROUP},
+                 rank() OVER (PARTITION BY {_GROUP} ORDER BY score)
+                     + (count(*) OVER (PARTITION BY {_GROUP}, score) - 1) / 2.0 AS r_score,
+                 rank() OVER (PARTITION BY {_GROUP} ORDER BY quality_score)
+                     + (count(*) OVER (PARTITION BY {_GROUP}, quality_score) - 1) / 2.0 AS r_quality
+          FROM scoped WHERE quality_score IS NOT NULL)
     GROUP BY ALL)
 SELECT a.judge, a.criteria_version, a.task_type, a.metric, a.n, a.positives, a.sum_v10, a.sumsq_v10,
        a.sum_v01, a.sumsq_v01, coalesce(s.quality_n, 0), s.spearman
