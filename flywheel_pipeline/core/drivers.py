@@ -158,7 +158,10 @@ def adjust(p_values: Sequence[float], method: str = "bh") -> list[float]:
     return adjusted
 
 
-def _collapse(cells: Iterable[Cell]) -> dict[tuple[str, str], dict[str, dict[tuple[str, str], tuple[int, dict[str, int]]]]]:
+Stratum = tuple[str, str]  # (organization, task type)
+
+
+def _collapse(cells: Iterable[Cell]) -> dict[tuple[str, str], dict[str, dict[Stratum, tuple[int, dict[str, int]]]]]:
     """(task scope, feature) -> value -> stratum -> (n, events). A stratum is (organization, task
     type): the ALL_TASKS scope sums task types but compares within each organization *and* task
     type, so a task type with a higher base rate that uses a value more cannot make it look good."""
@@ -235,8 +238,8 @@ def guidance(results: Sequence[Driver], metric: str = "reply_rate") -> dict:
     None when no bucket is. ``avoid``: buckets significantly lower.
     Word ranges are inclusive, [low, high] (high None: no upper bound)."""
     out: dict = {"metric": metric, "feature": BODY_FEATURE,
-                 "definition": "best = the body-length bucket with the largest effect (estimate) among those significantly "
-                               "above the rest "
+                 "definition": "best = the body-length bucket with the largest effect (estimate) among those "
+                               "significantly above the rest "
                                "of the task type (MH risk difference by organization, BH-adjusted); avoid = "
                                "buckets significantly below", "task_types": {}}
     for scope in sorted({d.task_type for d in results if d.feature == BODY_FEATURE and d.task_type != ALL_TASKS}):

@@ -386,7 +386,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if migrating_from is not None and migrating_from < PIPELINE_TABLES_SINCE:
             for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
-        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CALIBRATION_DDL):  # additive and idempotent: whenever migrating
+        # additive and idempotent: whenever migrating
+        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CALIBRATION_DDL):
             con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])

@@ -149,7 +149,8 @@ def test_all_task_types_rows_are_stratified_by_organization_and_task_type():
     spec = [("org", "cold_email", "tone", "warm", 4000, 0.27), ("org", "cold_email", "tone", "direct", 1000, 0.30),
             ("org", "follow_up", "tone", "warm", 1000, 0.02), ("org", "follow_up", "tone", "direct", 4000, 0.05)]
     cells = _task_cells(spec)
-    warm = next(d for d in drivers(cells) if d.task_type == ALL_TASKS and d.value == "warm" and d.metric == "reply_rate")
+    warm = next(d for d in drivers(cells)
+                if d.task_type == ALL_TASKS and d.value == "warm" and d.metric == "reply_rate")
     assert warm.rate - warm.rest_rate > 0.1  # crude: the wrong sign
     assert warm.estimate == pytest.approx(-0.03, abs=1e-9) and warm.ci_high < 0 and warm.significant
     assert warm.organizations == 1
@@ -158,9 +159,9 @@ def test_all_task_types_rows_are_stratified_by_organization_and_task_type():
 def test_guidance_picks_the_best_bucket_by_its_effect_not_its_crude_rate():
     # 50-99 words is sent mostly by the organization with the high base rate: the highest crude
     # rate, a small effect; 100-149 has the largest effect within organizations
-    spec = [("a", "cold_email", "body_words", "50-99", 6000, 0.47), ("a", "cold_email", "body_words", "100-149", 1000, 0.5),
-            ("a", "cold_email", "body_words", "0-49", 3000, 0.40), ("b", "cold_email", "body_words", "50-99", 1000, 0.12),
-            ("b", "cold_email", "body_words", "100-149", 6000, 0.15), ("b", "cold_email", "body_words", "0-49", 3000, 0.05)]
+    spec = [(org, "cold_email", "body_words", value, n, rate) for org, value, n, rate in (
+        ("a", "50-99", 6000, 0.47), ("a", "100-149", 1000, 0.5), ("a", "0-49", 3000, 0.40),
+        ("b", "50-99", 1000, 0.12), ("b", "100-149", 6000, 0.15), ("b", "0-49", 3000, 0.05))]
     results = drivers(_task_cells(spec))
     rows = {d.value: d for d in results if d.task_type == "cold_email" and d.metric == "reply_rate"}
     assert rows["50-99"].significant and rows["100-149"].significant

@@ -25,7 +25,8 @@ AS_OF = datetime(2026, 6, 15, tzinfo=timezone.utc)
 # a judge that reads the planted drivers (docs/learning.md): a question in the subject, the lead's
 # first name in the body, no long body
 PLANTED_JUDGE_SQL = """
-INSERT INTO message_judgements (message_key, judge, criteria_version, content_hash, score, dimensions, reused, judged_at)
+INSERT INTO message_judgements (message_key, judge, criteria_version, content_hash, score, dimensions, reused,
+                                judged_at)
 SELECT m.message_key, 'planted-drivers', '1', md5(m.body),
        30 * contains(m.subject, '?')::INTEGER + 30 * contains(m.body, m.metadata->>'first_name')::INTEGER
        + 40 * (length(m.body) < 900)::INTEGER, NULL, false, now()::TIMESTAMP
