@@ -79,7 +79,7 @@ def judge_calibration(context: dg.AssetExecutionContext, config: JudgeCalibratio
                              {"rows": len(rows), "trusted_rows": len(trusted), "gated_rows": gated},
                              figures=figures, tables={"judge_calibration_deciles": deciles})
     return dg.MaterializeResult(metadata={
-        "dagster/row_count": dg.MetadataValue.int(len(rows)),
+        "dagster/row_count": dg.MetadataValue.int(len(rows)), "trusted_rows": len(trusted),
         "trusted": dg.MetadataValue.md("\n".join(f"- `{j}` on {t}: {m}" for j, t, m in trusted)
                                        or "No judge is trusted: none decides anything downstream."),
         "calibration": dg.MetadataValue.md(table_md),
