@@ -127,3 +127,29 @@ def test_an_informative_judge_is_trusted_and_the_gate_needs_enough_messages():
     # the same judge on few messages: not enough to be trusted, whatever its AUC
     few = _stats(_frame(rng, 1, 150, 0.8, 0.2))
     assert not any(c.trusted or c.gated for c in calibrate(list(few.values())))
+
+
+def _row(trusted: bool, gated: bool = True) -> dict:
+    return {"n": 900, "auc": 0.58 if trusted else 0.51, "auc_low": 0.53 if trusted else 0.47,
+            "auc_high": 0.63 if trusted else 0.55, "gated": gated, "trusted": trusted}
+
+
+def test_the_gate_lets_only_a_trusted_judge_decide():
+    from flywheel_pipeline.core.judge import ScorerJudge
+    from flywheel_pipeline.core.judge_gate import OUTCOMES, choose_decider, gate_passes
+
+    llm, heuristic = "deepeval-geval:judge", "heuristic:email_writing"
+    both = choose_decider(llm, heuristic, {llm: _row(True), heuristic: _row(True)}, "reply", "all")
+    assert both.decided_by == llm and both.trusted
+    fallback = choose_decider(llm, heuristic, {llm: _row(False), heuristic: _row(True)}, "reply", "all")
+    assert fallback.decided_by == heuristic and "not trusted" in fallback.reason
+    nobody = choose_decider(llm, heuristic, {heuristic: _row(False, gated=False)}, "reply", "cold_email")
+    assert nobody.decided_by == OUTCOMES and not nobody.trusted
+    assert "has no calibration" in nobody.reason and "too few messages" in nobody.reason
+    assert choose_decider(llm, None, {}, "meeting", "all").decided_by == OUTCOMES
+    # without a trusted judge a losing tally blocks nothing; with one it does
+    assert gate_passes(nobody, 0.1, 0.9, 0.05) and not gate_passes(fallback, 0.1, 0.9, 0.05)
+    assert gate_passes(fallback, 0.5, 0.52, 0.05)
+    assert ScorerJudge("email_writing").name == heuristic
+    with pytest.raises(ValueError, match="no heuristic scorer"):
+        ScorerJudge("poetry")
