@@ -30,7 +30,19 @@ sufficient statistics the SQL returns and run through core.drivers.drivers (BH a
   the power to find it (significant, right sign, reply rate) and the mean false discovery
   proportion (significant rows of any other feature / significant rows), which BH keeps <= q.
 
-    python benchmarks/bench_learn.py [--messages 1000000] [--worlds 500] [--world-size 20000] [--skip-judge]
+judge_calibration on simulated worlds, through the asset's SQL (warehouse/judge_calibration.py,
+from a simulated source relation) and core.calibration: three judges per world (a heuristic-like
+score on a 0-100 grid of quarter points, an LLM-like integer 1-10, people's 1-5 ratings on 5% of
+the messages), two task types, three organizations (reply 5%, 10%, 20%):
+* null worlds (scores independent of outcomes): the share of worlds in which any row (judge x
+  task type x metric) is trusted, promised <= alpha = 0.05 (the simultaneous intervals give
+  alpha / 2), and the share of rows trusted;
+* planted worlds: a heuristic-like judge whose score shifts with the reply (true AUC about 0.55
+  and 0.60): the power to trust it on (reply, all), and the coverage of DeLong's unadjusted
+  interval of the true AUC (binomial scores, AUC known exactly).
+
+    python benchmarks/bench_learn.py [--messages 1000000] [--worlds 500] [--world-size 20000]
+                                     [--calibration-worlds 500] [--calibration-size 5000] [--skip-judge]
 """
 
 from __future__ import annotations
@@ -207,12 +219,110 @@ def error_rates(worlds: int, size: int, seed: int, q: float) -> None:
     print(f"error-rate worlds: {time.perf_counter() - t0:.1f} s")
 
 
+CALIBRATION_CHUNK = 25  # worlds per SQL pass
+
+
+def _calibration_frame(rng: np.random.Generator, worlds: range, size: int, shift: float) -> "pd.DataFrame":
+    """Scored messages of several worlds (SCORED_MESSAGES_SQL's columns), judges named 'w<world>:<judge>'.
+    ``shift``: the heuristic-like judge's score moves by shift x its sd with a reply (0: null)."""
+    import pandas as pd
+
+    frames = []
+    for w in worlds:
+        org = rng.integers(0, len(ORG_REPLY), size)
+        task = np.where(rng.random(size) < 0.5, "cold_email", "follow_up")
+        replied = rng.random(size) < np.array(ORG_REPLY)[org]
+        positive = replied & (rng.random(size) < 0.5)
+        meeting = positive & (rng.random(size) < 0.5)
+        quality = replied * 40.0 + positive * 30.0 + rng.normal(0, 5, size)
+        keys = np.arange(size)
+        scores = {"heuristic": np.clip(np.round((70 + 10 * shift * replied + rng.normal(0, 10, size)) * 4) / 4, 0, 100),
+                  "llm": rng.integers(1, 11, size).astype(float), "human": rng.integers(1, 6, size).astype(float)}
+        for judge, score in scores.items():
+            keep = rng.random(size) < 0.05 if judge == "human" else np.ones(size, dtype=bool)
+            frames.append(pd.DataFrame({
+                "judge": f"w{w}:{judge}", "criteria_version": "1", "task_type": task[keep], "message_key": keys[keep],
+                "score": score[keep], "reply": replied[keep].astype(int), "positive_reply": positive[keep].astype(int),
+                "meeting": meeting[keep].astype(int), "quality_score": quality[keep]}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _calibration_stats(frame) -> dict[str, list]:
+    """world -> its rows' sufficient statistics, through the asset's SQL."""
+    import duckdb
+
+    from flywheel_pipeline.warehouse.judge_calibration import auc_stats
+
+    con = duckdb.connect()
+    con.register("_sim", frame)
+    by_world: dict[str, list] = {}
+    for s in auc_stats(con, "SELECT * FROM _sim"):
+        by_world.setdefault(s.judge.split(":")[0], []).append(s)
+    con.close()
+    return by_world
+
+
+def calibration_error_rates(worlds: int, size: int, seed: int, alpha: float) -> None:
+    from scipy.stats import binom
+
+    from flywheel_pipeline.core.calibration import CalibrationConfig, calibrate, delong
+
+    config = CalibrationConfig(alpha=alpha)
+    t0 = time.perf_counter()
+    rng = np.random.default_rng([seed, 7])
+    any_trusted = rows_trusted = rows = 0
+    for start in range(0, worlds, CALIBRATION_CHUNK):
+        frame = _calibration_frame(rng, range(start, min(worlds, start + CALIBRATION_CHUNK)), size, 0.0)
+        for stats in _calibration_stats(frame).values():
+            result = calibrate(stats, config)
+            rows += len(result)
+            rows_trusted += sum(r.trusted for r in result)
+            any_trusted += any(r.trusted for r in result)
+    print(f"calibration null worlds: {worlds} of {size:,} messages, {rows / worlds:.0f} rows each "
+          f"(simultaneous intervals, alpha = {alpha})")
+    print(f"calibration null  worlds with any trusted judge: {_share(any_trusted, worlds)}  (promised <= {alpha})")
+    print(f"calibration null  rows trusted: {_share(rows_trusted, rows)}")
+    for shift in (0.18, 0.36):
+        trusted = 0
+        auc_sum = 0.0
+        for start in range(0, worlds, CALIBRATION_CHUNK):
+            frame = _calibration_frame(rng, range(start, min(worlds, start + CALIBRATION_CHUNK)), size, shift)
+            for stats in _calibration_stats(frame).values():
+                result = calibrate(stats, config)
+                row = next(r for r in result if r.judge.endswith(":heuristic") and r.task_type == "all"
+                           and r.metric == "reply")
+                trusted += row.trusted
+                auc_sum += row.auc
+        print(f"calibration planted AUC {auc_sum / worlds:.3f} (heuristic, reply, all)  trusted: "
+              f"{_share(trusted, worlds)}")
+    # coverage of DeLong's (unadjusted) interval: binomial scores, the true AUC known exactly
+    k = np.arange(11)
+    fp, fn = binom.pmf(k, 10, 0.55), binom.pmf(k, 10, 0.45)
+    truth = float((fp * (np.cumsum(fn) - fn + 0.5 * fn)).sum())
+    covered = 0
+    z = 1.959963984540054
+    for start in range(0, worlds, CALIBRATION_CHUNK):
+        frame = _calibration_frame(rng, range(start, min(worlds, start + CALIBRATION_CHUNK)), size, 0.0)
+        reply = frame["reply"].to_numpy().astype(bool)
+        frame["score"] = np.where(reply, rng.binomial(10, 0.55, len(frame)), rng.binomial(10, 0.45, len(frame)))
+        for stats in _calibration_stats(frame).values():
+            row = next(s for s in stats if s.judge.endswith(":heuristic") and s.task_type == "all"
+                       and s.metric == "reply")
+            auc, se = delong(row)
+            covered += abs(auc - truth) <= z * se
+    print(f"calibration DeLong 95% interval coverage of the true AUC {truth:.3f}: {_share(covered, worlds)}")
+    print(f"calibration worlds: {time.perf_counter() - t0:.1f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=1_000_000)
     parser.add_argument("--worlds", type=int, default=500)
     parser.add_argument("--world-size", type=int, default=20_000)
     parser.add_argument("--q", type=float, default=0.05)
+    parser.add_argument("--calibration-worlds", type=int, default=500)
+    parser.add_argument("--calibration-size", type=int, default=5_000)
+    parser.add_argument("--alpha", type=float, default=0.05, help="judge_calibration's family-wise level")
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--phase", choices=("drivers", "judge"))
     parser.add_argument("--skip-judge", action="store_true", help="leave the heuristic judging phase out")
@@ -244,6 +354,7 @@ def main() -> None:
           f"{r['rows']} rows, peak RSS {r['peak_rss_mb']:.0f} MB")
     print(f"messages per second: {r['messages'] / r['seconds']:,.0f}")
     error_rates(args.worlds, args.world_size, args.seed, args.q)
+    calibration_error_rates(args.calibration_worlds, args.calibration_size, args.seed, args.alpha)
 
 
 if __name__ == "__main__":

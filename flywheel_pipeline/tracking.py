@@ -160,10 +160,12 @@ def log_leaderboard(tracking_uri: str, entries: list[dict], table: str) -> Leade
 
 
 def log_table(tracking_uri: str, name: str, rows: list[dict], markdown: str | None = None,
-              metrics: dict[str, float] | None = None) -> LeaderboardRun:
+              metrics: dict[str, float] | None = None, figures: dict[str, Any] | None = None,
+              tables: dict[str, list[dict]] | None = None) -> LeaderboardRun:
     """One run per materialization of a derived table (``flywheel.kind`` = ``name``): the rows as
-    the artifact ``<name>.json`` (decimals as exact strings), its Markdown as ``<name>.md``, and
-    any headline ``metrics``."""
+    the artifact ``<name>.json`` (decimals as exact strings), its Markdown as ``<name>.md``, any
+    headline ``metrics``, further ``tables`` as ``<key>.json`` and matplotlib ``figures`` as
+    ``<key>.png``."""
     import json
     import math
     from decimal import Decimal
@@ -186,4 +188,9 @@ def log_table(tracking_uri: str, name: str, rows: list[dict], markdown: str | No
                         f"{name}.json")
         if markdown is not None:
             mlflow.log_text(markdown, f"{name}.md")
+        for key, extra in (tables or {}).items():
+            mlflow.log_text(json.dumps([{k: plain(v) for k, v in r.items()} for r in extra], indent=1,
+                                       default=str), f"{key}.json")
+        for key, figure in (figures or {}).items():
+            mlflow.log_figure(figure, f"{key}.png")
         return LeaderboardRun(run.info.run_id, experiment_id)

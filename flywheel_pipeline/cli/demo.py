@@ -162,6 +162,8 @@ def say_training(run: JobRun) -> None:
     if evaluation.get("prompts"):
         say(f"  offline evaluation against {evaluation.get('champion')} on {evaluation['prompts']} held-out prompts: "
             f"{evaluation.get('wins')} won, {evaluation.get('losses')} lost, {evaluation.get('ties')} tied")
+        if evaluation.get("decided_by"):
+            say(f"    gate decided by {evaluation['decided_by']}: {evaluation.get('gate_reason', '')}")
         if "SANDBOX" in str(evaluation.get("generator", "")):
             say("    SANDBOX generator: the new model answers with e-mails from its own training file, the other "
                 "with one fixed generic text, so the new model wins nearly every pair; this shows the evaluation "

@@ -155,10 +155,14 @@ def say_learning(run: JobRun) -> None:
         say(f"  cost: {costs.get('messages', 0)} messages, {costs.get('cost_usd')} USD; possible savings on the "
             f"cheapest model not worse: {costs.get('savings_usd')} USD ({costs.get('unpriced_messages', 0)} "
             "messages without a price)")
+    calibration = run.metadata.get("judge_calibration") or {}
+    if calibration.get("trusted_rows") is not None:
+        say(f"  judge calibration: {calibration['trusted_rows']} of {calibration.get('dagster/row_count', 0)} "
+            "(judge, task type, outcome) rows trusted; only a trusted judge decides the offline gate")
     drivers = run.metadata.get("outcome_drivers") or {}
     if drivers.get("significant") is not None:
         say(f"  outcome drivers: {drivers.get('significant')} significant of {drivers.get('tested')} tested "
-            "(stratified by organization, Benjamini-Hochberg)")
+            "(stratified by organization and task type, Benjamini-Hochberg)")
 
 
 def cmd_learn(args: argparse.Namespace) -> int:

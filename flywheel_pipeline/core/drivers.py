@@ -4,7 +4,8 @@ Pure: it works from per-(organization, task type, feature, value) sufficient sta
 (messages and events per metric; ``warehouse/outcome_drivers.py`` computes them in SQL).
 
 For a feature value and a metric, the value's messages are compared with *the rest of that
-feature* (every other value) **within each organization**, and the organizations are combined:
+feature* (every other value) **within each stratum**, (organization, task type), and the strata
+are combined (the all-task-types rows compare within both):
 
 * ``estimate``: the Mantel–Haenszel risk difference (the rate difference in rate units, e.g.
   +0.03 = three more replies per hundred messages), sum_k w_k (p1_k - p0_k) / sum_k w_k with
@@ -39,6 +40,12 @@ ALL_TASKS = "all"
 BODY_FEATURE = "body_words"
 # body-length buckets in words, [low, high) (high None: open); warehouse/outcome_drivers.py buckets with these
 BODY_BUCKETS: tuple[tuple[int, int | None], ...] = ((0, 50), (50, 100), (100, 150), (150, 200), (200, None))
+
+
+# the judges' dimension scores (each in [0, 1]) and overall score / 100 as driver features, in fixed
+# bands [low, high) (the last closed); warehouse/outcome_drivers.py bands with these
+DIMENSION_BANDS: tuple[tuple[str, float, float], ...] = (("low", 0.0, 1 / 3), ("mid", 1 / 3, 2 / 3),
+                                                         ("high", 2 / 3, 1.0))
 
 
 def bucket_label(low: int, high: int | None) -> str:
@@ -151,14 +158,20 @@ def adjust(p_values: Sequence[float], method: str = "bh") -> list[float]:
     return adjusted
 
 
-def _collapse(cells: Iterable[Cell]) -> dict[tuple[str, str], dict[str, dict[str, tuple[int, dict[str, int]]]]]:
-    """(task scope, feature) -> value -> organization -> (n, events); task scope ALL_TASKS sums task types."""
+Stratum = tuple[str, str]  # (organization, task type)
+
+
+def _collapse(cells: Iterable[Cell]) -> dict[tuple[str, str], dict[str, dict[Stratum, tuple[int, dict[str, int]]]]]:
+    """(task scope, feature) -> value -> stratum -> (n, events). A stratum is (organization, task
+    type): the ALL_TASKS scope sums task types but compares within each organization *and* task
+    type, so a task type with a higher base rate that uses a value more cannot make it look good."""
     out: dict = defaultdict(lambda: defaultdict(dict))
 
     def add(scope: str, cell: Cell) -> None:
-        by_org = out[(scope, cell.feature)][cell.value]
-        n, events = by_org.get(cell.organization_id, (0, {}))
-        by_org[cell.organization_id] = (n + cell.n, {m: events.get(m, 0) + cell.events.get(m, 0) for m in METRICS})
+        by_stratum = out[(scope, cell.feature)][cell.value]
+        stratum = (cell.organization_id, cell.task_type or "unknown")
+        n, events = by_stratum.get(stratum, (0, {}))
+        by_stratum[stratum] = (n + cell.n, {m: events.get(m, 0) + cell.events.get(m, 0) for m in METRICS})
 
     for cell in cells:
         add(ALL_TASKS, cell)
@@ -173,7 +186,7 @@ def drivers(cells: Iterable[Cell], config: DriversConfig = DriversConfig()) -> l
     z = norm.ppf(1 - config.alpha / 2)
     results: list[Driver] = []
     for (scope, feature), values in sorted(_collapse(cells).items()):
-        orgs = sorted({org for by_org in values.values() for org in by_org})
+        orgs = sorted({stratum for by_org in values.values() for stratum in by_org})  # (organization, task type)
         totals = {org: (sum(values[v].get(org, (0, {}))[0] for v in values),
                         {m: sum(values[v].get(org, (0, {}))[1].get(m, 0) for v in values) for m in METRICS})
                   for org in orgs}
@@ -193,7 +206,7 @@ def drivers(cells: Iterable[Cell], config: DriversConfig = DriversConfig()) -> l
                 rest_events = sum(s[2] for s in strata)
                 informative = [s for s in strata if s[1] and s[3]]
                 d = Driver(scope, feature, value, metric, n, events, events / n if n else math.nan, rest_n,
-                           rest_events / rest_n if rest_n else None, len([o for o in by_org if by_org[o][0]]),
+                           rest_events / rest_n if rest_n else None, len({o[0] for o in by_org if by_org[o][0]}),
                            tested=(n >= config.min_messages and rest_n >= config.min_messages
                                    and events + rest_events >= config.min_events and bool(informative)))
                 if d.tested:
@@ -221,10 +234,12 @@ def guidance(results: Sequence[Driver], metric: str = "reply_rate") -> dict:
 
     ``best``: among the task type's body-length buckets whose reply rate is significantly higher
     than the rest of the task type's messages (stratified by organization, BH across the run),
-    the one with the highest rate; None when no bucket is. ``avoid``: buckets significantly lower.
+    the one with the largest stratified effect (``estimate``; the crude rate mixes organizations);
+    None when no bucket is. ``avoid``: buckets significantly lower.
     Word ranges are inclusive, [low, high] (high None: no upper bound)."""
     out: dict = {"metric": metric, "feature": BODY_FEATURE,
-                 "definition": "best = highest-rate body-length bucket whose rate is significantly above the rest "
+                 "definition": "best = the body-length bucket with the largest effect (estimate) among those "
+                               "significantly above the rest "
                                "of the task type (MH risk difference by organization, BH-adjusted); avoid = "
                                "buckets significantly below", "task_types": {}}
     for scope in sorted({d.task_type for d in results if d.feature == BODY_FEATURE and d.task_type != ALL_TASKS}):
@@ -233,7 +248,7 @@ def guidance(results: Sequence[Driver], metric: str = "reply_rate") -> dict:
         overall = sum(d.events for d in rows) / n if n else None
         better = [d for d in rows if d.significant and d.estimate > 0]
         worse = [d for d in rows if d.significant and d.estimate < 0]
-        best = max(better, key=lambda d: d.rate) if better else None
+        best = max(better, key=lambda d: d.estimate) if better else None  # the largest effect, not the crude rate
         out["task_types"][scope] = {
             "messages": n, "overall_rate": overall,
             "best": None if best is None else {

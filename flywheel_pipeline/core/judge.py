@@ -144,3 +144,24 @@ def evaluate_pairwise(generate, judge: PairwiseJudge, candidate: str, champion: 
         return round(sum(values) / len(values), 4) if values else 0.0
 
     return PairwiseEvaluation(len(prompts), tally, mean(cand_scores), mean(champ_scores), samples)
+
+
+class ScorerJudge:
+    """The heuristic scorer of a task family (core/message_scorers.py, the judge ``heuristic:<family>``
+    of ``message_judgements``) as a pairwise judge, so the offline evaluation can fall back to a
+    judge whose calibration against outcomes is measured (``judge_calibration``). An answer is
+    scored as the body of a message of ``task_type``; its score is the scorer's / 100."""
+
+    def __init__(self, family: str, tie_margin: float = 0.02):
+        from flywheel_pipeline.core.message_scorers import SCORERS
+
+        if family not in SCORERS:
+            raise ValueError(f"no heuristic scorer for family {family!r}")
+        self._scorer = SCORERS[family]
+        self.name = f"heuristic:{family}"
+        self.tie_margin = tie_margin
+
+    def score(self, prompt: str, answer: str) -> float:
+        from flywheel_pipeline.core.message_scorers import MessageText
+
+        return self._scorer.judge(MessageText(self._scorer.family, body=answer, prompt=prompt)).score / 100

@@ -36,6 +36,7 @@ from flywheel_pipeline.core.catalog import Price, message_cost
 from flywheel_pipeline.core.message_scorers import GENERIC, TASK_FAMILIES
 
 JUDGE_PREFIX = "geval:"
+EMAIL_FAMILY = "email_writing"  # the criteria the offline evaluation's G-Eval judge applies too
 SCORE_MAX = 10  # G-Eval's integer scale for the score and each criterion
 CHAT_OVERHEAD_TOKENS = 16  # per request: role markers and reply priming, generously
 MAX_PROMPT_CHARS = 2_000  # of the writer's system and user prompt shown to the judge (the rest is cut)

@@ -143,9 +143,13 @@ class JudgeResource(dg.ConfigurableResource):
             if not self.model or not self.api_key:
                 raise ValueError("judge mode 'geval' needs model and api_key (bind the key with EnvVar)")
             from flywheel_pipeline.core.geval_judge import GEvalJudge
+            from flywheel_pipeline.core.llm_judge import CRITERIA, EMAIL_FAMILY
 
+            # the e-mail family's criteria: the ones message_judgements calibrates (core/judge_gate.py)
+            email = CRITERIA[EMAIL_FAMILY]
             return GEvalJudge(self.model, self.api_key, self.base_url,
-                              tie_margin=0.1 if self.tie_margin is None else self.tie_margin)
+                              tie_margin=0.1 if self.tie_margin is None else self.tie_margin,
+                              criteria=email.criteria, steps=list(email.steps))
         raise ValueError(f"unknown judge mode {self.mode!r}; expected 'heuristic' or 'geval'")
 
 

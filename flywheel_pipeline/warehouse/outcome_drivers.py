@@ -8,6 +8,10 @@ Features (all VARCHAR; 'unknown' when the message does not say):
   subject_question ('yes'/'no': a '?' in the subject); personalization ('first_name',
   'company', 'first_name+company' or 'none': the lead's first name / company from metadata
   appearing in the body); send_hour_utc (3-hour bucket) and weekday_utc of sent_at.
+  and the judges' scores: for every judge of message_judgements at its current criteria version,
+  each dimension score ('<judge>/<dimension>') and the overall score / 100 ('<judge>/score') in
+  the bands of core.drivers.DIMENSION_BANDS ('low', 'mid', 'high'); a message the judge did not
+  score is not counted for its features.
 Outcomes: replied, positive_reply, meeting_booked (the outcome labels' flags).
 """
 
@@ -18,7 +22,8 @@ from datetime import datetime
 
 import duckdb
 
-from flywheel_pipeline.core.drivers import BODY_BUCKETS, METRICS, Cell, Driver, bucket_label
+from flywheel_pipeline.core.drivers import BODY_BUCKETS, DIMENSION_BANDS, METRICS, Cell, Driver, bucket_label
+from flywheel_pipeline.warehouse.judge_calibration import CURRENT_JUDGEMENTS_SQL
 
 FEATURES: tuple[str, ...] = ("framework", "tone", "model_id", "prompt_template", "prompt_version", "body_words",
                              "subject_words", "subject_question", "personalization", "send_hour_utc",
@@ -98,6 +103,30 @@ ORDER BY ALL
 """
 
 
+def _band_sql(value: str) -> str:
+    cases = " ".join(f"WHEN {value} < {high!r} THEN '{label}'" for label, _, high in DIMENSION_BANDS[:-1])
+    return f"CASE {cases} ELSE '{DIMENSION_BANDS[-1][0]}' END"
+
+
+# the judges' dimension scores (and overall score / 100) of mature, delivered messages, banded
+_JUDGE_CELLS_SQL = f"""
+WITH cur AS ({CURRENT_JUDGEMENTS_SQL}),
+scores AS (
+    SELECT message_key, judge || '/' || e.key AS feature, e.value AS v
+    FROM (SELECT message_key, judge, unnest(map_entries(dimensions::MAP(VARCHAR, DOUBLE))) AS e
+          FROM cur WHERE dimensions IS NOT NULL)
+    UNION ALL
+    SELECT message_key, judge || '/score' AS feature, score / 100 AS v FROM cur)
+SELECT m.organization_id, coalesce(m.task_type, 'unknown') AS task_type, s.feature, {_band_sql("s.v")} AS value,
+       count(*) AS n,
+       {', '.join(f'sum(l.{column}::INTEGER)::BIGINT AS {column}' for column in METRICS.values())}
+FROM scores s JOIN message_labels l USING (message_key) JOIN messages m USING (message_key)
+WHERE l.is_mature AND l.delivered AND s.v IS NOT NULL
+GROUP BY ALL
+ORDER BY ALL
+"""
+
+
 def message_features(con: duckdb.DuckDBPyConnection) -> list[tuple]:
     """Every mature, delivered message's features and outcomes (tests and inspection; the asset
     reads the aggregates only)."""
@@ -105,8 +134,9 @@ def message_features(con: duckdb.DuckDBPyConnection) -> list[tuple]:
 
 
 def feature_cells(con: duckdb.DuckDBPyConnection) -> list[Cell]:
-    """Sufficient statistics per (organization, task type, feature, value): messages and events per metric."""
-    rows = con.execute(_CELLS_SQL).fetchall()
+    """Sufficient statistics per (organization, task type, feature, value): messages and events per
+    metric; the message features, then the judges' banded scores."""
+    rows = con.execute(_CELLS_SQL).fetchall() + con.execute(_JUDGE_CELLS_SQL).fetchall()
     names = list(METRICS)
     return [Cell(org, task, feature, value, int(n), {metric: int(count) for metric, count in zip(names, counts)})
             for org, task, feature, value, n, *counts in rows]

@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -316,6 +316,27 @@ CONTROL_AUDIT_DDL: tuple[str, ...] = (
 )
 
 
+# How well each judge predicts outcomes (warehouse/judge_calibration.py; rebuilt by each run of the
+# judge_calibration asset), and what the offline evaluation gate decided with (which judge, or the
+# outcomes when no judge is trusted).
+CALIBRATION_SINCE = 12
+CALIBRATION_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS judge_calibration (
+        judge VARCHAR NOT NULL, criteria_version VARCHAR NOT NULL, task_type VARCHAR NOT NULL, metric VARCHAR NOT NULL,
+        n BIGINT NOT NULL, positives BIGINT NOT NULL, rate DOUBLE, auc DOUBLE, auc_se DOUBLE, auc_low DOUBLE,
+        auc_high DOUBLE, interval_level DOUBLE, spearman DOUBLE, spearman_p DOUBLE, quality_n BIGINT,
+        gated BOOLEAN NOT NULL, trusted BOOLEAN NOT NULL, computed_at TIMESTAMP NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS judge_calibration_deciles (
+        judge VARCHAR NOT NULL, criteria_version VARCHAR NOT NULL, task_type VARCHAR NOT NULL, decile INTEGER NOT NULL,
+        n BIGINT NOT NULL, mean_score DOUBLE, min_score DOUBLE, max_score DOUBLE, reply_rate DOUBLE,
+        positive_reply_rate DOUBLE, meeting_rate DOUBLE, computed_at TIMESTAMP NOT NULL)""",
+    "ALTER TABLE offline_evaluations ADD COLUMN IF NOT EXISTS decided_by VARCHAR",
+    "ALTER TABLE offline_evaluations ADD COLUMN IF NOT EXISTS judge_trusted BOOLEAN",
+    "ALTER TABLE offline_evaluations ADD COLUMN IF NOT EXISTS gate_passed BOOLEAN",
+    "ALTER TABLE offline_evaluations ADD COLUMN IF NOT EXISTS gate_reason VARCHAR",
+)
+
+
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
             threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse (creating and migrating it unless read-only)."""
@@ -403,7 +424,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
         # additive and idempotent: whenever migrating
-        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CONTROL_AUDIT_DDL, *COUNCIL_PAIRS_DDL, *JUDGE_LLM_DDL):
+        for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CONTROL_AUDIT_DDL, *COUNCIL_PAIRS_DDL, *JUDGE_LLM_DDL,
+                          *CALIBRATION_DDL):
             con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])

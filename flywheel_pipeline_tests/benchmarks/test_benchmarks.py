@@ -70,7 +70,8 @@ def test_bench_ingest_loads_every_event_once_beside_read_json():
 
 
 def test_bench_learn_reports_speed_error_rates_and_power():
-    out = run_benchmark("bench_learn.py", "--messages", "20000", "--worlds", "10", "--world-size", "5000")
+    out = run_benchmark("bench_learn.py", "--messages", "20000", "--worlds", "10", "--world-size", "5000",
+                        "--calibration-worlds", "10", "--calibration-size", "2000")
     assert re.search(r"^drivers over 20,000 messages: \d+\.\d+ s .* peak RSS \d+ MB$", out, re.M), out
     assert re.search(r"^messages per second: [\d,]+$", out, re.M), out
     assert re.search(r"^heuristic judging of 20,000 messages: \d+\.\d s, [\d,]+ messages/s \(20,000 scored, 0 copied; "
@@ -79,5 +80,8 @@ def test_bench_learn_reports_speed_error_rates_and_power():
     for line in (r"null  stratified by organization  worlds with any significant driver: \d\.\d{3} \[",
                  r"null  organization ignored        worlds with any significant driver: \d\.\d{3} \[",
                  r"planted x1\.2 .* power: \d\.\d{3} \[.*mean FDP: \d\.\d{3} \[",
-                 r"planted x1\.4 .* power: \d\.\d{3} \[.*mean FDP: \d\.\d{3} \["):
+                 r"planted x1\.4 .* power: \d\.\d{3} \[.*mean FDP: \d\.\d{3} \[",
+                 r"calibration null  worlds with any trusted judge: \d\.\d{3} \[.*\(promised <= 0\.05\)$",
+                 r"calibration planted AUC 0\.\d{3} \(heuristic, reply, all\)  trusted: \d\.\d{3} \[",
+                 r"calibration DeLong 95% interval coverage of the true AUC 0\.\d{3}: \d\.\d{3} \["):
         assert re.search(line, out, re.M), (line, out)

@@ -44,6 +44,10 @@ def test_sql_prints_a_table_and_streams_csv(warehouse, capsys):
     assert main(["sql", "SELECT message_id, stage FROM outcome_labels ORDER BY 1", "--csv"]) == 0
     rows = list(csv.reader(io.StringIO(capsys.readouterr().out)))
     assert rows == [["message_id", "stage"], ["m1", "delivered"], ["m2", "bounced"]]
+    # the learn tables are there to query from the first migration on
+    assert main(["sql", "SELECT judge, metric, task_type, n, auc, auc_low, auc_high, spearman, trusted "
+                        "FROM judge_calibration"]) == 0
+    assert "trusted" in capsys.readouterr().out
 
 
 def test_sql_opens_the_warehouse_read_only_and_reports_errors_without_a_traceback(warehouse, capsys):

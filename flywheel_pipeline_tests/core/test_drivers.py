@@ -134,3 +134,37 @@ def test_guidance_names_the_best_body_length_per_task_type():
     assert advice["task_types"]["cold_email"]["best"]["word_range"] == [50, 99]
     assert advice["task_types"]["follow_up"]["best"]["word_range"] == [0, 49]
     assert [a["bucket"] for a in advice["task_types"]["cold_email"]["avoid"]] == ["150-199"]
+
+
+def _task_cells(spec) -> list[Cell]:
+    """spec: (organization, task type, feature, value, n, rate) -> cells with the rate for every metric."""
+    return [Cell(org, task, feature, value, n, {m: round(n * rate) for m in ("reply_rate", "positive_reply_rate",
+                                                                             "meeting_rate")})
+            for org, task, feature, value, n, rate in spec]
+
+
+def test_all_task_types_rows_are_stratified_by_organization_and_task_type():
+    # one organization; 'warm' is sent mostly as cold e-mails, whose base rate is six times the
+    # follow-ups'. Within each task type warm does 3 points worse: pooled it looks 14 points better
+    spec = [("org", "cold_email", "tone", "warm", 4000, 0.27), ("org", "cold_email", "tone", "direct", 1000, 0.30),
+            ("org", "follow_up", "tone", "warm", 1000, 0.02), ("org", "follow_up", "tone", "direct", 4000, 0.05)]
+    cells = _task_cells(spec)
+    warm = next(d for d in drivers(cells)
+                if d.task_type == ALL_TASKS and d.value == "warm" and d.metric == "reply_rate")
+    assert warm.rate - warm.rest_rate > 0.1  # crude: the wrong sign
+    assert warm.estimate == pytest.approx(-0.03, abs=1e-9) and warm.ci_high < 0 and warm.significant
+    assert warm.organizations == 1
+
+
+def test_guidance_picks_the_best_bucket_by_its_effect_not_its_crude_rate():
+    # 50-99 words is sent mostly by the organization with the high base rate: the highest crude
+    # rate, a small effect; 100-149 has the largest effect within organizations
+    spec = [(org, "cold_email", "body_words", value, n, rate) for org, value, n, rate in (
+        ("a", "50-99", 6000, 0.47), ("a", "100-149", 1000, 0.5), ("a", "0-49", 3000, 0.40),
+        ("b", "50-99", 1000, 0.12), ("b", "100-149", 6000, 0.15), ("b", "0-49", 3000, 0.05))]
+    results = drivers(_task_cells(spec))
+    rows = {d.value: d for d in results if d.task_type == "cold_email" and d.metric == "reply_rate"}
+    assert rows["50-99"].significant and rows["100-149"].significant
+    assert rows["50-99"].rate > rows["100-149"].rate and rows["50-99"].estimate < rows["100-149"].estimate
+    best = guidance(results)["task_types"]["cold_email"]["best"]
+    assert best["bucket"] == "100-149" and best["word_range"] == [100, 149]

@@ -227,13 +227,16 @@ def test_cli_learn_runs_the_learn_job_after_labels_as_of_a_time(home):
     assert learned.returncode == 0, learned.stdout[-3000:] + learned.stderr[-3000:]
     assert "of job refresh (succeeded)" in learned.stdout and "of job learn (succeeded)" in learned.stdout
     assert "judged" in learned.stdout and "messages now" in learned.stdout
+    assert "judge calibration:" in learned.stdout and "rows trusted" in learned.stdout
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         assert [r.job_name for r in instance.get_runs()] == ["learn", "refresh"]
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     judged, delivered = con.execute("SELECT (SELECT count(*) FROM message_judgements), "
                                     "(SELECT count(*) FROM message_labels WHERE delivered)").fetchone()
+    calibrated = con.execute("SELECT count(DISTINCT metric) FROM judge_calibration").fetchone()[0]
     con.close()
     assert judged == delivered > 0
+    assert calibrated in (0, 3)  # a 5-day world may have no mature message yet; its rows carry all 3 metrics
 
 
 def test_dagster_cli_materializes_from_the_module(home):

@@ -4,7 +4,7 @@ registry's versions, MLflow read back, the retrain schedule and sensors."""
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, datetime
 
 import dagster as dg
 import pytest
@@ -17,7 +17,10 @@ from flywheel_pipeline.defs.training.automation import new_outcomes_sensor, week
 from flywheel_pipeline.defs.resources import (ExportsResource, FineTuningResource, GenerationResource,
                                               JudgeResource, LabelPolicyResource, LandingZoneResource,
                                               MlflowResource, WarehouseResource)
+from flywheel_pipeline.core.calibration import Calibration
 from flywheel_pipeline.warehouse import model_registry as registry
+from flywheel_pipeline.warehouse.judge_calibration import write_calibration
+from flywheel_pipeline.warehouse.message_judgements import judge_new_messages
 from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.domains import checks_of, only_assets_of
 from flywheel_pipeline_tests.fakes.openai_server import FakeOpenAI, serve
@@ -201,25 +204,59 @@ def test_sandbox_generator_answers_from_its_training_data(tmp_path):
     assert gen.generate("gpt-4o-mini", [{"role": "user", "content": "x"}]) == GENERIC_ANSWER
 
 
-def test_offline_evaluation_blocks_a_worse_candidate(tmp_path):
+def _calibrate(root, judge: str, trusted: bool) -> None:
+    """judge_calibration as it would read after a run that found ``judge`` (not) predicting replies."""
+    low = 0.56 if trusted else 0.47
+    row = Calibration(judge, "1", "all", "reply", 5000, 800, 0.16, low + 0.04, 0.01, low, low + 0.08, 0.99, 0.1,
+                      0.001, 5000, True, trusted)
+    con = connect(root / "wh.duckdb")
+    write_calibration(con, [row], [], datetime(2026, 4, 15))
+    con.close()
+
+
+def test_offline_evaluation_gate_only_a_trusted_judge_blocks_a_worse_candidate(tmp_path):
     world(tmp_path, 40, date(2026, 4, 15))
     fake = FakeOpenAI()
     fake.answers = {"": GOOD, "ft:": GENERIC_ANSWER}  # the fine-tuned candidate writes worse e-mails
+    only_evaluation = dg.AssetSelection.assets("offline_evaluation")
     with serve(fake) as url, dg.instance_for_test() as instance:
         res = {**resources(tmp_path, FineTuningResource(backend="openai", api_key="k", base_url=url, poll_s=0.01)),
                "generation": GenerationResource(mode="openai", api_key="k", base_url=url)}
+        # no judge calibrated yet: the judge's verdict is recorded, not used; the A/B test decides
         result = dg.materialize(ALL, instance=instance, resources=res, raise_on_error=False)
-        assert not result.success
-        checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
-        check = checks["candidate_not_worse_than_champion"]
-        assert not check.passed and check.metadata["loss_rate"].value > 0.5
+        assert result.success
+        meta = result.asset_materializations_for_node("offline_evaluation")[0].metadata
+        assert meta["loss_rate"].value > 0.5 and meta["decided_by"].value == "outcomes"
+        assert meta["gate_passed"].value and not meta["judge_trusted"].value
+        assert "heuristic:v1 has no calibration" in meta["gate_reason"].value
         models = {c["model"] for c in fake.chat_calls}
         assert "gpt-4o-mini-2024-07-18" in models and any(m.startswith("ft:") for m in models) and len(models) == 2
+        # a heuristic scorer the calibration trusts: it decides, and blocks the worse candidate
+        con = connect(tmp_path / "wh.duckdb")
+        judge_new_messages(con)
+        con.close()
+        _calibrate(tmp_path, "heuristic:email_writing", trusted=True)
+        result = dg.materialize(ALL, instance=instance, resources=res, raise_on_error=False, selection=only_evaluation)
+        assert not result.success
+        check = {e.check_name: e for e in result.get_asset_check_evaluations()}["candidate_not_worse_than_champion"]
+        assert not check.passed and check.metadata["loss_rate"].value > 0.5
+        assert check.metadata["decided_by"].value == "heuristic:email_writing"
+        con = connect(tmp_path / "wh.duckdb", read_only=True)
+        record = con.execute("SELECT judge, decided_by, judge_trusted, gate_passed FROM offline_evaluations "
+                             "ORDER BY created_at").fetchall()
+        con.close()
+        assert record == [("heuristic:v1", "outcomes", False, True),
+                          ("heuristic:email_writing", "heuristic:email_writing", True, False)]
         # the same pipeline with a better candidate passes the gate
         fake.answers = {"": GENERIC_ANSWER, "ft:": GOOD}
-        ok = dg.materialize(ALL, instance=instance, resources=res,
-                            selection=dg.AssetSelection.assets("offline_evaluation"))
+        ok = dg.materialize(ALL, instance=instance, resources=res, selection=only_evaluation)
         assert ok.success
+        # the heuristic calibrated but not trusted: back to outcomes
+        _calibrate(tmp_path, "heuristic:email_writing", trusted=False)
+        fake.answers = {"": GOOD, "ft:": GENERIC_ANSWER}
+        again = dg.materialize(ALL, instance=instance, resources=res, selection=only_evaluation)
+        meta = again.asset_materializations_for_node("offline_evaluation")[0].metadata
+        assert again.success and meta["decided_by"].value == "outcomes" and "not trusted" in meta["gate_reason"].value
 
 
 def test_geval_judge_through_deepeval_against_an_openai_compatible_server(tmp_path):
@@ -245,10 +282,12 @@ def test_geval_judge_through_deepeval_against_an_openai_compatible_server(tmp_pa
                               for c in judged)
         assert len(judged) == 2 * meta["prompts"].value - 2 * meta["skipped_identical"].value
         fake.answers = {"": GOOD, "ft:": GENERIC_ANSWER}  # now the candidate writes the worse e-mails
+        _calibrate(tmp_path, "geval:email_writing@judge-llm", trusted=True)  # the message judge with its model and criteria predicts replies: it decides
         blocked = dg.materialize(ALL, instance=instance, resources=res, raise_on_error=False,
                                  selection=dg.AssetSelection.assets("offline_evaluation"))
         checks = {e.check_name: e for e in blocked.get_asset_check_evaluations()}
         assert not checks["candidate_not_worse_than_champion"].passed
+        assert checks["candidate_not_worse_than_champion"].metadata["decided_by"].value == "geval:email_writing@judge-llm"
 
 
 def test_judge_resource_refuses_incomplete_configuration():

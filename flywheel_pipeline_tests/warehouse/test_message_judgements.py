@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import dagster as dg
+from mlflow import MlflowClient
 
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.defs.learn.judgements import message_judgements
-from flywheel_pipeline.defs.resources import WarehouseResource
+from flywheel_pipeline.defs.resources import MlflowResource, WarehouseResource
 from flywheel_pipeline.warehouse.message_judgements import judge_new_messages
 from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.conftest import T0, message, run_pipeline, sg
@@ -66,10 +67,15 @@ def test_the_asset_materializes_with_its_summary(tmp_path):
     con.close()
     with dg.instance_for_test() as instance:
         result = dg.materialize([message_judgements], instance=instance,
-                                resources={"warehouse": WarehouseResource(database=str(db))})
+                                resources={"warehouse": WarehouseResource(database=str(db)),
+                                           "mlflow": MlflowResource(tracking_uri=f"sqlite:///{tmp_path / 'ml.db'}")})
         assert result.success
         meta = result.asset_materializations_for_node("message_judgements")[0].metadata
         assert meta["judged_now"].value == 4 and "heuristic:email_writing" in meta["judges"].value
+        # logged to MLflow per run: the summary table
+        artifacts = {a.path for a in MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'ml.db'}").list_artifacts(
+            meta["mlflow_run_id"].value)}
+        assert {"message_judgements.json", "message_judgements.md"} <= artifacts
 
 
 def _lead(first: str, company: str) -> dict:

@@ -43,7 +43,7 @@ def routing_table(context: dg.AssetExecutionContext, config: RoutingConfig,
     passed: set[str] = set()
     if evaluation is not None and evaluation.asset_materialization is not None:
         m = {k: v.value for k, v in evaluation.asset_materialization.metadata.items()}
-        if m["loss_rate"] - m["win_rate"] <= m["max_loss_margin"]:
+        if m.get("gate_passed", m["loss_rate"] - m["win_rate"] <= m["max_loss_margin"]):
             passed.add(m["candidate"])
     with warehouse.connect() as con:
         table, rows = build_routing_table(con, config.default_model, config.first_step_pct, passed, context.log.info)

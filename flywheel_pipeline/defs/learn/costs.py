@@ -40,10 +40,10 @@ def _per(row: dict, outcome: str) -> str:
     return f"{point} [{low:.4f}, {'inf' if not math.isfinite(high) else f'{high:.4f}'}]"
 
 
-def _tables(rows: list[dict]) -> tuple[str, str]:
+def _tables(rows: list[dict], alpha: float) -> tuple[str, str]:
     costs = md_table(
         ["organization", "task type", "model", "messages", "computed", "unpriced", "cost USD", "per message",
-         "per reply (95% CI)", "per positive reply", "per meeting", "per deal", "tokens p50/p95 (in; out)",
+         f"per reply ({1 - alpha:.0%} CI)", "per positive reply", "per meeting", "per deal", "tokens p50/p95 (in; out)",
          "latency ms p50/p95"],
         [(r["organization_id"], r["task_type"], r["model_id"], r["messages"], r["computed_cost_messages"],
           r["unpriced_messages"], _usd(r["cost_usd"]),
@@ -84,7 +84,7 @@ def cost_analysis(context: dg.AssetExecutionContext, config: CostAnalysisConfig,
         unpriced = sorted({str(r["model_id"]) for r in rows if r["unpriced_messages"]})
         context.log.warning(f"{total['unpriced_messages']} messages have no cost_usd and no catalog price for their "
                             f"model and tokens (left out of every cost): {', '.join(unpriced)}; add them to {override}")
-    costs_md, savings_md = _tables(rows)
+    costs_md, savings_md = _tables(rows, config.alpha)
     metadata: dict[str, object] = {}
     try:
         run = log_table(mlflow.tracking_uri, "cost_analysis", rows, costs_md + "\n\n" + savings_md,

@@ -13,7 +13,9 @@ import dagster as dg
 from pydantic import Field
 
 from flywheel_pipeline.core.finetune.base import FineTuneError, JobRequest, TrainingFiles
-from flywheel_pipeline.core.judge import evaluate_pairwise
+from flywheel_pipeline.core.calibration import CALIBRATION_METRICS
+from flywheel_pipeline.core.judge import ScorerJudge, evaluate_pairwise
+from flywheel_pipeline.core.judge_gate import OUTCOMES, calibrated_as, choose_decider, gate_passes
 from flywheel_pipeline.core.markdown import md_table
 from flywheel_pipeline.core.models import DEFAULT_MODEL
 from flywheel_pipeline.defs.datasets.assets import dpo_jsonl_export, sft_jsonl_export, training_examples
@@ -22,6 +24,7 @@ from flywheel_pipeline.defs.resources import (WAREHOUSE_POOL, ExportsResource, F
 from flywheel_pipeline.tracking import log_training_cycle, run_url
 from flywheel_pipeline.warehouse import model_registry as registry
 from flywheel_pipeline.warehouse.finetune_jobs import job_key, submit_or_attach, wait_for_job
+from flywheel_pipeline.warehouse.judge_calibration import dominant_heuristic, trust
 from flywheel_pipeline.warehouse.offline_evaluations import held_out_prompts, newest_ready_model, record_evaluation
 
 TRAINING_GROUP = "training"
@@ -153,23 +156,38 @@ class OfflineEvaluationConfig(dg.Config):
     baseline_model: str = Field(DEFAULT_MODEL, description="The champion when the family has no deployed model yet.")
     max_prompts: int = Field(200, description="Held-out prompts (validation split) to answer.")
     max_loss_margin: float = Field(0.05, description="Block deployment when loss rate - win rate exceeds this.")
+    trust_metric: str = Field("reply", description="The outcome (judge_calibration metric: reply, positive_reply, "
+                                                   "meeting) a judge must be trusted on to decide the gate.")
     seed: int = 7
 
 
 @dg.asset(group_name=TRAINING_GROUP, kinds={"python"}, deps=[model_registry, training_examples],
           description="The newest ready model and the champion answer the same held-out prompts; a judge "
-                      "compares each pair in random order (ties allowed, identical answers skipped).")
+                      "compares each pair in random order (ties allowed, identical answers skipped). Only a judge "
+                      "judge_calibration trusts decides the gate (else the task family's heuristic if trusted, "
+                      "else the A/B test on outcomes); gate_passed and decided_by say which.")
 def offline_evaluation(context: dg.AssetExecutionContext, config: OfflineEvaluationConfig,
                        warehouse: WarehouseResource, generation: GenerationResource,
                        exports: ExportsResource, judge: JudgeResource) -> dg.MaterializeResult:
+    if config.trust_metric not in CALIBRATION_METRICS:
+        raise dg.Failure(f"trust_metric {config.trust_metric!r} is not one of {sorted(CALIBRATION_METRICS)}")
+    configured = judge.judge()
     with warehouse.connect() as con:
         candidate = newest_ready_model(con)
         if candidate is None:
             raise dg.Failure("no ready model to evaluate; materialize fine_tuned_model first")
         champion = registry.champion(con, candidate.family) or config.baseline_model
         prompts = held_out_prompts(con, config.max_prompts)
+        fallback = dominant_heuristic(con, candidate.task_type)
+        measured_as = calibrated_as(configured.name, candidate.task_type)
+        calibration = trust(con, [measured_as, fallback or ""], config.trust_metric, candidate.task_type)
     if not prompts:
         raise dg.Failure("no held-out prompts: the training examples have no validation split")
+    # only a judge judge_calibration trusts decides; else the task family's heuristic if trusted; else outcomes
+    choice = choose_decider(measured_as, fallback, calibration, config.trust_metric, candidate.task_type)
+    pairwise = configured
+    if choice.decided_by == fallback and fallback != measured_as:
+        pairwise = ScorerJudge(fallback.split(":", 1)[1])
     generator = generation.client()
     sandbox = generator.name == "sandbox"
     if sandbox:  # the sandbox's stand-in "fine-tuned" model answers with texts of its training file
@@ -177,15 +195,21 @@ def offline_evaluation(context: dg.AssetExecutionContext, config: OfflineEvaluat
         train = Path(exports.path) / candidate.dataset_version / f"{fmt}.train.jsonl"
         if train.exists():
             generator.remember(candidate.model_id, train)
-    pairwise = judge.judge()
     result = evaluate_pairwise(generator.generate, pairwise, candidate.model_id, champion, prompts, config.seed)
+    passed = gate_passes(choice, result.win_rate, result.loss_rate, config.max_loss_margin)
     with warehouse.connect() as con:
         record_evaluation(con, run_id=context.run.run_id, candidate=candidate.model_id, champion=champion,
                           judge=pairwise.name, generator=generator.name, prompts=result.prompts, tally=result.tally,
-                          win_rate=result.win_rate, loss_rate=result.loss_rate)
+                          win_rate=result.win_rate, loss_rate=result.loss_rate, decided_by=choice.decided_by,
+                          judge_trusted=choice.trusted, gate_passed=passed, gate_reason=choice.reason)
     context.log.info(f"{'[SANDBOX generator] ' if sandbox else ''}{candidate.model_id} vs {champion}: {result.tally}")
+    if choice.decided_by == OUTCOMES:
+        context.log.warning(f"offline gate: {choice.reason}; the tally of {pairwise.name} is recorded, not used")
     return dg.MaterializeResult(metadata={
         "candidate": candidate.model_id, "champion": champion, "family": candidate.family, "judge": pairwise.name,
+        "configured_judge": configured.name, "decided_by": choice.decided_by, "judge_trusted": choice.trusted,
+        "gate_passed": passed, "gate_reason": choice.reason, "trust_metric": config.trust_metric,
+        "task_type": candidate.task_type,
         "generator": f"{generator.name}{SANDBOX_GENERATOR_NOTE if sandbox else ''}",
         "prompts": result.prompts, "wins": result.tally["candidate"], "losses": result.tally["champion"],
         "ties": result.tally["tie"], "skipped_identical": result.tally["skipped"],
