@@ -45,18 +45,18 @@ def test_the_judge_is_trusted_only_as_calibration_says():
             ({"judges": [], "reason": "the warehouse has no judge_calibration table"}, "no judge_calibration table"),
             ({"judges": [dict(row, trusted=False, auc_low=0.48)]}, "does not trust heuristic:email_writing"),
             ({"judges": [dict(row, task_type="follow_up")]}, "no row for heuristic:email_writing on cold_email"),
-            ({"judges": [dict(row, judge="deepeval-geval:gpt-4o")]}, "trusted but not runnable by the council")]:
+            ({"judges": [dict(row, judge="geval:email_writing@gpt-4o")]}, "trusted but not runnable by the council")]:
         choice = choose_judge("cold_email", calibration)
         assert not choice.trusted and words in choice.reason and "untrusted fallback" in choice.reason
         assert choice.name == "heuristic:email_writing"
     assert choose_judge("haiku", None).name == "heuristic:generic"  # an unknown task type, named as such
     # an LLM judge decides only where calibration trusts it
-    llm = dict(row, judge="deepeval-geval:judge-llm")
+    llm = dict(row, judge="geval:email_writing@judge-llm")
     chosen = choose_judge("cold_email", {"judges": [llm]}, "judge-llm")
-    assert (chosen.name, chosen.trusted, chosen.model_id) == ("deepeval-geval:judge-llm", True, "judge-llm")
+    assert (chosen.name, chosen.trusted, chosen.model_id) == ("geval:email_writing@judge-llm", True, "judge-llm")
     fallback = choose_judge("cold_email", {"judges": [row, dict(llm, trusted=False)]}, "judge-llm")
     assert (fallback.name, fallback.trusted, fallback.model_id) == ("heuristic:email_writing", True, None)
-    assert "deepeval-geval:judge-llm is not trusted" in fallback.reason
+    assert "geval:email_writing@judge-llm is not trusted" in fallback.reason
 
 
 def test_the_cost_cap_seats_the_cheapest_first_and_keeps_the_request_order():

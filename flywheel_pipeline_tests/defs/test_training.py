@@ -282,12 +282,14 @@ def test_geval_judge_through_deepeval_against_an_openai_compatible_server(tmp_pa
                               for c in judged)
         assert len(judged) == 2 * meta["prompts"].value - 2 * meta["skipped_identical"].value
         fake.answers = {"": GOOD, "ft:": GENERIC_ANSWER}  # now the candidate writes the worse e-mails
-        _calibrate(tmp_path, "geval:email_writing@judge-llm", trusted=True)  # the message judge with its model and criteria predicts replies: it decides
+        # the message judge with this model and criteria predicts replies: it decides
+        _calibrate(tmp_path, "geval:email_writing@judge-llm", trusted=True)
         blocked = dg.materialize(ALL, instance=instance, resources=res, raise_on_error=False,
                                  selection=dg.AssetSelection.assets("offline_evaluation"))
         checks = {e.check_name: e for e in blocked.get_asset_check_evaluations()}
         assert not checks["candidate_not_worse_than_champion"].passed
-        assert checks["candidate_not_worse_than_champion"].metadata["decided_by"].value == "geval:email_writing@judge-llm"
+        decided_by = checks["candidate_not_worse_than_champion"].metadata["decided_by"].value
+        assert decided_by == "geval:email_writing@judge-llm"
 
 
 def test_judge_resource_refuses_incomplete_configuration():

@@ -55,10 +55,11 @@ def write_catalog(home, base_url: str) -> None:
 def trust_email_judge(home, tmp_path, trusted: bool = True, judge: str = "heuristic:email_writing") -> None:
     """Publish judges.json as the council_judges asset does, from a judge_calibration table."""
     con = connect(tmp_path / "calibration.duckdb")
-    con.execute("CREATE TABLE IF NOT EXISTS judge_calibration (judge VARCHAR, metric VARCHAR, task_type VARCHAR, "
-                "n BIGINT, auc DOUBLE, auc_low DOUBLE, auc_high DOUBLE, spearman DOUBLE, trusted BOOLEAN)")
-    con.execute("INSERT INTO judge_calibration VALUES (?, 'reply', 'cold_email', 5000, "
-                "0.61, ?, 0.64, 0.21, ?)", [judge, 0.58 if trusted else 0.47, trusted])
+    con.execute("INSERT INTO judge_calibration BY NAME SELECT ? AS judge, '1' AS criteria_version, 'reply' AS metric, "
+                "'cold_email' AS task_type, 5000 AS n, 400 AS positives, 0.08 AS rate, 0.61 AS auc, 0.015 AS auc_se, "
+                "? AS auc_low, 0.64 AS auc_high, 0.95 AS interval_level, 0.21 AS spearman, 0.001 AS spearman_p, "
+                "5000 AS quality_n, true AS gated, ? AS trusted, now()::TIMESTAMP AS computed_at",
+                [judge, 0.58 if trusted else 0.47, trusted])
     publish_judge_trust(con, home / "judges.json")
     con.close()
 

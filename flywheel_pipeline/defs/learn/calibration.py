@@ -11,7 +11,7 @@ from flywheel_pipeline.core.learn_plots import calibration_curves
 from flywheel_pipeline.core.markdown import md_table
 from flywheel_pipeline.defs.ingest.assets import feedback
 from flywheel_pipeline.defs.learn import LEARN_GROUP
-from flywheel_pipeline.defs.learn.judgements import message_judgements
+from flywheel_pipeline.defs.learn.judgements import message_judgements, message_llm_judgements
 from flywheel_pipeline.defs.learn.tracked import log_learn_table
 from flywheel_pipeline.defs.outcomes.assets import outcome_labels
 from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, MlflowResource, WarehouseResource
@@ -52,7 +52,7 @@ def _deciles_md(deciles: list[dict]) -> str:
 
 
 @dg.asset(group_name=LEARN_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "mlflow"},
-          deps=[message_judgements, feedback, outcome_labels],
+          deps=[message_judgements, message_llm_judgements, feedback, outcome_labels],
           description="How well each judge (and people's ratings, judge 'human') predicts reply, positive reply "
                       "and meeting on mature, delivered messages, per task type and over all: AUC with simultaneous "
                       "DeLong intervals, Spearman with the quality score, outcome rates by score decile, n, and "

@@ -5,11 +5,12 @@ import dagster as dg
 from flywheel_pipeline import paths
 from flywheel_pipeline.core.markdown import md_table
 from flywheel_pipeline.defs.learn import LEARN_GROUP
+from flywheel_pipeline.defs.learn.calibration import judge_calibration
 from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, WarehouseResource
 from flywheel_pipeline.warehouse.council import publish_judge_trust
 
 
-@dg.asset(group_name=LEARN_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "json"},
+@dg.asset(group_name=LEARN_GROUP, pool=WAREHOUSE_POOL, kinds={"duckdb", "json"}, deps=[judge_calibration],
           description="judge_calibration's rows (judge, metric, task type, AUC with its interval, trusted) published "
                       "as $FLYWHEEL_HOME/judges.json, which POST /council reads to decide whether its judge is "
                       "trusted (the service never opens the warehouse). Without calibration the file says why, and "
