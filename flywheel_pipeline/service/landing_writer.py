@@ -15,6 +15,11 @@ acknowledged: the writer acknowledges only after the full line with its newline 
 fsyncs and renames them. Complete lines of a request cut off mid-write stay; the sender was
 never acknowledged and retries, and ingestion drops the duplicates.
 Order is preserved within a source; nothing is deduplicated (ingestion does that).
+
+With an ``s3://`` landing zone the same writer writes a replica's local spool instead
+(service/spool.py): segment names carry the replica id (``tag``), every append is fsynced
+before it returns (``fsync_interval_s=0``), and each sealed segment is handed to ``on_seal``,
+which uploads it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +77,13 @@ class _Segment:
 
 class SegmentWriter:
     def __init__(self, landing: Path, *, max_bytes: int = 8 << 20, max_age_s: float = 60.0,
-                 fsync_interval_s: float = 1.0):
+                 fsync_interval_s: float = 1.0, tag: str | None = None,
+                 on_seal: Callable[[Path], None] | None = None):
+        """``tag`` names the writer in its segments' names (default: a random id per segment);
+        ``on_seal`` is called with each sealed segment's path."""
         self.landing = Path(landing)
         self.max_bytes, self.max_age_s, self.fsync_interval_s = max_bytes, max_age_s, fsync_interval_s
+        self.tag, self.on_seal = tag, on_seal
         self._segments: dict[str, _Segment] = {}
         self._lock = threading.Lock()
         self._last_ns = 0
@@ -85,7 +95,7 @@ class SegmentWriter:
         # names sort in creation order (nanosecond clock, strictly increasing per writer), so
         # readers that list files by name see segments in the order they were written
         self._last_ns = max(time.time_ns(), self._last_ns + 1)
-        name = f".{source}-{self._last_ns:020d}-{uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
+        name = f".{source}-{self._last_ns:020d}-{self.tag or uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
         path = directory / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)  # personal data: the owner's only
         fsync_dir(directory)  # the open segment's name survives a crash
@@ -127,7 +137,10 @@ class SegmentWriter:
             return None
         os.fsync(segment.fd)
         os.close(segment.fd)
-        return _seal(segment.path)
+        sealed = _seal(segment.path)
+        if sealed is not None and self.on_seal is not None:
+            self.on_seal(sealed)
+        return sealed
 
     def rotate_due(self) -> list[Path]:
         """Seal segments older than max_age_s (call periodically, e.g. from a timer)."""

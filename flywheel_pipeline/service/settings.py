@@ -4,7 +4,13 @@
 ``FLYWHEEL_HOME``                      the published ``routing.json`` and ``leaderboard.json`` it reads,
                                        and the landing zone at ``$FLYWHEEL_HOME/landing`` (every path
                                        from flywheel_pipeline/paths.py)
-``FLYWHEEL_LANDING``                   the landing zone elsewhere (the one ingestion reads)
+``FLYWHEEL_LANDING``                   the landing zone elsewhere (the one ingestion reads): a
+                                       directory or ``s3://bucket/prefix/`` (with the standard
+                                       ``AWS_*`` settings; see service/spool.py)
+``FLYWHEEL_SPOOL``                     with an s3:// landing zone, the replicas' local spool
+                                       (default ``$FLYWHEEL_HOME/spool``; a persistent disk)
+``FLYWHEEL_REPLICA_ID``                this replica's name in its objects' names and its spool
+                                       (default ``<hostname>-<pid>-<start time>``)
 ``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
                                        shows it), or several separated by commas while it is
                                        rotated; unset = events accepted unsigned
@@ -79,7 +85,9 @@ def parse_api_keys(value: str | None) -> dict[str, tuple[SecretStr, ...]]:
 
 
 class ServiceSettings(BaseModel):
-    landing: Path
+    landing: str  # a directory or s3://bucket/prefix/ (paths.landing_location)
+    spool: Path  # the replicas' spools, with an s3:// landing zone
+    replica_id: str | None = None
     home: Path
     routing_path: Path  # the published routing table GET /route reads
     leaderboard_path: Path  # the published leaderboard GET /leaderboard reads
@@ -109,6 +117,15 @@ class ServiceSettings(BaseModel):
     max_connections: int = Field(200, ge=1)
     auth_failures_per_minute: int = Field(30, ge=0)
 
+    @field_validator("landing")
+    @classmethod
+    def _valid_landing(cls, value: str) -> str:
+        if value.startswith(paths.S3_SCHEME):
+            from flywheel_pipeline.landing_store import parse_s3_url
+
+            parse_s3_url(value)  # ValueError: said at start
+        return value
+
     @field_validator("sendgrid_public_key")
     @classmethod
     def _valid_sendgrid_key(cls, value: str | None) -> str | None:
@@ -129,6 +146,11 @@ class ServiceSettings(BaseModel):
                              f"known: {', '.join(ROUTES)}")
         return value
 
+    @property
+    def object_storage(self) -> bool:
+        """The landing zone is in object storage: the service writes a spool and uploads it."""
+        return self.landing.startswith(paths.S3_SCHEME)
+
     def enabled(self, route: str) -> bool:
         return route not in self.disabled_routes
 
@@ -140,7 +162,8 @@ class ServiceSettings(BaseModel):
             value = env.get(f"FLYWHEEL_{name}")
             return value if value not in (None, "") else None
 
-        values: dict = {"home": paths.flywheel_home(env), "landing": paths.landing_dir(env),
+        values: dict = {"home": paths.flywheel_home(env), "landing": paths.landing_location(env),
+                        "spool": paths.spool_dir(env),
                         "routing_path": paths.routing_path(env), "leaderboard_path": paths.leaderboard_path(env),
                         "api_keys": parse_api_keys(get("API_KEYS"))}
         scalar = {"sendgrid_public_key": "SENDGRID_PUBLIC_KEY", "sendgrid_max_age_s": "SENDGRID_MAX_AGE_S",
@@ -154,7 +177,8 @@ class ServiceSettings(BaseModel):
                   "max_body_bytes": "MAX_BODY_BYTES", "segment_max_bytes": "SEGMENT_MAX_BYTES",
                   "segment_max_age_s": "SEGMENT_MAX_AGE_S", "fsync_interval_s": "FSYNC_INTERVAL_S",
                   "header_timeout_s": "HEADER_TIMEOUT_S", "body_timeout_s": "BODY_TIMEOUT_S",
-                  "max_connections": "MAX_CONNECTIONS", "auth_failures_per_minute": "AUTH_FAILURES_PER_MINUTE"}
+                  "max_connections": "MAX_CONNECTIONS", "auth_failures_per_minute": "AUTH_FAILURES_PER_MINUTE",
+                  "replica_id": "REPLICA_ID"}
         for field, name in scalar.items():
             if (value := get(name)) is not None:
                 values[field] = value
