@@ -33,7 +33,7 @@ from flywheel_pipeline_tests.fakes.s3_server import s3_landing  # noqa: F401 (fi
 from flywheel_pipeline_tests.warehouse.test_ingest import labels
 
 AS_OF = T0 + timedelta(days=30)
-UNITS = 90  # messages, each with 1-3 SendGrid events and every fifth with a reply
+UNITS = 60  # messages, each with 1-3 SendGrid events and every fifth with a reply
 KEY = "key-one"
 SERVE_ENV = {"FLYWHEEL_API_KEYS": f"org-1={KEY}", "FLYWHEEL_SEGMENT_MAX_AGE_S": "0.5",
              "FLYWHEEL_SEGMENT_MAX_BYTES": "8192", "FLYWHEEL_RATE_LIMIT_PER_MINUTE": "0"}
