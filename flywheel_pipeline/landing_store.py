@@ -216,6 +216,30 @@ class S3Store(LandingStore):
         self._call(self.client.list_objects_v2, Bucket=self.bucket, Prefix=self.prefix, MaxKeys=1)
 
 
+def land_records(store: LandingStore, source: str, records, name: str | None = None) -> str:
+    """Write records as one new landing file of ``source`` (core/landing.write_jsonl's rules) in
+    the store; returns where it landed."""
+    if isinstance(store, DirectoryStore):
+        return str(landing_zone.write_jsonl(store.root, source, records, name=name))
+    with tempfile.TemporaryDirectory(prefix="flywheel-land-") as tmp:
+        path = landing_zone.write_jsonl(Path(tmp), source, records, name=name)
+        store.put_file(source, path.name, path)
+        return f"{store.url}{source}/{path.name}"
+
+
+def upload_directory(directory: Path, store: LandingStore) -> int:
+    """Put every landing file of a local directory that the store lacks (a staged landing zone,
+    e.g. the simulator's, into object storage); returns how many were put."""
+    put = 0
+    for source in landing_zone.SOURCES + landing_zone.LABEL_SOURCES:
+        present = {f.name for f in store.list_files(source)}
+        for f in landing_zone.list_files(directory, source):
+            if f.name not in present:
+                store.put_file(source, f.name, f.path)
+                put += 1
+    return put
+
+
 def open_store(location: str | Path | LandingStore, env: Mapping[str, str] | None = None) -> LandingStore:
     """The store of a landing location: an ``s3://`` URL or a directory (a store is returned as is)."""
     if isinstance(location, LandingStore):

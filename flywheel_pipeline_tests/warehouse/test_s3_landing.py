@@ -128,3 +128,22 @@ def test_s3_down_is_one_clear_error_without_credentials(s3_landing, tmp_path):
     s3_landing.start()
     with pytest.raises(LandingUnavailable, match="no-such-bucket-here.*NoSuchBucket"):
         missing.check()
+
+
+def test_commands_that_land_files_write_them_to_s3(s3_landing, tmp_path, monkeypatch, capsys):
+    from flywheel_pipeline.cli import main
+
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "fw"))
+    world = ["simulate", "--days", "28", "--messages-per-day", "4", "--leads-per-org", "5", "--end", "2026-03-01"]
+    assert main(world) == 0
+    store = open_store(s3_landing.url)
+    messages = store.list_files("messages")
+    assert len(messages) == 28 and capsys.readouterr().out.count("files uploaded") == 1
+    assert main(world) == 0  # nothing new: nothing uploaded again
+    assert "0 files uploaded" in capsys.readouterr().out
+    assert [f.name for f in store.list_files("messages")] == [f.name for f in messages]
+    labelled = tmp_path / "labels.jsonl"
+    labelled.write_text('{"id": "r1", "organization_id": "org-1", "text": "hi", "intent": "not_now"}\n')
+    assert main(["replies", "correct", str(labelled)]) == 0
+    (label_file,) = s3_landing.objects("reply_labels").values()
+    assert b'"intent":"not_now"' in label_file
