@@ -72,6 +72,18 @@ def _try_lock(directory: Path) -> int | None:
     return fd
 
 
+def held(root: Path, replica: str) -> bool:
+    """Whether a live process holds the replica's spool (said at start, before the app starts)."""
+    directory = Path(root) / replica
+    if not (directory / LOCK_NAME).exists():
+        return False
+    fd = _try_lock(directory)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
 def _sealed(directory: Path) -> list[tuple[str, Path]]:
     """(source, path) of the sealed segments in a spool directory, oldest first."""
     out = []

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from flywheel_pipeline.service.spool import Spool, SpoolInUse, replica_id
 from flywheel_pipeline.warehouse.ingest import ingest_source
 from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.conftest import T0
-from flywheel_pipeline_tests.fakes.http import free_port, start_flywheel_serve
+from flywheel_pipeline_tests.fakes.http import REPO, free_port, start_flywheel_serve
 from flywheel_pipeline_tests.fakes.s3_server import S3Landing, s3_landing  # noqa: F401 (fixture)
 
 # small segments, sealed within a second: uploads happen while the test runs
@@ -66,6 +67,21 @@ def test_replica_ids_are_safe_names_and_a_spool_has_one_owner(s3_landing, tmp_pa
     assert (first.directory / "sendgrid" / "sendgrid-1-r1.jsonl").exists()
     assert first.close() and not (first.directory / "sendgrid" / "sendgrid-1-r1.jsonl").exists()
     assert list(s3_landing.objects("sendgrid")) == ["sendgrid-1-r1.jsonl"]
+
+
+def test_a_second_process_with_a_replicas_id_is_refused_in_one_line(s3_landing, tmp_path):
+    home = tmp_path / "fw"
+    proc = start_flywheel_serve(home, free_port(), FLYWHEEL_REPLICA_ID="web-a", **SPOOL_ENV)
+    try:
+        env = dict(os.environ, FLYWHEEL_HOME=str(home), FLYWHEEL_REPLICA_ID="web-a", PYTHONPATH=str(REPO))
+        done = subprocess.run([sys.executable, "-m", "flywheel_pipeline.cli", "serve", "--port", str(free_port())],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2
+        assert done.stderr.strip().splitlines() == [
+            f"flywheel serve: FLYWHEEL_REPLICA_ID=web-a is in use by another live process on the spool "
+            f"{home / 'spool'}: give each replica its own id"]
+    finally:
+        stop(proc)
 
 
 def test_service_seals_objects_per_replica_and_ingestion_reads_them_once(s3_landing, tmp_path):
