@@ -136,8 +136,8 @@ class ServiceState:
                  "reachable" if spool.available else f"UNAVAILABLE, answering 503: {spool.last_error}")
         spool.start()
         return SegmentWriter(spool.directory, max_bytes=settings.segment_max_bytes,
-                             max_age_s=settings.segment_max_age_s, fsync_interval_s=0.0, tag=spool.replica,
-                             on_seal=spool.wake)
+                             max_age_s=settings.segment_max_age_s, fsync_interval_s=settings.fsync_interval_s,
+                             tag=spool.replica, on_seal=spool.wake, sync_each_append=True)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:

@@ -220,3 +220,43 @@ def test_a_replica_started_while_s3_is_down_acknowledges_nothing_until_it_is_bac
     assert {r["message_id"] for r in landed_events(s3_landing)} == {"m-2"}
     err = proc.stderr.read().decode()
     assert s3_landing.env["AWS_SECRET_ACCESS_KEY"] not in err and "landing zone" in err
+
+
+def test_each_append_returns_only_once_fsynced_and_concurrent_appends_share_fsyncs(tmp_path, monkeypatch):
+    from flywheel_pipeline.service import landing_writer
+
+    covered: dict[int, int] = {}  # fd -> bytes an fsync has made durable
+    calls = []
+    real_fsync = os.fsync
+
+    def slow_fsync(fd: int) -> None:  # a disk that takes 2 ms per fsync
+        size = os.fstat(fd).st_size
+        time.sleep(0.002)
+        real_fsync(fd)
+        covered[fd] = max(covered.get(fd, 0), size)
+        calls.append(fd)
+
+    monkeypatch.setattr(landing_writer.os, "fsync", slow_fsync)
+    writer = landing_writer.SegmentWriter(tmp_path, fsync_interval_s=3600, sync_each_append=True, tag="t")
+    returned: list[tuple[bytes, int]] = []
+    lock = threading.Lock()
+
+    def append_many(t: int) -> None:
+        for i in range(40):
+            line = f'{{"t":{t},"i":{i}}}'.encode()
+            writer.append("sendgrid", [line])
+            with lock:  # what was durable when append returned
+                returned.append((line, max(covered.values(), default=0)))
+
+    threads = [threading.Thread(target=append_many, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    (segment,) = (tmp_path / "sendgrid").glob(".*.open")
+    data = segment.read_bytes()
+    for line, durable in returned:
+        end = data.index(line + b"\n") + len(line) + 1
+        assert end <= durable, "an append returned before its lines were fsynced"
+    assert len(calls) < len(returned) / 2, f"{len(calls)} fsyncs for {len(returned)} appends: no group commit"
+    writer.close()
