@@ -152,7 +152,8 @@ def main() -> int:
               f"p99 {result['p99_ms']:.1f} ms")
     for kind in ("directory", "s3"):
         if (kind, 1) in best and (kind, 2) in best:
-            print(f"{kind}: two replicas / one: {best[(kind, 2)]['events_per_s'] / best[(kind, 1)]['events_per_s']:.2f}x")
+            ratio = best[(kind, 2)]["events_per_s"] / best[(kind, 1)]["events_per_s"]
+            print(f"{kind}: two replicas / one: {ratio:.2f}x")
     for replicas in (1, 2):
         if ("s3", replicas) in best and ("directory", replicas) in best:
             ratio = best[("s3", replicas)]["events_per_s"] / best[("directory", replicas)]["events_per_s"]

@@ -204,7 +204,8 @@ class S3Store(LandingStore):
                 raise self._unavailable(exc) from None
             # already there: the same bytes (an upload whose acknowledgement a crash lost) are fine
             head = self._call(self.client.head_object, Bucket=self.bucket, Key=key)
-            if head.get("ETag", "").strip('"') != md5 and self._read(key) != path.read_bytes():  # ETag: not MD5 with KMS
+            # the ETag is the MD5 of a single-part object, except with SSE-KMS: then compare the bytes
+            if head.get("ETag", "").strip('"') != md5 and self._read(key) != path.read_bytes():
                 raise FileExistsError(f"landing object {self.url}{source}/{name} exists with other content") from None
         except BotoCoreError as exc:
             raise self._unavailable(exc) from None

@@ -170,6 +170,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="labelled JSONL: id (the reply_id), intent[, sentiment, organization_id]; "
                                 "e.g. a corrected review file")
     p.add_argument("--by", help="who reviewed (default: $USER)")
-    p.add_argument("--landing", help="landing zone, a directory or s3://bucket/prefix/ (default: $FLYWHEEL_LANDING, else "
-                        "$FLYWHEEL_HOME/landing)")
+    p.add_argument("--landing", help="landing zone, a directory or s3://bucket/prefix/ (default: "
+                                      "$FLYWHEEL_LANDING, else $FLYWHEEL_HOME/landing)")
     p.set_defaults(func=cmd_replies_correct)

@@ -32,7 +32,8 @@ def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneReso
                    warehouse: WarehouseResource):
     seen = json.loads(context.cursor) if context.cursor else {}
     store = landing.store()
-    changed, current = untaken_sources(store, read_taken(paths.landing_ingested_path(), store, warehouse.database), seen)
+    taken = read_taken(paths.landing_ingested_path(), store, warehouse.database)
+    changed, current = untaken_sources(store, taken, seen)
     if not changed:
         return dg.SkipReason("no landing files that ingestion has not taken")
     state = json.dumps(current, sort_keys=True)
