@@ -4,7 +4,10 @@ used by the CLI, the service, the Dagster resources and the sensors.
 ``$FLYWHEEL_HOME`` (default ``.flywheel/`` in the working directory) holds::
 
     landing/<source>/*.jsonl   the landing zone (immutable files, see core/landing.py);
-                               FLYWHEEL_LANDING moves it (the service fills it, ingestion reads it)
+                               FLYWHEEL_LANDING moves it (the service fills it, ingestion reads it),
+                               also to object storage: s3://bucket/prefix/ (landing_store.py)
+    spool/<replica>/           with an s3:// landing zone, each service replica's local spool of
+                               fsynced segments not yet uploaded; FLYWHEEL_SPOOL moves it
     warehouse.duckdb           the DuckDB warehouse; FLYWHEEL_WAREHOUSE moves it
     exports/                   validated fine-tuning files; FLYWHEEL_EXPORTS moves them
     models/                    local (trl) adapters
@@ -46,9 +49,30 @@ def flywheel_home(env: Mapping[str, str] | None = None) -> Path:
     return _absolute(_setting(env, "FLYWHEEL_HOME") or ".flywheel")
 
 
-def landing_dir(env: Mapping[str, str] | None = None) -> Path:
+S3_SCHEME = "s3://"
+
+
+def landing_location(env: Mapping[str, str] | None = None) -> str:
+    """The landing zone: ``s3://bucket/prefix/`` as given, else its absolute directory."""
     override = _setting(env, "FLYWHEEL_LANDING")
-    return _absolute(override) if override else flywheel_home(env) / "landing"
+    if override and override.startswith(S3_SCHEME):
+        return override
+    return str(_absolute(override) if override else flywheel_home(env) / "landing")
+
+
+def landing_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The landing zone as a local directory (commands that write files there); an ``s3://`` zone
+    has none (ValueError)."""
+    location = landing_location(env)
+    if location.startswith(S3_SCHEME):
+        raise ValueError(f"FLYWHEEL_LANDING={location} is in object storage, not a directory")
+    return Path(location)
+
+
+def spool_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where service replicas spool segments before uploading them to an s3:// landing zone."""
+    override = _setting(env, "FLYWHEEL_SPOOL")
+    return _absolute(override) if override else flywheel_home(env) / "spool"
 
 
 def warehouse_path(env: Mapping[str, str] | None = None) -> Path:

@@ -17,6 +17,7 @@ import sys
 from flywheel_pipeline.cli import demo, jobs, models, replies, serve, simulate, training, ui, validate, warehouse
 from flywheel_pipeline.cli.options import HelpFormatter
 from flywheel_pipeline.cli.serve import bind_refusal
+from flywheel_pipeline.landing_store import LandingUnavailable
 from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
 
 __all__ = ["bind_refusal", "build_parser", "main"]
@@ -59,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except OutdatedWarehouse as exc:
         print(f"flywheel {args.command}: {exc}", file=sys.stderr, flush=True)
         return 2
+    except LandingUnavailable as exc:  # one line naming the zone and endpoint, never a credential
+        print(f"flywheel {args.command}: {exc}", file=sys.stderr, flush=True)
+        return 1
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

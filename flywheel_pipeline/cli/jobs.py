@@ -69,8 +69,13 @@ def run_job(job_name: str, run_config: dict | None = None, *, verbose: bool = Fa
 
 def run_refresh(full: bool = False, as_of: str | None = None, *, verbose: bool = False,
                 name_home: bool = True) -> JobRun:
-    """Materialize the refresh job through Dagster, recorded in the instance at DAGSTER_HOME."""
+    """Materialize the refresh job through Dagster, recorded in the instance at DAGSTER_HOME. An
+    unreachable landing zone (S3 down, a bad bucket) raises LandingUnavailable before the run."""
+    from flywheel_pipeline import paths
     from flywheel_pipeline.defs.ingest.automation import REFRESH_JOB_NAME
+    from flywheel_pipeline.landing_store import open_store
+
+    open_store(paths.landing_location()).check()
 
     return run_job(REFRESH_JOB_NAME, {"ops": {"outcome_labels": {"config": {"full_relabel": full, "as_of": as_of}}}},
                    verbose=verbose, name_home=name_home)

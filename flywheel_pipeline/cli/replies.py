@@ -107,7 +107,6 @@ def cmd_replies_review(args: argparse.Namespace) -> int:
 
 def cmd_replies_correct(args: argparse.Namespace) -> int:
     from flywheel_pipeline import paths
-    from flywheel_pipeline.core.landing import write_jsonl
 
     try:
         raw = Path(args.file).read_bytes()
@@ -134,8 +133,9 @@ def cmd_replies_correct(args: argparse.Namespace) -> int:
         if isinstance(obj, dict) and "predicted_intent" in obj:
             predicted[(obj.get("organization_id"), obj.get("id"))] = obj["predicted_intent"]
     changed = sum(1 for row in rows if predicted.get((row.organization_id, row.id), row.intent) != row.intent)
-    landing = Path(args.landing) if args.landing else paths.landing_dir()
-    path = write_jsonl(landing, "reply_labels", records)
+    from flywheel_pipeline.landing_store import land_records, open_store
+
+    path = land_records(open_store(args.landing or paths.landing_location()), "reply_labels", records)
     print(f"{len(records)} reviewed labels landed in {path} ({changed} differ from the classifier); "
           "`flywheel refresh` applies them")
     return 0
@@ -170,5 +170,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("file", help="labelled JSONL: id (the reply_id), intent[, sentiment, organization_id]; "
                                 "e.g. a corrected review file")
     p.add_argument("--by", help="who reviewed (default: $USER)")
-    p.add_argument("--landing", help="landing directory (default: $FLYWHEEL_LANDING, else $FLYWHEEL_HOME/landing)")
+    p.add_argument("--landing", help="landing zone, a directory or s3://bucket/prefix/ (default: "
+                                      "$FLYWHEEL_LANDING, else $FLYWHEEL_HOME/landing)")
     p.set_defaults(func=cmd_replies_correct)

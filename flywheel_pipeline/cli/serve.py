@@ -38,6 +38,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"flywheel serve: bad configuration: {exc}", file=sys.stderr)
         return 2
+    if settings.object_storage and settings.replica_id:
+        from flywheel_pipeline.service.spool import held, replica_id
+
+        if held(settings.spool, replica_id(settings.replica_id)):
+            print(f"flywheel serve: FLYWHEEL_REPLICA_ID={settings.replica_id} is in use by another live process on "
+                  f"the spool {settings.spool}: give each replica its own id", file=sys.stderr)
+            return 2
     refusal = bind_refusal(args.host, settings, allow_unauthenticated=args.allow_unauthenticated)
     if refusal:
         print(f"flywheel serve: {refusal}", file=sys.stderr)

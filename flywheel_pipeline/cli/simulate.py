@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from flywheel_pipeline import paths
 from flywheel_pipeline.cli.options import add_parser, iso_date, positive_int
@@ -34,8 +35,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             + ", ".join(f"from {d}: " + "; ".join(f"{a['ab_group']} {a['traffic_pct']:g}%"
                                                    for f in t["families"].values() for a in f["arms"])
                         for d, t in history))
-    say(f"[{SIMULATOR_TAG}] writing {cfg.days} simulated days (seed {cfg.seed}) to {paths.landing_dir()}")
-    result = simulate(paths.landing_dir(), cfg)
+    location = paths.landing_location()
+    s3 = location.startswith(paths.S3_SCHEME)
+    # an s3:// landing zone: the world is written to a local staging directory, then uploaded
+    target = paths.simulator_dir() / "landing" if s3 else Path(location)
+    say(f"[{SIMULATOR_TAG}] writing {cfg.days} simulated days (seed {cfg.seed}) to {location}")
+    result = simulate(target, cfg)
+    if s3:
+        from flywheel_pipeline.landing_store import open_store, upload_directory
+
+        say(f"[{SIMULATOR_TAG}] {upload_directory(target, open_store(location))} files uploaded from {target}")
     say(f"[{SIMULATOR_TAG}] {result.days_written} days written, {result.days_skipped} already present: "
         f"{result.messages} messages, {result.sendgrid_lines} SendGrid lines (duplicates included, "
         f"{result.malformed_lines} deliberately truncated), {result.crm_lines} CRM events, "

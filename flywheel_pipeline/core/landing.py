@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 SOURCES: tuple[str, ...] = ("messages", "sendgrid", "crm", "replies", "feedback")
 # What people write rather than the outside world: reviewed reply labels
@@ -30,12 +30,26 @@ ALL_SOURCES: tuple[str, ...] = SOURCES + LABEL_SOURCES + DERIVED_SOURCES
 @dataclass(frozen=True)
 class LandingFile:
     source: str
-    path: Path
+    path: Path | None  # a local file; None for an object in object storage (see ``key``)
     size_bytes: int
+    key: str | None = None  # the object's key in object storage (landing_store.S3Store)
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return self.path.name if self.path is not None else (self.key or "").rsplit("/", 1)[-1]
+
+
+class LandingListing(Protocol):
+    """A landing zone that lists its sealed files (a directory or object storage: landing_store.py)."""
+
+    url: str
+
+    def list_files(self, source: str) -> list[LandingFile]: ...
+
+
+def zone_url(landing: Path | LandingListing) -> str:
+    """A landing zone's identity: an absolute directory or its object-storage URL."""
+    return landing.url if hasattr(landing, "url") else str(Path(landing).absolute())
 
 
 def source_dir(landing: Path, source: str) -> Path:
@@ -98,7 +112,7 @@ def list_files(landing: Path, source: str) -> list[LandingFile]:
     return files
 
 
-def fingerprint(landing: Path, sources: Iterable[str] = ALL_SOURCES) -> dict[str, str]:
+def fingerprint(landing: Path | LandingListing, sources: Iterable[str] = ALL_SOURCES) -> dict[str, str]:
     """A cheap digest per source of which files are visible (names and sizes).
 
     The landing sensor compares digests to decide whether to launch an ingestion run;
@@ -108,7 +122,8 @@ def fingerprint(landing: Path, sources: Iterable[str] = ALL_SOURCES) -> dict[str
     for source in sources:
         h = hashlib.sha256()
         count = 0
-        for f in list_files(landing, source):
+        files = landing.list_files(source) if hasattr(landing, "list_files") else list_files(landing, source)
+        for f in files:
             h.update(f"{f.name}\0{f.size_bytes}\n".encode())
             count += 1
         out[source] = f"{count}:{h.hexdigest()[:16]}"

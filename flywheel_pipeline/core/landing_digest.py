@@ -11,14 +11,15 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from flywheel_pipeline.core import landing as landing_zone
+from flywheel_pipeline.core.landing import LandingListing
 from flywheel_pipeline.core.atomic_json import write_json_atomic
 
 
-def _zone(landing: Path, warehouse: str) -> str:
-    return f"{warehouse}|{landing.absolute()}"
+def _zone(landing: Path | LandingListing, warehouse: str) -> str:
+    return f"{warehouse}|{landing_zone.zone_url(landing)}"
 
 
-def read_taken(path: Path, landing: Path, warehouse: str) -> dict[str, str]:
+def read_taken(path: Path, landing: Path | LandingListing, warehouse: str) -> dict[str, str]:
     """Per source, the digest ingestion into ``warehouse`` last took from the landing zone at ``landing``."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -28,7 +29,7 @@ def read_taken(path: Path, landing: Path, warehouse: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in zone.items()} if isinstance(zone, dict) else {}
 
 
-def record_taken(path: Path, landing: Path, warehouse: str, digests: dict[str, str]) -> None:
+def record_taken(path: Path, landing: Path | LandingListing, warehouse: str, digests: dict[str, str]) -> None:
     """Merge ``digests`` (source -> digest, taken before ingestion listed the files) into the file."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
@@ -40,7 +41,7 @@ def record_taken(path: Path, landing: Path, warehouse: str, digests: dict[str, s
     write_json_atomic(value, path)
 
 
-def untaken_sources(landing: Path, taken: dict[str, str], seen: dict[str, str],
+def untaken_sources(landing: Path | LandingListing, taken: dict[str, str], seen: dict[str, str],
                     sources: Iterable[str] | None = None) -> tuple[list[str], dict[str, str]]:
     """(sources whose visible files neither ingestion nor the sensor's cursor has seen, the current
     digests). A source with no files is never untaken."""

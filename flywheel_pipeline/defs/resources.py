@@ -6,7 +6,6 @@ import contextlib
 import os
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import dagster as dg
 import duckdb
@@ -14,6 +13,7 @@ from pydantic import Field
 
 from flywheel_pipeline import paths
 from flywheel_pipeline.core.label_policy import DEFAULT_STAGE_SCORES, LabelPolicy
+from flywheel_pipeline.landing_store import LandingStore, open_store
 from flywheel_pipeline.warehouse import schema
 
 WAREHOUSE_POOL = "duckdb_warehouse"
@@ -51,13 +51,13 @@ class WarehouseResource(dg.ConfigurableResource):
 
 
 class LandingZoneResource(dg.ConfigurableResource):
-    """The landing zone: ``<path>/<source>/*.jsonl`` (see core/landing.py)."""
+    """The landing zone: ``<path>/<source>/*.jsonl`` (see core/landing.py), a directory or
+    ``s3://bucket/prefix/`` (landing_store.py)."""
 
     path: str
 
-    @property
-    def root(self) -> Path:
-        return Path(self.path)
+    def store(self) -> LandingStore:
+        return open_store(self.path)
 
 
 class ExportsResource(dg.ConfigurableResource):
@@ -213,7 +213,7 @@ def local_resources() -> dict[str, dg.ConfigurableResource]:
     """Embedded defaults: everything under $FLYWHEEL_HOME."""
     return {
         "warehouse": WarehouseResource(database=paths.warehouse_database()),
-        "landing": LandingZoneResource(path=str(paths.landing_dir())),
+        "landing": LandingZoneResource(path=paths.landing_location()),
         "label_policy": LabelPolicyResource(),
         "exports": ExportsResource(path=str(paths.exports_dir())),
         "fine_tuning": FineTuningResource(),
@@ -267,7 +267,7 @@ def production_resources() -> dict[str, dg.ConfigurableResource]:
     return {
         "warehouse": WarehouseResource(database=paths.warehouse_database(),
                                        memory_limit=os.environ.get("FLYWHEEL_DUCKDB_MEMORY_LIMIT")),
-        "landing": LandingZoneResource(path=str(paths.landing_dir())),
+        "landing": LandingZoneResource(path=paths.landing_location()),
         "label_policy": LabelPolicyResource(),
         "exports": ExportsResource(path=str(paths.exports_dir())),
         "fine_tuning": FineTuningResource(backend=os.environ.get("FLYWHEEL_FINETUNE_BACKEND", "openai"),

@@ -15,6 +15,12 @@ acknowledged: the writer acknowledges only after the full line with its newline 
 fsyncs and renames them. Complete lines of a request cut off mid-write stay; the sender was
 never acknowledged and retries, and ingestion drops the duplicates.
 Order is preserved within a source; nothing is deduplicated (ingestion does that).
+
+With an ``s3://`` landing zone the same writer writes a replica's local spool instead
+(service/spool.py): segment names carry the replica id (``tag``), every append is fsynced
+before it returns (``sync_each_append``: a group commit, one fsync covering every request
+written before it, so concurrent requests share fsyncs), and each sealed segment is handed to
+``on_seal``, which uploads it.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from flywheel_pipeline.core.landing import fsync_dir
@@ -67,13 +74,21 @@ class _Segment:
     size: int = 0
     last_fsync: float = 0.0
     dirty: bool = False
+    synced: int = 0  # bytes known to be on stable storage (sync_each_append)
+    closed: bool = False
+    sync_lock: threading.Lock = field(default_factory=threading.Lock)  # the fd is not closed while held
 
 
 class SegmentWriter:
     def __init__(self, landing: Path, *, max_bytes: int = 8 << 20, max_age_s: float = 60.0,
-                 fsync_interval_s: float = 1.0):
+                 fsync_interval_s: float = 1.0, tag: str | None = None,
+                 on_seal: Callable[[Path], None] | None = None, sync_each_append: bool = False):
+        """``tag`` names the writer in its segments' names (default: a random id per segment);
+        ``on_seal`` is called with each sealed segment's path; ``sync_each_append``: an append
+        returns only once its lines are fsynced."""
         self.landing = Path(landing)
         self.max_bytes, self.max_age_s, self.fsync_interval_s = max_bytes, max_age_s, fsync_interval_s
+        self.tag, self.on_seal, self.sync_each_append = tag, on_seal, sync_each_append
         self._segments: dict[str, _Segment] = {}
         self._lock = threading.Lock()
         self._last_ns = 0
@@ -85,7 +100,7 @@ class SegmentWriter:
         # names sort in creation order (nanosecond clock, strictly increasing per writer), so
         # readers that list files by name see segments in the order they were written
         self._last_ns = max(time.time_ns(), self._last_ns + 1)
-        name = f".{source}-{self._last_ns:020d}-{uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
+        name = f".{source}-{self._last_ns:020d}-{self.tag or uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
         path = directory / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)  # personal data: the owner's only
         fsync_dir(directory)  # the open segment's name survives a crash
@@ -94,7 +109,8 @@ class SegmentWriter:
 
     def append(self, source: str, lines: list[bytes]) -> int:
         """Write complete lines (each without its newline) for one request, in order; returns
-        the bytes written. Returns only after the kernel holds every line."""
+        the bytes written. Returns only after the kernel holds every line (with
+        ``sync_each_append``: after they are on stable storage)."""
         payload = b"".join(line + b"\n" for line in lines)
         if not payload:
             return 0
@@ -112,9 +128,24 @@ class SegmentWriter:
             now = time.monotonic()
             if now - segment.last_fsync >= self.fsync_interval_s:
                 self._fsync(segment, now)
+            end = segment.size
             if segment.size >= self.max_bytes or now - segment.opened >= self.max_age_s:
-                self._rotate(source)
+                self._rotate(source)  # fsyncs everything written
+        if self.sync_each_append:
+            self._sync_to(segment, end)
         return len(payload)
+
+    @staticmethod
+    def _sync_to(segment: _Segment, end: int) -> None:
+        """Group commit: make the segment's first ``end`` bytes durable. One fsync covers every
+        append written before it started, so a request that waited for another's fsync usually
+        finds its own lines already covered."""
+        with segment.sync_lock:
+            if segment.closed or segment.synced >= end:
+                return
+            size = segment.size  # appends are complete before size grows: all of it is written
+            os.fsync(segment.fd)
+            segment.synced = size
 
     @staticmethod
     def _fsync(segment: _Segment, now: float) -> None:
@@ -125,9 +156,14 @@ class SegmentWriter:
         segment = self._segments.pop(source, None)
         if segment is None:
             return None
-        os.fsync(segment.fd)
-        os.close(segment.fd)
-        return _seal(segment.path)
+        with segment.sync_lock:
+            os.fsync(segment.fd)
+            os.close(segment.fd)
+            segment.closed = True
+        sealed = _seal(segment.path)
+        if sealed is not None and self.on_seal is not None:
+            self.on_seal(sealed)
+        return sealed
 
     def rotate_due(self) -> list[Path]:
         """Seal segments older than max_age_s (call periodically, e.g. from a timer)."""

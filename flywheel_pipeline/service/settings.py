@@ -5,7 +5,13 @@
                                        ``judges.json`` it reads, ``catalog.yaml`` (the model catalog's
                                        overrides), and the landing zone at ``$FLYWHEEL_HOME/landing`` (every path
                                        from flywheel_pipeline/paths.py)
-``FLYWHEEL_LANDING``                   the landing zone elsewhere (the one ingestion reads)
+``FLYWHEEL_LANDING``                   the landing zone elsewhere (the one ingestion reads): a
+                                       directory or ``s3://bucket/prefix/`` (with the standard
+                                       ``AWS_*`` settings; see service/spool.py)
+``FLYWHEEL_SPOOL``                     with an s3:// landing zone, the replicas' local spool
+                                       (default ``$FLYWHEEL_HOME/spool``; a persistent disk)
+``FLYWHEEL_REPLICA_ID``                this replica's name in its objects' names and its spool
+                                       (default ``<hostname>-<pid>-<start time>``)
 ``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
                                        shows it), or several separated by commas while it is
                                        rotated; unset = events accepted unsigned
@@ -131,7 +137,9 @@ def parse_admin_keys(value: str | None) -> dict[str, SecretStr]:
 
 
 class ServiceSettings(BaseModel):
-    landing: Path
+    landing: str  # a directory or s3://bucket/prefix/ (paths.landing_location)
+    spool: Path  # the replicas' spools, with an s3:// landing zone
+    replica_id: str | None = None
     home: Path
     routing_path: Path  # the published routing table GET /route reads
     leaderboard_path: Path  # the published leaderboard GET /leaderboard reads
@@ -182,6 +190,15 @@ class ServiceSettings(BaseModel):
             raise ValueError("FLYWHEEL_ADMIN_KEYS: an admin key is also an organization's key (FLYWHEEL_API_KEYS)")
         return self
 
+    @field_validator("landing")
+    @classmethod
+    def _valid_landing(cls, value: str) -> str:
+        if value.startswith(paths.S3_SCHEME):
+            from flywheel_pipeline.landing_store import parse_s3_url
+
+            parse_s3_url(value)  # ValueError: said at start
+        return value
+
     @field_validator("sendgrid_public_key")
     @classmethod
     def _valid_sendgrid_key(cls, value: str | None) -> str | None:
@@ -210,6 +227,11 @@ class ServiceSettings(BaseModel):
                              f"known: {', '.join(ROUTES)}")
         return value
 
+    @property
+    def object_storage(self) -> bool:
+        """The landing zone is in object storage: the service writes a spool and uploads it."""
+        return self.landing.startswith(paths.S3_SCHEME)
+
     def enabled(self, route: str) -> bool:
         return route not in self.disabled_routes
 
@@ -221,7 +243,8 @@ class ServiceSettings(BaseModel):
             value = env.get(f"FLYWHEEL_{name}")
             return value if value not in (None, "") else None
 
-        values: dict = {"home": paths.flywheel_home(env), "landing": paths.landing_dir(env),
+        values: dict = {"home": paths.flywheel_home(env), "landing": paths.landing_location(env),
+                        "spool": paths.spool_dir(env),
                         "routing_path": paths.routing_path(env), "leaderboard_path": paths.leaderboard_path(env),
                         "judges_path": paths.judges_path(env), "model_stats_path": paths.model_stats_path(env),
                         "catalog_path": paths.catalog_path(env),
@@ -242,7 +265,8 @@ class ServiceSettings(BaseModel):
                   "max_connections": "MAX_CONNECTIONS", "auth_failures_per_minute": "AUTH_FAILURES_PER_MINUTE",
                   "council_timeout_s": "COUNCIL_TIMEOUT_S", "council_max_cost_usd": "COUNCIL_MAX_COST_USD",
                   "council_max_tokens": "COUNCIL_MAX_TOKENS", "council_models": "COUNCIL_MODELS",
-                  "council_pair_margin": "COUNCIL_PAIR_MARGIN", "council_llm_judge": "COUNCIL_LLM_JUDGE"}
+                  "council_pair_margin": "COUNCIL_PAIR_MARGIN", "council_llm_judge": "COUNCIL_LLM_JUDGE",
+                  "replica_id": "REPLICA_ID"}
         for field, name in scalar.items():
             if (value := get(name)) is not None:
                 values[field] = value

@@ -26,6 +26,7 @@ from flywheel_pipeline.core import strict_json
 from flywheel_pipeline.core.catalog import Catalog, load_catalog
 from flywheel_pipeline.core.model_snapshot import empty_snapshot
 from flywheel_pipeline.core.signatures import load_sendgrid_public_key
+from flywheel_pipeline.landing_store import open_store
 from flywheel_pipeline.service.errors import Rejected
 from flywheel_pipeline.service.hubspot_client import HubSpotClient
 from flywheel_pipeline.service.landing_writer import SegmentWriter, recover
@@ -33,8 +34,11 @@ from flywheel_pipeline.service.council import ModelClients, prewarm_llm_judge
 from flywheel_pipeline.service.metrics import ServiceMetrics
 from flywheel_pipeline.service.rate_limit import RateLimiter
 from flywheel_pipeline.service.settings import ServiceSettings
+from flywheel_pipeline.service.spool import Spool, replica_id
 
 log = logging.getLogger("flywheel.service")
+
+RETRY_AFTER_S = 5  # while the landing zone is unavailable (503 landing_unavailable)
 
 
 class PublishedJson:
@@ -84,6 +88,7 @@ class ServiceState:
     writer: SegmentWriter | None = field(default=None)  # set while the app runs
     admin_keys: list[tuple[str, bytes]] = field(default_factory=list)  # (key id, key): the control API
     _catalog: tuple[Any, Catalog] | None = field(default=None)
+    spool: Spool | None = field(default=None)  # with an s3:// landing zone, while the app runs
 
     @classmethod
     def from_settings(cls, settings: ServiceSettings, *, hubspot: HubSpotClient | None = None) -> ServiceState:
@@ -113,6 +118,10 @@ class ServiceState:
         except ValueError as exc:
             raise Rejected(400, "invalid_number", f"not strict JSON: {exc}") from exc
         assert self.writer is not None, "the app is not running (no lifespan)"
+        if self.spool is not None and not self.spool.available:  # never acknowledge what cannot be uploaded
+            raise Rejected(503, "landing_unavailable",
+                           "the landing zone cannot be reached; nothing was accepted, retry later",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
         written = await run_in_threadpool(self.writer.append, source, lines)
         self.metrics.accepted.labels(source).inc(len(lines))
         self.metrics.landing_bytes.labels(source).inc(written)
@@ -143,18 +152,35 @@ class ServiceState:
             self._catalog = (stamp, catalog)
         return self._catalog[1]
 
+    def _open_writer(self) -> SegmentWriter:
+        """A directory landing zone: seal what a dead process left open and write it directly. An
+        s3:// one: open this replica's spool (take over dead replicas' spools, upload them) and
+        write the spool, fsyncing every append, the uploader sending each sealed segment."""
+        settings = self.settings
+        if not settings.object_storage:
+            landing = Path(settings.landing)
+            landing.mkdir(mode=0o700, parents=True, exist_ok=True)  # FLYWHEEL_LANDING may be elsewhere
+            for path in recover(landing):
+                log.warning("recovered landing segment left open by a previous process: %s", path.name)
+            return SegmentWriter(landing, max_bytes=settings.segment_max_bytes, max_age_s=settings.segment_max_age_s,
+                                 fsync_interval_s=settings.fsync_interval_s)
+        self.spool = spool = Spool(settings.spool, open_store(settings.landing), replica_id(settings.replica_id))
+        for path in spool.open():
+            log.warning("recovered spooled segment left by a previous process: %s", path.name)
+        log.info("replica %s: spool %s, landing zone %s (%s)", spool.replica, spool.directory, settings.landing,
+                 "reachable" if spool.available else f"UNAVAILABLE, answering 503: {spool.last_error}")
+        spool.start()
+        return SegmentWriter(spool.directory, max_bytes=settings.segment_max_bytes,
+                             max_age_s=settings.segment_max_age_s, fsync_interval_s=settings.fsync_interval_s,
+                             tag=spool.replica, on_seal=spool.wake, sync_each_append=True)
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        """The app's lifespan: seal what a dead process left open, open the writer, fsync on a
-        one-second timer; on shutdown seal the open segments and close the HubSpot client."""
+        """The app's lifespan: open the writer (see _open_writer), fsync on a one-second timer;
+        on shutdown seal the open segments (and upload them), close the HubSpot client."""
         settings = self.settings
         settings.home.mkdir(mode=0o700, parents=True, exist_ok=True)  # personal data: owner only
-        settings.landing.mkdir(mode=0o700, parents=True, exist_ok=True)  # FLYWHEEL_LANDING may be elsewhere
-        for path in recover(settings.landing):
-            log.warning("recovered landing segment left open by a previous process: %s", path.name)
-        self.writer = writer = SegmentWriter(settings.landing, max_bytes=settings.segment_max_bytes,
-                                             max_age_s=settings.segment_max_age_s,
-                                             fsync_interval_s=settings.fsync_interval_s)
+        self.writer = writer = await run_in_threadpool(self._open_writer)
         for route in settings.unverified_sources():
             log.warning("%s: requests are NOT authenticated (configure its secret or key, or switch it off "
                         "with FLYWHEEL_DISABLED_ROUTES)", route)
@@ -167,6 +193,9 @@ class ServiceState:
             task.cancel()
             sealed = await run_in_threadpool(writer.close)
             log.info("sealed %d landing segments on shutdown", len(sealed))
+            if self.spool is not None and not await run_in_threadpool(self.spool.close):
+                log.error("%d sealed segments stay in the spool %s (landing zone unavailable): the next start "
+                          "uploads them", self.spool.pending(), self.spool.directory)
             if self.hubspot is not None:
                 self.hubspot.close()
             await self.council_clients.close()

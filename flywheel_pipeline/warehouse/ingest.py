@@ -35,6 +35,7 @@ from flywheel_pipeline.core.costs import MAX_MESSAGE_COST_USD
 from flywheel_pipeline.core.label_policy import LabelPolicy
 from flywheel_pipeline.core.reply_classifier import INTENTS, SENTIMENTS
 from flywheel_pipeline.core.timestamps import EARLIEST, ISO_PATTERN, MAX_FUTURE, sql_range
+from flywheel_pipeline.landing_store import LandingStore, open_store
 from flywheel_pipeline.warehouse.schema import SENDGRID_EVENTS, new_batch, transaction
 
 # ISO 8601 text in the form the service accepts too (core/timestamps.py) -> UTC TIMESTAMP
@@ -518,14 +519,14 @@ class IngestResult:
         }
 
 
-def pending_files(con: duckdb.DuckDBPyConnection, landing: Path, source: str
+def pending_files(con: duckdb.DuckDBPyConnection, landing: Path | LandingStore, source: str
                   ) -> tuple[list[landing_zone.LandingFile], list[str]]:
     """Landing files not yet ingested, and names of ingested files whose size changed
     (a broken immutability contract: reported, never re-read)."""
     known = dict(con.execute("SELECT file_name, size_bytes FROM landing_files WHERE source = ?",
                              [source]).fetchall())
     new, changed = [], []
-    for f in landing_zone.list_files(landing, source):
+    for f in open_store(landing).list_files(source):
         if f.name not in known:
             new.append(f)
         elif known[f.name] != f.size_bytes:
@@ -554,21 +555,24 @@ MAX_FILE_BYTES = 2**32 - 1
 TOO_LARGE = "file too large to read"
 
 
-def ingest_source(con: duckdb.DuckDBPyConnection, landing: Path, source: str, *,
+def ingest_source(con: duckdb.DuckDBPyConnection, landing: Path | LandingStore, source: str, *,
                   chunk_bytes: int = 256 * 1024 * 1024, chunk_files: int = 200,
                   progress: Callable[[str], None] | None = None) -> IngestResult:
-    """Ingest every new landing file of ``source``; safe to call any number of times."""
+    """Ingest every new landing file of ``source`` (of a directory or an object store: a chunk of
+    objects is read from a private local copy); safe to call any number of times."""
     spec = SPECS[source]
+    store = open_store(landing)
     started = time.perf_counter()
     result = IngestResult(source)
-    files, result.changed_files = pending_files(con, landing, source)
+    files, result.changed_files = pending_files(con, store, source)
     too_large = [f for f in files if f.size_bytes > MAX_FILE_BYTES]
     if too_large:
         _refuse_whole_files(con, spec, too_large, result)
         files = [f for f in files if f.size_bytes <= MAX_FILE_BYTES]
     chunks = _chunks(files, chunk_bytes, chunk_files)
     for index, chunk in enumerate(chunks, 1):
-        _ingest_chunk(con, spec, chunk, result)
+        with store.local_paths(chunk) as local:
+            _ingest_chunk(con, spec, chunk, local, result)
         if progress:
             progress(f"{source}: chunk {index}/{len(chunks)} ({len(chunk)} files), "
                      f"{result.accepted} rows accepted so far")
@@ -791,9 +795,8 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
     return int(inserted), int(replaced)
 
 
-def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
-                  chunk: list[landing_zone.LandingFile], result: IngestResult) -> None:
-    paths = [str(f.path) for f in chunk]
+def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec, chunk: list[landing_zone.LandingFile],
+                  paths: list[str], result: IngestResult) -> None:
     try:
         _read_and_parse(con, spec, paths)
         with transaction(con):

@@ -61,6 +61,15 @@ def test_bench_service_lands_every_event_exactly_once():
     assert "landed: 100 events, 100 distinct: exactly once" in out, out
 
 
+def test_bench_landing_compares_s3_with_a_directory_and_lands_every_event_once():
+    out = run_benchmark("bench_landing.py", "--requests", "20", "--batch", "5", "--clients", "2",
+                        "--configs", "directory:1,s3:1,s3:2")
+    assert re.search(r"^s3\s+x2\s+\d+ events/s", out, re.M), out
+    assert re.search(r"^s3: two replicas / one: \d+\.\d+x$", out, re.M), out
+    assert re.search(r"^x1: s3 / directory: \d+\.\d+x$", out, re.M), out
+    assert out.count("landed 100 exactly once") == 3 and "every event landed exactly once: True" in out, out
+
+
 def test_bench_ingest_loads_every_event_once_beside_read_json():
     out = run_benchmark("bench_ingest.py", "--events", "2000")
     assert re.search(r"^read_json\s+\d+\.\d+ s\s+[\d,]+ events/s\s+peak RSS\s+\d+ MB.*'rows': 2000\}", out, re.M), out

@@ -179,7 +179,7 @@ def test_definitions_bind_resources_by_environment(home, monkeypatch):
     assert prod.resources["landing"].path == str(home / "elsewhere" / "landing")
     from flywheel_pipeline.service.settings import ServiceSettings
 
-    assert ServiceSettings.from_env().landing == home / "elsewhere" / "landing"
+    assert ServiceSettings.from_env().landing == str(home / "elsewhere" / "landing")
 
 
 def _cli(args, env):

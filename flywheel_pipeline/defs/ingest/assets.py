@@ -23,13 +23,14 @@ def _ingest(context: dg.AssetExecutionContext, warehouse: WarehouseResource, lan
     """Ingest one source (and attribute its unlinked rows when it has a policy), then report. The
     source's landing digest is taken before ingestion lists the files, and recorded after it, so the
     landing sensor never passes over a file that landed meanwhile."""
-    digest = landing_zone.fingerprint(landing.root, [source])
+    store = landing.store()
+    digest = landing_zone.fingerprint(store, [source])
     with warehouse.connect() as con:
-        result = ingest_source(con, landing.root, source, progress=context.log.info)
+        result = ingest_source(con, store, source, progress=context.log.info)
         attributed = (attribute_unlinked(con, "crm_events" if source == "crm" else source, label_policy.policy())
                       if label_policy is not None else None)
         summary = source_summary(con, source)
-    record_taken(paths.landing_ingested_path(), landing.root, warehouse.database, digest)
+    record_taken(paths.landing_ingested_path(), store, warehouse.database, digest)
     return dg.MaterializeResult(metadata=_metadata(context, source, result, summary, attributed))
 
 

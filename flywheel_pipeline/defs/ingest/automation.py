@@ -31,7 +31,9 @@ refresh_job = dg.define_asset_job(
 def landing_sensor(context: dg.SensorEvaluationContext, landing: LandingZoneResource,
                    warehouse: WarehouseResource):
     seen = json.loads(context.cursor) if context.cursor else {}
-    changed, current = untaken_sources(landing.root, read_taken(paths.landing_ingested_path(), landing.root, warehouse.database), seen)
+    store = landing.store()
+    taken = read_taken(paths.landing_ingested_path(), store, warehouse.database)
+    changed, current = untaken_sources(store, taken, seen)
     if not changed:
         return dg.SkipReason("no landing files that ingestion has not taken")
     state = json.dumps(current, sort_keys=True)

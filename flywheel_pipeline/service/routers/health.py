@@ -15,8 +15,11 @@ router = APIRouter()
 
 @router.get("/healthz")
 async def healthz(state: State) -> dict:
-    writer = state.writer
-    return {"status": "ok" if writer is not None else "starting", "landing": str(state.settings.landing),
+    writer, spool = state.writer, state.spool
+    status = "starting" if writer is None else "landing_unavailable" if spool and not spool.available else "ok"
+    return {"status": status, "landing": str(state.settings.landing),
+            **({"replica_id": spool.replica, "spool_pending": spool.pending(), "uploaded": spool.uploaded,
+                "landing_error": spool.last_error} if spool else {}),
             "open_segments": writer.open_segments() if writer else {},
             "unauthenticated": state.settings.unverified_sources(),
             "hubspot_enrichment": state.hubspot is not None,

@@ -1,0 +1,156 @@
+"""End to end on one S3 landing zone (moto's server on 127.0.0.1): two `flywheel serve` replicas
+take a stream of messages, SendGrid events and replies; one is killed with SIGKILL mid-stream and
+restarted (its clients fail over to the other meanwhile and retry what was not acknowledged); then
+`flywheel refresh` ingests and labels. Every acknowledged event is in the warehouse exactly once,
+every message is labelled once, and the labels equal those of a directory landing zone holding the
+same records.
+
+The warehouse backend is a parameter (``WAREHOUSES``): the default DuckDB file today. Once the
+DuckLake backend is merged, add it there (FLYWHEEL_WAREHOUSE=ducklake:...), and run two refreshes
+at once before the last one (the file backend serializes writers, so two at once only wait)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import httpx
+import pytest
+
+from flywheel_pipeline.core.landing import write_jsonl
+from flywheel_pipeline.warehouse.schema import connect
+from flywheel_pipeline_tests.conftest import T0, iso, message, reply, run_pipeline, sg
+from flywheel_pipeline_tests.fakes.http import REPO, free_port, start_flywheel_serve
+from flywheel_pipeline_tests.fakes.s3_server import s3_landing  # noqa: F401 (fixture)
+from flywheel_pipeline_tests.warehouse.test_ingest import labels
+
+AS_OF = T0 + timedelta(days=30)
+UNITS = 60  # messages, each with 1-3 SendGrid events and every fifth with a reply
+KEY = "key-one"
+SERVE_ENV = {"FLYWHEEL_API_KEYS": f"org-1={KEY}", "FLYWHEEL_SEGMENT_MAX_AGE_S": "0.5",
+             "FLYWHEEL_SEGMENT_MAX_BYTES": "8192", "FLYWHEEL_RATE_LIMIT_PER_MINUTE": "0"}
+
+# backend name -> FLYWHEEL_WAREHOUSE for a test directory (the integrator adds "ducklake")
+WAREHOUSES: dict[str, Callable[[Path], str]] = {"file": lambda tmp: str(tmp / "warehouse.duckdb")}
+
+
+def unit(n: int) -> dict[str, list[dict]]:
+    """One message's records as the outreach app and SendGrid post them."""
+    sent = T0 + timedelta(minutes=n)
+    events = [sg(f"m-{n}", "bounce" if n % 11 == 0 else "delivered", sent + timedelta(minutes=1),
+                 sg_event_id=f"d-{n}", organization_id="org-1")]
+    if n % 2 == 0 and n % 11:
+        events.append(sg(f"m-{n}", "open", sent + timedelta(hours=1), sg_event_id=f"o-{n}", organization_id="org-1"))
+    if n % 3 == 0 and n % 11:
+        events.append(sg(f"m-{n}", "click", sent + timedelta(hours=2), sg_event_id=f"c-{n}", organization_id="org-1",
+                         url="https://x.example/a"))
+    records = {"messages": [message(f"m-{n}", lead=f"lead-{n}", sent=sent)], "sendgrid": events, "replies": []}
+    if n % 5 == 0 and n % 11:
+        text = "Yes, let's meet on Tuesday at 10." if n % 10 == 0 else "Not interested, please remove me."
+        records["replies"].append(reply(f"r-{n}", f"m-{n}", sent + timedelta(days=1), text,
+                                        from_email=f"lead-{n}@acme.example", organization_id="org-1"))
+    return records
+
+
+ROUTES = {"messages": "/messages", "sendgrid": "/webhooks/sendgrid", "replies": "/replies"}
+
+
+def post_until_acknowledged(ports: list[int], path: str, body: list[dict]) -> int:
+    """Post to the first replica that acknowledges (a refused connection, an error or a 503 moves
+    on to the next; bounded); returns the port that acknowledged."""
+    for attempt in range(400):
+        port = ports[attempt % len(ports)]
+        try:
+            answer = httpx.post(f"http://127.0.0.1:{port}{path}", json=body, timeout=5,
+                                headers={"Authorization": f"Bearer {KEY}"})
+            if answer.status_code == 200:
+                return port
+            assert answer.status_code == 503, answer.text  # anything else is a bug
+        except httpx.HTTPError:
+            pass  # the replica is down (or died mid-request: not acknowledged, so sent again)
+        time.sleep(0.02)
+    raise AssertionError(f"{path}: no replica acknowledged after 400 attempts")
+
+
+@pytest.mark.parametrize("backend", sorted(WAREHOUSES))
+def test_two_replicas_one_killed_then_refresh_labels_every_message_once(s3_landing, tmp_path, backend):
+    home = tmp_path / "fw"
+    ports = [free_port(), free_port()]
+    procs = [start_flywheel_serve(home, port, **SERVE_ENV) for port in ports]
+    progress = [0, 0]
+    failures: list[BaseException] = []
+
+    def client(index: int) -> None:
+        # replica `index` first, the other when it is down
+        order = [ports[index], ports[1 - index]]
+        try:
+            for n in range(index, UNITS, 2):
+                for source, records in unit(n).items():
+                    if records:
+                        post_until_acknowledged(order, ROUTES[source], records)
+                progress[index] += 1
+        except BaseException as exc:  # reported by the test thread
+            failures.append(exc)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 60
+    while progress[0] < UNITS // 6:
+        assert time.monotonic() < deadline and not failures, failures
+        time.sleep(0.01)
+    os.kill(procs[0].pid, signal.SIGKILL)  # mid-stream: its open spool segment stays behind
+    procs[0].wait()
+    time.sleep(0.5)  # its client fails over to the other replica meanwhile
+    procs[0] = start_flywheel_serve(home, ports[0], **SERVE_ENV)  # takes over the dead spool, uploads it
+    for t in threads:
+        t.join(timeout=120)
+    assert not failures, failures
+    assert progress == [UNITS // 2, UNITS // 2]
+    for proc in procs:  # a clean stop seals and uploads what is open
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert not list((home / "spool").rglob("*.jsonl*")), "every spooled segment was uploaded"
+    writers = {name.rsplit("-", 2)[-2] for name in s3_landing.objects("sendgrid")}
+    assert len(writers) == 3, f"objects from the two replicas and the restarted one: {writers}"
+
+    warehouse = WAREHOUSES[backend](tmp_path)
+    env = dict(os.environ, FLYWHEEL_HOME=str(home), FLYWHEEL_WAREHOUSE=warehouse, PYTHONPATH=str(REPO))
+    done = subprocess.run([sys.executable, "-m", "flywheel_pipeline.cli", "refresh", "--as-of", iso(AS_OF)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    expected = {source: [r for n in range(UNITS) for r in unit(n)[source]] for source in ROUTES}
+    con = duckdb.connect(warehouse, read_only=True)
+    try:
+        assert con.execute("SELECT count(*), count(DISTINCT message_id) FROM messages").fetchone() == (UNITS, UNITS)
+        stored = con.execute("SELECT sg_event_id, count(*) FROM email_events GROUP BY 1").fetchall()
+        assert sorted(stored) == sorted((e["sg_event_id"], 1) for e in expected["sendgrid"])
+        replies = con.execute("SELECT reply_id, count(*) FROM replies GROUP BY 1").fetchall()
+        assert sorted(replies) == sorted((r["reply_id"], 1) for r in expected["replies"])
+        assert con.execute("SELECT count(*), count(DISTINCT message_id) FROM outcome_labels").fetchone() == (
+            UNITS, UNITS)
+        assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+        s3_labels = labels(con)
+    finally:
+        con.close()
+
+    # the same records in a directory landing zone, labelled as of the same time
+    local = tmp_path / "landing"
+    for source, records in expected.items():
+        write_jsonl(local, source, records, name=f"{source}.jsonl")
+    baseline = connect(tmp_path / "baseline.duckdb")
+    try:
+        run_pipeline(baseline, local, as_of=AS_OF)
+        assert s3_labels == labels(baseline)
+    finally:
+        baseline.close()
+    assert {row[1] for row in s3_labels} == {True, False} and any(row[5] for row in s3_labels)  # delivered, replied
