@@ -6,7 +6,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -229,13 +229,17 @@ def test_cli_learn_runs_the_learn_job_after_labels_as_of_a_time(home):
     assert "judged" in learned.stdout and "messages now" in learned.stdout
     assert "judge calibration:" in learned.stdout and "rows trusted" in learned.stdout
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
-        assert [r.job_name for r in instance.get_runs()] == ["learn", "refresh"]
+        # newest first: labels back to now, the learn run, the labels as of AS_OF
+        assert [r.job_name for r in instance.get_runs()] == ["refresh", "learn", "refresh"]
     con = duckdb.connect(str(home / "warehouse.duckdb"), read_only=True)
     judged, delivered = con.execute("SELECT (SELECT count(*) FROM message_judgements), "
                                     "(SELECT count(*) FROM message_labels WHERE delivered)").fetchone()
     calibrated = con.execute("SELECT count(DISTINCT metric) FROM judge_calibration").fetchone()[0]
+    as_of = [r[0] for r in con.execute("SELECT as_of FROM label_runs ORDER BY label_run_id").fetchall()]
     con.close()
     assert judged == delivered > 0
+    # learned as of AS_OF, then the labels back to now (maturity against the current time)
+    assert as_of[-2] == datetime.fromisoformat(AS_OF).replace(tzinfo=None) < as_of[-1]
     assert calibrated in (0, 3)  # a 5-day world may have no mature message yet; its rows carry all 3 metrics
 
 

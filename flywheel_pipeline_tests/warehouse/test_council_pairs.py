@@ -148,13 +148,15 @@ def test_judges_json_is_published_from_judge_calibration(tmp_path, monkeypatch):
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "fw"))
     path = str(tmp_path / "wh.duckdb")
     con = connect(path)
-    assert judge_trust(con) == {"judges": [], "reason": "the warehouse has no judge_calibration table "
-                                                        "(calibration has not run)"}
-    con.execute("CREATE TABLE judge_calibration (judge VARCHAR, metric VARCHAR, task_type VARCHAR, n BIGINT, "
-                "auc DOUBLE, auc_low DOUBLE, auc_high DOUBLE, spearman DOUBLE, trusted BOOLEAN, extra INTEGER)")
-    assert judge_trust(con)["reason"] == "judge_calibration has no rows"
-    con.execute("INSERT INTO judge_calibration VALUES ('heuristic:email_writing', 'reply', 'cold_email', 900, 0.58, "
-                "0.53, 0.63, 0.1, true, 1), ('heuristic:generic', 'reply', 'all', 900, 0.5, 0.45, 0.55, 0.0, false, 1)")
+    assert judge_trust(con) == {"judges": [], "reason": "judge_calibration has no rows"}  # calibration has not run
+    for judge, task_type, auc, low, high, spearman, trusted in (
+            ("heuristic:email_writing", "cold_email", 0.58, 0.53, 0.63, 0.1, True),
+            ("heuristic:generic", "all", 0.5, 0.45, 0.55, 0.0, False)):
+        con.execute("INSERT INTO judge_calibration BY NAME SELECT ? AS judge, '1' AS criteria_version, "
+                    "'reply' AS metric, ? AS task_type, 900 AS n, 90 AS positives, 0.1 AS rate, ? AS auc, "
+                    "0.02 AS auc_se, ? AS auc_low, ? AS auc_high, 0.95 AS interval_level, ? AS spearman, "
+                    "0.01 AS spearman_p, 900 AS quality_n, true AS gated, ? AS trusted, now()::TIMESTAMP AS computed_at",
+                    [judge, task_type, auc, low, high, spearman, trusted])
     con.close()
     with dg.instance_for_test() as instance:
         result = dg.materialize([council_judges], instance=instance,
