@@ -36,11 +36,29 @@ def load_routing(path: Path | None = None) -> dict[str, Any]:
 def choose_model(lead_id: str, organization_id: str | None, task_type: str = "all", *,
                  table: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model this lead's next message should use: model_id, version, ab_group, experiment_id and
-    allocation (record the last two in the message's ``metadata``; the A/B analysis reads them)."""
-    return table_rules.model_for_lead(table if table is not None else load_routing(), lead_id, organization_id,
-                                      task_type)
+    allocation (record the last two in the message's ``metadata``; the A/B analysis reads them), and
+    the template to write it with (choose_template's fields)."""
+    table = table if table is not None else load_routing()
+    answer = table_rules.model_for_lead(table, lead_id, organization_id, task_type)
+    return {**answer, **choose_template(lead_id, organization_id, task_type, table=table)}
+
+
+def choose_template(lead_id: str, organization_id: str | None, task_type: str = "all", *,
+                    table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The template this lead's next message should be written with: template_id, template_version
+    (record both as the message's top-level fields), template_ab_group, template_experiment_id and
+    template_allocation (record the last two in its ``metadata``); all None when none is routed."""
+    return table_rules.template_for_lead(table if table is not None else load_routing(), lead_id,
+                                        organization_id, task_type)
 
 
 def running_experiments(path: Path | None = None) -> list[str]:
     """``family:experiment_id`` of every family that routes traffic to a challenger, sorted."""
     return table_rules.running_experiments(load_routing(path))
+
+
+def write_template_families(families: dict[str, Any], path: Path | None = None) -> Path:
+    """Replace the published table's ``template_families`` (the model families stay as they are)."""
+    table = load_routing(path)
+    table["template_families"] = families
+    return write_routing(table, path)

@@ -1,4 +1,4 @@
-"""`flywheel` command line: demo, simulate, refresh, datasets, summary, sql, validate, replies, ui, serve.
+"""`flywheel` command line: demo, simulate, refresh, datasets, summary, sql, templates, validate, replies, ui, serve.
 
 One module per command group (``demo``, ``simulate``, ``jobs``: refresh and datasets,
 ``warehouse``: summary and sql, ``validate``, ``replies``, ``ui``, ``serve``), each with an
@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from flywheel_pipeline.cli import demo, jobs, replies, serve, simulate, ui, validate, warehouse
+from flywheel_pipeline.cli import demo, jobs, replies, serve, simulate, templates, ui, validate, warehouse
 from flywheel_pipeline.cli.options import HelpFormatter
 from flywheel_pipeline.cli.serve import bind_refusal
 from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
@@ -20,7 +20,7 @@ from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
 __all__ = ["bind_refusal", "build_parser", "main"]
 
 # the order of `flywheel --help`
-COMMAND_GROUPS = (demo, simulate, jobs, warehouse, validate, replies, ui, serve)
+COMMAND_GROUPS = (demo, simulate, jobs, warehouse, templates, validate, replies, ui, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

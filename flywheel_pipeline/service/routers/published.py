@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from flywheel_pipeline.routing import choose_model
+from flywheel_pipeline.routing import choose_model, choose_template
 from flywheel_pipeline.service.dependencies import Caller, State, caller, check_org, switchable
 from flywheel_pipeline.service.errors import Rejected
 
@@ -39,7 +39,9 @@ async def route_query(request: Request, state: State, lead_id: str = Query(min_l
 @switchable("route")
 async def route(state: State, query: Annotated[RouteQuery, Depends(route_query)]) -> dict:
     try:
-        return choose_model(query.lead_id, query.organization_id, query.task_type, table=state.routing_table())
+        table = state.routing_table()
+        answer = choose_model(query.lead_id, query.organization_id, query.task_type, table=table)
+        return {**answer, **choose_template(query.lead_id, query.organization_id, query.task_type, table=table)}
     except LookupError as exc:
         raise Rejected(404, "no_route", str(exc)) from exc
 
