@@ -8,8 +8,8 @@ A table::
                   "task_type": "all", "arms": [{"model_id": ..., "version": ..., "ab_group":
                   "challenger", "traffic_pct": 10.0}, {..."champion"...}]}},
      "template_families": {"templates-global-all": {"experiment_id": "...", "organization_id": null,
-                  "task_type": "all", "arms": [{"template_id": ..., "template_version": ..., "ab_group":
-                  "challenger", "traffic_pct": 10.0}, {..."champion"...}]}}}
+                  "task_type": "all", "arms": [{"template_id": ..., "template_version": ..., "text": ...,
+                  "ab_group": "challenger", "traffic_pct": 10.0}, {..."champion"...}]}}}
 
 Template experiments are a second, independent layer: a lead's template arm is a hash of the lead
 and the template experiment's id, its model arm one of the lead and the model experiment's id, so
@@ -63,14 +63,15 @@ def template_family_arms(family: dict[str, Any]) -> list[Arm]:
 
 
 NO_TEMPLATE = {"template_id": None, "template_version": None, "template_ab_group": None,
-               "template_experiment_id": None, "template_allocation": None}
+               "template_experiment_id": None, "template_allocation": None, "template_text": None}
 
 
 def template_for_lead(table: dict[str, Any], lead_id: str, organization_id: str | None,
                       task_type: str = "all") -> dict[str, Any]:
     """The template this lead's next message should be written with, sticky per lead and template
     experiment: the family ``templates-<organization or global>-<task_type>``, falling back to the
-    global family and to task ``all``; every field None when no template is routed. The outreach app
+    global family and to task ``all``; every field None when no template is routed. ``template_text``
+    is the Jinja2 text to render with the lead's fields (core/templates.render). The outreach app
     records ``template_id`` and ``template_version`` with the message, and ``template_experiment_id``
     and ``template_allocation`` in its metadata (the A/B analysis reads them)."""
     families = table.get("template_families") or {}
@@ -80,9 +81,11 @@ def template_for_lead(table: dict[str, Any], lead_id: str, organization_id: str 
             if family and family.get("arms"):
                 arms = template_family_arms(family)
                 arm = choose_arm(lead_id, family["experiment_id"], arms)
+                text = next((a.get("text") for a in family["arms"] if a["ab_group"] == arm.ab_group), None)
                 return {"template_id": arm.model_id, "template_version": arm.version,
                         "template_ab_group": arm.ab_group, "template_experiment_id": family["experiment_id"],
-                        "template_allocation": allocation_id(family["experiment_id"], arms)}
+                        "template_allocation": allocation_id(family["experiment_id"], arms),
+                        "template_text": text}
     return dict(NO_TEMPLATE)
 
 

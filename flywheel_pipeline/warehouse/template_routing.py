@@ -34,10 +34,10 @@ def build_template_families(con: duckdb.DuckDBPyConnection) -> tuple[dict, list[
         arms = []
         if challenger is not None:
             arms.append({"template_id": challenger.template_id, "template_version": challenger.version,
-                         "ab_group": "challenger", "traffic_pct": challenger.traffic_pct})
+                         "text": challenger.text, "ab_group": "challenger", "traffic_pct": challenger.traffic_pct})
         champion_pct = 100.0 - (challenger.traffic_pct if challenger else 0.0)
         arms.append({"template_id": champion.template_id, "template_version": champion.version,
-                     "ab_group": CONTROL, "traffic_pct": champion_pct})
+                     "text": champion.text, "ab_group": CONTROL, "traffic_pct": champion_pct})
         experiment = experiment_id(family, challenger.key if challenger else None)
         families[family] = {"experiment_id": experiment, "organization_id": None, "task_type": task_type,
                             "arms": arms}
