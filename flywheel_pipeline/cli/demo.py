@@ -219,9 +219,12 @@ def say_experiments() -> None:
                 "SELECT model_id, version, status, traffic_pct FROM model_registry "
                 "WHERE status IN ('ready', 'deployed', 'archived') ORDER BY created_at").fetchall():
             say(f"  registry: {model} v{version}: {status}, {pct:g}% of traffic")
-        for template, version, status, group, pct in con.execute(
-                "SELECT template_id, version, status, ab_group, traffic_pct FROM template_deployments "
-                "WHERE status <> 'draft' ORDER BY updated_at, version").fetchall():
+        for template, version, status, group, pct in con.execute("""
+                SELECT template_id, version, status, ab_group,
+                       CASE WHEN status = 'deployed' THEN 100 - coalesce((
+                           SELECT sum(c.traffic_pct) FROM template_deployments c WHERE c.task_type = d.task_type
+                           AND c.status = 'ready' AND c.ab_group = 'challenger'), 0) ELSE traffic_pct END
+                FROM template_deployments d WHERE status <> 'draft' ORDER BY version""").fetchall():
             say(f"  template: {template}@{version}: {status} ({group}), {pct:g}% of traffic")
     finally:
         con.close()

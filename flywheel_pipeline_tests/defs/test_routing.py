@@ -342,7 +342,7 @@ def test_experiments_with_several_arms_from_routed_traffic(tmp_path, home):
     stats = arm_statistics(con, arms, allocation)
     expected = dict(con.execute("""
         SELECT l.ab_group, count(DISTINCT l.lead_id) FROM outcome_labels l JOIN messages m USING (message_key)
-        WHERE l.is_mature AND m.metadata->>'allocation' = ? GROUP BY 1""", [allocation]).fetchall())
+        WHERE l.is_mature AND (m.metadata->>'allocation') = ? GROUP BY 1""", [allocation]).fetchall())
     # the covariate, computed another way: per lead in the experiment, human opens, clicks and
     # replies on its messages sent before the allocation's first message
     engagement = dict(con.execute("""
