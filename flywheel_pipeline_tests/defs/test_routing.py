@@ -275,7 +275,7 @@ def test_a_rollout_step_starts_a_new_allocation_and_the_analysis_stays_within_it
     pooled = arm_statistics(con, arms)
     current = arm_statistics(con, arms, step2)
     in_step2 = con.execute("SELECT count(DISTINCT (l.lead_id, l.ab_group)) FROM outcome_labels l JOIN messages m USING (message_key) "
-                           "WHERE l.is_mature AND m.metadata->>'allocation' = ?", [step2]).fetchone()[0]
+                           "WHERE l.is_mature AND (m.metadata->>'allocation') = ?", [step2]).fetchone()[0]
     con.close()
     leads = {arm: current["weighted_score"][arm].n for arm in ("challenger", "champion")}
     both = {arm: pooled["weighted_score"][arm].n for arm in ("challenger", "champion")}
@@ -348,7 +348,7 @@ def test_experiments_with_several_arms_from_routed_traffic(tmp_path, home):
     engagement = dict(con.execute("""
         WITH start AS (SELECT min(sent_at) AS first_sent FROM messages WHERE metadata->>'allocation' = $a),
         inside AS (SELECT DISTINCT l.ab_group, l.lead_id FROM outcome_labels l JOIN messages m USING (message_key)
-                   WHERE l.is_mature AND m.metadata->>'allocation' = $a)
+                   WHERE l.is_mature AND (m.metadata->>'allocation') = $a)
         SELECT i.ab_group, sum((SELECT count(*) FILTER (WHERE o.opened) + count(*) FILTER (WHERE o.clicked)
                                        + count(*) FILTER (WHERE o.replied)
                                 FROM outcome_labels o
