@@ -210,8 +210,8 @@ def say_experiments() -> None:
         for family, challenger, step, leads_c, leads_p, decision, reason in con.execute("""
                 SELECT family, challenger, step, challenger_leads, champion_leads, decision, reason
                 FROM ab_test_results
-                QUALIFY rank() OVER (PARTITION BY family ORDER BY evaluated_at DESC) = 1
-                    AND row_number() OVER (PARTITION BY family, arm, evaluated_at) = 1
+                WHERE evaluated_at = (SELECT max(evaluated_at) FROM ab_test_results)  -- this run's experiments
+                QUALIFY row_number() OVER (PARTITION BY family, arm, evaluated_at) = 1
                 ORDER BY family, arm""").fetchall():
             say(f"  {family}: challenger {challenger}, {step} step ({leads_c} mature leads vs {leads_p}): "
                 f"{decision.upper()} - {reason}")
