@@ -123,9 +123,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tsub = p.add_subparsers(dest="templates_command", required=True)
     a = add_parser(tsub, "add", help="store a Jinja2 template from a file as NAME at VERSION (refused if it does "
                                      "not render with the lead's fields)")
-    a.add_argument("file")
-    a.add_argument("--name", required=True, help="the template's name (lower-case letters, digits, _ - .)")
-    a.add_argument("--version", required=True, help="its semantic version, MAJOR.MINOR.PATCH, above the latest")
+    a.add_argument("file", help="the template's text (UTF-8), Jinja2 using only the lead's fields")
+    a.add_argument("--name", required=True, help="the template's name (lower-case letters, digits, _ - .); required, no default")
+    a.add_argument("--version", required=True, help="its semantic version, MAJOR.MINOR.PATCH, above the latest; required, no default")
     a.add_argument("--task-type", default="all", help="the task type it writes for ('all': every one)")
     a.add_argument("--challenger", action="store_true",
                    help="start it as its task type's challenger at the first rollout step (else a draft; the "
@@ -135,13 +135,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     lst.add_argument("--json", action="store_true", help="as JSON")
     lst.set_defaults(func=cmd_list)
     s = add_parser(tsub, "show", help="a template's text and metadata")
-    s.add_argument("name")
+    s.add_argument("name", help="the template's name")
     s.add_argument("--version", help="the version to show (default: the latest)")
     s.set_defaults(func=cmd_show)
     o = add_parser(tsub, "propose", help="refresh outcome_drivers and propose the champion's next version from "
                                          "their guidance, deployed only as a challenger (through Dagster)")
     o.add_argument("--task-type", default="all", help="whose champion template to improve")
     o.add_argument("--rewrite-model", help="also have this model rewrite it (generation resource in mode "
-                                           "'openai'; default: the deterministic text)")
+                                           "'openai'; default: the deterministic text only)")
     add_verbose(o)
     o.set_defaults(func=cmd_propose)
