@@ -11,6 +11,7 @@ Versions are semantic (MAJOR.MINOR.PATCH, core/versioning.py); a stored version 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ def render(text: str, lead: dict[str, object]) -> str:
     lacks is a TemplateRefused naming it)."""
     values = {name: "" if lead.get(name) is None else str(lead[name]) for name in LEAD_FIELDS if name in lead}
     try:
-        return _ENV.from_string(text).render(values)
+        return _compiled(text).render(values)
     except jinja2.UndefinedError as exc:
         missing = tuple(sorted(fields_used(text) - set(values)))
         raise TemplateRefused(f"the template does not render: {exc.message}", missing) from None
@@ -91,6 +92,12 @@ def render(text: str, lead: dict[str, object]) -> str:
         raise TemplateRefused(f"the template does not render: {exc}") from None
     except (TypeError, ValueError, ArithmeticError) as exc:
         raise TemplateRefused(f"the template does not render: {exc}") from None
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(text: str) -> jinja2.Template:
+    """A template compiled once (rendering it for every lead is then cheap)."""
+    return _ENV.from_string(text)
 
 
 def check_id(template_id: str) -> str:
