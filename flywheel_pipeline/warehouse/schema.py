@@ -284,6 +284,11 @@ JUDGEMENTS_DDL: tuple[str, ...] = (
 # archived), and records the template a message was written with (template_id, template_version,
 # top-level fields of the sent-message log, or the older metadata.prompt_template/prompt_version).
 TEMPLATES_SINCE = 9
+# added right after the DDL too: a messages table rebuilt by an older migration takes its rows back
+# with every column
+MESSAGE_TEMPLATE_COLUMNS: tuple[str, ...] = (
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS template_id VARCHAR",
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS template_version VARCHAR")
 TEMPLATES_DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS prompt_templates (
         template_id VARCHAR NOT NULL, version VARCHAR NOT NULL, task_type VARCHAR NOT NULL, text VARCHAR NOT NULL,
@@ -293,9 +298,7 @@ TEMPLATES_DDL: tuple[str, ...] = (
         template_id VARCHAR NOT NULL, version VARCHAR NOT NULL, task_type VARCHAR NOT NULL, status VARCHAR NOT NULL,
         ab_group VARCHAR, traffic_pct DOUBLE NOT NULL DEFAULT 0, updated_at TIMESTAMP NOT NULL,
         PRIMARY KEY (template_id, version))""",
-    *(MESSAGE_TEMPLATE_COLUMNS := (
-        "ALTER TABLE messages ADD COLUMN IF NOT EXISTS template_id VARCHAR",
-        "ALTER TABLE messages ADD COLUMN IF NOT EXISTS template_version VARCHAR")),
+    *MESSAGE_TEMPLATE_COLUMNS,
 )
 
 
