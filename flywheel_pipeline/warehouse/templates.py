@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import duckdb
 
 from flywheel_pipeline.core.rollout import Challenger, choose_challenger
-from flywheel_pipeline.core.templates import (TemplateRefused, arm_key, check_id, check_template, check_version,
-                                              content_hash, split_arm_key)
+from flywheel_pipeline.core.templates import (TemplateRefused, WordRange, arm_key, check_id, check_template,
+                                              check_version, content_hash, length_instruction, split_arm_key)
 from flywheel_pipeline.core.versioning import parse as parse_version
 
 STATUSES = ("draft", "ready", "deployed", "archived")
@@ -87,11 +87,13 @@ def get(con: duckdb.DuckDBPyConnection, template_id: str, version: str | None = 
     return _stored(row)
 
 
-def same_text(con: duckdb.DuckDBPyConnection, template_id: str, text: str) -> StoredTemplate | None:
-    """The version of this template with exactly this text, if any."""
-    row = con.execute(f"{_SELECT} WHERE t.template_id = ? AND t.content_sha256 = ? ORDER BY t.created_at LIMIT 1",
-                      [template_id, content_hash(text)]).fetchone()
-    return None if row is None else _stored(row)
+def same_instruction(con: duckdb.DuckDBPyConnection, parent: StoredTemplate, words: WordRange
+                     ) -> StoredTemplate | None:
+    """A version already derived from ``parent`` that asks for this length, if any (the optimizer
+    does not test the same change of the same champion twice)."""
+    rows = con.execute(f"{_SELECT} WHERE t.template_id = ? AND t.parent_version = ? ORDER BY t.created_at",
+                       [parent.template_id, parent.version]).fetchall()
+    return next((t for t in map(_stored, rows) if length_instruction(t.text) == words), None)
 
 
 def list_templates(con: duckdb.DuckDBPyConnection) -> list[StoredTemplate]:

@@ -80,6 +80,11 @@ def test_the_optimizer_proposes_from_the_drivers_and_deploys_a_challenger_only(h
     # while it is tested, nothing else is proposed (a new proposal would restart the experiment)
     again = _materialize(home)
     assert again["proposed"] is False and "being tested" in again["reason"]
+    # rolled back: the same length for the same champion is not proposed again
+    with connect(home / "warehouse.duckdb") as con:
+        templates.set_state(con, stored.key, "archived", "rolled_back", 0.0)
+    after = _materialize(home)
+    assert after["proposed"] is False and f"{stored.key} already asked" in after["reason"]
 
 
 def test_a_world_where_length_moves_nothing_gets_no_proposal(home):

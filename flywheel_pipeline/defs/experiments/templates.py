@@ -56,10 +56,10 @@ def prompt_optimizer(context: dg.AssetExecutionContext, config: PromptOptimizerC
                 raise NoProposal(f"challenger {running.key} is being tested at {running.traffic_pct:g}%")
             proposal = propose(champion.text, champion.version, templates.versions(con, champion.template_id),
                                advice, generator, config.rewrite_model)
-            tested = templates.same_text(con, champion.template_id, proposal.text)
+            tested = templates.same_instruction(con, champion, proposal.words)
             if tested is not None:
-                raise NoProposal(f"the same text was already added as {tested.key} ({tested.status}, "
-                                 f"{tested.ab_group or 'not routed'})")
+                raise NoProposal(f"{tested.key} already asked the champion's text for this length "
+                                 f"({tested.status}, {tested.ab_group or 'not routed'})")
         except NoProposal as exc:
             context.log.info(f"nothing proposed: {exc}")
             return dg.MaterializeResult(metadata={"proposed": False, "reason": str(exc),
