@@ -69,7 +69,7 @@ def choose_model(lead_id: str, organization_id: str | None, task_type: str = "al
                  tolerance: float = model_choice.DEFAULT_TOLERANCE) -> dict[str, Any]:
     """The model this lead's next message should use: ``model_id``, ``version``, ``ab_group``,
     ``experiment_id`` and ``allocation`` (record the last two in the message's ``metadata``; the
-    A/B analysis reads them), ``source`` (``experiment``, ``strategy``, ``routing_table`` or
+    A/B analysis reads them), the template to write it with (:func:`choose_template`'s fields), ``source`` (``experiment``, ``strategy``, ``routing_table`` or
     ``default``), ``strategy``, ``reasons`` in words and the ``fallback`` chain.
 
     Without ``strategy`` the routing table decides as before (the fallback chain is then the
@@ -108,11 +108,12 @@ def route_answer(lead_id: str, organization_id: str | None, task_type: str, *, t
         if (strategy is not None and experiment is None) or (candidates is not None and exc.code != "unsatisfiable"):
             raise
         choice = None  # the table or the experiment decides; the fallback chain is best effort
+    template = choose_template(lead_id, organization_id, task_type, table=table)
     if experiment is None and strategy is not None:
         assert choice is not None
         return {"model_id": choice.model_id, "version": None, "ab_group": "strategy", "experiment_id": None,
                 "allocation": None, "source": "strategy", "strategy": strategy, "reasons": list(choice.reasons),
-                "fallback": list(choice.fallback)}
+                "fallback": list(choice.fallback), **template}
     arm = table_rules.model_for_lead(table, lead_id, organization_id, task_type)  # LookupError: no route at all
     if experiment is not None:
         source = "experiment"
@@ -129,7 +130,16 @@ def route_answer(lead_id: str, organization_id: str | None, task_type: str, *, t
     entry = catalog.get(arm["model_id"])
     fallback = model_choice.fallback_chain(choice.ranked if choice is not None else [], fallbacks,
                                            (arm["model_id"], entry.provider if entry is not None else None))
-    return {**arm, "source": source, "strategy": strategy, "reasons": reasons, "fallback": fallback}
+    return {**arm, "source": source, "strategy": strategy, "reasons": reasons, "fallback": fallback, **template}
+
+
+def choose_template(lead_id: str, organization_id: str | None, task_type: str = "all", *,
+                    table: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The template this lead's next message should be written with: template_id, template_version
+    (record both as the message's top-level fields), template_ab_group, template_experiment_id and
+    template_allocation (record the last two in its ``metadata``); all None when none is routed."""
+    return table_rules.template_for_lead(table if table is not None else load_routing(), lead_id,
+                                        organization_id, task_type)
 
 
 class _ChoiceCache:
@@ -187,3 +197,10 @@ def _running_experiment(table: dict[str, Any], organization_id: str | None, task
 def running_experiments(path: Path | None = None) -> list[str]:
     """``family:experiment_id`` of every family that routes traffic to a challenger, sorted."""
     return table_rules.running_experiments(load_routing(path))
+
+
+def write_template_families(families: dict[str, Any], path: Path | None = None) -> Path:
+    """Replace the published table's ``template_families`` (the model families stay as they are)."""
+    table = load_routing(path)
+    table["template_families"] = families
+    return write_routing(table, path)

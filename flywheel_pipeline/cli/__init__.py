@@ -1,5 +1,5 @@
-"""`flywheel` command line: demo, simulate, refresh, datasets, summary, sql, validate, replies, models, route, ui,
-serve, retrain, status, deploy, promote, rollback.
+"""`flywheel` command line: demo, simulate, refresh, datasets, summary, sql, templates, validate, replies, models,
+route, ui, serve, retrain, status, deploy, promote, rollback.
 
 One module per command group (``demo``, ``simulate``, ``jobs``: refresh and datasets,
 ``warehouse``: summary and sql, ``validate``, ``replies``, ``models``: models and route, ``ui``, ``serve``,
@@ -14,7 +14,8 @@ import argparse
 import os
 import sys
 
-from flywheel_pipeline.cli import demo, jobs, models, replies, serve, simulate, training, ui, validate, warehouse
+from flywheel_pipeline.cli import (demo, jobs, models, replies, serve, simulate, templates, training, ui, validate,
+                            warehouse)
 from flywheel_pipeline.cli.options import HelpFormatter
 from flywheel_pipeline.cli.serve import bind_refusal
 from flywheel_pipeline.landing_store import LandingUnavailable
@@ -23,7 +24,7 @@ from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
 __all__ = ["bind_refusal", "build_parser", "main"]
 
 # the order of `flywheel --help`
-COMMAND_GROUPS = (demo, simulate, jobs, training, warehouse, validate, replies, models, ui, serve)
+COMMAND_GROUPS = (demo, simulate, jobs, training, warehouse, templates, validate, replies, models, ui, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

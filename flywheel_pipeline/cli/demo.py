@@ -1,7 +1,8 @@
 """``flywheel demo``: the flywheel on the simulated world, in simulated time.
 
 Turn 1 trains on the days up to ``--experiment-weeks`` ago and routes 10% of traffic to its
-model; then, week by week, the simulated outreach app sends through routing.json, outcomes
+model, adds the world's prompt template as champion and has the prompt optimizer propose its next
+version from what drives replies, routed to 10% as a template challenger; then, week by week, the simulated outreach app sends through routing.json, outcomes
 land and are labelled as of that week, and the experiment sensor's run evaluates the
 experiment and applies its decision (rollout, promotion, rollback); turn 2 trains again on
 everything. The demo remembers how far it got (``$FLYWHEEL_HOME/simulator/demo.json``): an
@@ -87,8 +88,9 @@ class Demo:
         say("Materializing ingestion and outcome labels through Dagster ...")
         if not self.refresh(self.start_experiment):
             return False
+        self.add_template()
         say("Training data, validated exports, fine-tuning (SANDBOX backend), registry, MLflow, routing ...")
-        return self.retrain()
+        return self.retrain() and self.propose_template()
 
     def live_week(self, week: int) -> bool:
         week_end = self.start_experiment + timedelta(days=7 * week)
@@ -99,8 +101,8 @@ class Demo:
     def turn_2(self) -> bool:
         say(f"\n=== flywheel turn 2: outcomes up to {self.state.end} ===")
         say("Training again on everything that matured: a new dataset version, a new model version ...")
-        # then what the daemon would do next: evaluate the new experiment, and learn
-        return self.retrain() and self.experiments() and self.learn()
+        # then what the daemon would do next: learn, propose the next template, evaluate the experiments
+        return self.retrain() and self.learn() and self.propose_template() and self.experiments()
 
     def move_on(self, to: date) -> bool:
         """A finished demo's world moves forward to ``to``: simulate, refresh, evaluate, retrain."""
@@ -108,7 +110,8 @@ class Demo:
         say(f"\n=== the demo world moves on: {done} -> {to} ===")
         self.state.end = to
         self.simulate_until(to, done)
-        return self.refresh(to) and self.experiments() and self.retrain() and self.experiments() and self.learn()
+        return (self.refresh(to) and self.experiments() and self.retrain() and self.learn() and self.propose_template()
+                and self.experiments())
 
     # ---- what each step does ------------------------------------------------------------------
 
@@ -130,6 +133,36 @@ class Demo:
         if run is None:
             run = run_job(RETRAIN_JOB_NAME, verbose=self.verbose, name_home=False)
         say_training(run)
+        return run.success
+
+    def add_template(self) -> None:
+        """The world's outreach app writes with a versioned template: its first version is the champion."""
+        from flywheel_pipeline.routing import write_template_families
+        from flywheel_pipeline.simulator.world import DEMO_TEMPLATE, DEMO_TEMPLATE_ID
+        from flywheel_pipeline.warehouse import templates
+        from flywheel_pipeline.warehouse.schema import connect
+        from flywheel_pipeline.warehouse.template_routing import build_template_families
+
+        con = connect(paths.warehouse_path())
+        try:
+            if templates.champion(con, "all") is None:
+                added = templates.add_template(con, template_id=DEMO_TEMPLATE_ID, version="1.0.0",
+                                               text=DEMO_TEMPLATE, source="demo")
+                say(f"Prompt template {added.template.key} added: {added.deployment}")
+            families, _ = build_template_families(con)
+        finally:
+            con.close()
+        write_template_families(families)
+
+    def propose_template(self) -> bool:
+        """The prompt optimizer, as `flywheel templates propose` runs it: what drives replies, then the
+        champion template's next version from that guidance, routed only as a challenger."""
+        from flywheel_pipeline.cli.templates import say_proposal
+        from flywheel_pipeline.defs.experiments.templates import PROPOSE_JOB_NAME
+
+        say("Prompt optimizer: what drives replies so far, and a template challenger from it ...")
+        run = run_job(PROPOSE_JOB_NAME, verbose=self.verbose, name_home=False)
+        say_proposal(run.metadata.get("prompt_optimizer") or {})
         return run.success
 
     def learn(self) -> bool:
@@ -179,8 +212,8 @@ def say_experiments() -> None:
         for family, challenger, step, leads_c, leads_p, decision, reason in con.execute("""
                 SELECT family, challenger, step, challenger_leads, champion_leads, decision, reason
                 FROM ab_test_results
-                QUALIFY rank() OVER (PARTITION BY family ORDER BY evaluated_at DESC) = 1
-                    AND row_number() OVER (PARTITION BY family, arm, evaluated_at) = 1
+                WHERE evaluated_at = (SELECT max(evaluated_at) FROM ab_test_results)  -- this run's experiments
+                QUALIFY row_number() OVER (PARTITION BY family, arm, evaluated_at) = 1
                 ORDER BY family, arm""").fetchall():
             say(f"  {family}: challenger {challenger}, {step} step ({leads_c} mature leads vs {leads_p}): "
                 f"{decision.upper()} - {reason}")
@@ -188,6 +221,13 @@ def say_experiments() -> None:
                 "SELECT model_id, version, status, traffic_pct FROM model_registry "
                 "WHERE status IN ('ready', 'deployed', 'archived') ORDER BY created_at").fetchall():
             say(f"  registry: {model} v{version}: {status}, {pct:g}% of traffic")
+        for template, version, status, group, pct in con.execute("""
+                SELECT template_id, version, status, ab_group,
+                       CASE WHEN status = 'deployed' THEN 100 - coalesce((
+                           SELECT sum(c.traffic_pct) FROM template_deployments c WHERE c.task_type = d.task_type
+                           AND c.status = 'ready' AND c.ab_group = 'challenger'), 0) ELSE traffic_pct END
+                FROM template_deployments d WHERE status <> 'draft' ORDER BY version""").fetchall():
+            say(f"  template: {template}@{version}: {status} ({group}), {pct:g}% of traffic")
     finally:
         con.close()
 

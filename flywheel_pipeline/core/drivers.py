@@ -229,20 +229,22 @@ def _word_range(label: str) -> list[int | None]:
     return [None, None]
 
 
-def guidance(results: Sequence[Driver], metric: str = "reply_rate") -> dict:
+def guidance(results: Sequence[Driver], metric: str = "reply_rate", *, include_all: bool = False) -> dict:
     """Per task type, the body length of the best-performing messages, for the prompt optimizer.
 
     ``best``: among the task type's body-length buckets whose reply rate is significantly higher
     than the rest of the task type's messages (stratified by organization, BH across the run),
     the one with the largest stratified effect (``estimate``; the crude rate mixes organizations);
     None when no bucket is. ``avoid``: buckets significantly lower.
-    Word ranges are inclusive, [low, high] (high None: no upper bound)."""
+    Word ranges are inclusive, [low, high] (high None: no upper bound). ``include_all``: also the
+    scope ``all`` (every task type together), for a template that serves every task type."""
     out: dict = {"metric": metric, "feature": BODY_FEATURE,
                  "definition": "best = the body-length bucket with the largest effect (estimate) among those "
                                "significantly above the rest "
                                "of the task type (MH risk difference by organization, BH-adjusted); avoid = "
                                "buckets significantly below", "task_types": {}}
-    for scope in sorted({d.task_type for d in results if d.feature == BODY_FEATURE and d.task_type != ALL_TASKS}):
+    for scope in sorted({d.task_type for d in results if d.feature == BODY_FEATURE
+                         and (include_all or d.task_type != ALL_TASKS)}):
         rows = [d for d in results if d.task_type == scope and d.feature == BODY_FEATURE and d.metric == metric]
         n = sum(d.n for d in rows)
         overall = sum(d.events for d in rows) / n if n else None

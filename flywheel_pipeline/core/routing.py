@@ -6,7 +6,15 @@ A table::
     {"version": 1, "generated_at": "...", "default_model": "gpt-4o-mini-2024-07-18",
      "families": {"flywheel-global-all": {"experiment_id": "...", "organization_id": null,
                   "task_type": "all", "arms": [{"model_id": ..., "version": ..., "ab_group":
-                  "challenger", "traffic_pct": 10.0}, {..."champion"...}]}}}
+                  "challenger", "traffic_pct": 10.0}, {..."champion"...}]}},
+     "template_families": {"templates-global-all": {"experiment_id": "...", "organization_id": null,
+                  "task_type": "all", "arms": [{"template_id": ..., "template_version": ..., "text": ...,
+                  "ab_group": "challenger", "traffic_pct": 10.0}, {..."champion"...}]}}}
+
+Template experiments are a second, independent layer: a lead's template arm is a hash of the lead
+and the template experiment's id, its model arm one of the lead and the model experiment's id, so
+starting or ramping one experiment never moves a lead in the other, and each compares its arms on
+leads balanced over the other's (a template arm is (the lead's routed model, template version)).
 """
 
 from __future__ import annotations
@@ -48,7 +56,42 @@ def model_for_lead(table: dict[str, Any], lead_id: str, organization_id: str | N
             "allocation": None}
 
 
+def template_family_arms(family: dict[str, Any]) -> list[Arm]:
+    """The arms of one template family, as assignment arms (model_id = template id)."""
+    return [Arm(a["template_id"], a["template_version"], a["ab_group"], float(a["traffic_pct"]))
+            for a in family["arms"]]
+
+
+NO_TEMPLATE = {"template_id": None, "template_version": None, "template_ab_group": None,
+               "template_experiment_id": None, "template_allocation": None, "template_text": None}
+
+
+def template_for_lead(table: dict[str, Any], lead_id: str, organization_id: str | None,
+                      task_type: str = "all") -> dict[str, Any]:
+    """The template this lead's next message should be written with, sticky per lead and template
+    experiment: the family ``templates-<organization or global>-<task_type>``, falling back to the
+    global family and to task ``all``; every field None when no template is routed. ``template_text``
+    is the Jinja2 text to render with the lead's fields (core/templates.render). The outreach app
+    records ``template_id`` and ``template_version`` with the message, and ``template_experiment_id``
+    and ``template_allocation`` in its metadata (the A/B analysis reads them)."""
+    families = table.get("template_families") or {}
+    for org in (organization_id, None):
+        for task in (task_type, "all"):
+            family = families.get(f"templates-{org or 'global'}-{task}")
+            if family and family.get("arms"):
+                arms = template_family_arms(family)
+                arm = choose_arm(lead_id, family["experiment_id"], arms)
+                text = next((a.get("text") for a in family["arms"] if a["ab_group"] == arm.ab_group), None)
+                return {"template_id": arm.model_id, "template_version": arm.version,
+                        "template_ab_group": arm.ab_group, "template_experiment_id": family["experiment_id"],
+                        "template_allocation": allocation_id(family["experiment_id"], arms),
+                        "template_text": text}
+    return dict(NO_TEMPLATE)
+
+
 def running_experiments(table: dict[str, Any]) -> list[str]:
-    """``family:experiment_id`` of every family that routes traffic to a challenger, sorted."""
-    return sorted(f"{name}:{spec['experiment_id']}" for name, spec in table.get("families", {}).items()
+    """``family:experiment_id`` of every family (model or template) that routes traffic to a
+    challenger, sorted."""
+    families = {**table.get("families", {}), **(table.get("template_families") or {})}
+    return sorted(f"{name}:{spec['experiment_id']}" for name, spec in families.items()
                   if any(a["ab_group"] != "champion" for a in spec.get("arms", [])))

@@ -11,7 +11,7 @@ from flywheel_pipeline import paths
 def routing_history(follow_from: date | None) -> tuple[tuple[date, dict], ...]:
     """The tables the simulated outreach app used, as (first day, routing table) in date order
     (``$FLYWHEEL_HOME/simulator/routing_history.json``). With ``follow_from``, a routing.json
-    whose arms differ from the last table it used is adopted from that day on (or from the day
+    whose arms (models' or templates') differ from the last table it used is adopted from that day on (or from the day
     after the last adoption: the memory only grows, the past is not rewritten)."""
     from flywheel_pipeline.core.atomic_json import write_json_atomic
     from flywheel_pipeline.routing import load_routing
@@ -20,7 +20,10 @@ def routing_history(follow_from: date | None) -> tuple[tuple[date, dict], ...]:
     history = [(date.fromisoformat(d), t) for d, t in json.loads(path.read_text())] if path.exists() else []
     if follow_from is not None:
         table = load_routing()
-        if table.get("families") and (not history or history[-1][1].get("families") != table["families"]):
+        def arms(t: dict) -> tuple:
+            return t.get("families") or {}, t.get("template_families") or {}
+
+        if any(arms(table)) and (not history or arms(history[-1][1]) != arms(table)):
             since = max(follow_from, history[-1][0] + timedelta(days=1)) if history else follow_from
             history.append((since, table))
             write_json_atomic([[d.isoformat(), t] for d, t in history], path)

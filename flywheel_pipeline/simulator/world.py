@@ -20,12 +20,14 @@ import json
 import math
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, time, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from flywheel_pipeline.core import landing as landing_zone
+from flywheel_pipeline.core.templates import length_instruction
+from flywheel_pipeline.core.templates import render as render_template
 
 SIMULATOR_TAG = "demo-world simulator"
 
@@ -144,6 +146,37 @@ class TextChoices:
 _MEAN_TEXT_FACTOR = ((1 + TEXT_EFFECTS["question_in_subject"]) / 2
                      * (2 + TEXT_EFFECTS["body_over_150_words"]) / 3
                      * (0.4 + 0.6 * TEXT_EFFECTS["personalized"]))
+
+
+# The demo world's outreach app writes with this template once routing.json names one (`flywheel demo`
+# adds it as the champion); the simulated model follows a length instruction in the rendered prompt
+# (core/templates.length_instruction), so a template that asks for a length moves the body length,
+# and through TEXT_EFFECTS the reply rate: nothing else about a template's text moves outcomes.
+DEMO_TEMPLATE_ID = "outreach-email"
+DEMO_TEMPLATE = (
+    "Write a short B2B outreach e-mail to {{ first_name }} {{ last_name }}, {{ role }} at {{ company }}, a "
+    "{{ industry }} company, about our outreach analytics product.\n"
+    "Open with something specific to {{ company }}, end with one clear question, and sign it {{ sender_name }}.\n")
+
+
+def lead_fields(lead: Lead) -> dict[str, str]:
+    """The lead's fields a template renders with (core/templates.LEAD_FIELDS)."""
+    return {"first_name": lead.first_name, "last_name": lead.last_name, "company": lead.company,
+            "industry": lead.industry, "role": lead.role.replace("_", " "), "sender_name": "Jordan"}
+
+
+def _follow_length(cfg: SimConfig, mid: str, text: TextChoices, words, body_of) -> TextChoices:
+    """The simulated model follows a prompt's length instruction: among the bodies it can write, one
+    within the range (drawn from the message's own RNG), else the closest."""
+    lengths = {p: len(body_of(p).split()) for p in _PARAGRAPH_CHOICES}
+    fitting = [p for p, n in lengths.items() if words.contains(n)]
+    if fitting:
+        paragraphs = random.Random(f"{cfg.seed}:length:{mid}").choice(fitting)
+    else:
+        def distance(n: int) -> int:
+            return max(words.low - n, 0, n - words.high if words.high is not None else 0)
+        paragraphs = min(lengths, key=lambda p: (distance(lengths[p]), p))
+    return replace(text, paragraphs=paragraphs)
 
 
 def _text_choices(cfg: SimConfig, mid: str) -> TextChoices:
@@ -395,11 +428,21 @@ def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: dateti
                    f"at a {lead.industry} company, about our outreach analytics product.")
     text = _text_choices(cfg, mid)
     greeting, like = (lead.first_name, lead.company) if text.personalized else ("there", "yours")
-    body = (f"Hi {greeting},\n\nTeams in {lead.industry} like {like} use us to see which "
-            f"outreach actually books meetings. ({framework}/{tone}, {model.model_id})\n\n"
-            + "".join(f"{paragraph}\n\n" for paragraph in BODY_PARAGRAPHS[:text.paragraphs])
-            + "\n".join(f"- {url}" for url in links)
-            + "\n\nBest,\nJordan from Outreach Co")
+
+    def body_of(paragraphs: int) -> str:
+        return (f"Hi {greeting},\n\nTeams in {lead.industry} like {like} use us to see which "
+                f"outreach actually books meetings. ({framework}/{tone}, {model.model_id})\n\n"
+                + "".join(f"{paragraph}\n\n" for paragraph in BODY_PARAGRAPHS[:paragraphs])
+                + "\n".join(f"- {url}" for url in links)
+                + "\n\nBest,\nJordan from Outreach Co")
+
+    template = routed if routed and routed.get("template_text") else None
+    if template is not None:  # the routed template arm: its prompt, and a model that follows its length rule
+        user_prompt = render_template(template["template_text"], lead_fields(lead))
+        words = length_instruction(user_prompt)
+        if words is not None and not words.contains(len(body_of(text.paragraphs).split())):
+            text = _follow_length(cfg, mid, text, words, body_of)
+    body = body_of(text.paragraphs)
     subject = (QUESTION_SUBJECTS if text.question else STATEMENT_SUBJECTS)[text.subject].format(
         company=lead.company, industry=lead.industry)
     prompt_tokens, completion_tokens = rng.randint(180, 420), rng.randint(90, 240)
@@ -416,7 +459,9 @@ def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: dateti
         "metadata": {"industry": lead.industry, "role": lead.role, "company": lead.company,
                      "first_name": lead.first_name, "last_name": lead.last_name,
                      "sender_name": "Jordan", "simulated": True,
-                     "prompt_template": text.template, "prompt_version": text.template_version,
+                     **({"prompt_template": text.template, "prompt_version": text.template_version}
+                        if template is None else {"template_experiment_id": template["template_experiment_id"],
+                                                  "template_allocation": template["template_allocation"]}),
                      **({"experiment_id": routed["experiment_id"], "allocation": routed["allocation"]}
                         if routed and routed.get("experiment_id") else {})},
     }
@@ -424,13 +469,16 @@ def _message(cfg: SimConfig, lead: Lead, model: SimModel, mid: str, sent: dateti
         record["latency_ms"] = round(model.latency_ms * random.Random(f"{cfg.seed}:latency:{mid}").uniform(0.6, 1.4), 1)
     if not cfg.record_cost:
         del record["cost_usd"]
+    if template is not None:
+        record["template_id"], record["template_version"] = template["template_id"], template["template_version"]
     return record, links, text.reply_factor if cfg.text_effects else 1.0
 
 
 def _routed_model(cfg: SimConfig, routing: dict, lead: Lead, task_type: str) -> tuple[SimModel, dict[str, Any]]:
-    from flywheel_pipeline.core.routing import model_for_lead
+    from flywheel_pipeline.core.routing import model_for_lead, template_for_lead
 
-    pick = model_for_lead(routing, lead.lead_id, lead.organization_id, task_type)
+    pick = {**model_for_lead(routing, lead.lead_id, lead.organization_id, task_type),
+            **template_for_lead(routing, lead.lead_id, lead.organization_id, task_type)}
     known = {m.model_id: m for m in cfg.models}
     if pick["model_id"] in known:
         quality = known[pick["model_id"]].quality

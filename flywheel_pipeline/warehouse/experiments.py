@@ -17,6 +17,7 @@ Measured before the lead was assigned, it cannot have been moved by the arm.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 import duckdb
@@ -27,19 +28,43 @@ from flywheel_pipeline.core.stats.sufficient import ArmStats
 
 _SCORE = weighted_score_sql("close", "meeting", "reply")
 
+
+@dataclass(frozen=True)
+class Layer:
+    """What an experiment's arms name: models (the arm's ab_group and model, ``metadata.allocation``)
+    or template versions (``<template_id>@<version>``, ``metadata.template_allocation``). Model and
+    template experiments are independent layers (core/routing.py), analysed the same way."""
+    name: str
+    arm_match: str  # SQL over the arms CTE ``a`` (arm, model) and messages ``m``
+    unit: str  # SQL over messages ``m``: what an arm names
+    allocation_key: str  # the metadata key the outreach app records the allocation under
+    baseline_unit: str  # SQL over ``m``: the messages the champion's planning baseline is taken from
+
+    @property
+    def allocation(self) -> str:
+        return f"json_extract_string(m.metadata, '$.{self.allocation_key}')"
+
+
+MODEL_LAYER = Layer("model", "a.arm = m.ab_group AND a.model = m.model_id", "m.model_id", "allocation",
+                    "m.model_id = $model")
+_TEMPLATE_UNIT = "(m.template_id || '@' || m.template_version)"
+# a template step is planned from every message of its task type before it started: the traffic the
+# champion template takes over (it may have sent nothing yet)
+TEMPLATE_LAYER = Layer("template", f"a.model = {_TEMPLATE_UNIT}", _TEMPLATE_UNIT, "template_allocation", "true")
+
 _PER_LEAD = """
 WITH arms(arm, model) AS (SELECT * FROM (VALUES {arms})),
 routed AS (
-    SELECT l.lead_id, l.ab_group AS arm, l.replied, l.positive_reply, l.meeting_booked, l.deal_closed,
+    SELECT l.lead_id, a.arm AS arm, l.replied, l.positive_reply, l.meeting_booked, l.deal_closed,
            coalesce(l.deal_value, 0) AS revenue, l.unsubscribed, l.reply_sentiment = 'negative' AS negative_reply,
            coalesce(m.cost_usd, 0) AS cost, l.quality_score, m.sent_at
-    FROM outcome_labels l JOIN messages m USING (message_key) JOIN arms a ON a.arm = l.ab_group AND a.model = l.model_id
+    FROM outcome_labels l JOIN messages m USING (message_key) JOIN arms a ON {match}
     WHERE l.is_mature
-      AND ($allocation IS NULL OR json_extract_string(m.metadata, '$.allocation') = $allocation)
+      AND ($allocation IS NULL OR {allocation} = $allocation)
 ), started AS (
     SELECT coalesce(
-        (SELECT min(sent_at) FROM messages WHERE $allocation IS NOT NULL
-            AND json_extract_string(metadata, '$.allocation') = $allocation),
+        (SELECT min(m.sent_at) FROM messages m WHERE $allocation IS NOT NULL
+            AND {allocation} = $allocation),
         (SELECT min(sent_at) FROM routed)) AS first_sent
 ), per_lead AS (
     SELECT arm, lead_id,
@@ -78,26 +103,28 @@ def _arms_sql(arms: dict[str, str]) -> tuple[str, list[str]]:
     return ", ".join(["(?, ?)"] * len(arms)), [v for pair in arms.items() for v in pair]
 
 
-def allocations_logged(con: duckdb.DuckDBPyConnection, experiment_id: str) -> bool:
+def allocations_logged(con: duckdb.DuckDBPyConnection, experiment_id: str, layer: Layer = MODEL_LAYER) -> bool:
     """Whether the outreach app records allocations for this experiment's messages (an
     allocation id starts with its experiment id, see core/assignment.allocation_id)."""
-    return con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE ab_group IS NOT NULL AND ab_group <> 'default' "
-                       "AND starts_with(json_extract_string(metadata, '$.allocation'), ? || '@'))",
-                       [experiment_id]).fetchone()[0]
+    routed = "m.ab_group IS NOT NULL AND m.ab_group <> 'default' AND " if layer is MODEL_LAYER else ""
+    return con.execute(f"SELECT EXISTS (SELECT 1 FROM messages m WHERE {routed}"
+                       f"starts_with({layer.allocation}, ? || '@'))", [experiment_id]).fetchone()[0]
 
 
-def arm_has_messages(con: duckdb.DuckDBPyConnection, arm: str, model_id: str) -> bool:
-    """Whether any message was sent in this arm with this model (an experiment just published
-    has none yet)."""
-    return con.execute("SELECT EXISTS (SELECT 1 FROM messages WHERE ab_group = ? AND model_id = ?)",
-                       [arm, model_id]).fetchone()[0]
+def arm_has_messages(con: duckdb.DuckDBPyConnection, arm: str, model_id: str, layer: Layer = MODEL_LAYER) -> bool:
+    """Whether any message was sent in this arm with this model (template layer: this template
+    version; an experiment just published has none yet)."""
+    return con.execute(f"SELECT EXISTS (SELECT 1 FROM messages m JOIN (SELECT ? AS arm, ? AS model) a "
+                       f"ON {layer.arm_match})", [arm, model_id]).fetchone()[0]
 
 
 def arm_statistics(con: duckdb.DuckDBPyConnection, arms: dict[str, str],
-                   allocation: str | None = None) -> dict[str, dict[str, ArmStats]]:
-    """``stats[metric][arm]`` for the arms {ab_group: model_id} (one of them ``champion``)."""
+                   allocation: str | None = None, layer: Layer = MODEL_LAYER) -> dict[str, dict[str, ArmStats]]:
+    """``stats[metric][arm]`` for the arms {ab_group: model_id} (one of them ``champion``; template
+    layer: {ab_group: "<template_id>@<version>"})."""
     values, params = _arms_sql(arms)
-    sql = _PER_LEAD.format(arms=values, score=_SCORE).replace("$allocation", "?")
+    sql = _PER_LEAD.format(arms=values, score=_SCORE, match=layer.arm_match,
+                           allocation=layer.allocation).replace("$allocation", "?")
     cursor = con.execute(sql, params + [allocation] * 4)
     columns = [d[0] for d in cursor.description]
     rows = {row[0]: dict(zip(columns, row)) for row in cursor.fetchall()}
@@ -123,48 +150,54 @@ def arm_statistics(con: duckdb.DuckDBPyConnection, arms: dict[str, str],
     return stats
 
 
-def traffic(con: duckdb.DuckDBPyConnection, arms: dict[str, str], allocation: str | None) -> tuple[int, float | None]:
+def traffic(con: duckdb.DuckDBPyConnection, arms: dict[str, str], allocation: str | None,
+            layer: Layer = MODEL_LAYER) -> tuple[int, float | None]:
     """Leads this allocation's arms have reached so far (mature or not) and new leads a day
     (None before a day of traffic)."""
     values, params = _arms_sql(arms)
     leads, days = con.execute(f"""
         WITH arms(arm, model) AS (SELECT * FROM (VALUES {values}))
         SELECT count(DISTINCT m.lead_id), date_diff('second', min(m.sent_at), max(m.sent_at)) / 86400.0
-        FROM messages m JOIN arms a ON a.arm = m.ab_group AND a.model = m.model_id
-        WHERE ? IS NULL OR json_extract_string(m.metadata, '$.allocation') = ?""",
+        FROM messages m JOIN arms a ON {layer.arm_match}
+        WHERE ? IS NULL OR {layer.allocation} = ?""",
                               params + [allocation, allocation]).fetchone()
     return int(leads), (leads / days if leads and days and days >= 1 else None)
 
 
-def allocation_start(con: duckdb.DuckDBPyConnection, arms: dict[str, str], allocation: str | None) -> datetime | None:
+def allocation_start(con: duckdb.DuckDBPyConnection, arms: dict[str, str], allocation: str | None,
+                     layer: Layer = MODEL_LAYER) -> datetime | None:
     """When the allocation's first message was sent (None before any)."""
     values, params = _arms_sql(arms)
     return con.execute(f"""
         WITH arms(arm, model) AS (SELECT * FROM (VALUES {values}))
-        SELECT min(m.sent_at) FROM messages m JOIN arms a ON a.arm = m.ab_group AND a.model = m.model_id
-        WHERE ? IS NULL OR json_extract_string(m.metadata, '$.allocation') = ?""",
+        SELECT min(m.sent_at) FROM messages m JOIN arms a ON {layer.arm_match}
+        WHERE ? IS NULL OR {layer.allocation} = ?""",
                        params + [allocation, allocation]).fetchone()[0]
 
 
 def baseline(con: duckdb.DuckDBPyConnection, model_id: str, *, organization_id: str | None, task_type: str,
-             before: datetime | None = None, days: int = 28) -> ArmStats:
+             before: datetime | None = None, days: int = 28, layer: Layer = MODEL_LAYER) -> ArmStats:
     """The champion's weighted score per lead over its mature messages of the ``days`` days
-    before ``before`` (default: its latest message), for planning a step before it starts."""
+    before ``before`` (default: its latest message), for planning a step before it starts
+    (template layer: every message of the task type, see TEMPLATE_LAYER)."""
+    unit = layer.baseline_unit
     row = con.execute(f"""
         WITH recent AS (
-            SELECT lead_id, replied::INT AS reply, meeting_booked::INT AS meeting, deal_closed::INT AS close
-            FROM outcome_labels
-            WHERE model_id = $model AND is_mature AND ($org IS NULL OR organization_id = $org)
-              AND ($task = 'all' OR task_type = $task)
-              AND sent_at < coalesce($before, (SELECT max(sent_at) + INTERVAL 1 SECOND FROM messages
-                                               WHERE model_id = $model))
-              AND sent_at >= coalesce($before, (SELECT max(sent_at) FROM messages WHERE model_id = $model))
-                             - INTERVAL {int(days)} DAY
+            SELECT l.lead_id, l.replied::INT AS reply, l.meeting_booked::INT AS meeting,
+                   l.deal_closed::INT AS close
+            FROM outcome_labels l JOIN messages m USING (message_key)
+            WHERE {unit} AND l.is_mature AND ($org IS NULL OR l.organization_id = $org)
+              AND ($task = 'all' OR l.task_type = $task)
+              AND l.sent_at < coalesce($before, (SELECT max(m.sent_at) + INTERVAL 1 SECOND FROM messages m
+                                                 WHERE {unit}))
+              AND l.sent_at >= coalesce($before, (SELECT max(m.sent_at) FROM messages m WHERE {unit}))
+                               - INTERVAL {int(days)} DAY
         ), per_lead AS (
             SELECT lead_id, max(reply) AS reply, max(meeting) AS meeting, max(close) AS close FROM recent GROUP BY 1
         )
         SELECT count(*), coalesce(sum({_SCORE}), 0), coalesce(sum(power({_SCORE}, 2)), 0) FROM per_lead""",
-                      {"model": model_id, "org": organization_id, "task": task_type, "before": before}).fetchone()
+                      {"org": organization_id, "task": task_type, "before": before,
+                       **({"model": model_id} if "$model" in unit else {})}).fetchone()
     return ArmStats(int(row[0]), float(row[1]), float(row[2]))
 
 

@@ -66,7 +66,7 @@ MESSAGES_FIELDS = {k: _V for k in (
     "message_id", "organization_id", "campaign_id", "lead_id", "recipient_email", "channel", "sent_at",
     "model_id", "model_version", "ab_group", "task_type", "system_prompt", "user_prompt", "subject",
     "body", "framework", "tone", "prompt_tokens", "input_tokens", "completion_tokens", "output_tokens",
-    "cost_usd", "latency_ms")} | {"metadata": "JSON"}
+    "cost_usd", "latency_ms", "template_id", "template_version")} | {"metadata": "JSON"}
 
 MESSAGES_SQL = f"""
 WITH p AS ({_parse_common(MESSAGES_FIELDS)}),
@@ -81,7 +81,12 @@ f AS (
            try_cast(coalesce(r.completion_tokens, r.output_tokens) AS BIGINT) AS completion_tokens,
            try_cast(r.cost_usd AS DOUBLE) AS cost_usd,
            try_cast(r.latency_ms AS DOUBLE) AS latency_ms,
-           r.metadata
+           r.metadata,
+           -- the template it was written with: top-level fields, else the older metadata keys
+           coalesce(nullif(r.template_id, ''), nullif(json_extract_string(r.metadata, '$.prompt_template'), ''))
+               AS template_id,
+           coalesce(nullif(r.template_version, ''), nullif(json_extract_string(r.metadata, '$.prompt_version'), ''))
+               AS template_version
     FROM p)
 SELECT *,
        coalesce(base_reason,
@@ -99,12 +104,12 @@ FROM f
 """
 
 MESSAGES_INSERT = """
-INSERT INTO messages
+INSERT INTO messages BY NAME
 SELECT v.message_id, k.message_key, v.organization_id, campaign_id, lead_id, recipient_email, channel, sent_at,
        model_id, model_version, ab_group, task_type, system_prompt, user_prompt, subject, body,
        framework, tone, prompt_tokens, completion_tokens, cost_usd, latency_ms,
        len(list_distinct(regexp_extract_all(coalesce(body, ''), 'https?://[^\\s<>"'')]+'))) AS tracked_links,
-       metadata, source_file, line_no, $batch_id
+       metadata, source_file, line_no, $batch_id AS batch_id, template_id, template_version
 FROM {rows} v JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.message_id
 ON CONFLICT DO NOTHING
 """
@@ -399,7 +404,7 @@ SPECS: dict[str, SourceSpec] = {
         _same("organization_id", "message_id", "campaign_id", "lead_id", "recipient_email", "channel", "sent_at",
               "model_id", "model_version", "ab_group", "task_type", "system_prompt", "user_prompt", "subject",
               "body", "framework", "tone", "prompt_tokens", "completion_tokens", "cost_usd", "latency_ms",
-              "metadata")),
+              "metadata", "template_id", "template_version")),
     "sendgrid": SourceSpec(
         "sendgrid", "email_events", ("key_org", "sg_event_id"), SENDGRID_SQL, SENDGRID_INSERT,
         _same("sg_event_id", "message_id", "organization_id")

@@ -3,7 +3,8 @@ aggregated in SQL to sufficient statistics per (organization, task type, feature
 the derived table ``outcome_drivers`` (rebuilt per run: it is data, not schema).
 
 Features (all VARCHAR; 'unknown' when the message does not say):
-  framework, tone, model_id; prompt_template, prompt_version (messages.metadata);
+  framework, tone, model_id; prompt_template, prompt_version (messages.template_id and template_version,
+  else the older metadata keys of the same names);
   body_words (word-count bucket, core.drivers.BODY_BUCKETS); subject_words (bucket);
   subject_question ('yes'/'no': a '?' in the subject); personalization ('first_name',
   'company', 'first_name+company' or 'none': the lead's first name / company from metadata
@@ -73,8 +74,8 @@ FROM (
     SELECT m.organization_id, coalesce(m.task_type, 'unknown') AS task_type,
            coalesce(m.framework, 'unknown') AS framework, coalesce(m.tone, 'unknown') AS tone,
            coalesce(m.model_id, 'unknown') AS model_id,
-           coalesce({_meta('prompt_template')}, 'unknown') AS prompt_template,
-           coalesce({_meta('prompt_version')}, 'unknown') AS prompt_version,
+           coalesce(nullif(m.template_id, ''), {_meta('prompt_template')}, 'unknown') AS prompt_template,
+           coalesce(nullif(m.template_version, ''), {_meta('prompt_version')}, 'unknown') AS prompt_version,
            {_blanks_to_spaces("m.body")} AS body_t,
            CASE WHEN m.subject IS NOT NULL THEN {_blanks_to_spaces("m.subject")} END AS subject_t,
            CASE WHEN m.subject IS NULL THEN 'unknown' WHEN contains(m.subject, '?') THEN 'yes' ELSE 'no'
@@ -164,3 +165,13 @@ def write_drivers(con: duckdb.DuckDBPyConnection, results: Sequence[Driver], com
         raise
     con.execute("COMMIT")
     return len(results)
+
+
+def read_drivers(con: duckdb.DuckDBPyConnection) -> list[Driver]:
+    """The latest run's results (empty before the first run), e.g. for the prompt optimizer's guidance."""
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'outcome_drivers' "
+                       "AND schema_name = 'main'").fetchone()[0]:
+        return []
+    names = [name for name, _ in COLUMNS]
+    return [Driver(**dict(zip(names, row))) for row in
+            con.execute(f"SELECT {', '.join(names)} FROM outcome_drivers ORDER BY ALL").fetchall()]

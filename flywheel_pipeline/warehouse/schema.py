@@ -16,7 +16,7 @@ import duckdb
 
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -337,6 +337,29 @@ CALIBRATION_DDL: tuple[str, ...] = (
 )
 
 
+# Version 9 adds prompt templates (warehouse/templates.py): the stored versions (immutable: new
+# content is a new version) and their deployment (champion, challenger with its traffic share,
+# archived), and records the template a message was written with (template_id, template_version,
+# top-level fields of the sent-message log, or the older metadata.prompt_template/prompt_version).
+TEMPLATES_SINCE = 13
+# added right after the DDL too: a messages table rebuilt by an older migration takes its rows back
+# with every column
+MESSAGE_TEMPLATE_COLUMNS: tuple[str, ...] = (
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS template_id VARCHAR",
+    "ALTER TABLE messages ADD COLUMN IF NOT EXISTS template_version VARCHAR")
+TEMPLATES_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS prompt_templates (
+        template_id VARCHAR NOT NULL, version VARCHAR NOT NULL, task_type VARCHAR NOT NULL, text VARCHAR NOT NULL,
+        content_sha256 VARCHAR NOT NULL, fields JSON NOT NULL, source VARCHAR NOT NULL, parent_version VARCHAR,
+        rationale VARCHAR, created_at TIMESTAMP NOT NULL, PRIMARY KEY (template_id, version))""",
+    """CREATE TABLE IF NOT EXISTS template_deployments (
+        template_id VARCHAR NOT NULL, version VARCHAR NOT NULL, task_type VARCHAR NOT NULL, status VARCHAR NOT NULL,
+        ab_group VARCHAR, traffic_pct DOUBLE NOT NULL DEFAULT 0, updated_at TIMESTAMP NOT NULL,
+        PRIMARY KEY (template_id, version))""",
+    *MESSAGE_TEMPLATE_COLUMNS,
+)
+
+
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
             threads: int | None = None) -> duckdb.DuckDBPyConnection:
     """Open the warehouse (creating and migrating it unless read-only)."""
@@ -412,6 +435,8 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(f"ALTER TABLE {table} RENAME TO _unkeyed_{table}")
         for statement in DDL:
             con.execute(statement)
+        for statement in MESSAGE_TEMPLATE_COLUMNS:  # before a rebuilt messages table takes its old rows back
+            con.execute(statement)
         if migrating_from is not None and migrating_from < 4:
             for statement in _MIGRATE_TO_4_AFTER:
                 con.execute(statement)
@@ -425,7 +450,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
                 con.execute(statement)
         # additive and idempotent: whenever migrating
         for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CONTROL_AUDIT_DDL, *COUNCIL_PAIRS_DDL, *JUDGE_LLM_DDL,
-                          *CALIBRATION_DDL):
+                          *CALIBRATION_DDL, *TEMPLATES_DDL):
             con.execute(statement)
         if migrating_from == 1:
             con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])

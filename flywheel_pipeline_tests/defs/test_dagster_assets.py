@@ -295,7 +295,8 @@ def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
     defs = json.loads(listed.stdout)
     asset_keys = {a["asset_key"] for a in defs["assets"]}
     assert {"messages", "email_events", "outcome_labels", "model_leaderboard"} <= asset_keys
-    assert {j["name"] for j in defs["jobs"]} == {"refresh", "datasets", "retrain", "experiments", "learn"}
+    assert {j["name"] for j in defs["jobs"]} == {"refresh", "datasets", "retrain", "experiments", "learn",
+                                                 "propose_templates"}
     assert {"landing_sensor", "experiment_sensor"} <= {s["name"] for s in defs["sensors"]}
 
     del env["DAGSTER_HOME"]
@@ -348,6 +349,12 @@ def test_cli_demo_runs_in_simulated_time_and_only_moves_the_world_forward(home):
     out = first.stdout
     assert "live traffic, week 2 of 2" in out and out.count("experiment sensor requested a run") == 3
     assert "challenger 10%" in out and "flywheel turn 2" in out
+    # the prompt template story: the world's template is the champion, the optimizer runs after each
+    # training turn from the drivers, and what it proposes is tested as a 10% template challenger
+    assert "Prompt template outreach-email@1.0.0 added: champion" in out and out.count("prompt optimizer: ") == 2
+    assert "prompt optimizer: proposed outreach-email@1.1.0 from champion outreach-email@1.0.0" in out
+    assert "templates-global-all: challenger outreach-email@1.1.0" in out
+    assert "template: outreach-email@1.1.0: ready (challenger), 10% of traffic" in out
     not_fresh, would_launch = _after_the_demo()
     assert not_fresh == {} and would_launch == {}, (not_fresh, would_launch)
     # a story, not a log: Dagster's and MLflow's lines are in the log file it names

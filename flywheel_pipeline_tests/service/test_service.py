@@ -286,6 +286,23 @@ def test_route_reads_the_published_routing_table_and_leaderboard(tmp_path):
         assert set(picks.values()) == {"ft:challenger", "ft:champion"}
         again = http.get("/route", params={"lead_id": "lead-7", "organization_id": "org-1"}, headers=one)
         assert again.json()["model_id"] == picks["lead-7"]  # sticky per lead
+        assert again.json()["template_id"] is None  # no template routed yet
+        template_arms = [
+            {"template_id": "intro", "template_version": "1.1.0", "text": "Hi {{ first_name }}!",
+             "ab_group": "challenger", "traffic_pct": 50.0},
+            {"template_id": "intro", "template_version": "1.0.0", "text": "Hello {{ first_name }}.",
+             "ab_group": "champion", "traffic_pct": 50.0}]
+        write_routing({"version": 1, "families": {"flywheel-global-all": {"experiment_id": "exp-1", "arms": arms}},
+                       "template_families": {"templates-global-all": {"experiment_id": "t-1",
+                                                                      "arms": template_arms}}}, home / "routing.json")
+        routed = {lead: http.get("/route", params={"lead_id": lead, "organization_id": "org-1"},
+                                 headers=one).json() for lead in (f"lead-{i}" for i in range(60))}
+        assert {r["model_id"] for r in routed.values()} == {"ft:challenger", "ft:champion"}
+        assert {lead: r["model_id"] for lead, r in routed.items()} == {lead: picks[lead] for lead in routed}
+        assert {r["template_version"] for r in routed.values()} == {"1.0.0", "1.1.0"}
+        assert all(r["template_id"] == "intro" and r["template_allocation"].startswith("t-1@") for r in routed.values())
+        again = http.get("/route", params={"lead_id": "lead-7", "organization_id": "org-1"}, headers=one).json()
+        assert again["template_version"] == routed["lead-7"]["template_version"]  # sticky per lead
         assert http.get("/leaderboard", headers=one).status_code == 404
         (home / "leaderboard.json").write_text(json.dumps({
             "models": [{"model": "ft:champion", "rank": 1}],

@@ -14,14 +14,17 @@ from flywheel_pipeline.core.stats.policy import (CONTROL, DEFAULT_PLANNED_LEADS,
 from flywheel_pipeline.defs.outcomes.assets import outcome_labels
 from flywheel_pipeline.defs.resources import WAREHOUSE_POOL, MlflowResource, WarehouseResource
 from flywheel_pipeline.defs.training.assets import offline_evaluation
-from flywheel_pipeline.core.routing import family_allocation
+from flywheel_pipeline.core.routing import family_allocation, template_family_arms
+from flywheel_pipeline.core.assignment import allocation_id
+from flywheel_pipeline.core.templates import arm_key
 from flywheel_pipeline.routing import load_routing, routing_path, write_routing
 from flywheel_pipeline.tracking import sync_aliases
 from flywheel_pipeline.warehouse.experiment_actions import ACTIONS_HEADER, apply_verdicts
-from flywheel_pipeline.warehouse.experiments import (allocation_start, allocations_logged, arm_has_messages,
-                                                     arm_statistics, baseline, record_decision, save_step_plan,
-                                                     step_plan, traffic)
+from flywheel_pipeline.warehouse.experiments import (MODEL_LAYER, TEMPLATE_LAYER, Layer, allocation_start,
+                                                     allocations_logged, arm_has_messages, arm_statistics, baseline,
+                                                     record_decision, save_step_plan, step_plan, traffic)
 from flywheel_pipeline.warehouse.routing_table import ROWS_HEADER, build_routing_table
+from flywheel_pipeline.warehouse.template_routing import apply_template_verdicts, build_template_families
 
 EXPERIMENTS_GROUP = "experiments"
 
@@ -47,6 +50,8 @@ def routing_table(context: dg.AssetExecutionContext, config: RoutingConfig,
             passed.add(m["candidate"])
     with warehouse.connect() as con:
         table, rows = build_routing_table(con, config.default_model, config.first_step_pct, passed, context.log.info)
+        table["template_families"], template_rows = build_template_families(con)
+    rows += template_rows
     path = write_routing(table, routing_path())
     return dg.MaterializeResult(metadata={
         "path": dg.MetadataValue.path(str(path)), "families": len(table["families"]),
@@ -76,21 +81,30 @@ class AbTestConfig(dg.Config):
                             lift_to_detect=self.lift_to_detect, target_power=self.target_power)
 
 
-def _evaluate(con, family: str, spec: dict, config: AbTestConfig, log) -> tuple[Decision, StepPlan, str | None]:
+def _arms(spec: dict, layer: Layer) -> dict[str, str]:
+    """{ab_group: what the arm names}: a model id, or ``<template_id>@<version>``."""
+    if layer is TEMPLATE_LAYER:
+        return {a["ab_group"]: arm_key(a["template_id"], a["template_version"]) for a in spec["arms"]}
+    return {a["ab_group"]: a["model_id"] for a in spec["arms"]}
+
+
+def _evaluate(con, family: str, spec: dict, config: AbTestConfig, log,
+              layer: Layer = MODEL_LAYER) -> tuple[Decision, StepPlan, str | None]:
     """One experiment: per-arm statistics within its current allocation, the verdicts, the plan."""
-    arms = {a["ab_group"]: a["model_id"] for a in spec["arms"]}
+    arms = _arms(spec, layer)
     weights = {a["ab_group"]: float(a["traffic_pct"]) for a in spec["arms"]}
-    allocation = family_allocation(spec)
-    if not allocations_logged(con, spec["experiment_id"]):
-        if any(arm_has_messages(con, g, m) for g, m in arms.items() if g != CONTROL):
+    allocation = (allocation_id(spec["experiment_id"], template_family_arms(spec)) if layer is TEMPLATE_LAYER
+                  else family_allocation(spec))
+    if not allocations_logged(con, spec["experiment_id"], layer):
+        if any(arm_has_messages(con, g, m, layer) for g, m in arms.items() if g != CONTROL):
             log.warning(f"{family}: messages do not record metadata.allocation; comparing all routed messages, "
                         "which mixes rollout steps")
             allocation = None
         else:  # just published: compared on its own traffic, of which there is none yet
             log.info(f"{family}: no message sent through experiment {spec['experiment_id']} yet")
-    started = allocation_start(con, arms, allocation)
+    started = allocation_start(con, arms, allocation, layer)
     champion = baseline(con, arms[CONTROL], organization_id=spec.get("organization_id"),
-                        task_type=spec.get("task_type") or "all", before=started)
+                        task_type=spec.get("task_type") or "all", before=started, layer=layer)
     n_star = config.n_star
     if n_star is None:  # planned once per step, from the champion before the step started
         key = allocation or f"{spec['experiment_id']}@all"
@@ -101,8 +115,8 @@ def _evaluate(con, family: str, spec: dict, config: AbTestConfig, log) -> tuple[
             save_step_plan(con, allocation=key, family=family, experiment_id=spec["experiment_id"],
                            step=step_of(weights, unplanned), planned=n_star, champion_baseline=champion)
     policy = config.policy(n_star)
-    decision = decide(arm_statistics(con, arms, allocation), weights, policy)
-    reached, rate = traffic(con, arms, allocation)
+    decision = decide(arm_statistics(con, arms, allocation, layer), weights, policy)
+    reached, rate = traffic(con, arms, allocation, layer)
     plan = plan_step(champion, weights, policy, leads_so_far=reached, leads_per_day=rate)
     return decision, plan, allocation
 
@@ -124,11 +138,14 @@ def ab_test_results(context: dg.AssetExecutionContext, config: AbTestConfig,
     summary, metric_rows, plans = [], [], []
     evaluated_at = datetime.now(timezone.utc).replace(tzinfo=None)
     with warehouse.connect() as con:
-        for family, spec in sorted(table.get("families", {}).items()):
-            arms = {a["ab_group"]: a["model_id"] for a in spec["arms"]}
+        experiments = [(family, spec, MODEL_LAYER) for family, spec in sorted(table.get("families", {}).items())]
+        experiments += [(family, spec, TEMPLATE_LAYER)
+                        for family, spec in sorted((table.get("template_families") or {}).items())]
+        for family, spec, layer in experiments:
+            arms = _arms(spec, layer)
             if len(arms) < 2 or CONTROL not in arms:
                 continue
-            decision, plan, allocation = _evaluate(con, family, spec, config, context.log)
+            decision, plan, allocation = _evaluate(con, family, spec, config, context.log, layer)
             context.log.info(f"{family}: {decision.decision} - {decision.reason}")
             record_decision(con, evaluated_at=evaluated_at, family=family, experiment_id=spec["experiment_id"],
                             arms=arms, decision=decision, planned_leads=plan.planned_leads)
@@ -175,7 +192,9 @@ def experiment_decisions(context: dg.AssetExecutionContext, config: DecisionConf
                          mlflow: MlflowResource) -> dg.MaterializeResult:
     with warehouse.connect() as con:
         actions = apply_verdicts(con, tuple(config.rollout_steps))
+        actions += apply_template_verdicts(con, tuple(config.rollout_steps))
         table, _ = build_routing_table(con, config.default_model, config.rollout_steps[0], set(), context.log.info)
+        table["template_families"], _ = build_template_families(con)
     write_routing(table, routing_path())
     for action in actions:
         context.log.info(f"{action.family}: {action.challenger} {action.action} ({action.reason})")
