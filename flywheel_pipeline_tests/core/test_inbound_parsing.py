@@ -132,7 +132,7 @@ def test_hubspot_signed_uri_decodes_only_its_listed_escapes():
 def test_settings_from_env():
     s = ServiceSettings.from_env({"FLYWHEEL_HOME": "/tmp/fw", "FLYWHEEL_API_KEYS": "o1=k1, o2=k2",
                                   "FLYWHEEL_HUBSPOT_WON_STAGES": "closedwon,123", "FLYWHEEL_SENDGRID_MAX_AGE_S": "0"})
-    assert s.landing.as_posix() == "/tmp/fw/landing" and s.hubspot_won_stages == ("closedwon", "123")
+    assert s.landing == "/tmp/fw/landing" and s.hubspot_won_stages == ("closedwon", "123")
     assert s.api_keys["o2"][0].get_secret_value() == "k2" and "k1" not in repr(s)  # secrets never printed
     assert s.sendgrid_max_age_s == 0 and "sendgrid" in s.unverified_sources()
     for bad in ("o1", "o1=", "o1=k,o2=k"):

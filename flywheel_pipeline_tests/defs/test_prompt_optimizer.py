@@ -17,7 +17,7 @@ from flywheel_pipeline.core.template_optimizer import propose
 from flywheel_pipeline.core.templates import length_instruction
 from flywheel_pipeline.defs.experiments.templates import prompt_optimizer
 from flywheel_pipeline.defs.learn.drivers import outcome_drivers
-from flywheel_pipeline.defs.resources import GenerationResource, WarehouseResource
+from flywheel_pipeline.defs.resources import GenerationResource, MlflowResource, WarehouseResource
 from flywheel_pipeline.routing import load_routing
 from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.simulator.world import DEMO_TEMPLATE, DEMO_TEMPLATE_ID
@@ -43,7 +43,8 @@ def _world(home, text_effects=True):
 
 def _materialize(home, config=None, generation=None):
     resources = {"warehouse": WarehouseResource(database=str(home / "warehouse.duckdb")),
-                 "generation": generation or GenerationResource()}
+                 "generation": generation or GenerationResource(),
+                 "mlflow": MlflowResource(tracking_uri=f"sqlite:///{home / 'mlflow.db'}")}
     with dg.instance_for_test() as instance:
         result = dg.materialize([outcome_drivers, prompt_optimizer], resources=resources, instance=instance,
                                 run_config={"ops": {"prompt_optimizer": {"config": config or {}}}})
