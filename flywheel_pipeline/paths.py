@@ -5,7 +5,10 @@ used by the CLI, the service, the Dagster resources and the sensors.
 
     landing/<source>/*.jsonl   the landing zone (immutable files, see core/landing.py);
                                FLYWHEEL_LANDING moves it (the service fills it, ingestion reads it)
-    warehouse.duckdb           the DuckDB warehouse; FLYWHEEL_WAREHOUSE moves it
+    warehouse.duckdb           the DuckDB warehouse; FLYWHEEL_WAREHOUSE moves it, or names a DuckLake
+                               catalog instead (ducklake:postgres:dbname=... host=... user=...)
+                               whose Parquet files live in FLYWHEEL_WAREHOUSE_DATA_PATH (a
+                               directory or s3://bucket/prefix/); read in every environment
     exports/                   validated fine-tuning files; FLYWHEEL_EXPORTS moves them
     models/                    local (trl) adapters
     routing.json               the routing table the outreach app and the service read
@@ -55,10 +58,36 @@ def warehouse_path(env: Mapping[str, str] | None = None) -> Path:
     return _absolute(override) if override else flywheel_home(env) / "warehouse.duckdb"
 
 
+# FLYWHEEL_WAREHOUSE values given verbatim (not paths): MotherDuck, and DuckLake catalogs
+_WAREHOUSE_URIS = ("md:", "ducklake:")
+
+
 def warehouse_database(env: Mapping[str, str] | None = None) -> str:
-    """The warehouse as DuckDB opens it: a file path, or an ``md:`` MotherDuck URL given verbatim."""
+    """The warehouse as DuckDB opens it: a file path, or an ``md:`` MotherDuck URL or a
+    ``ducklake:`` catalog URI given verbatim."""
     override = _setting(env, "FLYWHEEL_WAREHOUSE")
-    return override if override and override.startswith("md:") else str(warehouse_path(env))
+    return override if override and override.startswith(_WAREHOUSE_URIS) else str(warehouse_path(env))
+
+
+def warehouse_is_file(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the warehouse is a local DuckDB file (not MotherDuck or DuckLake)."""
+    override = _setting(env, "FLYWHEEL_WAREHOUSE")
+    return not (override and override.startswith(_WAREHOUSE_URIS))
+
+
+def warehouse_data_path(env: Mapping[str, str] | None = None) -> str | None:
+    """Where a DuckLake warehouse keeps its Parquet files: ``FLYWHEEL_WAREHOUSE_DATA_PATH``, a
+    directory (made absolute) or an ``s3://`` prefix given verbatim; None: the path the catalog
+    recorded when the lake was created."""
+    value = _setting(env, "FLYWHEEL_WAREHOUSE_DATA_PATH")
+    if value is None or value.startswith("s3://"):
+        return value
+    return str(_absolute(value))
+
+
+def duckdb_memory_limit(env: Mapping[str, str] | None = None) -> str | None:
+    """DuckDB's memory_limit for warehouse connections (``FLYWHEEL_DUCKDB_MEMORY_LIMIT``), in every environment."""
+    return _setting(env, "FLYWHEEL_DUCKDB_MEMORY_LIMIT")
 
 
 def exports_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -15,6 +15,9 @@ import sys
 from flywheel_pipeline.cli import demo, jobs, replies, serve, simulate, ui, validate, warehouse
 from flywheel_pipeline.cli.options import HelpFormatter
 from flywheel_pipeline.cli.serve import bind_refusal
+from flywheel_pipeline.warehouse.concurrency import WriteConflict
+from flywheel_pipeline.warehouse.extensions import MissingExtension
+from flywheel_pipeline.warehouse.lake import WarehouseUnreachable, mask
 from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
 
 __all__ = ["bind_refusal", "build_parser", "main"]
@@ -54,8 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"flywheel {args.command}: interrupted", file=sys.stderr, flush=True)
         return 130
-    except OutdatedWarehouse as exc:
-        print(f"flywheel {args.command}: {exc}", file=sys.stderr, flush=True)
+    except (OutdatedWarehouse, WarehouseUnreachable, WriteConflict, MissingExtension) as exc:
+        # one line, credentials masked
+        print(f"flywheel {args.command}: {mask(str(exc))}", file=sys.stderr, flush=True)
         return 2
     finally:
         if previous is not None:

@@ -29,8 +29,13 @@ def run_job(job_name: str, run_config: dict | None = None, *, verbose: bool = Fa
     """Execute one of the code location's jobs in process, recorded in DAGSTER_HOME's instance.
     Prints one line for the run (with ``name_home``, where it is recorded), each failed step and
     each check that did not pass; Dagster's own log lines go to the log file unless ``verbose``."""
+    from flywheel_pipeline import paths
     from flywheel_pipeline.instance import ensure_local_dagster_home
+    from flywheel_pipeline.warehouse.schema import open_configured
 
+    if not paths.warehouse_is_file():
+        # a catalog that cannot be reached is one line before any run starts (WarehouseUnreachable)
+        open_configured(read_only=False).close()
     home = ensure_local_dagster_home()
     with library_output(f"job {job_name}", verbose=verbose):
         import dagster as dg
