@@ -746,28 +746,19 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
     return int(inserted), int(replaced)
 
 
-def _not_recorded(con: duckdb.DuckDBPyConnection, source: str,
-                  files: Sequence[landing_zone.LandingFile]) -> list[landing_zone.LandingFile]:
-    """The files not in landing_files yet (another process may have taken some meanwhile)."""
-    taken = {row[0] for row in con.execute(
+def _recorded(con: duckdb.DuckDBPyConnection, source: str, files: Sequence[landing_zone.LandingFile]) -> set[str]:
+    """The names of ``files`` in landing_files already (another process may have taken them since
+    they were listed)."""
+    return {row[0] for row in con.execute(
         "SELECT file_name FROM landing_files WHERE source = ? AND list_contains(?::VARCHAR[], file_name)",
         [source, [f.name for f in files]]).fetchall()}
-    return [f for f in files if f.name not in taken]
 
 
 def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
                   chunk: list[landing_zone.LandingFile], result: IngestResult) -> None:
     """Ingest one chunk in one transaction; a write conflict with another process (DuckLake)
-    reruns it from reading, without the files that process recorded meanwhile."""
-    retried = []
-
-    def attempt() -> None:
-        files = _not_recorded(con, spec.source, chunk) if retried else chunk
-        retried.append(True)
-        if files:
-            _ingest_chunk_once(con, spec, files, result)
-
-    retry_on_conflict(attempt, f"ingesting {spec.source}")
+    reruns it from reading the files."""
+    retry_on_conflict(lambda: _ingest_chunk_once(con, spec, chunk, result), f"ingesting {spec.source}")
 
 
 def _ingest_chunk_once(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
@@ -776,6 +767,14 @@ def _ingest_chunk_once(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
     try:
         _read_and_parse(con, spec, paths)
         with transaction(con):
+            # files another writer recorded after they were listed are its own (in this
+            # transaction's snapshot; one recorded later makes the commit conflict, and the retry sees it)
+            taken = _recorded(con, spec.source, chunk)
+            if taken:
+                con.execute("DELETE FROM _parsed WHERE list_contains(?::VARCHAR[], source_file)", [sorted(taken)])
+                chunk = [f for f in chunk if f.name not in taken]
+                if not chunk:
+                    return
             batch_id = new_batch(con, "ingest", spec.source)
             _key_messages(con, spec)
             inserted, replaced = _settle_duplicates(con, spec, batch_id)

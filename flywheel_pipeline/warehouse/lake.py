@@ -132,6 +132,9 @@ def unreachable(database: str, data_path: str | None, exc: BaseException) -> Exc
     """One line naming what could not be reached, credentials masked."""
     text = mask(str(exc))
     first = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    if "creating a new ducklake is explicitly disabled" in text.lower():
+        return WarehouseUnreachable(f"the DuckLake catalog ({describe(database)[len(PREFIX):]}) holds no warehouse "
+                                    "yet: run `flywheel refresh` first")
     if "snapshot" in text.lower() and "version" in text.lower():
         return ValueError(f"no such warehouse snapshot: {first}")
     where = (f"the data path {data_path}" if data_path and data_path.lower() in text.lower()

@@ -114,6 +114,8 @@ def _export(context: dg.AssetExecutionContext, config: ExportConfig, warehouse: 
     context.log.info(f"{fmt} export {result.version}: {result.rows} ({'reused' if result.reused else 'new'})")
     return dg.MaterializeResult(metadata={
         "dataset_version": result.version,
+        # the DuckLake snapshot the files were read from (`flywheel datasets --snapshot N` rebuilds them)
+        "warehouse_snapshot": result.snapshot if result.snapshot is not None else "unavailable (file backend)",
         "path": dg.MetadataValue.path(str(result.directory)),
         "rows_per_file": dg.MetadataValue.json(result.rows),
         "dagster/row_count": dg.MetadataValue.int(sum(result.rows.values())),
