@@ -64,5 +64,8 @@ def scratch_lake(data_dir: Path) -> Iterator[Target]:
         data_dir.mkdir(parents=True, exist_ok=True)
         yield Target("ducklake", catalog_uri(name), str(data_dir))
     finally:
+        from flywheel_pipeline.warehouse.lake import close_all
+
+        close_all()  # this process's attachments to it
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -83,17 +84,42 @@ class S3Settings:
         return f"CREATE OR REPLACE SECRET {name} ({', '.join(options)})"
 
 
+# One DuckDB instance per process and attachment (extensions loaded, lake attached once: about
+# 0.4 s); every connection is a cursor of it, with its own transactions and temporary tables.
+_INSTANCES: dict[tuple, duckdb.DuckDBPyConnection] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
 def connect(database: str, data_path: str | None, *, read_only: bool = False, snapshot: int | None = None,
             memory_limit: str | None = None, threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB with the lake attached and current (``snapshot``: as of that
-    snapshot, read-only). Raises WarehouseUnreachable (password masked) when the catalog or
-    the data path cannot be reached."""
+    """A connection with the lake attached and current (``snapshot``: as of that snapshot,
+    read-only). Raises WarehouseUnreachable (password masked) when the catalog or the data path
+    cannot be reached."""
     if not is_lake(database):
         raise ValueError(f"not a DuckLake URI: {describe(database)}")
+    key = (os.getpid(), database, data_path, read_only or snapshot is not None, snapshot, memory_limit, threads)
+    with _INSTANCES_LOCK:
+        base = _INSTANCES.get(key)
+        if base is None:
+            base = _open_instance(database, data_path, read_only=read_only, snapshot=snapshot,
+                                  memory_limit=memory_limit, threads=threads)
+            _INSTANCES[key] = base
+        con = base.cursor()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute(f"USE {ALIAS}")
+        con.execute(f"SET search_path = '{ALIAS}.main,memory.main'")
+    except duckdb.Error as exc:
+        con.close()
+        raise unreachable(database, data_path, exc) from None
+    return con
+
+
+def _open_instance(database: str, data_path: str | None, *, read_only: bool, snapshot: int | None,
+                   memory_limit: str | None, threads: int | None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:", config=dict(extensions.OFFLINE_CONFIG))
     try:
         extensions.load(con)
-        con.execute("SET TimeZone = 'UTC'")
         if memory_limit:
             con.execute(f"SET memory_limit = {_quote(memory_limit)}")
         if threads:
@@ -111,17 +137,23 @@ def connect(database: str, data_path: str | None, *, read_only: bool = False, sn
             con.execute(f"ATTACH {_quote(database)} AS {ALIAS}" + (f" ({', '.join(options)})" if options else ""))
         except duckdb.Error as exc:
             raise unreachable(database, data_path, exc) from None
-        con.execute(f"USE {ALIAS}")
         # the ENUM of email events lives in the memory database (DuckLake stores the column as
         # VARCHAR); the search path finds it, so `::sendgrid_event` casts still check values
         from flywheel_pipeline.warehouse.schema import SENDGRID_EVENTS
 
         con.execute(f"CREATE TYPE memory.main.sendgrid_event AS ENUM {SENDGRID_EVENTS}")
-        con.execute(f"SET search_path = '{ALIAS}.main,memory.main'")
     except BaseException:
         con.close()
         raise
     return con
+
+
+def close_all() -> None:
+    """Close this process's lake instances (tests dropping their catalog database)."""
+    with _INSTANCES_LOCK:
+        for con in _INSTANCES.values():
+            con.close()
+        _INSTANCES.clear()
 
 
 def _directory(data_path: str) -> str:
