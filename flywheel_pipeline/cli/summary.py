@@ -7,6 +7,7 @@ from collections.abc import Callable
 from flywheel_pipeline import paths
 from flywheel_pipeline.cli.output import columns
 from flywheel_pipeline.core.label_policy import STAGES
+from flywheel_pipeline.warehouse.lake import describe
 from flywheel_pipeline.warehouse.schema import open_configured
 
 
@@ -18,7 +19,7 @@ def print_summary(out: Callable[[str], None] = print) -> None:
                             "outcome_labels", "quarantine")}
         lines, files = con.execute("SELECT coalesce(sum(lines), 0), count(*) FROM landing_files").fetchone()
         out("")
-        out(f"Warehouse {database}")
+        out(f"Warehouse {describe(paths.warehouse_database())}")
         out(f"  landing files ingested: {files} ({lines} lines); quarantined lines: {counts['quarantine']}")
         out("  " + ", ".join(f"{t}: {n}" for t, n in counts.items() if t != "quarantine"))
         total, mature, mean = con.execute(

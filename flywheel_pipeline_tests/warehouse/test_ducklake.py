@@ -174,6 +174,9 @@ def test_flywheel_datasets_snapshot_on_the_cli(home, lake_target, monkeypatch, c
     manifests = [json.loads(p.read_text()) for p in paths.exports_dir().glob("*/manifest.json")]
     assert len(manifests) == 2 and all(isinstance(m["warehouse_snapshot"], int) for m in manifests)
     assert main(["sql", "SELECT count(*) AS n FROM outcome_labels"]) == 0
+    capsys.readouterr()
+    assert main(["summary"]) == 0
+    assert "Warehouse ducklake:postgres:dbname=flywheel_lake_" in capsys.readouterr().out
     # the same files again from the recorded snapshot, into an empty exports directory
     snapshot = manifests[0]["warehouse_snapshot"]
     monkeypatch.setenv("FLYWHEEL_EXPORTS", str(home / "rebuilt"))
