@@ -271,3 +271,36 @@ def test_concurrent_writers_ingest_each_record_once(tmp_path, lake_target):
     assert con.execute("SELECT count(*), count(DISTINCT (source, file_name)) FROM landing_files").fetchone() == (12, 12)
     assert con.execute("SELECT count(*), count(DISTINCT batch_id) FROM ingest_batches").fetchone() == (12, 12)
     con.close()
+
+
+# ---- data in S3 -----------------------------------------------------------------------------
+
+@needs_postgres
+def test_lake_data_in_s3_from_the_standard_aws_settings(tmp_path, monkeypatch):
+    """The lake's Parquet files in an S3-protocol server on 127.0.0.1 (moto), reached through the
+    DuckDB secret made from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION."""
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        for name, value in (("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}"), ("AWS_ACCESS_KEY_ID", "test"),
+                            ("AWS_SECRET_ACCESS_KEY", "test-secret"), ("AWS_REGION", "us-east-1")):
+            monkeypatch.setenv(name, value)
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1")
+        s3.create_bucket(Bucket="lake")
+        landing = tmp_path / "landing"
+        write_jsonl(landing, "messages", [message(f"m{j}", lead=f"l{j}") for j in range(50)])
+        with test_lake.scratch_lake(tmp_path / "unused") as target:
+            con = connect(target.database, data_path="s3://lake/flywheel/")
+            # Parquet files, not rows inlined in the catalog: a batch larger than DuckLake's inlining limit
+            con.execute("CALL flywheel.set_option('data_inlining_row_limit', 0)")
+            run_pipeline(con, landing)
+            assert con.execute("SELECT count(*) FROM outcome_labels").fetchone()[0] == 50
+            con.close()
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket="lake", Prefix="flywheel/").get("Contents", [])]
+        assert any(k.endswith(".parquet") for k in keys), keys
+    finally:
+        server.stop()
