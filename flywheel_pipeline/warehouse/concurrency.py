@@ -23,9 +23,9 @@ import duckdb
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-ATTEMPTS = 6
+ATTEMPTS = 10
 FIRST_DELAY_S = 0.2
-MAX_DELAY_S = 5.0
+MAX_DELAY_S = 10.0
 
 
 class WriteConflict(RuntimeError):

@@ -31,8 +31,8 @@ AS_OF = T0.replace(month=5, day=1)
 
 
 def _world(landing: Path, seed: int = 21, end: date = date(2026, 5, 1)) -> None:
-    simulate(landing, SimConfig(seed=seed, days=24, end=end, organizations=2, leads_per_org=100,
-                                messages_per_day=24))
+    simulate(landing, SimConfig(seed=seed, days=16, end=end, organizations=2, leads_per_org=80,
+                                messages_per_day=20))
 
 
 @pytest.fixture
@@ -119,7 +119,7 @@ def test_the_same_landing_data_gives_the_same_labels_and_byte_identical_exports(
         files = {n: p.read_bytes() for n, p in export.files.items()}
         outputs[name] = (labels, counts, export.version, files, export.snapshot)
     file_out, lake_out = outputs["file"], outputs["ducklake"]
-    assert len(file_out[0]) > 400 and file_out[0] == lake_out[0]
+    assert len(file_out[0]) >= 300 and file_out[0] == lake_out[0]
     assert file_out[1] == lake_out[1] and file_out[1][3] == file_out[1][4]  # message keys unique
     assert file_out[2] == lake_out[2] and file_out[3] == lake_out[3]
     assert sum(len(b) for b in file_out[3].values()) > 0
@@ -248,7 +248,7 @@ def test_a_write_conflict_is_retried_and_then_reported(lake_target):
 @needs_postgres
 def test_concurrent_writers_ingest_each_record_once(tmp_path, lake_target):
     landing = tmp_path / "landing"
-    for i in range(6):
+    for i in range(4):
         write_jsonl(landing, "messages", [message(f"m{i}-{j}", lead=f"l{j}") for j in range(40)], name=f"m{i}.jsonl")
         write_jsonl(landing, "sendgrid", [sg(f"m{i}-{j}", "delivered", T0, sg_event_id=f"e{i}-{j}")
                                           for j in range(40)], name=f"e{i}.jsonl")
@@ -266,10 +266,10 @@ def test_concurrent_writers_ingest_each_record_once(tmp_path, lake_target):
         assert writer.returncode == 0, err[-2000:]
     con = connect(lake_target.database, data_path=lake_target.data_path)
     assert con.execute("SELECT count(*), count(DISTINCT (organization_id, message_id)), "
-                       "count(DISTINCT message_key) FROM messages").fetchone() == (240, 240, 240)
-    assert con.execute("SELECT count(*), count(DISTINCT sg_event_id) FROM email_events").fetchone() == (240, 240)
-    assert con.execute("SELECT count(*), count(DISTINCT (source, file_name)) FROM landing_files").fetchone() == (12, 12)
-    assert con.execute("SELECT count(*), count(DISTINCT batch_id) FROM ingest_batches").fetchone() == (12, 12)
+                       "count(DISTINCT message_key) FROM messages").fetchone() == (160, 160, 160)
+    assert con.execute("SELECT count(*), count(DISTINCT sg_event_id) FROM email_events").fetchone() == (160, 160)
+    assert con.execute("SELECT count(*), count(DISTINCT (source, file_name)) FROM landing_files").fetchone() == (8, 8)
+    assert con.execute("SELECT count(*), count(DISTINCT batch_id) FROM ingest_batches").fetchone() == (8, 8)
     con.close()
 
 
