@@ -204,7 +204,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = add_parser(sub, "datasets", help="build training examples, preference pairs and exports through Dagster")
     p.add_argument("--snapshot", type=non_negative_int, metavar="N",
                    help="instead, write the exports again from DuckLake snapshot N (an export's manifest names "
-                        "it): byte-identical files (ducklake backend only)")
+                        "it): byte-identical files (ducklake backend only; default: build from the current warehouse)")
     p.add_argument("--include-trl", action="store_true", help="with --snapshot: also the TRL formats")
     add_verbose(p)
     p.set_defaults(func=cmd_datasets)
