@@ -30,9 +30,10 @@ needs_postgres = pytest.mark.skipif(_REASON is not None, reason=_REASON or "")
 AS_OF = T0.replace(month=5, day=1)
 
 
-def _world(landing: Path, seed: int = 21, end: date = date(2026, 5, 1)) -> None:
-    simulate(landing, SimConfig(seed=seed, days=16, end=end, organizations=2, leads_per_org=80,
-                                messages_per_day=20))
+def _world(landing: Path, seed: int = 21, end: date = date(2026, 5, 1), *, days: int = 16,
+           per_day: int = 20, leads: int = 80) -> None:
+    simulate(landing, SimConfig(seed=seed, days=days, end=end, organizations=2, leads_per_org=leads,
+                                messages_per_day=per_day))
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ def test_flywheel_datasets_snapshot_on_the_cli(home, lake_target, monkeypatch, c
 
     monkeypatch.setenv("FLYWHEEL_WAREHOUSE", lake_target.database)
     monkeypatch.setenv("FLYWHEEL_WAREHOUSE_DATA_PATH", lake_target.data_path)
-    _world(paths.landing_dir())
+    _world(paths.landing_dir(), days=30, per_day=30, leads=120)  # enough for the exports' minimum of 10
     assert main(["refresh", "--as-of", AS_OF.isoformat()]) == 0
     assert main(["datasets"]) == 0
     manifests = [json.loads(p.read_text()) for p in paths.exports_dir().glob("*/manifest.json")]
