@@ -49,7 +49,7 @@ def copy_into_lake(db: Path, database: str, data_path: str) -> None:
         if table.startswith("held_"):
             continue
         columns = [r[0] for r in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE database_name = 'flywheel' AND table_name = ? "
+            "SELECT column_name FROM duckdb_columns() WHERE database_name = current_database() AND table_name = ? "
             "ORDER BY column_index", [table]).fetchall()]
         con.execute(f"INSERT INTO {table} SELECT {', '.join(columns)} FROM src.main.{table}")
     con.execute("UPDATE warehouse_counters SET value = (SELECT max(batch_id) FROM ingest_batches) "

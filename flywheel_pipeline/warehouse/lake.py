@@ -4,7 +4,7 @@
 key=value form), ``FLYWHEEL_WAREHOUSE_DATA_PATH`` the Parquet files' home (a directory or
 ``s3://bucket/prefix/``; S3 credentials and endpoint from the standard ``AWS_*`` variables). A
 connection is an in-memory DuckDB with the extensions loaded from their PyPI packages
-(warehouse/extensions.py), the lake attached as ``flywheel`` and made current (``USE``), so
+(warehouse/extensions.py), the lake attached as ``flywheel_lake`` and made current (``USE``), so
 every query of warehouse/ runs unchanged. Temporary tables stay in the in-memory database.
 
 DuckLake has no PRIMARY KEY/UNIQUE constraints, sequences or user types: the DDL is adapted by
@@ -27,7 +27,7 @@ import duckdb
 from flywheel_pipeline.warehouse import extensions
 
 PREFIX = "ducklake:"
-ALIAS = "flywheel"
+ALIAS = "flywheel_lake"  # not a name a DuckDB file gets (a file flywheel.duckdb is database "flywheel")
 _PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
 _URI_PASSWORD = re.compile(r"(://[^:/@\s]+:)[^@\s]+(@)")
 
@@ -174,9 +174,15 @@ def unreachable(database: str, data_path: str | None, exc: BaseException) -> Exc
     return WarehouseUnreachable(f"cannot reach {where}: {first[:400]}")
 
 
+def is_lake_connection(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con``'s current database is a DuckLake (not a DuckDB file)."""
+    return con.execute("SELECT type FROM duckdb_databases() WHERE database_name = current_database()"
+                       ).fetchall()[0][0] == "ducklake"
+
+
 def current_snapshot(con: duckdb.DuckDBPyConnection) -> int | None:
     """The lake's snapshot this connection reads (None on the DuckDB file backend, which keeps none)."""
-    if con.execute("SELECT current_database()").fetchone()[0] != ALIAS:
+    if not is_lake_connection(con):
         return None
     return int(con.execute(f"SELECT id FROM {ALIAS}.current_snapshot()").fetchone()[0])
 

@@ -342,7 +342,7 @@ def open_configured(*, read_only: bool = True, snapshot: int | None = None) -> d
 
 def is_lake(con: duckdb.DuckDBPyConnection) -> bool:
     """Whether ``con`` is a DuckLake warehouse (no keys, sequences or user types)."""
-    return con.execute("SELECT current_database()").fetchall()[0][0] == lake.ALIAS
+    return lake.is_lake_connection(con)
 
 
 def _ddl(con: duckdb.DuckDBPyConnection, statement: str, on_lake: bool) -> None:

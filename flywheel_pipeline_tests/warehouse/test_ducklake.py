@@ -297,7 +297,7 @@ def test_lake_data_in_s3_from_the_standard_aws_settings(tmp_path, monkeypatch):
         with test_lake.scratch_lake(tmp_path / "unused") as target:
             con = connect(target.database, data_path="s3://lake/flywheel/")
             # Parquet files, not rows inlined in the catalog: a batch larger than DuckLake's inlining limit
-            con.execute("CALL flywheel.set_option('data_inlining_row_limit', 0)")
+            con.execute("CALL flywheel_lake.set_option('data_inlining_row_limit', 0)")
             run_pipeline(con, landing)
             assert con.execute("SELECT count(*) FROM outcome_labels").fetchone()[0] == 50
             con.close()
