@@ -40,6 +40,10 @@ def _setting(env: Mapping[str, str] | None, name: str) -> str | None:
     return value if value not in (None, "") else None
 
 
+# FLYWHEEL_WAREHOUSE values given verbatim (not paths): MotherDuck, and DuckLake catalogs
+_WAREHOUSE_URIS = ("md:", "ducklake:")
+
+
 def _absolute(text: str) -> Path:
     return Path(text).expanduser().absolute()
 
@@ -54,19 +58,20 @@ def landing_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def warehouse_path(env: Mapping[str, str] | None = None) -> Path:
+    """The DuckDB warehouse file (an error when FLYWHEEL_WAREHOUSE names a URI: see warehouse_database)."""
     override = _setting(env, "FLYWHEEL_WAREHOUSE")
+    if override and override.startswith(_WAREHOUSE_URIS):
+        raise ValueError(f"FLYWHEEL_WAREHOUSE names a {override.split(':')[0]} warehouse, not a DuckDB file")
     return _absolute(override) if override else flywheel_home(env) / "warehouse.duckdb"
-
-
-# FLYWHEEL_WAREHOUSE values given verbatim (not paths): MotherDuck, and DuckLake catalogs
-_WAREHOUSE_URIS = ("md:", "ducklake:")
 
 
 def warehouse_database(env: Mapping[str, str] | None = None) -> str:
     """The warehouse as DuckDB opens it: a file path, or an ``md:`` MotherDuck URL or a
     ``ducklake:`` catalog URI given verbatim."""
     override = _setting(env, "FLYWHEEL_WAREHOUSE")
-    return override if override and override.startswith(_WAREHOUSE_URIS) else str(warehouse_path(env))
+    if override and override.startswith(_WAREHOUSE_URIS):
+        return override
+    return str(warehouse_path(env))
 
 
 def warehouse_is_file(env: Mapping[str, str] | None = None) -> bool:

@@ -69,8 +69,10 @@ def _open_warehouse(command: str):
     from flywheel_pipeline import paths
     from flywheel_pipeline.warehouse.schema import open_configured
 
-    database = paths.warehouse_path()
-    if paths.warehouse_is_file() and not database.exists():
+    from flywheel_pipeline.warehouse.lake import describe
+
+    database = describe(paths.warehouse_database())
+    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
         print(f"flywheel replies {command}: no warehouse at {database}: run `flywheel refresh` first", file=sys.stderr)
         return None
     try:

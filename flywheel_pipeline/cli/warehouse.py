@@ -31,8 +31,10 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     from flywheel_pipeline.warehouse.schema import open_configured
 
-    database = paths.warehouse_path()
-    if paths.warehouse_is_file() and not database.exists():
+    from flywheel_pipeline.warehouse.lake import describe
+
+    database = describe(paths.warehouse_database())
+    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
         print(f"flywheel sql: no warehouse at {database}: run `flywheel demo` or `flywheel refresh` first",
               file=sys.stderr)
         return 1
