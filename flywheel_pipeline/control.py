@@ -68,7 +68,7 @@ def _warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
     database = paths.warehouse_database()
     with _ONE_AT_A_TIME:
         try:
-            con = connect_waiting(database, timeout_s=WAREHOUSE_WAIT_S)
+            con = connect_waiting(database, timeout_s=WAREHOUSE_WAIT_S, data_path=paths.warehouse_data_path())
         except duckdb.IOException as exc:
             raise ControlRefused("busy", f"the warehouse stayed locked by another process for {WAREHOUSE_WAIT_S:g}s "
                                          f"(a Dagster run is writing it): {exc}") from exc
@@ -79,7 +79,7 @@ def _warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
 
 
 def _warehouse_exists() -> bool:
-    return paths.warehouse_database().startswith("md:") or paths.warehouse_path().exists()
+    return not paths.warehouse_is_file() or paths.warehouse_path().exists()
 
 
 def _act(actor: Actor, action: str, parameters: dict[str, Any],

@@ -8,7 +8,10 @@ used by the CLI, the service, the Dagster resources and the sensors.
                                also to object storage: s3://bucket/prefix/ (landing_store.py)
     spool/<replica>/           with an s3:// landing zone, each service replica's local spool of
                                fsynced segments not yet uploaded; FLYWHEEL_SPOOL moves it
-    warehouse.duckdb           the DuckDB warehouse; FLYWHEEL_WAREHOUSE moves it
+    warehouse.duckdb           the DuckDB warehouse; FLYWHEEL_WAREHOUSE moves it, or names a DuckLake
+                               catalog instead (ducklake:postgres:dbname=... host=... user=...)
+                               whose Parquet files live in FLYWHEEL_WAREHOUSE_DATA_PATH (a
+                               directory or s3://bucket/prefix/); read in every environment
     exports/                   validated fine-tuning files; FLYWHEEL_EXPORTS moves them
     models/                    local (trl) adapters
     routing.json               the routing table the outreach app and the service read
@@ -39,6 +42,10 @@ from pathlib import Path
 def _setting(env: Mapping[str, str] | None, name: str) -> str | None:
     value = (os.environ if env is None else env).get(name)
     return value if value not in (None, "") else None
+
+
+# FLYWHEEL_WAREHOUSE values given verbatim (not paths): MotherDuck, and DuckLake catalogs
+_WAREHOUSE_URIS = ("md:", "ducklake:")
 
 
 def _absolute(text: str) -> Path:
@@ -76,14 +83,41 @@ def spool_dir(env: Mapping[str, str] | None = None) -> Path:
 
 
 def warehouse_path(env: Mapping[str, str] | None = None) -> Path:
+    """The DuckDB warehouse file (an error when FLYWHEEL_WAREHOUSE names a URI: see warehouse_database)."""
     override = _setting(env, "FLYWHEEL_WAREHOUSE")
+    if override and override.startswith(_WAREHOUSE_URIS):
+        raise ValueError(f"FLYWHEEL_WAREHOUSE names a {override.split(':')[0]} warehouse, not a DuckDB file")
     return _absolute(override) if override else flywheel_home(env) / "warehouse.duckdb"
 
 
 def warehouse_database(env: Mapping[str, str] | None = None) -> str:
-    """The warehouse as DuckDB opens it: a file path, or an ``md:`` MotherDuck URL given verbatim."""
+    """The warehouse as DuckDB opens it: a file path, or an ``md:`` MotherDuck URL or a
+    ``ducklake:`` catalog URI given verbatim."""
     override = _setting(env, "FLYWHEEL_WAREHOUSE")
-    return override if override and override.startswith("md:") else str(warehouse_path(env))
+    if override and override.startswith(_WAREHOUSE_URIS):
+        return override
+    return str(warehouse_path(env))
+
+
+def warehouse_is_file(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the warehouse is a local DuckDB file (not MotherDuck or DuckLake)."""
+    override = _setting(env, "FLYWHEEL_WAREHOUSE")
+    return not (override and override.startswith(_WAREHOUSE_URIS))
+
+
+def warehouse_data_path(env: Mapping[str, str] | None = None) -> str | None:
+    """Where a DuckLake warehouse keeps its Parquet files: ``FLYWHEEL_WAREHOUSE_DATA_PATH``, a
+    directory (made absolute) or an ``s3://`` prefix given verbatim; None: the path the catalog
+    recorded when the lake was created."""
+    value = _setting(env, "FLYWHEEL_WAREHOUSE_DATA_PATH")
+    if value is None or value.startswith("s3://"):
+        return value
+    return str(_absolute(value))
+
+
+def duckdb_memory_limit(env: Mapping[str, str] | None = None) -> str | None:
+    """DuckDB's memory_limit for warehouse connections (``FLYWHEEL_DUCKDB_MEMORY_LIMIT``), in every environment."""
+    return _setting(env, "FLYWHEEL_DUCKDB_MEMORY_LIMIT")
 
 
 def exports_dir(env: Mapping[str, str] | None = None) -> Path:

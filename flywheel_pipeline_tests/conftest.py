@@ -30,12 +30,64 @@ def _no_leftover_dagster_instance():
         yield
 
 
+BACKENDS = ("file", "ducklake")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--warehouse-backend", choices=BACKENDS, default=None,
+                     help="run every warehouse test on this backend (default: file, and both for tests "
+                          "marked both_backends)")
+
+
+def pytest_generate_tests(metafunc):
+    """Tests that use the warehouse (the ``con``, ``home`` or ``warehouse_target`` fixtures) run on
+    --warehouse-backend; without it, on the file backend, and also on ducklake where marked
+    ``both_backends``."""
+    if "warehouse_backend" not in metafunc.fixturenames:
+        return
+    chosen = metafunc.config.getoption("--warehouse-backend")
+    if chosen:
+        backends = [chosen]
+    elif metafunc.definition.get_closest_marker("both_backends"):
+        backends = list(BACKENDS)
+    else:
+        backends = ["file"]
+    metafunc.parametrize("warehouse_backend", backends, indirect=True)
+
+
 @pytest.fixture
-def home(tmp_path, monkeypatch) -> Path:
-    """An isolated FLYWHEEL_HOME (and DAGSTER_HOME under it) for one test."""
+def warehouse_backend(request) -> str:
+    return getattr(request, "param", "file")
+
+
+@pytest.fixture
+def warehouse_target(warehouse_backend, tmp_path):
+    """The test's warehouse: a DuckDB file under tmp_path, or a scratch DuckLake (PostgreSQL
+    catalog, created and dropped per test; skipped with the reason when PostgreSQL is absent)."""
+    from flywheel_pipeline_tests import lake
+
+    if warehouse_backend == "file":
+        yield lake.Target("file", str(tmp_path / "warehouse.duckdb"))
+        return
+    reason = lake.postgres_reason()
+    if reason:
+        pytest.skip(reason)
+    with lake.scratch_lake(tmp_path / "lake-data") as target:
+        yield target
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, warehouse_target) -> Path:
+    """An isolated FLYWHEEL_HOME (and DAGSTER_HOME under it) for one test; on the ducklake
+    backend FLYWHEEL_WAREHOUSE names the test's scratch lake."""
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "fw"))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "fw" / "dagster"))
     monkeypatch.delenv("FLYWHEEL_ENV", raising=False)
+    monkeypatch.delenv("FLYWHEEL_WAREHOUSE", raising=False)
+    monkeypatch.delenv("FLYWHEEL_WAREHOUSE_DATA_PATH", raising=False)
+    if warehouse_target.backend != "file":
+        for name, value in warehouse_target.env().items():
+            monkeypatch.setenv(name, value)
     return tmp_path / "fw"
 
 
@@ -45,8 +97,8 @@ def landing(tmp_path) -> Path:
 
 
 @pytest.fixture
-def con(tmp_path):
-    connection = connect(tmp_path / "warehouse.duckdb")
+def con(warehouse_target):
+    connection = connect(warehouse_target.database, data_path=warehouse_target.data_path)
     yield connection
     connection.close()
 

@@ -19,6 +19,9 @@ from flywheel_pipeline.cli import (demo, jobs, models, replies, serve, simulate,
 from flywheel_pipeline.cli.options import HelpFormatter
 from flywheel_pipeline.cli.serve import bind_refusal
 from flywheel_pipeline.landing_store import LandingUnavailable
+from flywheel_pipeline.warehouse.concurrency import WriteConflict
+from flywheel_pipeline.warehouse.extensions import MissingExtension
+from flywheel_pipeline.warehouse.lake import WarehouseUnreachable, mask
 from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
 
 __all__ = ["bind_refusal", "build_parser", "main"]
@@ -58,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"flywheel {args.command}: interrupted", file=sys.stderr, flush=True)
         return 130
-    except OutdatedWarehouse as exc:
-        print(f"flywheel {args.command}: {exc}", file=sys.stderr, flush=True)
+    except (OutdatedWarehouse, WarehouseUnreachable, WriteConflict, MissingExtension) as exc:
+        # one line, credentials masked
+        print(f"flywheel {args.command}: {mask(str(exc))}", file=sys.stderr, flush=True)
         return 2
     except LandingUnavailable as exc:  # one line naming the zone and endpoint, never a credential
         print(f"flywheel {args.command}: {exc}", file=sys.stderr, flush=True)

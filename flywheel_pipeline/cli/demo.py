@@ -205,9 +205,9 @@ def say_training(run: JobRun) -> None:
 
 def say_experiments() -> None:
     """The latest A/B evaluation of each family, and the registry's live models."""
-    from flywheel_pipeline.warehouse.schema import connect
+    from flywheel_pipeline.warehouse.schema import open_configured
 
-    con = connect(paths.warehouse_path(), read_only=True)
+    con = open_configured(read_only=True)
     try:
         for family, challenger, step, leads_c, leads_p, decision, reason in con.execute("""
                 SELECT family, challenger, step, challenger_leads, champion_leads, decision, reason

@@ -7,7 +7,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-from flywheel_pipeline.cli.options import add_parser, add_verbose, as_of_time
+from flywheel_pipeline.cli.options import add_parser, add_verbose, as_of_time, non_negative_int
 from flywheel_pipeline.cli.output import library_output, log_file, say, short_metadata
 
 
@@ -29,8 +29,13 @@ def run_job(job_name: str, run_config: dict | None = None, *, verbose: bool = Fa
     """Execute one of the code location's jobs in process, recorded in DAGSTER_HOME's instance.
     Prints one line for the run (with ``name_home``, where it is recorded), each failed step and
     each check that did not pass; Dagster's own log lines go to the log file unless ``verbose``."""
+    from flywheel_pipeline import paths
     from flywheel_pipeline.instance import ensure_local_dagster_home
+    from flywheel_pipeline.warehouse.schema import open_configured
 
+    if not paths.warehouse_is_file():
+        # a catalog that cannot be reached is one line before any run starts (WarehouseUnreachable)
+        open_configured(read_only=False).close()
     home = ensure_local_dagster_home()
     with library_output(f"job {job_name}", verbose=verbose):
         import dagster as dg
@@ -133,8 +138,34 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 def cmd_datasets(args: argparse.Namespace) -> int:
     from flywheel_pipeline.defs.datasets.automation import DATASETS_JOB_NAME
 
+    if args.snapshot is not None:
+        return rebuild_exports(args.snapshot, include_trl=args.include_trl)
     _say_log_file(args)
     return 0 if run_job(DATASETS_JOB_NAME, verbose=args.verbose) else 1
+
+
+def rebuild_exports(snapshot: int, *, include_trl: bool = False) -> int:
+    """Write the SFT and DPO exports again from the warehouse as of a DuckLake snapshot (the one
+    an export's manifest records): the same bytes, so the same dataset version."""
+    import sys
+
+    from flywheel_pipeline import paths
+    from flywheel_pipeline.warehouse.datasets import EXPORT_SETS, export_jsonl
+    from flywheel_pipeline.warehouse.schema import open_configured
+
+    try:
+        con = open_configured(read_only=True, snapshot=snapshot)
+    except ValueError as exc:
+        print(f"flywheel datasets: {exc}", file=sys.stderr)
+        return 2
+    try:
+        for fmt, trl in EXPORT_SETS.items():
+            result = export_jsonl(con, paths.exports_dir(), [fmt] + ([trl] if include_trl else []))
+            say(f"{fmt} export {result.version} from snapshot {snapshot}: {sum(result.rows.values())} rows "
+                f"({'the same files were there already' if result.reused else 'written'}) in {result.directory}")
+    finally:
+        con.close()
+    return 0
 
 
 def run_learn(*, verbose: bool = False, name_home: bool = True) -> JobRun:
@@ -191,6 +222,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_verbose(p)
     p.set_defaults(func=cmd_refresh)
     p = add_parser(sub, "datasets", help="build training examples, preference pairs and exports through Dagster")
+    p.add_argument("--snapshot", type=non_negative_int, metavar="N",
+                   help="instead, write the exports again from DuckLake snapshot N (an export's manifest names "
+                        "it): byte-identical files (ducklake backend only; default: build from the current warehouse)")
+    p.add_argument("--include-trl", action="store_true", help="with --snapshot: also the TRL formats")
     add_verbose(p)
     p.set_defaults(func=cmd_datasets)
     p = add_parser(sub, "learn", help="judge sent messages, find what drives outcomes and the cost per outcome "

@@ -67,14 +67,16 @@ def _open_warehouse(command: str):
     import duckdb
 
     from flywheel_pipeline import paths
-    from flywheel_pipeline.warehouse.schema import connect
+    from flywheel_pipeline.warehouse.schema import open_configured
 
-    database = paths.warehouse_path()
-    if not database.exists():
+    from flywheel_pipeline.warehouse.lake import describe
+
+    database = describe(paths.warehouse_database())
+    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
         print(f"flywheel replies {command}: no warehouse at {database}: run `flywheel refresh` first", file=sys.stderr)
         return None
     try:
-        return connect(database, read_only=True)
+        return open_configured(read_only=True)
     except duckdb.IOException as exc:
         print(f"flywheel replies {command}: cannot open {database}: {exc} (a Dagster run holds it: wait for it)",
               file=sys.stderr)

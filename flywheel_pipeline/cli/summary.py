@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 from flywheel_pipeline import paths
 from flywheel_pipeline.cli.output import columns
 from flywheel_pipeline.core.label_policy import STAGES
-from flywheel_pipeline.warehouse.schema import connect
+from flywheel_pipeline.warehouse.lake import describe
+from flywheel_pipeline.warehouse.schema import open_configured
 
 
-def print_summary(database: Path, out: Callable[[str], None] = print) -> None:
-    con = connect(database, read_only=True)
+def print_summary(out: Callable[[str], None] = print) -> None:
+    con = open_configured(read_only=True)
     try:
         counts = {t: con.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
                   for t in ("messages", "email_events", "crm_events", "replies", "reply_intents",
                             "outcome_labels", "quarantine")}
         lines, files = con.execute("SELECT coalesce(sum(lines), 0), count(*) FROM landing_files").fetchone()
         out("")
-        out(f"Warehouse {database}")
+        out(f"Warehouse {describe(paths.warehouse_database())}")
         out(f"  landing files ingested: {files} ({lines} lines); quarantined lines: {counts['quarantine']}")
         out("  " + ", ".join(f"{t}: {n}" for t, n in counts.items() if t != "quarantine"))
         total, mature, mean = con.execute(

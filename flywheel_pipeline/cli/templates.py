@@ -23,9 +23,9 @@ from flywheel_pipeline.core.assignment import DEFAULT_ROLLOUT_STEPS
 
 
 def _connect(read_only: bool = False):
-    from flywheel_pipeline.defs.resources import WarehouseResource
+    from flywheel_pipeline.defs.resources import configured_warehouse
 
-    return WarehouseResource(database=str(paths.warehouse_path())).connect(read_only=read_only)
+    return configured_warehouse().connect(read_only=read_only)
 
 
 def _fail(command: str, message: str, status: int = 2) -> int:
@@ -60,7 +60,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from flywheel_pipeline.warehouse import templates
 
-    if not paths.warehouse_path().exists():
+    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
         return _fail("list", f"no warehouse at {paths.warehouse_path()}", 1)
     with _connect(read_only=True) as con:
         rows = templates.list_templates(con)
@@ -81,7 +81,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from flywheel_pipeline.warehouse import templates
 
-    if not paths.warehouse_path().exists():
+    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
         return _fail("show", f"no warehouse at {paths.warehouse_path()}", 1)
     with _connect(read_only=True) as con:
         try:

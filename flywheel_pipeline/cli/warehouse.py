@@ -14,10 +14,10 @@ from flywheel_pipeline.cli.output import say
 def cmd_summary(args: argparse.Namespace) -> int:
     from flywheel_pipeline.cli.summary import print_summary
 
-    if not paths.warehouse_path().exists():
+    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
         say(f"no warehouse at {paths.warehouse_path()}: run `flywheel demo` or `flywheel refresh` first")
         return 1
-    print_summary(paths.warehouse_path(), out=say)
+    print_summary(out=say)
     return 0
 
 
@@ -29,15 +29,17 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     import duckdb
 
-    from flywheel_pipeline.warehouse.schema import connect
+    from flywheel_pipeline.warehouse.schema import open_configured
 
-    database = paths.warehouse_path()
-    if not database.exists():
+    from flywheel_pipeline.warehouse.lake import describe
+
+    database = describe(paths.warehouse_database())
+    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
         print(f"flywheel sql: no warehouse at {database}: run `flywheel demo` or `flywheel refresh` first",
               file=sys.stderr)
         return 1
     try:
-        con = connect(database, read_only=True)
+        con = open_configured(read_only=True)
     except duckdb.IOException as exc:
         print(f"flywheel sql: cannot open {database}: {exc}\n(DuckDB allows one writing process: wait for "
               "the Dagster run that holds it to finish)", file=sys.stderr)

@@ -21,11 +21,15 @@ _DEFAULT_POLICY = LabelPolicy()
 
 
 class WarehouseResource(dg.ConfigurableResource):
-    """The DuckDB warehouse. Connections are short-lived: DuckDB allows one writing process
-    per file, so every asset that writes it is in the ``duckdb_warehouse`` pool (limit 1),
-    and a connection that finds the file locked by another process retries for a while."""
+    """The warehouse: a DuckDB file or a DuckLake catalog (warehouse/lake.py). Connections are
+    short-lived: DuckDB allows one writing process per file, so every asset that writes it is in
+    the ``duckdb_warehouse`` pool (limit 1), and a connection that finds the file locked by
+    another process retries for a while. On DuckLake several processes write at once (write
+    conflicts are retried by the warehouse code, warehouse/concurrency.py)."""
 
-    database: str = Field(description="Path of the DuckDB file (or an md: MotherDuck URL).")
+    database: str = Field(description="Path of the DuckDB file, an md: MotherDuck URL or a "
+                                      "ducklake:postgres:... catalog URI.")
+    data_path: str | None = Field(None, description="DuckLake: the data directory or s3:// prefix.")
     memory_limit: str | None = Field(None, description="DuckDB memory_limit, e.g. '2GB'.")
     threads: int | None = Field(None, description="DuckDB threads (default: all cores).")
     lock_timeout_s: float = Field(120.0, description="How long to wait for another process's lock.")
@@ -36,7 +40,7 @@ class WarehouseResource(dg.ConfigurableResource):
         delay = 0.2
         while True:
             try:
-                con = schema.connect(self.database, read_only=read_only,
+                con = schema.connect(self.database, read_only=read_only, data_path=self.data_path,
                                      memory_limit=self.memory_limit, threads=self.threads)
                 break
             except duckdb.IOException as exc:
@@ -209,10 +213,16 @@ class LabelPolicyResource(dg.ConfigurableResource):
         return LabelPolicy(**{name: getattr(self, name) for name in LabelPolicy.model_fields})
 
 
+def configured_warehouse() -> WarehouseResource:
+    """The warehouse the environment names (paths.py), the same in every environment."""
+    return WarehouseResource(database=paths.warehouse_database(), data_path=paths.warehouse_data_path(),
+                             memory_limit=paths.duckdb_memory_limit())
+
+
 def local_resources() -> dict[str, dg.ConfigurableResource]:
     """Embedded defaults: everything under $FLYWHEEL_HOME."""
     return {
-        "warehouse": WarehouseResource(database=paths.warehouse_database()),
+        "warehouse": configured_warehouse(),
         "landing": LandingZoneResource(path=paths.landing_location()),
         "label_policy": LabelPolicyResource(),
         "exports": ExportsResource(path=str(paths.exports_dir())),
@@ -265,8 +275,7 @@ def _env_number(name: str, default: str, kind: type):
 def production_resources() -> dict[str, dg.ConfigurableResource]:
     """Production: locations and limits from the environment (secrets never in code)."""
     return {
-        "warehouse": WarehouseResource(database=paths.warehouse_database(),
-                                       memory_limit=os.environ.get("FLYWHEEL_DUCKDB_MEMORY_LIMIT")),
+        "warehouse": configured_warehouse(),
         "landing": LandingZoneResource(path=paths.landing_location()),
         "label_policy": LabelPolicyResource(),
         "exports": ExportsResource(path=str(paths.exports_dir())),

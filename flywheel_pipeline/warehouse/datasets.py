@@ -34,6 +34,7 @@ import pandas as pd
 from flywheel_pipeline.core.council import prompt_parts
 from flywheel_pipeline.core.datasets import SPLIT_SALT, assistant_text, dedupe_key
 from flywheel_pipeline.core.pii import redact
+from flywheel_pipeline.warehouse.lake import current_snapshot
 from flywheel_pipeline.warehouse.schema import transaction
 
 def _split_sql(lead: str, fraction: float) -> str:
@@ -287,6 +288,26 @@ EXPORT_QUERIES = {
 }
 
 
+# the exports the dataset assets write: each format with its TRL companion (ExportConfig.include_trl)
+EXPORT_SETS = {"sft": "trl_kto", "dpo": "trl_dpo"}
+NO_SNAPSHOT = "unavailable: the DuckDB file backend keeps no snapshots (the ducklake backend does)"
+
+
+def _write_exports(con: duckdb.DuckDBPyConnection, directory: Path, formats: list[str],
+                   files: dict[str, Path], rows: dict[str, int]) -> None:
+    for fmt in formats:
+        table, where, select = EXPORT_QUERIES[fmt]
+        for split in ("train", "validation"):
+            name = f"{fmt}.{split}.jsonl"
+            path = directory / name
+            target = str(path).replace("'", "''")
+            # rows keep the table's order (tables are written in a deterministic ORDER BY and
+            # DuckDB preserves insertion order), so the same selection gives the same bytes
+            count = con.execute(f"COPY ({select} FROM {table} WHERE {where} AND split = '{split}') "
+                                f"TO '{target}' (FORMAT json)").fetchone()[0]
+            files[name], rows[name] = path, int(count)
+
+
 @dataclass
 class ExportResult:
     version: str
@@ -294,6 +315,7 @@ class ExportResult:
     files: dict[str, Path]
     rows: dict[str, int]
     reused: bool
+    snapshot: int | None = None
 
 
 def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: list[str],
@@ -301,25 +323,20 @@ def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: li
     """Write ``<format>.<split>.jsonl`` files with DuckDB's JSON writer into a temporary
     directory, name the directory by the sha256 of its files (the dataset version) and
     rename it into ``exports_root/<version>/`` atomically. The same content yields the same
-    version; an existing version directory is reused, never overwritten. ``provenance`` (where
-    the rows came from) is written into ``manifest.json``."""
+    version; an existing version directory is reused, never overwritten. The files are read in
+    one transaction, and the manifest records the warehouse snapshot they were read from
+    (DuckLake; the DuckDB file backend keeps none): ``flywheel datasets --snapshot N`` reads the
+    same tables as of N and so writes the same bytes. ``provenance`` (where
+    the rows came from) is written into ``manifest.json`` too."""
     exports_root.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = exports_root / f".tmp-{uuid.uuid4().hex}"
     tmp.mkdir()
     files: dict[str, Path] = {}
     rows: dict[str, int] = {}
     try:
-        for fmt in formats:
-            table, where, select = EXPORT_QUERIES[fmt]
-            for split in ("train", "validation"):
-                name = f"{fmt}.{split}.jsonl"
-                path = tmp / name
-                target = str(path).replace("'", "''")
-                # rows keep the table's order (tables are written in a deterministic ORDER BY and
-                # DuckDB preserves insertion order), so the same selection gives the same bytes
-                count = con.execute(f"COPY ({select} FROM {table} WHERE {where} AND split = '{split}') "
-                                    f"TO '{target}' (FORMAT json)").fetchone()[0]
-                files[name], rows[name] = path, int(count)
+        with transaction(con):  # one snapshot for every file
+            snapshot = current_snapshot(con)
+            _write_exports(con, tmp, formats, files, rows)
         digest = hashlib.sha256()
         for name in sorted(files):
             digest.update(name.encode())
@@ -328,7 +345,10 @@ def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: li
                     digest.update(block)
         version = digest.hexdigest()[:16]
         final = exports_root / version
-        manifest = {"dataset_version": version, "files": rows, **({"provenance": provenance} if provenance else {})}
+        manifest = {"dataset_version": version, "files": rows, "warehouse_snapshot": snapshot,
+                    **({"provenance": provenance} if provenance else {})}
+        if snapshot is None:
+            manifest["warehouse_snapshot_note"] = NO_SNAPSHOT
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
         reused = final.exists()
         if reused:
@@ -338,4 +358,4 @@ def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: li
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return ExportResult(version, final, {n: final / n for n in files}, rows, reused)
+    return ExportResult(version, final, {n: final / n for n in files}, rows, reused, snapshot)

@@ -209,9 +209,11 @@ def step_plan(con: duckdb.DuckDBPyConnection, allocation: str) -> float | None:
 
 def save_step_plan(con: duckdb.DuckDBPyConnection, *, allocation: str, family: str, experiment_id: str, step: str,
                    planned: float, champion_baseline: ArmStats) -> None:
-    con.execute("INSERT OR IGNORE INTO experiment_plans VALUES (?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
+    # the first plan of an allocation is kept (no INSERT OR IGNORE: DuckLake has no keys)
+    con.execute("INSERT INTO experiment_plans SELECT ?, ?, ?, ?, ?, ?, ?, ?, now()::TIMESTAMP "
+                "WHERE NOT EXISTS (SELECT 1 FROM experiment_plans WHERE allocation = ?)",
                 [allocation, family, experiment_id, step, planned, champion_baseline.n, champion_baseline.mean,
-                 champion_baseline.var])
+                 champion_baseline.var, allocation])
 
 
 def record_decision(con: duckdb.DuckDBPyConnection, *, evaluated_at: datetime, family: str, experiment_id: str,

@@ -7,7 +7,8 @@ DuckDB's JSON functions into temporary tables; then, inside one transaction per 
 * lines that cannot be parsed or attributed go to ``quarantine`` with the reason, the file
   and the line number (one bad line never fails a file);
 * valid rows are de-duplicated on the source's key (first occurrence by file name and line
-  wins) and inserted with ``ON CONFLICT DO NOTHING``, so a key seen before is a duplicate;
+  wins) and inserted unless their key is loaded already (an anti-join: DuckLake has no
+  keys to conflict on), so a key seen before is a duplicate;
 * the file is recorded in ``landing_files``, so it is never read again.
 
 A crash mid-chunk rolls the whole chunk back; the next run picks the files up again. A file
@@ -36,7 +37,8 @@ from flywheel_pipeline.core.label_policy import LabelPolicy
 from flywheel_pipeline.core.reply_classifier import INTENTS, SENTIMENTS
 from flywheel_pipeline.core.timestamps import EARLIEST, ISO_PATTERN, MAX_FUTURE, sql_range
 from flywheel_pipeline.landing_store import LandingStore, open_store
-from flywheel_pipeline.warehouse.schema import SENDGRID_EVENTS, new_batch, transaction
+from flywheel_pipeline.warehouse.concurrency import retry_on_conflict
+from flywheel_pipeline.warehouse.schema import SENDGRID_EVENTS, new_batch, take_ids, transaction
 
 # ISO 8601 text in the form the service accepts too (core/timestamps.py) -> UTC TIMESTAMP
 # (offsets honoured, no offset read as UTC); other text -> NULL (quarantined).
@@ -111,7 +113,6 @@ SELECT v.message_id, k.message_key, v.organization_id, campaign_id, lead_id, rec
        len(list_distinct(regexp_extract_all(coalesce(body, ''), 'https?://[^\\s<>"'')]+'))) AS tracked_links,
        metadata, source_file, line_no, $batch_id AS batch_id, template_id, template_version
 FROM {rows} v JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.message_id
-ON CONFLICT DO NOTHING
 """
 
 SENDGRID_FIELDS = {k: _V for k in ("sg_event_id", "message_id", "organization_id", "event", "timestamp", "email",
@@ -151,7 +152,6 @@ INSERT INTO email_events
 SELECT sg_event_id, v.message_id, k.message_key, event::sendgrid_event, occurred_at, email, machine_open, url,
        bounce_type, reason_text, sg_message_id, source_file, line_no, $batch_id, v.organization_id, v.key_org
 FROM {rows} v JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.message_id
-ON CONFLICT DO NOTHING
 """
 
 CRM_TYPES = ("meeting_booked", "meeting_completed", "deal_closed", "deal_lost")
@@ -194,7 +194,6 @@ SELECT event_id, crm_source, type, given_message_id, lead_id, email, occurred_at
        CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id,
        v.organization_id, v.key_org
 FROM {rows} v LEFT JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.given_message_id
-ON CONFLICT DO NOTHING
 """
 
 REPLIES_FIELDS = {k: _V for k in ("reply_id", "message_id", "organization_id", "received_at", "from_email", "subject",
@@ -232,7 +231,6 @@ SELECT reply_id, given_message_id, received_at, from_email, subject, text, heade
        CASE WHEN given_message_id IS NOT NULL THEN $batch_id END, source_file, line_no, $batch_id,
        v.organization_id, v.key_org
 FROM {rows} v LEFT JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.given_message_id
-ON CONFLICT DO NOTHING
 """
 
 REPLY_LABELS_FIELDS = {k: _V for k in ("label_id", "reply_id", "organization_id", "intent", "sentiment",
@@ -265,7 +263,6 @@ INSERT INTO reply_labels
 SELECT label_id, reply_id, intent, sentiment, labelled_at, labelled_by, source_file, line_no, $batch_id,
        organization_id, key_org
 FROM {rows}
-ON CONFLICT DO NOTHING
 """
 
 # People's 1-5 ratings of a message (POST /feedback). The rating must be a JSON integer (json_type
@@ -316,7 +313,6 @@ INSERT INTO feedback
 SELECT feedback_id, v.message_id, k.message_key, rating, rater, comment, rated_at, source_file, line_no, $batch_id,
        v.organization_id, v.key_org
 FROM {rows} v JOIN message_keys k ON k.organization_id = v.message_org AND k.message_id = v.message_id
-ON CONFLICT DO NOTHING
 """
 
 # The AI council's preference pairs (POST /council, core/council.pair_records).
@@ -366,7 +362,6 @@ SELECT pair_id, council_id, task_type, messages, preferred_model, preferred, pre
        non_preferred, non_preferred_score, margin, judge, judge_trusted, strategy, decided_at, source_file, line_no,
        $batch_id, organization_id, key_org
 FROM {rows}
-ON CONFLICT DO NOTHING
 """
 
 
@@ -450,9 +445,10 @@ WHERE k.organization_id = '' AND k.message_id = c.message_id
 
 # Every (organization, message id) a source names gets its integer key (events may land
 # before their message).
-ASSIGN_MESSAGE_KEYS = """
-INSERT INTO message_keys (organization_id, message_id, message_key)
-SELECT organization_id, message_id, nextval('message_key_seq')
+# (keys are taken from warehouse_counters, in (organization, message id) order)
+NEW_MESSAGE_KEYS = """
+CREATE OR REPLACE TEMP TABLE _new_keys AS
+SELECT organization_id, message_id, row_number() OVER (ORDER BY organization_id, message_id) AS n
 FROM (SELECT DISTINCT message_org AS organization_id, {column} AS message_id FROM _parsed
       WHERE reason IS NULL AND message_org IS NOT NULL AND {column} IS NOT NULL) v
 ANTI JOIN message_keys k USING (organization_id, message_id)
@@ -607,6 +603,11 @@ def _refuse_whole_files(con: duckdb.DuckDBPyConnection, spec: SourceSpec,
     says to split them into new, smaller files, which are then ingested as usual."""
     reasons = [(f"{TOO_LARGE}: {f.size_bytes / 2**30:.1f} GiB, more than the 4 GiB DuckDB reads per file; "
                 "split it into smaller files with new names") for f in files]
+    retry_on_conflict(lambda: _record_refused(con, spec, files, reasons, result), f"ingesting {spec.source}")
+
+
+def _record_refused(con: duckdb.DuckDBPyConnection, spec: SourceSpec, files: list[landing_zone.LandingFile],
+                    reasons: list[str], result: IngestResult) -> None:
     with transaction(con):
         batch_id = new_batch(con, "ingest", spec.source)
         for f, reason in zip(files, reasons):
@@ -685,11 +686,21 @@ def _key_messages(con: duckdb.DuckDBPyConnection, spec: SourceSpec) -> None:
     if con.execute("SELECT count(*) FROM (SELECT 1 FROM message_keys WHERE organization_id = '' LIMIT 1)"
                    ).fetchone()[0]:
         con.execute(CLAIM_UNKNOWN_KEYS.format(column=column))
-    con.execute(ASSIGN_MESSAGE_KEYS.format(column=column))
+    _assign_message_keys(con, column)
     if con.execute(f"SELECT count(*) FROM (SELECT 1 FROM _parsed WHERE reason IS NULL AND organization_id IS NULL "
                    f"AND {column} IS NOT NULL LIMIT 1)").fetchone()[0]:
         con.execute(RESOLVE_ORGANIZATIONS.format(column=column))
-        con.execute(ASSIGN_MESSAGE_KEYS.format(column=column))
+        _assign_message_keys(con, column)
+
+
+def _assign_message_keys(con: duckdb.DuckDBPyConnection, column: str) -> None:
+    con.execute(NEW_MESSAGE_KEYS.format(column=column))
+    count = con.execute("SELECT count(*) FROM _new_keys").fetchall()[0][0]
+    if count:
+        first = take_ids(con, "message_key", count)
+        con.execute("INSERT INTO message_keys (organization_id, message_id, message_key) "
+                    f"SELECT organization_id, message_id, {int(first) - 1} + n FROM _new_keys")
+    con.execute("DROP TABLE _new_keys")
 
 
 CONFLICT = "conflicting_duplicate"
@@ -730,7 +741,9 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
         AND NOT EXISTS (SELECT 1 FROM _dups d WHERE d.rn > 1 AND d.source_file = p.source_file
                         AND d.line_no = p.line_no)
     """)
-    inserted = con.execute(spec.insert_sql.format(rows="_valid").replace("$batch_id", str(int(batch_id)))
+    # keys loaded before are left out here (and settled below)
+    new_rows = f"(SELECT * FROM _valid ANTI JOIN (SELECT {key} FROM {spec.table}) USING ({key}))"
+    inserted = con.execute(spec.insert_sql.format(rows=new_rows).replace("$batch_id", str(int(batch_id)))
                            ).fetchone()[0]
     # keys loaded before: the chunk's record against the loaded row (none when every one went in)
     expected = con.execute("SELECT (SELECT count(*) FROM _parsed WHERE reason IS NULL) "
@@ -786,7 +799,8 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
         con.execute("INSERT INTO message_refolds SELECT DISTINCT old_key, ? FROM _against WHERE old_key IS NOT NULL",
                     [batch_id])
     if spec.table == "messages":  # its redacted text, if any, is redone from the new row
-        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'redacted_messages'").fetchone()[0]:
+        if con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'redacted_messages' "
+                       "AND database_name = current_database()").fetchone()[0]:
             con.execute("DELETE FROM redacted_messages WHERE message_key IN (SELECT old_key FROM _against)")
     if spec.table == "replies":  # classified again, from the new text
         con.execute("DELETE FROM reply_intents i USING _against a WHERE i.key_org = a.key_org "
@@ -800,11 +814,34 @@ def _settle_duplicates(con: duckdb.DuckDBPyConnection, spec: SourceSpec, batch_i
     return int(inserted), int(replaced)
 
 
+def _recorded(con: duckdb.DuckDBPyConnection, source: str, files: Sequence[landing_zone.LandingFile]) -> set[str]:
+    """The names of ``files`` in landing_files already (another process may have taken them since
+    they were listed)."""
+    return {row[0] for row in con.execute(
+        "SELECT file_name FROM landing_files WHERE source = ? AND list_contains(?::VARCHAR[], file_name)",
+        [source, [f.name for f in files]]).fetchall()}
+
+
 def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec, chunk: list[landing_zone.LandingFile],
                   paths: list[str], result: IngestResult) -> None:
+    """Ingest one chunk (its files read from ``paths``) in one transaction; a write conflict with
+    another process (DuckLake) reruns it from reading the files."""
+    retry_on_conflict(lambda: _ingest_chunk_once(con, spec, chunk, paths, result), f"ingesting {spec.source}")
+
+
+def _ingest_chunk_once(con: duckdb.DuckDBPyConnection, spec: SourceSpec, chunk: list[landing_zone.LandingFile],
+                       paths: list[str], result: IngestResult) -> None:
     try:
         _read_and_parse(con, spec, paths)
         with transaction(con):
+            # files another writer recorded after they were listed are its own (in this
+            # transaction's snapshot; one recorded later makes the commit conflict, and the retry sees it)
+            taken = _recorded(con, spec.source, chunk)
+            if taken:
+                con.execute("DELETE FROM _parsed WHERE list_contains(?::VARCHAR[], source_file)", [sorted(taken)])
+                chunk = [f for f in chunk if f.name not in taken]
+                if not chunk:
+                    return
             batch_id = new_batch(con, "ingest", spec.source)
             _key_messages(con, spec)
             inserted, replaced = _settle_duplicates(con, spec, batch_id)
@@ -835,6 +872,11 @@ def _ingest_chunk(con: duckdb.DuckDBPyConnection, spec: SourceSpec, chunk: list[
 
 
 def attribute_unlinked(con: duckdb.DuckDBPyConnection, table: str, policy: LabelPolicy) -> int:
+    """See _attribute_unlinked_once (retried whole on a write conflict)."""
+    return retry_on_conflict(lambda: _attribute_unlinked_once(con, table, policy), f"attributing {table}")
+
+
+def _attribute_unlinked_once(con: duckdb.DuckDBPyConnection, table: str, policy: LabelPolicy) -> int:
     """Attach CRM events / replies that carry no message_id to the latest message sent to
     the same lead (CRM) or recipient email (both) at most ``attribution_window_days``
     before the event, of the record's organization when it names one. Rows that find no message yet stay unlinked and are retried on the

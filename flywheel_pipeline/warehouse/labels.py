@@ -33,7 +33,8 @@ import duckdb
 from flywheel_pipeline.core.label_policy import STAGES, LabelPolicy
 from flywheel_pipeline.warehouse.label_layout import (TERMINAL_FLAGS, TERMINAL_MASK, deepest_stage_sql,
                                                        pack_flags_sql)
-from flywheel_pipeline.warehouse.schema import REBUILD_LABELS_KEY, max_batch, transaction
+from flywheel_pipeline.warehouse.concurrency import retry_on_conflict
+from flywheel_pipeline.warehouse.schema import REBUILD_LABELS_KEY, max_batch, take_ids, transaction
 
 # Bits of message_state.signals: human signals whose presence, not count, the labels need.
 SIGNAL_BITS: dict[str, int] = {"human_open": 1, "spam_report": 2, "unsubscribe": 4}
@@ -344,15 +345,23 @@ def _refold(con: duckdb.DuckDBPyConnection, from_batch: int, to_batch: int) -> N
 
 def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = None, *,
                    as_of: datetime | None = None, full: bool = False) -> LabelRunResult:
-    """Bring ``outcome_labels`` up to date with everything ingested so far."""
+    """Bring ``outcome_labels`` up to date with everything ingested so far. A label run that
+    conflicts with another process's commit (DuckLake) is run again from the start: each batch
+    is folded into message_state exactly once (see docs/scaling.md)."""
+    return retry_on_conflict(lambda: _refresh_labels_once(con, policy, as_of=as_of, full=full), "labelling")
+
+
+def _refresh_labels_once(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = None, *,
+                         as_of: datetime | None = None, full: bool = False) -> LabelRunResult:
     policy = policy or LabelPolicy()
     as_of_utc = (as_of or datetime.now(timezone.utc))
     if as_of_utc.tzinfo is not None:
         as_of_utc = as_of_utc.astimezone(timezone.utc).replace(tzinfo=None)
     started = time.perf_counter()
     with transaction(con):
-        last_run_id, last_batch, last_fingerprint = _last_run(con)
-        run_id = last_run_id + 1
+        _, last_batch, last_fingerprint = _last_run(con)
+        # the run's id from warehouse_counters: two label runs at once conflict, one is retried
+        run_id = take_ids(con, "label_run_id")
         to_batch = max_batch(con)
         fingerprint = policy.fingerprint()
         policy_changed = last_fingerprint is not None and last_fingerprint != fingerprint

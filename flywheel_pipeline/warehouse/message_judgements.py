@@ -199,7 +199,10 @@ def _copy_judged_contents(con: duckdb.DuckDBPyConnection, model: str) -> list[tu
                     "any_value(score) AS score, any_value(dimensions) AS dimensions, any_value(critique) AS critique "
                     "FROM message_judgements WHERE score IS NOT NULL GROUP BY ALL) j "
                     "USING (judge, criteria_version, content_hash)")
-        con.execute(f"""INSERT OR REPLACE INTO message_judgements ({_INSERT_COLUMNS})
+        # delete and insert, not INSERT OR REPLACE: DuckLake has no keys
+        con.execute("DELETE FROM message_judgements j USING _llm_copies c WHERE j.message_key = c.message_key "
+                    "AND j.judge = c.judge AND j.criteria_version = c.criteria_version")
+        con.execute(f"""INSERT INTO message_judgements ({_INSERT_COLUMNS})
                         SELECT message_key, judge, criteria_version, content_hash, score, dimensions, NULL, true,
                                now()::TIMESTAMP, ?, 0, 0, critique FROM _llm_copies""", [model])
         copied = con.execute("SELECT judge, count(*) FROM _llm_copies GROUP BY judge").fetchall()
@@ -256,7 +259,9 @@ def _write(con: duckdb.DuckDBPyConnection, model: str, done: list[tuple[_Content
     con.register("_llm_frame", frame)
     try:
         with transaction(con):
-            con.execute(f"""INSERT OR REPLACE INTO message_judgements ({_INSERT_COLUMNS})
+            con.execute("DELETE FROM message_judgements j USING _llm_frame f WHERE j.message_key = f.message_key "
+                        "AND j.judge = f.judge AND j.criteria_version = f.criteria_version")
+            con.execute(f"""INSERT INTO message_judgements ({_INSERT_COLUMNS})
                             SELECT message_key, judge, criteria_version, content_hash, score, dimensions::JSON,
                                    unjudged_reason, reused, now()::TIMESTAMP, judge_model,
                                    cost_usd::DECIMAL(38, 12), attempts, critique::JSON FROM _llm_frame""")

@@ -27,6 +27,7 @@ import pandas as pd
 from flywheel_pipeline.core.reply_classifier import ReplyClassifier, ReplyIntent
 from flywheel_pipeline.core.reply_classifiers import make_reply_classifier
 from flywheel_pipeline.warehouse.reply_labels import LATEST_LABELS_SQL, labelled_replies
+from flywheel_pipeline.warehouse.concurrency import retry_on_conflict
 from flywheel_pipeline.warehouse.schema import new_batch, transaction
 
 HUMAN = "human"  # the classifier name of rows decided by a reviewed label
@@ -52,8 +53,14 @@ def classify_new_replies(con: duckdb.DuckDBPyConnection, classifier: ReplyClassi
                          *, batch_size: int = 5_000,
                          progress: Callable[[str], None] | None = None) -> ClassifyResult:
     """Classify replies without an intent, and re-classify those whose stored classifier or
-    version is not ``classifier``'s."""
+    version is not ``classifier``'s (run again whole on a write conflict with another process)."""
     classifier = classifier or make_reply_classifier()
+    return retry_on_conflict(lambda: _classify_once(con, classifier, batch_size=batch_size, progress=progress),
+                             "classifying replies")
+
+
+def _classify_once(con: duckdb.DuckDBPyConnection, classifier: ReplyClassifier, *, batch_size: int,
+                   progress: Callable[[str], None] | None) -> ClassifyResult:
     name, version = classifier.name, str(classifier.version)
     with transaction(con):
         batch_id = new_batch(con, "classify", "replies")

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import duckdb
 
+from flywheel_pipeline.warehouse import extensions, lake
+from flywheel_pipeline.warehouse.concurrency import retry_on_conflict
 from flywheel_pipeline.warehouse.label_layout import TERMINAL_MASK, stage_name_sql, unpacked_flag_sql
 
-SCHEMA_VERSION = 13
+SCHEMA_VERSION = 14
 
 # Set by a migration that replaced the label tables: the next label run rebuilds them in full
 # (labels are derived data; events, messages, CRM events and replies are kept).
@@ -47,7 +49,6 @@ def _flag_columns(*names: str) -> str:
 DDL: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS schema_info (
         key VARCHAR PRIMARY KEY, value VARCHAR)""",
-    "CREATE SEQUENCE IF NOT EXISTS batch_id_seq START 1",
     """CREATE TABLE IF NOT EXISTS ingest_batches (
         batch_id BIGINT PRIMARY KEY, kind VARCHAR NOT NULL, source VARCHAR,
         started_at TIMESTAMP NOT NULL, finished_at TIMESTAMP,
@@ -65,8 +66,8 @@ DDL: tuple[str, ...] = (
     # that arrived first, gets a dense integer surrogate key: labelling groups and joins on it,
     # not on strings. organization_id '' is "not known yet": a key made for a record that names
     # no organization (older senders), taken over by the first organization that names the id
-    # (warehouse/ingest.py); an id never has an '' key beside a key of an organization.
-    "CREATE SEQUENCE IF NOT EXISTS message_key_seq START 1",
+    # (warehouse/ingest.py); an id never has an '' key beside a key of an organization. Keys come
+    # from warehouse_counters (schema 8 and older: the sequence message_key_seq, now unused).
     """CREATE TABLE IF NOT EXISTS message_keys (
         organization_id VARCHAR NOT NULL, message_id VARCHAR NOT NULL, message_key BIGINT NOT NULL)""",
     f"CREATE TYPE IF NOT EXISTS sendgrid_event AS ENUM {SENDGRID_EVENTS}",
@@ -204,12 +205,13 @@ _ORGANIZATION_KEYED = {
 
 def _column_exists(con: duckdb.DuckDBPyConnection, table: str, column: str) -> bool:
     return con.execute("SELECT count(*) FROM duckdb_columns() WHERE table_name = ? AND column_name = ? "
-                       "AND schema_name = 'main'", [table, column]).fetchall()[0][0] > 0
+                       "AND schema_name = 'main' AND database_name = current_database()", [table, column]).fetchall()[0][0] > 0
 
 
 def _table_exists(con: duckdb.DuckDBPyConnection, name: str) -> bool:
-    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main'",
-                       [name]).fetchone()[0] > 0
+    return con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ? AND schema_name = 'main' "
+                       "AND database_name = current_database()",
+                       [name]).fetchall()[0][0] > 0
 
 
 # The tables of the later stages (datasets, training, experiments). They were created by the
@@ -360,24 +362,74 @@ TEMPLATES_DDL: tuple[str, ...] = (
 )
 
 
+# Ids handed out by the warehouse itself (DuckLake has no sequences): batch ids, message keys and
+# label run ids, each the last one given. Taking one updates its row inside the writer's
+# transaction, so on DuckLake two transactions that take ids conflict and one is retried:
+# ids are unique, and batches commit in the order of their ids (labelling relies on that).
+COUNTERS_SINCE = 14
+COUNTERS_DDL: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS warehouse_counters (name VARCHAR NOT NULL, value BIGINT NOT NULL)""",
+)
+# each counter starts at the largest id in use (a warehouse of schema 8 and older had sequences)
+_COUNTER_SEEDS = {"batch_id": "SELECT coalesce(max(batch_id), 0) FROM ingest_batches",
+                  "message_key": "SELECT coalesce(max(message_key), 0) FROM message_keys",
+                  "label_run_id": "SELECT coalesce(max(label_run_id), 0) FROM label_runs"}
+
+
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
-            threads: int | None = None) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse (creating and migrating it unless read-only)."""
+            threads: int | None = None, data_path: str | None = None,
+            snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse (creating and migrating it unless read-only): a DuckDB file, or a
+    ``ducklake:`` URI with ``data_path`` (warehouse/lake.py; ``snapshot``: as of that DuckLake
+    snapshot, read-only)."""
     database = str(path)
-    if database != ":memory:" and not database.startswith("md:"):
-        Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # personal data: owner only
-    con = duckdb.connect(database, read_only=read_only)
-    con.execute("SET TimeZone = 'UTC'")
-    con.execute("SET enable_progress_bar = false")
-    if memory_limit:
-        con.execute(f"SET memory_limit = '{_safe_setting(memory_limit)}'")
-    if threads:
-        con.execute(f"SET threads = {int(threads)}")
-    if not read_only:
-        migrate(con)
+    if lake.is_lake(database):
+        con = lake.connect(database, data_path, read_only=read_only, snapshot=snapshot,
+                           memory_limit=memory_limit and _safe_setting(memory_limit), threads=threads)
     else:
-        _refuse_outdated(con, database)
+        if snapshot is not None:
+            raise ValueError("snapshots need the ducklake backend: a DuckDB file warehouse keeps no history "
+                             "(FLYWHEEL_WAREHOUSE=ducklake:postgres:...)")
+        if database != ":memory:" and not database.startswith("md:"):
+            Path(database).parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # personal data: owner only
+        con = duckdb.connect(database, read_only=read_only)
+        if not database.startswith("md:"):  # nothing is downloaded or auto-loaded at run time
+            for setting in extensions.OFFLINE_CONFIG:
+                con.execute(f"SET {setting} = false")
+        con.execute("SET TimeZone = 'UTC'")
+        if memory_limit:
+            con.execute(f"SET memory_limit = '{_safe_setting(memory_limit)}'")
+        if threads:
+            con.execute(f"SET threads = {int(threads)}")
+    con.execute("SET enable_progress_bar = false")
+    try:
+        if not read_only and snapshot is None:
+            retry_on_conflict(lambda: migrate(con), "migrating the warehouse")
+        else:
+            _refuse_outdated(con, lake.describe(database))
+    except BaseException:
+        con.close()
+        raise
     return con
+
+
+def open_configured(*, read_only: bool = True, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
+    """The warehouse the environment names (paths.py: FLYWHEEL_WAREHOUSE, its data path and memory limit)."""
+    from flywheel_pipeline import paths
+
+    return connect(paths.warehouse_database(), read_only=read_only, data_path=paths.warehouse_data_path(),
+                   memory_limit=paths.duckdb_memory_limit(), snapshot=snapshot)
+
+
+def is_lake(con: duckdb.DuckDBPyConnection) -> bool:
+    """Whether ``con`` is a DuckLake warehouse (no keys, sequences or user types)."""
+    return lake.is_lake_connection(con)
+
+
+def _ddl(con: duckdb.DuckDBPyConnection, statement: str, on_lake: bool) -> None:
+    statement = lake.lake_ddl(statement) if on_lake else statement
+    if statement is not None:
+        con.execute(statement)
 
 
 class OutdatedWarehouse(RuntimeError):
@@ -385,11 +437,10 @@ class OutdatedWarehouse(RuntimeError):
 
 
 def _refuse_outdated(con: duckdb.DuckDBPyConnection, database: str) -> None:
-    has_info = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_info' "
-                           "AND schema_name = 'main'").fetchall()[0][0]
+    """(No check on a warehouse without schema_info: nothing to read yet.)"""
+    has_info = _table_exists(con, "schema_info")
     rows = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchall() if has_info else []
     if rows and int(rows[0][0]) < SCHEMA_VERSION:
-        con.close()
         raise OutdatedWarehouse(f"the warehouse {database} has schema {rows[0][0]}, this code reads {SCHEMA_VERSION}: "
                                 "run `flywheel refresh` once to migrate it (read-only commands cannot)")
 
@@ -404,8 +455,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
     """Create the schema once; a warehouse already at SCHEMA_VERSION is left untouched, so
     the many short-lived connections of a run do not re-run DDL (or write the catalog)."""
     # fetchall: a result left half-read blocks the next registration of a data frame on this connection
-    has_info = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'schema_info' "
-                           "AND schema_name = 'main'").fetchall()[0][0]
+    has_info = _table_exists(con, "schema_info")
     rows = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchall() if has_info else []
     row = rows[0] if rows else None
     if row is not None:
@@ -415,6 +465,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if int(row[0]) == SCHEMA_VERSION:
             return
     migrating_from = int(row[0]) if row is not None else None
+    on_lake = is_lake(con)
     with transaction(con):
         if migrating_from == 1:
             for statement in _MIGRATE_FROM_1:
@@ -434,9 +485,9 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             for table in rebuilt:
                 con.execute(f"ALTER TABLE {table} RENAME TO _unkeyed_{table}")
         for statement in DDL:
-            con.execute(statement)
+            _ddl(con, statement, on_lake)
         for statement in MESSAGE_TEMPLATE_COLUMNS:  # before a rebuilt messages table takes its old rows back
-            con.execute(statement)
+            _ddl(con, statement, on_lake)
         if migrating_from is not None and migrating_from < 4:
             for statement in _MIGRATE_TO_4_AFTER:
                 con.execute(statement)
@@ -444,17 +495,26 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
             con.execute(f"INSERT INTO {table} BY NAME {_ORGANIZATION_KEYED[table]}")
             con.execute(f"DROP TABLE _unkeyed_{table}")
         for statement in PIPELINE_DDL:
-            con.execute(statement)
+            _ddl(con, statement, on_lake)
         if migrating_from is not None and migrating_from < PIPELINE_TABLES_SINCE:
             for statement in _MIGRATE_TO_PIPELINE_TABLES:
                 con.execute(statement)
         # additive and idempotent: whenever migrating
         for statement in (*FEEDBACK_DDL, *JUDGEMENTS_DDL, *CONTROL_AUDIT_DDL, *COUNCIL_PAIRS_DDL, *JUDGE_LLM_DDL,
-                          *CALIBRATION_DDL, *TEMPLATES_DDL):
-            con.execute(statement)
+                          *CALIBRATION_DDL, *TEMPLATES_DDL, *COUNTERS_DDL):
+            _ddl(con, statement, on_lake)
+        for name, seed in _COUNTER_SEEDS.items():
+            con.execute(f"INSERT INTO warehouse_counters SELECT ?, ({seed}) "
+                        "WHERE NOT EXISTS (SELECT 1 FROM warehouse_counters WHERE name = ?)", [name, name])
         if migrating_from == 1:
-            con.execute("INSERT OR REPLACE INTO schema_info VALUES (?, 'schema 1 -> 2')", [REBUILD_LABELS_KEY])
-        con.execute("INSERT OR REPLACE INTO schema_info VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            set_info(con, REBUILD_LABELS_KEY, "schema 1 -> 2")
+        set_info(con, "schema_version", str(SCHEMA_VERSION))
+
+
+def set_info(con: duckdb.DuckDBPyConnection, key: str, value: str) -> None:
+    """Set one schema_info entry (no INSERT OR REPLACE: DuckLake has no keys)."""
+    con.execute("DELETE FROM schema_info WHERE key = ?", [key])
+    con.execute("INSERT INTO schema_info VALUES (?, ?)", [key, value])
 
 
 @contextlib.contextmanager
@@ -468,8 +528,18 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     con.execute("COMMIT")
 
 
+def take_ids(con: duckdb.DuckDBPyConnection, counter: str, n: int = 1) -> int:
+    """Reserve ``n`` ids of ``counter`` (warehouse_counters) in the open transaction; returns
+    the first (the reserved ids are first .. first + n - 1)."""
+    con.execute("UPDATE warehouse_counters SET value = value + ? WHERE name = ?", [int(n), counter])
+    rows = con.execute("SELECT value FROM warehouse_counters WHERE name = ?", [counter]).fetchall()
+    if len(rows) != 1:
+        raise RuntimeError(f"warehouse_counters has {len(rows)} rows for {counter!r}, expected one")
+    return int(rows[0][0]) - int(n) + 1
+
+
 def new_batch(con: duckdb.DuckDBPyConnection, kind: str, source: str | None = None) -> int:
-    batch_id = con.execute("SELECT nextval('batch_id_seq')").fetchone()[0]
+    batch_id = take_ids(con, "batch_id")
     con.execute("INSERT INTO ingest_batches (batch_id, kind, source, started_at) "
                 "VALUES (?, ?, ?, now()::TIMESTAMP)", [batch_id, kind, source])
     return int(batch_id)
@@ -479,7 +549,8 @@ def max_batch(con: duckdb.DuckDBPyConnection) -> int:
     return int(con.execute("SELECT coalesce(max(batch_id), 0) FROM ingest_batches").fetchone()[0])
 
 
-def connect_waiting(path: str | Path, *, read_only: bool = False, timeout_s: float = 60.0) -> duckdb.DuckDBPyConnection:
+def connect_waiting(path: str | Path, *, read_only: bool = False, timeout_s: float = 60.0,
+                    data_path: str | None = None) -> duckdb.DuckDBPyConnection:
     """``connect``, waiting (up to ``timeout_s``) while another process holds the file's lock: DuckDB
     allows one writing process, and the Dagster runs' connections are short-lived. Raises
     ``duckdb.IOException`` past the timeout (the control API answers 503 ``warehouse_busy``)."""
@@ -489,7 +560,7 @@ def connect_waiting(path: str | Path, *, read_only: bool = False, timeout_s: flo
     delay = 0.1
     while True:
         try:
-            return connect(path, read_only=read_only)
+            return connect(path, read_only=read_only, data_path=data_path)
         except duckdb.IOException as exc:
             if "lock" not in str(exc).lower() or time.monotonic() > deadline:
                 raise

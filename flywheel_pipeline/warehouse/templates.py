@@ -104,10 +104,9 @@ def _deploy(con: duckdb.DuckDBPyConnection, template_id: str, version: str, task
             ab_group: str | None, traffic_pct: float) -> None:
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}")
-    con.execute("""INSERT INTO template_deployments VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP)
-                   ON CONFLICT (template_id, version) DO UPDATE SET status = excluded.status,
-                       ab_group = excluded.ab_group, traffic_pct = excluded.traffic_pct,
-                       updated_at = excluded.updated_at""",
+    # delete and insert, not an upsert: DuckLake has no keys (the caller's transaction makes it one change)
+    con.execute("DELETE FROM template_deployments WHERE template_id = ? AND version = ?", [template_id, version])
+    con.execute("INSERT INTO template_deployments VALUES (?, ?, ?, ?, ?, ?, now()::TIMESTAMP)",
                 [template_id, version, task_type, status, ab_group, traffic_pct])
 
 

@@ -94,3 +94,21 @@ def test_bench_learn_reports_speed_error_rates_and_power():
                  r"calibration planted AUC 0\.\d{3} \(heuristic, reply, all\)  trusted: \d\.\d{3} \[",
                  r"calibration DeLong 95% interval coverage of the true AUC 0\.\d{3}: \d\.\d{3} \["):
         assert re.search(line, out, re.M), (line, out)
+
+
+def test_bench_scale_labels_on_both_backends_and_counts_concurrent_writers():
+    import json
+
+    import pytest
+
+    from flywheel_pipeline_tests.lake import postgres_reason
+
+    if postgres_reason():
+        pytest.skip(postgres_reason())
+    out = run_benchmark("bench_scale.py", "--events", "20000", "--writers", "2", "--writer-files", "1",
+                        "--writer-rows", "50")
+    report = json.loads(out[out.index('{\n  "events"'):])  # the full report, printed last
+    labelling = report["labelling"]
+    assert labelling["file"]["labels"] == labelling["ducklake_local"]["labels"] > 0
+    assert labelling["ratio_lake_to_file"] > 0
+    assert [(w["writers"], w["rows"]) for w in report["writers"]] == [(2, 100)]

@@ -60,7 +60,7 @@ def test_review_then_correct_lands_labels_that_override_the_classifier_and_chang
     from flywheel_pipeline.core.landing import write_jsonl
     from flywheel_pipeline.warehouse.ingest import ingest_source
     from flywheel_pipeline.warehouse.reply_intents import classify_new_replies, pipeline_classifier
-    from flywheel_pipeline.warehouse.schema import connect
+    from flywheel_pipeline.warehouse.schema import open_configured
     from flywheel_pipeline_tests.conftest import T0, label, message, reply, run_pipeline
 
     monkeypatch.delenv("FLYWHEEL_LANDING", raising=False)
@@ -69,7 +69,7 @@ def test_review_then_correct_lands_labels_that_override_the_classifier_and_chang
     write_jsonl(landing, "messages", [message(mid, lead=f"l-{mid}") for mid in texts], name="m.jsonl")
     write_jsonl(landing, "replies", [reply(f"r-{mid}", mid, T0 + timedelta(hours=1), t) for mid, t in texts.items()],
                 name="r.jsonl")
-    con = connect(paths.warehouse_path())
+    con = open_configured(read_only=False)
     run_pipeline(con, landing)
     assert not label(con, "m2")["positive_reply"]
     con.close()
@@ -89,7 +89,7 @@ def test_review_then_correct_lands_labels_that_override_the_classifier_and_chang
     assert f"{len(listed)} reviewed labels landed" in capsys.readouterr().out
     assert main(["replies", "correct", str(review)]) == 0  # the same file again: same label ids
 
-    con = connect(paths.warehouse_path())
+    con = open_configured(read_only=False)
     ingested = ingest_source(con, landing, "reply_labels")
     assert ingested.accepted == len(listed) and ingested.duplicates == len(listed)
     classifier = pipeline_classifier(con)

@@ -7,6 +7,8 @@ import random
 import shutil
 from datetime import date
 
+import pytest
+
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.warehouse.ingest import MAX_FILE_BYTES, ingest_source
@@ -27,6 +29,7 @@ def counts(con):
             for t in ("messages", "email_events", "crm_events", "replies", "quarantine", "landing_files")}
 
 
+@pytest.mark.both_backends
 def test_the_same_file_twice_is_ingested_once(con, landing, tmp_path):
     path = write_jsonl(landing, "sendgrid", [sg("m1", "delivered", T0, sg_event_id="a"),
                                              sg("m1", "open", T0, sg_event_id="b")])
@@ -50,6 +53,7 @@ def test_identical_copies_in_two_files_and_within_a_file_count_once(con, landing
     assert con.execute("SELECT url, source_file, line_no FROM email_events").fetchall() == [("u", "a.jsonl", 1)]
 
 
+@pytest.mark.both_backends
 def test_conflicting_copies_keep_the_record_whose_canonical_json_sorts_first(con, landing):
     write_jsonl(landing, "sendgrid", [sg("m1", "open", T0, sg_event_id="x", url="second"),
                                       sg("m1", "open", T0, sg_event_id="x", url="first")], name="a.jsonl")
@@ -72,6 +76,7 @@ def test_changed_file_is_reported_not_reread(con, landing):
     assert result.changed_files == [path.name] and result.accepted == 0
 
 
+@pytest.mark.both_backends
 def test_malformed_lines_are_quarantined_with_reason_and_line_and_the_rest_loads(con, landing):
     good = message("m1")
     lines = [good, "{not json", "[1, 2]", {**message("m2"), "sent_at": "yesterday-ish"},

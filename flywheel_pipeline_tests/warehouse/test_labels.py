@@ -205,6 +205,7 @@ def test_maturity_follows_the_clock_and_terminal_states(con, landing):
     assert label(con, "old")["is_mature"] is False
 
 
+@pytest.mark.both_backends
 def test_late_events_update_old_labels_and_only_touched_messages_are_relabelled(con, landing):
     land(landing, "messages", [message(f"m{i}", lead=f"lead-{i}") for i in range(20)])
     land(landing, "sendgrid", [delivered(f"m{i}") for i in range(20)])
@@ -218,6 +219,7 @@ def test_late_events_update_old_labels_and_only_touched_messages_are_relabelled(
     assert (row["deal_closed"], row["quality_score"]) == (True, 1.0)
 
 
+@pytest.mark.both_backends
 def test_crm_and_reply_attribution_without_message_id(con, landing):
     land(landing, "messages", [message("first", lead="L", sent=T0), message("second", lead="L", sent=T0 + 5 * D),
                                message("other", lead="M", sent=T0)])
@@ -236,6 +238,7 @@ def test_crm_and_reply_attribution_without_message_id(con, landing):
     assert not label(con, "first")["meeting_booked"]
 
 
+@pytest.mark.both_backends
 def test_events_before_their_message_wait_and_label_once_it_lands(con, landing):
     land(landing, "sendgrid", [delivered("m1"), sg("m1", "open", T0 + H)])
     land(landing, "crm", [crm("c1", "meeting_booked", T0 + D, lead_id="lead-1")])

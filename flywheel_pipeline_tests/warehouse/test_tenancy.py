@@ -17,7 +17,7 @@ import pytest
 from flywheel_pipeline.core.landing import write_jsonl
 from flywheel_pipeline.service.app import create_app
 from flywheel_pipeline.service.settings import ServiceSettings
-from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect
+from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect, open_configured
 from flywheel_pipeline_tests.conftest import T0, crm, iso, message, reply, run_pipeline, sg
 from flywheel_pipeline_tests.fakes.http import serve_app
 
@@ -221,7 +221,7 @@ def test_reviewed_labels_name_the_reply_of_one_organization(home, monkeypatch, c
     write_jsonl(landing, "replies", [reply("r-1", "m-1", LATER, "hmm, maybe", organization_id=VICTIM),
                                      reply("r-1", "m-1", LATER, "hmm, perhaps", organization_id=ATTACKER)],
                 name="r.jsonl")
-    con = connect(paths.warehouse_path())
+    con = open_configured(read_only=False)
     run_pipeline(con, landing)
     assert sorted(con.execute("SELECT key_org, reply_id FROM reply_intents").fetchall()) == [
         (A, "r-1"), (B, "r-1")]
@@ -236,7 +236,7 @@ def test_reviewed_labels_name_the_reply_of_one_organization(home, monkeypatch, c
     assert main(["replies", "correct", str(review)]) == 0
     write_jsonl(landing, "reply_labels", [{"label_id": "by-hand", "reply_id": "r-1", "intent": "hostile",
                                            "sentiment": "negative", "labelled_at": iso(LATER)}], name="hand.jsonl")
-    con = connect(paths.warehouse_path())
+    con = open_configured(read_only=False)
     assert ingest_source(con, landing, "reply_labels").accepted == 1
     run_pipeline(con, landing)
     intents = dict(con.execute("SELECT key_org, intent || '/' || classifier FROM reply_intents").fetchall())

@@ -4,6 +4,7 @@ brought up to date in place."""
 from __future__ import annotations
 
 import duckdb
+import pytest
 
 from flywheel_pipeline.warehouse import schema
 
@@ -12,11 +13,13 @@ PIPELINE_TABLES = {"redacted_messages", "finetune_jobs", "model_registry", "offl
 
 
 def _tables(con) -> set[str]:
-    return {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    return {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() "
+                                      "WHERE database_name = current_database()").fetchall()}
 
 
-def test_a_new_warehouse_has_every_table_at_the_current_version(tmp_path):
-    con = schema.connect(tmp_path / "wh.duckdb")
+@pytest.mark.both_backends
+def test_a_new_warehouse_has_every_table_at_the_current_version(warehouse_target):
+    con = schema.connect(warehouse_target.database, data_path=warehouse_target.data_path)
     assert PIPELINE_TABLES <= _tables(con)
     version = con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()[0]
     assert int(version) == schema.SCHEMA_VERSION
@@ -67,7 +70,10 @@ def test_no_module_outside_the_migrations_creates_a_table():
     assert offenders == []
 
 
-def test_a_read_only_command_on_a_warehouse_not_migrated_yet_says_so_in_one_line(tmp_path, home, capsys):
+def test_a_read_only_command_on_a_warehouse_not_migrated_yet_says_so_in_one_line(tmp_path, home, capsys,
+                                                                                   warehouse_target):
+    if warehouse_target.backend != "file":
+        pytest.skip("edits a DuckDB file in place")
     from flywheel_pipeline import paths
     from flywheel_pipeline.cli import main
 

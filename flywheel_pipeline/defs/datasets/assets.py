@@ -122,6 +122,8 @@ def _export(context: dg.AssetExecutionContext, config: ExportConfig, warehouse: 
     return dg.MaterializeResult(metadata={
         **({"pair_provenance": dg.MetadataValue.json(provenance)} if provenance is not None else {}),
         "dataset_version": result.version,
+        # the DuckLake snapshot the files were read from (`flywheel datasets --snapshot N` rebuilds them)
+        "warehouse_snapshot": result.snapshot if result.snapshot is not None else "unavailable (file backend)",
         "path": dg.MetadataValue.path(str(result.directory)),
         "rows_per_file": dg.MetadataValue.json(result.rows),
         "dagster/row_count": dg.MetadataValue.int(sum(result.rows.values())),
