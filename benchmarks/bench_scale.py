@@ -4,6 +4,9 @@
               same year of history (bench_labelling.py's generator, N email events, default 10M)
               on the DuckDB file backend and on DuckLake (PostgreSQL catalog on 127.0.0.1, data
               in a local directory): seconds and the ratio lake / file
+  linear      (--linear) a full label run on the DuckDB file backend over N and over 10 N events
+              (a year of history each, the same generator): cost must grow linearly,
+              10 N <= 11x the N time; each size generated, labelled and removed in turn
   writers     W processes ingesting their own landing files into one DuckLake at once
               (W = 1, 2, 4 by default; one file per transaction, so commits race), each record
               checked to be loaded once: rows per second as W grows, and the conflicts retried
@@ -13,6 +16,7 @@ a scratch database per DuckLake, dropped afterwards.
 
     python benchmarks/bench_scale.py                      # 10M events, writers 1 2 4
     python benchmarks/bench_scale.py --events 1000000 --writers 1 2
+    python benchmarks/bench_scale.py --linear --skip-labelling --writers   # 10M and 100M, file backend
 """
 
 from __future__ import annotations
@@ -120,6 +124,26 @@ def _writers_round(workdir: Path, writers: int, files: int, per_file: int) -> di
             "rows_per_s": round(expected / wall), "conflicts_retried": sum(o["conflicts_retried"] for o in outs)}
 
 
+def linear(workdir: Path, events: int) -> dict:
+    """A full label run over ``events`` and over ten times as many, on the file backend: the
+    ratio of the times, against the promise of at most 11 (linear growth with 10% slack)."""
+    from bench_labelling import generate
+
+    runs = {}
+    for n in (events, 10 * events):
+        db = workdir / f"linear-{n}.duckdb"
+        started = time.perf_counter()
+        generated = generate(db, n)
+        generate_s = round(time.perf_counter() - started, 1)
+        runs[n] = {**run_phase(__file__, "label", "--database", str(db)), "generate_s": generate_s,
+                   "generated": generated}
+        print(json.dumps({"events": n, **runs[n]}), flush=True)
+        db.unlink(missing_ok=True)
+    ratio = runs[10 * events]["seconds"] / runs[events]["seconds"]
+    return {"small": {"events": events, **runs[events]}, "large": {"events": 10 * events, **runs[10 * events]},
+            "ratio_10x_events": round(ratio, 2), "target": "<= 11", "met": ratio <= 11}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000_000)
@@ -127,6 +151,8 @@ def main() -> int:
     parser.add_argument("--writer-files", type=int, default=20, help="landing files per writer")
     parser.add_argument("--writer-rows", type=int, default=2_000, help="messages per landing file")
     parser.add_argument("--skip-labelling", action="store_true")
+    parser.add_argument("--linear", action="store_true",
+                        help="also label N and 10 N events on the file backend (needs disk: ~40 bytes per event)")
     parser.add_argument("--phase", help=argparse.SUPPRESS)
     parser.add_argument("--database", help=argparse.SUPPRESS)
     parser.add_argument("--data-path", help=argparse.SUPPRESS)
@@ -139,12 +165,15 @@ def main() -> int:
         print(json.dumps(phase_writer(args.database, args.data_path, args.landing)))
         return 0
     reason = test_lake.postgres_reason()
-    if reason:
+    if reason and (args.writers or not args.skip_labelling):
         print(f"bench_scale: {reason}", file=sys.stderr)
         return 2
     workdir = Path(tempfile.mkdtemp(prefix="bench_scale_"))
     report: dict = {"events": args.events}
     try:
+        if args.linear:
+            report["linear"] = linear(workdir, args.events)
+            print(json.dumps(report["linear"]), flush=True)
         if not args.skip_labelling:
             from bench_labelling import generate
 
