@@ -3,9 +3,7 @@ PostgreSQL server. Skips with a reason where no server listens on 127.0.0.1:5432
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import uuid
 from datetime import date
 
@@ -16,29 +14,9 @@ from flywheel_pipeline.simulator import SimConfig, simulate
 from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneResource, WarehouseResource
 from flywheel_pipeline_tests.domains import assets_of
 from flywheel_pipeline_tests.conftest import REPO
+from flywheel_pipeline_tests.lake import PG_DB, PG_HOST, PG_PORT, PG_USER, postgres_reason
 
-PG_HOST = os.environ.get("FLYWHEEL_TEST_PG_HOST", "127.0.0.1")
-PG_PORT = int(os.environ.get("FLYWHEEL_TEST_PG_PORT", "5432"))
-PG_USER = os.environ.get("FLYWHEEL_TEST_PG_USER", "postgres")
-PG_DB = os.environ.get("FLYWHEEL_TEST_PG_DB", "test")
-
-
-def _postgres_reason() -> str | None:
-    try:
-        with socket.create_connection((PG_HOST, PG_PORT), timeout=2):
-            pass
-    except OSError as exc:
-        return f"no PostgreSQL server at {PG_HOST}:{PG_PORT} ({exc})"
-    try:
-        import psycopg2
-
-        psycopg2.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, dbname=PG_DB, connect_timeout=5).close()
-    except Exception as exc:  # noqa: BLE001 - any failure means the server is not usable here
-        return f"PostgreSQL at {PG_HOST}:{PG_PORT} refused {PG_USER}@{PG_DB}: {exc}"
-    return None
-
-
-_REASON = _postgres_reason()
+_REASON = postgres_reason()
 pytestmark = [pytest.mark.postgres, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 
