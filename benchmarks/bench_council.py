@@ -21,6 +21,7 @@ Every loop is bounded by ``--requests``.
 from __future__ import annotations
 
 import argparse
+from contextlib import nullcontext
 import os
 import statistics
 import subprocess
@@ -35,7 +36,9 @@ from openai import OpenAI
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from phase_runner import closed_loop  # noqa: E402  (this directory)
 from flywheel_pipeline_tests.fakes.http import free_port, start_flywheel_serve  # noqa: E402
 from flywheel_pipeline_tests.fakes.openai_server import FakeOpenAI  # noqa: E402
 
@@ -59,29 +62,9 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 def run(n: int, clients: int, call) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    indices = iter(range(n))
-
-    def worker() -> None:
-        while True:
-            with lock:
-                i = next(indices, None)
-            if i is None:
-                return
-            started = time.perf_counter()
-            call()
-            elapsed = (time.perf_counter() - started) * 1000
-            with lock:
-                latencies.append(elapsed)
-
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, latencies
+    """``n`` calls of ``call`` from ``clients`` threads: wall seconds and latencies in milliseconds."""
+    wall, latencies = closed_loop(n, clients, lambda c: nullcontext(lambda i: call()))
+    return wall, [s * 1000 for s in latencies]
 
 
 def fake_for(names: list[str], delays: list[float]) -> FakeOpenAI:

@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,8 +31,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flywheel_pipeline.landing_store import open_store, s3_client  # noqa: E402
+from phase_runner import closed_loop, sendgrid_poster  # noqa: E402  (this directory)
 from flywheel_pipeline_tests.fakes.http import free_port, start_flywheel_serve  # noqa: E402
 
 BUCKET = "bench-landing"
@@ -61,33 +62,8 @@ def start_moto(port: int) -> subprocess.Popen:
 
 
 def load(ports: list[int], bodies: list[bytes], clients: int) -> tuple[float, list[float]]:
-    latencies: list[float] = []
-    lock = threading.Lock()
-    next_index = iter(range(len(bodies)))
-
-    def client(port: int) -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
-                          headers={"Content-Type": "application/json"}) as http:
-            while True:
-                with lock:
-                    i = next(next_index, None)
-                if i is None:
-                    return
-                t = time.perf_counter()
-                response = http.post("/webhooks/sendgrid", content=bodies[i])
-                elapsed = time.perf_counter() - t
-                if response.status_code != 200:
-                    raise RuntimeError(f"request {i}: {response.status_code} {response.text}")
-                with lock:
-                    latencies.append(elapsed)
-
-    threads = [threading.Thread(target=client, args=(ports[c % len(ports)],)) for c in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, latencies
+    """The clients spread over the replicas (client c posts to ports[c % len(ports)])."""
+    return closed_loop(len(bodies), clients, lambda c: sendgrid_poster(ports[c % len(ports)], bodies, timeout_s=60))
 
 
 def run(config: tuple[str, int], run_no: int, args, tmp: Path, s3_endpoint: str | None) -> dict:

@@ -19,17 +19,17 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flywheel_pipeline.core.landing import list_files  # noqa: E402
 from flywheel_pipeline.service.landing_writer import SegmentWriter  # noqa: E402
+from phase_runner import closed_loop, sendgrid_poster  # noqa: E402  (this directory)
 from flywheel_pipeline_tests.fakes.http import free_port, start_flywheel_serve  # noqa: E402
 
 
@@ -49,33 +49,7 @@ def baseline(home: Path, requests: int, size: int) -> float:
 
 def load(port: int, requests: int, size: int, clients: int) -> tuple[float, list[float]]:
     bodies = [json.dumps(batch(i, size)).encode() for i in range(requests)]
-    latencies: list[float] = []
-    lock = threading.Lock()
-    next_index = iter(range(requests))
-
-    def client() -> None:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
-                          headers={"Content-Type": "application/json"}) as http:
-            while True:
-                with lock:
-                    i = next(next_index, None)
-                if i is None:
-                    return
-                t = time.perf_counter()
-                response = http.post("/webhooks/sendgrid", content=bodies[i])
-                elapsed = time.perf_counter() - t
-                if response.status_code != 200:
-                    raise RuntimeError(f"request {i}: {response.status_code} {response.text}")
-                with lock:
-                    latencies.append(elapsed)
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return time.perf_counter() - started, latencies
+    return closed_loop(requests, clients, lambda c: sendgrid_poster(port, bodies))
 
 
 def main() -> int:

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import resource
+import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, contextmanager
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +37,49 @@ def run_phase(script: str, name: str, *options: str) -> dict:
 def best_of(runs: list[dict]) -> dict:
     """The fastest of repeated runs of one phase."""
     return min(runs, key=lambda r: r["seconds"])
+
+
+def closed_loop(requests: int, clients: int,
+                open_client: Callable[[int], AbstractContextManager[Callable[[int], None]]]) -> tuple[float, list[float]]:
+    """``requests`` requests from ``clients`` threads, each taking the next index as soon as its last
+    request returned. ``open_client(c)`` gives client ``c``'s ``send(i)`` (in a context that closes its
+    connection). Returns the wall seconds and every request's latency in seconds."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+    indices = iter(range(requests))
+
+    def worker(c: int) -> None:
+        with open_client(c) as send:
+            while True:
+                with lock:
+                    i = next(indices, None)
+                if i is None:
+                    return
+                started = time.perf_counter()
+                send(i)
+                elapsed = time.perf_counter() - started
+                with lock:
+                    latencies.append(elapsed)
+
+    threads = [threading.Thread(target=worker, args=(c,)) for c in range(clients)]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started, latencies
+
+
+@contextmanager
+def sendgrid_poster(port: int, bodies: list[bytes], timeout_s: float = 30):
+    """One client's ``send(i)``: POST ``bodies[i]`` to a local service's /webhooks/sendgrid (one
+    keep-alive connection); anything but 200 raises."""
+    import httpx
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=timeout_s,
+                      headers={"Content-Type": "application/json"}) as http:
+        def send(i: int) -> None:
+            response = http.post("/webhooks/sendgrid", content=bodies[i])
+            if response.status_code != 200:
+                raise RuntimeError(f"request {i}: {response.status_code} {response.text}")
+        yield send
