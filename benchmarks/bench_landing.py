@@ -4,7 +4,7 @@ For each configuration it starts the replicas (`flywheel serve` subprocesses on 
 one FLYWHEEL_HOME), posts ``--requests`` SendGrid batches of ``--batch`` events from ``--clients``
 keep-alive clients spread over the replicas, stops them (SIGTERM: seal and upload), and prints
 events/s and latency; then it lists the landing zone and checks every event landed exactly once.
-The S3 store is moto's standalone server (``moto_server``, a test server written in Python) in its
+The S3 store is moto's standalone server (``moto.server``, a test server written in Python) in its
 own process on 127.0.0.1: it measures the service's S3 path (an fsync per request into the spool,
 uploads of sealed segments), not a real object store's speed. Every process shares this machine's
 cores, so two replicas show what a second process adds here, not on a second machine.
@@ -18,23 +18,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from flywheel_pipeline.landing_store import open_store, s3_client  # noqa: E402
-from phase_runner import closed_loop, sendgrid_poster  # noqa: E402  (this directory)
+from phase_runner import closed_loop, sendgrid_poster, start_moto  # noqa: E402  (this directory)
 from flywheel_pipeline_tests.fakes.http import free_port, start_flywheel_serve  # noqa: E402
 
 BUCKET = "bench-landing"
@@ -45,20 +40,6 @@ CONFIGS = (("directory", 1), ("directory", 2), ("s3", 1), ("s3", 2))
 def batch(run: int, i: int, size: int) -> list[dict]:
     return [{"sg_event_id": f"r{run}-e{i}-{k}", "message_id": f"msg-{i}", "event": "open",
              "timestamp": 1767225600 + i, "email": "lead@example.com"} for k in range(size)]
-
-
-def start_moto(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server"),
-                             "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-            return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("moto_server did not start")
 
 
 def load(ports: list[int], bodies: list[bytes], clients: int) -> tuple[float, list[float]]:

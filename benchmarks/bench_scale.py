@@ -2,20 +2,31 @@
 
   labelling   a full label run (refresh_labels(full=True), the real labelling code) over the
               same year of history (bench_labelling.py's generator, N email events, default 10M)
-              on the DuckDB file backend and on DuckLake (PostgreSQL catalog on 127.0.0.1, data
-              in a local directory): seconds and the ratio lake / file
+              on each of --targets (default all three):
+                file      the DuckDB file backend
+                lake      DuckLake, PostgreSQL catalog on 127.0.0.1, data in a local directory
+                lake-s3   DuckLake, the same catalog, data in s3://bucket/prefix/ served by moto's
+                          standalone S3 server in its own process on 127.0.0.1 (AWS_ENDPOINT_URL
+                          and the other AWS_* settings point the warehouse at it)
+              seconds of each (the generated year copied into each lake first, not timed in the
+              label run), the ratios lake / file and lake-s3 / file, each lake's data size and
+              moto's peak RSS. moto is a Python test server: lake-s3 measures the warehouse's S3
+              path (HTTP range reads, uploads), not a real object store's speed
   linear      (--linear) a full label run on the DuckDB file backend over N and over 10 N events
               (a year of history each, the same generator): cost must grow linearly,
               10 N <= 11x the N time; each size generated, labelled and removed in turn
-  writers     W processes ingesting their own landing files into one DuckLake at once
-              (W = 1, 2, 4 by default; one file per transaction, so commits race), each record
-              checked to be loaded once: rows per second as W grows, and the conflicts retried
+  writers     W processes ingesting their own landing files into one DuckLake at once (data in a
+              local directory; W = 1, 2, 4 by default; one file per transaction, so commits race),
+              each record checked to be loaded once: rows per second as W grows, and the conflicts
+              retried
 
 Each phase runs in its own process. Needs the local PostgreSQL (FLYWHEEL_TEST_PG_* as the tests):
 a scratch database per DuckLake, dropped afterwards.
 
-    python benchmarks/bench_scale.py                      # 10M events, writers 1 2 4
+    python benchmarks/bench_scale.py                      # 10M events on all three targets, writers 1 2 4
     python benchmarks/bench_scale.py --events 1000000 --writers 1 2
+    python benchmarks/bench_scale.py --events 300000 --writers          # labelling only
+    python benchmarks/bench_scale.py --targets file,lake-s3 --writers   # the S3 lake against the file
     python benchmarks/bench_scale.py --linear --skip-labelling --writers   # 10M and 100M, file backend
 """
 
@@ -24,22 +35,31 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from phase_runner import peak_rss_mb, run_phase  # noqa: E402  (this directory)
+from phase_runner import peak_rss_mb, run_phase, start_moto  # noqa: E402  (this directory)
 from flywheel_pipeline_tests import lake as test_lake  # noqa: E402
+from flywheel_pipeline_tests.fakes.http import free_port  # noqa: E402
 from flywheel_pipeline.core.landing import write_jsonl  # noqa: E402
 from flywheel_pipeline.warehouse.labels import refresh_labels  # noqa: E402
 from flywheel_pipeline.warehouse.schema import connect  # noqa: E402
 
+# where the labelling comparison runs, in this order (the file backend first: the ratios' base)
+TARGETS = ("file", "lake", "lake-s3")
+S3_BUCKET = "bench-scale"
+S3_ENV = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1"}
 # the tables bench_labelling.generate fills, copied into the lake as they are
 COPIED = ("message_keys", "messages", "email_events", "crm_events", "reply_intents", "ingest_batches",
           "held_email_events")
@@ -62,6 +82,115 @@ def copy_into_lake(db: Path, database: str, data_path: str) -> None:
                 "WHERE name = 'message_key'")
     con.execute("DETACH src")
     con.close()
+
+
+def parse_targets(text: str) -> list[str]:
+    """``file,lake,lake-s3`` (any of them, any order) as a list in TARGETS order."""
+    names = {t.strip() for t in text.split(",") if t.strip()}
+    unknown = names - set(TARGETS)
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"targets are a comma-separated subset of {','.join(TARGETS)}, "
+                                         f"not {text!r}")
+    return [t for t in TARGETS if t in names]
+
+
+@contextmanager
+def moto_s3() -> Iterator[dict]:
+    """moto's S3 server in its own process on 127.0.0.1 with an empty bucket, and this process's
+    AWS_* settings pointing at it (so the phases it starts inherit them) until the block ends.
+    Yields {"endpoint", "bucket", "pid"}."""
+    from flywheel_pipeline.landing_store import s3_client
+
+    port = free_port()
+    proc = start_moto(port)
+    endpoint = f"http://127.0.0.1:{port}"
+    saved = {name: os.environ.get(name) for name in (*S3_ENV, "AWS_ENDPOINT_URL")}
+    os.environ.update(S3_ENV, AWS_ENDPOINT_URL=endpoint)
+    try:
+        s3_client().create_bucket(Bucket=S3_BUCKET)
+        yield {"endpoint": endpoint, "bucket": S3_BUCKET, "pid": proc.pid}
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        proc.terminate()
+        proc.wait(timeout=60)
+
+
+def s3_size_mb(bucket: str, prefix: str) -> float:
+    """The bytes of every object under ``prefix``, in MB (the AWS_* settings name the store)."""
+    from flywheel_pipeline.landing_store import s3_client
+
+    pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sum(o["Size"] for page in pages for o in page.get("Contents", [])) / 1e6
+
+
+def directory_size_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
+
+
+def _label_in_lake(db: Path, target: test_lake.Target) -> dict:
+    """The generated year copied into the lake ``target``, then a full label run in its own process."""
+    started = time.perf_counter()
+    copy_into_lake(db, target.database, target.data_path)
+    copy_s = round(time.perf_counter() - started, 1)
+    run = run_phase(__file__, "label", "--database", target.database, "--data-path", target.data_path)
+    return {**run, "copy_into_lake_s": copy_s}
+
+
+def labelling(workdir: Path, events: int, targets: list[str]) -> dict:
+    """A full label run over the same generated year on each target: seconds, and the ratios
+    of each lake to the file backend (when the file backend is among the targets)."""
+    from bench_labelling import generate
+
+    db = workdir / "wh.duckdb"
+    started = time.perf_counter()
+    result: dict = {"generated": generate(db, events), "generate_s": round(time.perf_counter() - started, 1)}
+    runs: dict[str, dict] = {}
+    if "file" in targets:
+        runs["file"] = run_phase(__file__, "label", "--database", str(db))
+        print(json.dumps({"target": "file", **runs["file"]}), flush=True)
+    if "lake" in targets:
+        with test_lake.scratch_lake(workdir / "lake-data") as target:
+            runs["lake"] = {**_label_in_lake(db, target),
+                            "data_mb": round(directory_size_mb(workdir / "lake-data"), 1)}
+        print(json.dumps({"target": "lake", **runs["lake"]}), flush=True)
+    if "lake-s3" in targets:
+        prefix = "lake/"
+        with moto_s3() as s3, test_lake.scratch_lake(workdir / "lake-s3-unused") as target:
+            s3_target = replace(target, data_path=f"s3://{s3['bucket']}/{prefix}")
+            runs["lake-s3"] = {**_label_in_lake(db, s3_target),
+                               "data_mb": round(s3_size_mb(s3["bucket"], prefix), 1),
+                               "moto_peak_rss_mb": round(peak_rss_mb(s3["pid"]) or 0)}
+        print(json.dumps({"target": "lake-s3", **runs["lake-s3"]}), flush=True)
+    labels = {name: run["labels"] for name, run in runs.items()}
+    assert len(set(labels.values())) == 1, labels  # every target labels the same year alike
+    result.update({"file": runs.get("file"), "ducklake_local": runs.get("lake"), "ducklake_s3": runs.get("lake-s3")})
+    if "file" in runs:
+        for name, key in (("lake", "ratio_lake_to_file"), ("lake-s3", "ratio_lake_s3_to_file")):
+            if name in runs:
+                result[key] = round(runs[name]["seconds"] / runs["file"]["seconds"], 2)
+    return result
+
+
+def print_labelling(events: int, result: dict) -> None:
+    """One line per target: seconds, peak RSS, and against the file backend."""
+    print(f"labelling {events} events (full label run):")
+    for name, key, ratio in (("file", "file", None), ("lake-local", "ducklake_local", "ratio_lake_to_file"),
+                             ("lake-s3", "ducklake_s3", "ratio_lake_s3_to_file")):
+        run = result.get(key)
+        if not run:
+            continue
+        line = f"  {name:<11} {run['seconds']:9.2f} s   peak RSS {run['peak_rss_mb']:6.0f} MB"
+        if ratio in result:
+            line += f"   {name} / file {result[ratio]:.2f}x"
+        if "data_mb" in run:
+            line += f"   data {run['data_mb']:.1f} MB"
+        if "moto_peak_rss_mb" in run:
+            line += f"   moto peak RSS {run['moto_peak_rss_mb']:.0f} MB"
+        print(line, flush=True)
 
 
 def phase_label(database: str, data_path: str | None) -> dict:
@@ -150,6 +279,8 @@ def main() -> int:
     parser.add_argument("--writers", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--writer-files", type=int, default=20, help="landing files per writer")
     parser.add_argument("--writer-rows", type=int, default=2_000, help="messages per landing file")
+    parser.add_argument("--targets", type=parse_targets, default=list(TARGETS),
+                        help=f"where the labelling comparison runs, comma-separated (default {','.join(TARGETS)})")
     parser.add_argument("--skip-labelling", action="store_true")
     parser.add_argument("--linear", action="store_true",
                         help="also label N and 10 N events on the file backend (needs disk: ~40 bytes per event)")
@@ -175,23 +306,8 @@ def main() -> int:
             report["linear"] = linear(workdir, args.events)
             print(json.dumps(report["linear"]), flush=True)
         if not args.skip_labelling:
-            from bench_labelling import generate
-
-            db = workdir / "wh.duckdb"
-            started = time.perf_counter()
-            report["generated"] = generate(db, args.events)
-            report["generate_s"] = round(time.perf_counter() - started, 1)
-            file_run = run_phase(__file__, "label", "--database", str(db))
-            with test_lake.scratch_lake(workdir / "lake-data") as target:
-                started = time.perf_counter()
-                copy_into_lake(db, target.database, target.data_path)
-                report["copy_into_lake_s"] = round(time.perf_counter() - started, 1)
-                lake_run = run_phase(__file__, "label", "--database", target.database,
-                                     "--data-path", target.data_path)
-            assert file_run["labels"] == lake_run["labels"], (file_run, lake_run)
-            report["labelling"] = {"file": file_run, "ducklake_local": lake_run,
-                                   "ratio_lake_to_file": round(lake_run["seconds"] / file_run["seconds"], 2)}
-            print(json.dumps(report["labelling"]), flush=True)
+            report["labelling"] = labelling(workdir, args.events, args.targets)
+            print_labelling(args.events, report["labelling"])
         report["writers"] = []
         for writers in args.writers:
             round_ = _writers_round(workdir, writers, args.writer_files, args.writer_rows)

@@ -1,6 +1,6 @@
 """What the benchmark scripts share: each timed phase runs in a fresh process of the same
 script (``--phase NAME`` plus the script's own options), prints one JSON line as its last
-output, and reports its own peak memory."""
+output, and reports its own peak memory; an S3-protocol server (moto) in its own process."""
 
 from __future__ import annotations
 
@@ -15,16 +15,44 @@ import sys
 from pathlib import Path
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process. VmHWM (Linux) belongs to this process image;
-    ru_maxrss is inherited across exec from the parent, which may have generated the data."""
+def peak_rss_mb(pid: int | None = None) -> float | None:
+    """Peak resident memory of this process (or of the running process ``pid``). VmHWM (Linux)
+    belongs to the process image; ru_maxrss is inherited across exec from the parent, which may
+    have generated the data. None for another process whose /proc entry cannot be read."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid or 'self'}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    if pid is not None:
+        return None
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+MOTO_START_TIMEOUT_S = 30.0
+
+
+def start_moto(port: int) -> subprocess.Popen:
+    """moto's standalone S3 server (``moto[server]``) in its own process on 127.0.0.1:``port``,
+    answering when this returns. It is this interpreter running ``moto.server``, so the process's
+    own memory can be read (``peak_rss_mb(proc.pid)``). The caller terminates it."""
+    import httpx
+
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + MOTO_START_TIMEOUT_S
+    while time.monotonic() < deadline:  # bounded wait until it answers
+        if proc.poll() is not None:
+            break
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+            return proc
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=30)
+    raise RuntimeError(f"moto server did not start on 127.0.0.1:{port}")
 
 
 def run_phase(script: str, name: str, *options: str) -> dict:

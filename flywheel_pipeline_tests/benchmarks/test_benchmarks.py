@@ -96,7 +96,7 @@ def test_bench_learn_reports_speed_error_rates_and_power():
         assert re.search(line, out, re.M), (line, out)
 
 
-def test_bench_scale_labels_on_both_backends_and_counts_concurrent_writers():
+def test_bench_scale_labels_on_the_file_backend_and_both_lakes_and_counts_concurrent_writers():
     import json
 
     import pytest
@@ -109,6 +109,12 @@ def test_bench_scale_labels_on_both_backends_and_counts_concurrent_writers():
                         "--writer-rows", "50")
     report = json.loads(out[out.index('{\n  "events"'):])  # the full report, printed last
     labelling = report["labelling"]
-    assert labelling["file"]["labels"] == labelling["ducklake_local"]["labels"] > 0
-    assert labelling["ratio_lake_to_file"] > 0
+    runs = (labelling["file"], labelling["ducklake_local"], labelling["ducklake_s3"])
+    assert len({run["labels"] for run in runs}) == 1 and runs[0]["labels"] > 0
+    assert labelling["ratio_lake_to_file"] > 0 and labelling["ratio_lake_s3_to_file"] > 0
+    # the S3 lake's Parquet files are in moto's bucket, and moto's own memory is read
+    assert labelling["ducklake_s3"]["data_mb"] > 0 and labelling["ducklake_s3"]["moto_peak_rss_mb"] > 0
+    for target in ("file", "lake-local", "lake-s3"):
+        assert re.search(rf"^  {target}\s+\d+\.\d+ s\s+peak RSS\s+\d+ MB", out, re.M), (target, out)
+    assert re.search(r"lake-s3 / file \d+\.\d+x", out)
     assert [(w["writers"], w["rows"]) for w in report["writers"]] == [(2, 100)]
