@@ -11,12 +11,14 @@
    following that choice, against always using the most expensive model. Printed per strategy: the
    week's spend (tokens at catalog prices), positive replies (the world's own outcomes, counted
    three weeks later), cost per positive reply, and the saving against the most expensive model.
-2. **GET /route latency and throughput.** `flywheel serve` in a subprocess on 127.0.0.1 with API
-   keys, the measured model_stats.json published; an async httpx client sends ``--rate`` requests/s
-   for ``--duration`` seconds (open loop: each request has its scheduled time, and latency counts
-   from it, so a stalled server is not hidden), every request with a strategy (the four in turn),
-   a random lead and the task's catalog models as candidates; then a closed loop with
-   ``--concurrency`` clients for the maximum throughput. Bounded: every request has a 5 s timeout.
+2. **GET /route latency and throughput.** `flywheel serve --workers N` in a subprocess on
+   127.0.0.1 with API keys (for each N in ``--workers``, default 1 and 2), the measured
+   model_stats.json published; benchmarks/http_load.py (a light keep-alive HTTP/1.1 client) sends
+   ``--rate`` requests/s for ``--duration`` seconds (open loop: latency counts from each request's
+   scheduled time, so a stalled server is not hidden), every request with a strategy (the four in
+   turn) and a random lead; then closed loops with ``--concurrency`` connections on /route and on
+   /healthz (the service's floor). Before them, ``route_answer`` in process (no HTTP). Bounded:
+   every request has a 5 s timeout.
 
     python benchmarks/bench_route.py                      # full size
     python benchmarks/bench_route.py --history-days 35 --messages-per-day 150 --rate 200 --duration 3
@@ -41,6 +43,7 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from flywheel_pipeline.core import landing as landing_zone  # noqa: E402
 from flywheel_pipeline.core.catalog import load_catalog  # noqa: E402
@@ -57,6 +60,7 @@ from flywheel_pipeline.warehouse.model_stats import (build_model_choice_stats, c
 from flywheel_pipeline.warehouse.reply_intents import classify_new_replies  # noqa: E402
 from flywheel_pipeline.warehouse.schema import connect  # noqa: E402
 from flywheel_pipeline_tests.fakes.http import free_port, start_flywheel_serve  # noqa: E402
+from http_load import closed_loop, get_request, open_loop, pct  # noqa: E402  (this directory)
 
 SEED = 7
 TASKS = ("cold_email", "follow_up")
@@ -176,64 +180,6 @@ def strategy_world(work: Path, history_days: int, per_day: int) -> tuple[dict, l
     return snapshot, lines
 
 
-async def open_loop(base: str, headers: dict, rate: int, duration: float, queries: list[dict],
-                    connections: int = 64) -> dict:
-    """Request i is scheduled at t0 + i / rate; ``connections`` workers (one keep-alive connection
-    each) take the next scheduled request, wait for its time and send it. Latency counts from the
-    scheduled time, so a server (or client) that falls behind shows as latency, not as a lower rate."""
-    total = int(rate * duration)
-    latencies: list[float] = []
-    service: list[float] = []
-    errors = 0
-    slots = iter(range(total))
-    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=5.0) as client:
-        t0 = time.perf_counter() + 0.2
-
-        async def worker() -> None:
-            nonlocal errors
-            for i in slots:
-                scheduled = t0 + i / rate
-                await asyncio.sleep(max(0.0, scheduled - time.perf_counter()))
-                sent = time.perf_counter()
-                try:
-                    r = await client.get("/route", params=queries[i % len(queries)])
-                    ok = r.status_code == 200
-                except httpx.HTTPError:
-                    ok = False
-                done = time.perf_counter()
-                errors += not ok
-                latencies.append(done - scheduled)
-                service.append(done - sent)
-        await asyncio.gather(*(worker() for _ in range(connections)))
-        elapsed = time.perf_counter() - t0
-    return {"requests": total, "errors": errors, "throughput": total / elapsed, "latencies": latencies,
-            "service": service}
-
-
-async def closed_loop(base: str, headers: dict, concurrency: int, total: int, queries: list[dict],
-                      path: str = "/route") -> dict:
-    latencies: list[float] = []
-    counter = iter(range(total))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=5.0) as client:
-        async def worker() -> None:
-            for i in counter:
-                t = time.perf_counter()
-                r = await client.get(path, params=queries[i % len(queries)] if path == "/route" else None)
-                assert r.status_code == 200, r.text
-                latencies.append(time.perf_counter() - t)
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-    return {"throughput": total / elapsed, "latencies": latencies}
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
-
-
 def in_process(snapshot: dict) -> str:
     """The strategy's own cost per request, without HTTP: route_answer as the service calls it."""
     from flywheel_pipeline.core.model_choice import Constraints
@@ -251,38 +197,42 @@ def in_process(snapshot: dict) -> str:
     return f"in process (no HTTP): route_answer {per:.1f} us per call over {n:,} calls"
 
 
-def route_latency(work: Path, snapshot: dict, rate: int, duration: float, concurrency: int) -> list[str]:
+def route_latency(work: Path, snapshot: dict, rate: int, duration: float, concurrency: int, workers: int) -> list[str]:
+    """GET /route on `flywheel serve --workers N`: the open loop at ``rate``, then closed loops on
+    /route and on /healthz (no routing: the service's floor with the same number of processes)."""
     home = work / "serve"
     write_model_stats(snapshot, home / "model_stats.json")
     port = free_port()
-    proc = start_flywheel_serve(home, port, FLYWHEEL_API_KEYS="org_01=k1,org_02=k2,org_03=k3")
+    proc = start_flywheel_serve(home, port, "--workers", str(workers), FLYWHEEL_API_KEYS="org_01=k1,org_02=k2,org_03=k3",
+                                FLYWHEEL_RATE_LIMIT_PER_MINUTE="0")
     rng = random.Random(1)
     queries = [{"lead_id": f"org_01-lead-{rng.randrange(3000):05d}", "task_type": rng.choice(TASKS),
                 "strategy": STRATEGIES[i % len(STRATEGIES)]} for i in range(4000)]
     headers = {"Authorization": "Bearer k1"}
-    base = f"http://127.0.0.1:{port}"
+    routes = [get_request("/route", q, headers) for q in queries]
+    health = [get_request("/healthz")]
     try:
-        first = httpx.get(f"{base}/route", params=queries[0], headers=headers).json()
+        first = httpx.get(f"http://127.0.0.1:{port}/route", params=queries[0], headers=headers).json()
         assert first["source"] == "strategy", first
-        asyncio.run(closed_loop(base, headers, 8, 500, queries))  # warm up
-        o = asyncio.run(open_loop(base, headers, rate, duration, queries))
-        c = asyncio.run(closed_loop(base, headers, concurrency, max(2000, int(rate * duration / 2)), queries))
-        h = asyncio.run(closed_loop(base, headers, concurrency, max(2000, int(rate * duration / 2)), queries,
-                                    path="/healthz"))
+        asyncio.run(closed_loop(port, routes, 2000, 8))  # warm up (every worker)
+        o = asyncio.run(open_loop(port, routes, rate, duration))
+        n = max(4000, int(rate * duration / 2))
+        c = asyncio.run(closed_loop(port, routes, n, concurrency))
+        h = asyncio.run(closed_loop(port, health, n, concurrency))
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
-    return [f"open loop {rate} requests/s for {duration:g} s: {o['requests']:,} requests, {o['errors']} errors, "
+        proc.wait(timeout=60)
+    met = pct(o["latencies"], .99) < 10 and o["throughput"] >= 0.98 * rate and rate >= 1000 and not o["errors"]
+    return [f"{workers} worker process{'es' if workers > 1 else ''}:",
+            f"  open loop {rate} requests/s for {duration:g} s: {o['requests']:,} requests, {o['errors']} errors, "
             f"achieved {o['throughput']:,.0f}/s; latency from the scheduled time p50 {pct(o['latencies'], .5):.2f} ms, "
             f"p99 {pct(o['latencies'], .99):.2f} ms, max {max(o['latencies']) * 1000:.1f} ms; from sending "
             f"p50 {pct(o['service'], .5):.2f} ms, p99 {pct(o['service'], .99):.2f} ms",
-            f"closed loop, {concurrency} clients: {c['throughput']:,.0f} requests/s, latency p50 "
+            f"  closed loop, {concurrency} connections: {c['throughput']:,.0f} requests/s, latency p50 "
             f"{pct(c['latencies'], .5):.2f} ms, p99 {pct(c['latencies'], .99):.2f} ms; the same on /healthz (no "
             f"routing, the service's floor): {h['throughput']:,.0f} requests/s, p50 {pct(h['latencies'], .5):.2f} ms, "
             f"p99 {pct(h['latencies'], .99):.2f} ms",
-            in_process(snapshot),
-            f"(target: p99 < 10 ms at 1,000 requests/s; {'met' if pct(o['latencies'], .99) < 10 and o['throughput'] >= 0.98 * rate and rate >= 1000 else 'NOT met'} "
-            f"in this run)"]
+            f"  (target: p99 < 10 ms at 1,000 requests/s; {'met' if met else 'NOT met'} in this run)"]
 
 
 def main() -> None:
@@ -291,7 +241,8 @@ def main() -> None:
     parser.add_argument("--messages-per-day", type=int, default=500)
     parser.add_argument("--rate", type=int, default=1000, help="requests/s of the open loop")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of the open loop")
-    parser.add_argument("--concurrency", type=int, default=16, help="clients of the closed loop")
+    parser.add_argument("--concurrency", type=int, default=16, help="connections of the closed loop")
+    parser.add_argument("--workers", default="1,2", help="`flywheel serve --workers` counts to measure, e.g. 1,2")
     parser.add_argument("--skip-world", action="store_true", help="only the /route latency (on a smaller world)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-route-") as tmp:
@@ -303,8 +254,10 @@ def main() -> None:
             snapshot, lines = strategy_world(work, args.history_days, args.messages_per_day)
         for line in lines:
             print(line, flush=True)
-        for line in route_latency(work, snapshot, args.rate, args.duration, args.concurrency):
-            print(line, flush=True)
+        print(in_process(snapshot), flush=True)
+        for workers in (int(w) for w in args.workers.split(",")):
+            for line in route_latency(work, snapshot, args.rate, args.duration, args.concurrency, workers):
+                print(line, flush=True)
 
 
 if __name__ == "__main__":

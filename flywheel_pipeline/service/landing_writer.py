@@ -25,6 +25,7 @@ written before it, so concurrent requests share fsyncs), and each sealed segment
 
 from __future__ import annotations
 
+import fcntl
 import os
 import threading
 import time
@@ -57,10 +58,26 @@ def _seal(open_path: Path) -> Path | None:
 
 
 def recover(landing: Path) -> list[Path]:
-    """Seal every segment left open under ``landing`` (call before accepting traffic)."""
+    """Seal every segment under ``landing`` left open by a process that is gone (call before
+    accepting traffic). A live writer holds an ``flock`` on each of its open segments (the kernel
+    drops it with the process), so the segments of other live processes writing the same landing
+    zone (``flywheel serve --workers N``) are left alone."""
     sealed = []
     for path in sorted(landing.glob(f"*/.*{OPEN_SUFFIX}")):
-        final = _seal(path)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # sealed meanwhile by its live writer
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live writer's
+            if not path.exists():
+                continue  # sealed between the listing and the lock
+            final = _seal(path)
+        finally:
+            os.close(fd)  # drops the lock
         if final is not None:
             sealed.append(final)
     return sealed
@@ -103,6 +120,7 @@ class SegmentWriter:
         name = f".{source}-{self._last_ns:020d}-{self.tag or uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
         path = directory / name
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)  # personal data: the owner's only
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while open: recover() leaves it alone
         fsync_dir(directory)  # the open segment's name survives a crash
         now = time.monotonic()
         return _Segment(path, fd, now, 0, now)
@@ -158,9 +176,9 @@ class SegmentWriter:
             return None
         with segment.sync_lock:
             os.fsync(segment.fd)
+            sealed = _seal(segment.path)  # renamed while its lock is held, so recover() never races it
             os.close(segment.fd)
             segment.closed = True
-        sealed = _seal(segment.path)
         if sealed is not None and self.on_seal is not None:
             self.on_seal(sealed)
         return sealed

@@ -18,7 +18,7 @@ import logging
 
 import uvicorn
 
-from flywheel_pipeline.service.settings import ServiceSettings
+from flywheel_pipeline.service.settings import WORKERS_VARIABLE, ServiceSettings
 
 log = logging.getLogger("flywheel.service")
 
@@ -81,11 +81,68 @@ def protocol_for(settings: ServiceSettings) -> type[asyncio.Protocol]:
                 {"header_timeout_s": settings.header_timeout_s})
 
 
-def uvicorn_config(app, settings: ServiceSettings, *, host: str, port: int, log_level: str = "info") -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=protocol_for(settings),
+class WorkerHttpProtocol(HeaderTimeout, _uvicorn_protocol()):  # type: ignore[misc]
+    """The protocol of ``flywheel serve --workers N``'s worker processes: a class of this module,
+    so uvicorn's supervisor can hand it to the spawned workers by name; each worker sets
+    ``header_timeout_s`` from its own settings (:func:`worker_app`)."""
+
+
+def uvicorn_config(app, settings: ServiceSettings, *, host: str, port: int, log_level: str = "info",
+                   **options) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
+                          http=options.pop("http", None) or protocol_for(settings),
                           limit_concurrency=settings.max_connections, timeout_keep_alive=5,
-                          timeout_graceful_shutdown=10)
+                          timeout_graceful_shutdown=10, **options)
 
 
 def serve(app, settings: ServiceSettings, *, host: str, port: int, log_level: str = "info") -> None:
     uvicorn.Server(uvicorn_config(app, settings, host=host, port=port, log_level=log_level)).run()
+
+
+def worker_app():
+    """The app of one worker process (uvicorn's factory, run in the worker): the settings from
+    the environment the supervisor passed on."""
+    from flywheel_pipeline.service.app import create_app
+
+    settings = ServiceSettings.from_env()
+    WorkerHttpProtocol.header_timeout_s = settings.header_timeout_s
+    return create_app(settings)
+
+
+def worker_logging(log_level: str) -> dict:
+    """uvicorn's logging configuration plus the service's own loggers (``flywheel.*``, as
+    ``flywheel serve`` logs them in one process), applied by uvicorn in every worker."""
+    import copy
+
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    config["formatters"]["flywheel"] = {"format": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"}
+    config["handlers"]["flywheel"] = {"formatter": "flywheel", "class": "logging.StreamHandler",
+                                      "stream": "ext://sys.stderr"}
+    config["loggers"]["flywheel"] = {"handlers": ["flywheel"], "level": log_level.upper(), "propagate": False}
+    return config
+
+
+def serve_workers(settings: ServiceSettings, *, host: str, port: int, log_level: str = "info") -> None:
+    """``settings.workers`` processes answering on one listening socket (uvicorn's supervisor:
+    the kernel hands each new connection to one of them; a worker that dies is replaced; SIGTERM
+    or SIGINT stops them all gracefully, each sealing its open segments). What each process
+    keeps for itself: its landing segments (names unique per writer; see service/landing_writer.py)
+    or, with an ``s3://`` landing zone, its own spool (``<FLYWHEEL_REPLICA_ID>-w<k>``); its rate
+    limits (per process); its published-file caches. Prometheus metrics are summed over the
+    workers (prometheus_client's multiprocess mode, in a directory removed on exit)."""
+    import os
+    import shutil
+    import tempfile
+
+    from uvicorn.supervisors import Multiprocess
+
+    metrics_dir = tempfile.mkdtemp(prefix=f"flywheel-metrics-{os.getpid()}-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # before the workers import prometheus_client
+    os.environ[WORKERS_VARIABLE] = str(settings.workers)
+    config = uvicorn_config("flywheel_pipeline.service.server:worker_app", settings, host=host, port=port,
+                            log_level=log_level, http=WorkerHttpProtocol, factory=True, workers=settings.workers,
+                            log_config=worker_logging(log_level))
+    try:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)

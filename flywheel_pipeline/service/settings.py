@@ -11,7 +11,10 @@
 ``FLYWHEEL_SPOOL``                     with an s3:// landing zone, the replicas' local spool
                                        (default ``$FLYWHEEL_HOME/spool``; a persistent disk)
 ``FLYWHEEL_REPLICA_ID``                this replica's name in its objects' names and its spool
-                                       (default ``<hostname>-<pid>-<start time>``)
+                                       (default ``<hostname>-<pid>-<start time>``; with several
+                                       workers, ``<FLYWHEEL_REPLICA_ID>-w<k>`` per worker)
+``FLYWHEEL_SERVE_WORKERS``             processes answering on the one port (default 1; as
+                                       ``flywheel serve --workers``; service/server.py)
 ``FLYWHEEL_SENDGRID_PUBLIC_KEY``       SendGrid's verification key (base64 DER, as SendGrid
                                        shows it), or several separated by commas while it is
                                        rotated; unset = events accepted unsigned
@@ -136,10 +139,14 @@ def parse_admin_keys(value: str | None) -> dict[str, SecretStr]:
     return keys
 
 
+WORKERS_VARIABLE = "FLYWHEEL_SERVE_WORKERS"  # also how `flywheel serve --workers` reaches its workers
+
+
 class ServiceSettings(BaseModel):
     landing: str  # a directory or s3://bucket/prefix/ (paths.landing_location)
     spool: Path  # the replicas' spools, with an s3:// landing zone
     replica_id: str | None = None
+    workers: int = Field(1, ge=1, le=64)  # processes of `flywheel serve` on one socket (service/server.py)
     home: Path
     routing_path: Path  # the published routing table GET /route reads
     leaderboard_path: Path  # the published leaderboard GET /leaderboard reads
@@ -266,7 +273,7 @@ class ServiceSettings(BaseModel):
                   "council_timeout_s": "COUNCIL_TIMEOUT_S", "council_max_cost_usd": "COUNCIL_MAX_COST_USD",
                   "council_max_tokens": "COUNCIL_MAX_TOKENS", "council_models": "COUNCIL_MODELS",
                   "council_pair_margin": "COUNCIL_PAIR_MARGIN", "council_llm_judge": "COUNCIL_LLM_JUDGE",
-                  "replica_id": "REPLICA_ID"}
+                  "replica_id": "REPLICA_ID", "workers": WORKERS_VARIABLE.removeprefix("FLYWHEEL_")}
         for field, name in scalar.items():
             if (value := get(name)) is not None:
                 values[field] = value

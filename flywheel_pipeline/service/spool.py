@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from flywheel_pipeline.core.landing import LABEL_SOURCES, SOURCES, fsync_dir
-from flywheel_pipeline.landing_store import LandingStore, LandingUnavailable
+from flywheel_pipeline.landing_store import LandingStore, LandingUnavailable, open_store
 from flywheel_pipeline.service.landing_writer import recover
 
 log = logging.getLogger("flywheel.service.spool")
@@ -59,6 +59,34 @@ def replica_id(configured: str | None = None) -> str:
     if not clean:
         raise ValueError(f"FLYWHEEL_REPLICA_ID={configured!r} has no letters or digits")
     return clean[:100]
+
+
+def worker_replicas(configured: str | None, workers: int) -> list[str]:
+    """The replica ids a process may take: the configured id (one process), or one of
+    ``<id>-w0`` ... ``<id>-w<N-1>`` for ``flywheel serve --workers N`` (each worker its own spool);
+    without a configured id, the default one, unique per process."""
+    if configured is None:
+        return [replica_id(None)]
+    base = replica_id(configured)
+    return [base] if workers <= 1 else [f"{base}-w{k}" for k in range(workers)]
+
+
+def open_spool(settings) -> Spool:
+    """This process's spool, opened (see :meth:`Spool.open`): the first of its replica ids
+    (``worker_replicas``) no live process holds; SpoolInUse when every one is held."""
+    store = open_store(settings.landing)
+    names = worker_replicas(settings.replica_id, settings.workers)
+    for name in names:
+        spool = Spool(settings.spool, store, name)
+        try:
+            recovered = spool.open()
+            break
+        except SpoolInUse:
+            if name == names[-1]:
+                raise  # otherwise a sibling worker's: try the next
+    for path in recovered:
+        log.warning("recovered spooled segment left by a previous process: %s", path.name)
+    return spool
 
 
 def _try_lock(directory: Path) -> int | None:

@@ -26,7 +26,6 @@ from flywheel_pipeline.core import strict_json
 from flywheel_pipeline.core.catalog import Catalog, load_catalog
 from flywheel_pipeline.core.model_snapshot import empty_snapshot
 from flywheel_pipeline.core.signatures import load_sendgrid_public_key
-from flywheel_pipeline.landing_store import open_store
 from flywheel_pipeline.service.errors import Rejected
 from flywheel_pipeline.service.hubspot_client import HubSpotClient
 from flywheel_pipeline.service.landing_writer import SegmentWriter, recover
@@ -34,7 +33,7 @@ from flywheel_pipeline.service.council import ModelClients, prewarm_llm_judge
 from flywheel_pipeline.service.metrics import ServiceMetrics
 from flywheel_pipeline.service.rate_limit import RateLimiter
 from flywheel_pipeline.service.settings import ServiceSettings
-from flywheel_pipeline.service.spool import Spool, replica_id
+from flywheel_pipeline.service.spool import open_spool
 
 log = logging.getLogger("flywheel.service")
 
@@ -164,9 +163,7 @@ class ServiceState:
                 log.warning("recovered landing segment left open by a previous process: %s", path.name)
             return SegmentWriter(landing, max_bytes=settings.segment_max_bytes, max_age_s=settings.segment_max_age_s,
                                  fsync_interval_s=settings.fsync_interval_s)
-        self.spool = spool = Spool(settings.spool, open_store(settings.landing), replica_id(settings.replica_id))
-        for path in spool.open():
-            log.warning("recovered spooled segment left by a previous process: %s", path.name)
+        self.spool = spool = open_spool(settings)
         log.info("replica %s: spool %s, landing zone %s (%s)", spool.replica, spool.directory, settings.landing,
                  "reachable" if spool.available else f"UNAVAILABLE, answering 503: {spool.last_error}")
         spool.start()

@@ -43,12 +43,13 @@ def serve_app(app, *, timeout_s: float = 10.0) -> Iterator[str]:
         thread.join(timeout=timeout_s)
 
 
-def start_flywheel_serve(home: Path, port: int, **env: str) -> subprocess.Popen:
-    """`flywheel serve` in a subprocess on 127.0.0.1:port with FLYWHEEL_HOME=home (and ``env``),
-    returned once /healthz answers (RuntimeError with its stderr otherwise)."""
+def start_flywheel_serve(home: Path, port: int, *options: str, **env: str) -> subprocess.Popen:
+    """`flywheel serve` in a subprocess on 127.0.0.1:port with FLYWHEEL_HOME=home (and ``env``,
+    and more command-line ``options``), returned once /healthz answers (RuntimeError with its
+    stderr otherwise)."""
     environ = dict(os.environ, FLYWHEEL_HOME=str(home), PYTHONPATH=str(REPO), **env)
     proc = subprocess.Popen([sys.executable, "-m", "flywheel_pipeline.cli", "serve", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning"],
+                             "--port", str(port), "--log-level", "warning", *options],
                             env=environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -46,13 +46,27 @@ def test_rotation_makes_complete_visible_files_in_order(tmp_path):
 
 
 def test_recovery_drops_a_torn_line_and_seals_the_rest(tmp_path):
-    w = SegmentWriter(tmp_path, max_bytes=1 << 20)
-    w.append("crm", [b'{"event_id": "a"}', b'{"event_id": "b"}'])
-    open_file = next((tmp_path / "crm").glob(".*.open"))
-    with open(open_file, "ab") as fh:
-        fh.write(b'{"event_id": "c", "trunc')  # a write torn by a crash, never acknowledged
+    # what a process killed mid-write leaves: an open segment nobody holds, its last line torn
+    (tmp_path / "crm").mkdir()
+    open_file = tmp_path / "crm" / ".crm-00000000000000000001-dead0000.jsonl.open"
+    open_file.write_bytes(b'{"event_id": "a"}\n{"event_id": "b"}\n{"event_id": "c", "trunc')
     sealed = recover(tmp_path)
     assert len(sealed) == 1 and sealed[0].read_text().splitlines() == ['{"event_id": "a"}', '{"event_id": "b"}']
+    assert sealed[0].name == "crm-00000000000000000001-dead0000.jsonl" and not open_file.exists()
+
+
+def test_recovery_leaves_a_live_writers_open_segment_alone(tmp_path):
+    """Another live process writing the same landing zone (`flywheel serve --workers N`: a worker
+    restarted beside a running sibling) keeps its open segment: recover() only seals segments
+    whose writer holds no lock on them, that is, whose process is gone."""
+    live = SegmentWriter(tmp_path, max_bytes=1 << 20, max_age_s=3600)
+    live.append("crm", [b'{"event_id": "a"}'])
+    open_file = next((tmp_path / "crm").glob(".*.open"))
+    assert recover(tmp_path) == [] and open_file.exists()
+    live.append("crm", [b'{"event_id": "b"}'])  # still writing the same segment
+    sealed = live.close()
+    assert len(sealed) == 1 and sealed[0].read_text().splitlines() == ['{"event_id": "a"}', '{"event_id": "b"}']
+    assert recover(tmp_path) == []
 
 
 def test_kill_minus_nine_loses_no_acknowledged_event_and_duplicates_none(tmp_path):

@@ -5,6 +5,8 @@ can be switched off or needs a key."""
 
 from __future__ import annotations
 
+import os
+
 from fastapi import APIRouter
 from fastapi.responses import Response
 
@@ -17,7 +19,7 @@ router = APIRouter()
 async def healthz(state: State) -> dict:
     writer, spool = state.writer, state.spool
     status = "starting" if writer is None else "landing_unavailable" if spool and not spool.available else "ok"
-    return {"status": status, "landing": str(state.settings.landing),
+    return {"status": status, "pid": os.getpid(), "landing": str(state.settings.landing),
             **({"replica_id": spool.replica, "spool_pending": spool.pending(), "uploaded": spool.uploaded,
                 "landing_error": spool.last_error} if spool else {}),
             "open_segments": writer.open_segments() if writer else {},
