@@ -106,7 +106,7 @@ def test_bench_scale_labels_on_the_file_backend_and_both_lakes_and_counts_concur
     if postgres_reason():
         pytest.skip(postgres_reason())
     out = run_benchmark("bench_scale.py", "--events", "20000", "--writers", "2", "--writer-files", "1",
-                        "--writer-rows", "50")
+                        "--writer-rows", "50", "--linear", "--storage", "40")
     report = json.loads(out[out.index('{\n  "events"'):])  # the full report, printed last
     labelling = report["labelling"]
     runs = (labelling["file"], labelling["ducklake_local"], labelling["ducklake_s3"])
@@ -118,3 +118,12 @@ def test_bench_scale_labels_on_the_file_backend_and_both_lakes_and_counts_concur
         assert re.search(rf"^  {target}\s+\d+\.\d+ s\s+peak RSS\s+\d+ MB", out, re.M), (target, out)
     assert re.search(r"lake-s3 / file \d+\.\d+x", out)
     assert [(w["writers"], w["rows"]) for w in report["writers"]] == [(2, 100)]
+    linear = report["linear"]  # 20k and 200k events: a full run and one new day's incremental run each
+    assert (linear["small"]["events"], linear["large"]["events"]) == (20000, 200000)
+    assert linear["large"]["labelled"] > 5 * linear["small"]["labelled"] > 0
+    assert linear["large"]["incremental_events"] > linear["small"]["incremental_events"] > 0
+    assert linear["ratio_10x_events"] > 0 and linear["met"] == (linear["ratio_10x_events"] <= 11)
+    storage = report["storage"]  # the demo world's messages as stored
+    assert storage["messages"] == 28 * 40 and storage["email_events"] > storage["messages"]
+    assert storage["message_record_bytes"] > 500  # prompts and a body, not the generator's few bytes
+    assert 0 < storage["lake_bytes_per_message"] and 0 < storage["file_bytes_per_message"]
