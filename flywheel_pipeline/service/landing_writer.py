@@ -37,6 +37,7 @@ from pathlib import Path
 from flywheel_pipeline.core.landing import fsync_dir
 
 OPEN_SUFFIX = ".jsonl.open"
+STAGING_SUFFIX = ".new"  # a segment being created: locked, then renamed to its .open name
 
 
 def _seal(open_path: Path) -> Path | None:
@@ -57,12 +58,28 @@ def _seal(open_path: Path) -> Path | None:
     return final
 
 
+def _remove_if_unlocked(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        path.unlink(missing_ok=True)
+    except BlockingIOError:
+        pass  # its writer is alive and about to rename it
+    finally:
+        os.close(fd)
+
+
 def recover(landing: Path) -> list[Path]:
     """Seal every segment under ``landing`` left open by a process that is gone (call before
     accepting traffic). A live writer holds an ``flock`` on each of its open segments (the kernel
     drops it with the process), so the segments of other live processes writing the same landing
     zone (``flywheel serve --workers N``) are left alone."""
     sealed = []
+    for staging in landing.glob(f"*/.*{OPEN_SUFFIX}{STAGING_SUFFIX}"):
+        _remove_if_unlocked(staging)  # a process died between creating a segment and naming it: empty
     for path in sorted(landing.glob(f"*/.*{OPEN_SUFFIX}")):
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -114,16 +131,30 @@ class SegmentWriter:
     def _open(self, source: str) -> _Segment:
         directory = self.landing / source
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        # names sort in creation order (nanosecond clock, strictly increasing per writer), so
-        # readers that list files by name see segments in the order they were written
-        self._last_ns = max(time.time_ns(), self._last_ns + 1)
-        name = f".{source}-{self._last_ns:020d}-{self.tag or uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
-        path = directory / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)  # personal data: the owner's only
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while open: recover() leaves it alone
-        fsync_dir(directory)  # the open segment's name survives a crash
-        now = time.monotonic()
-        return _Segment(path, fd, now, 0, now)
+        for attempt in range(5):
+            # names sort in creation order (nanosecond clock, strictly increasing per writer), so
+            # readers that list files by name see segments in the order they were written
+            self._last_ns = max(time.time_ns(), self._last_ns + 1)
+            name = f".{source}-{self._last_ns:020d}-{self.tag or uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
+            path = directory / name
+            # created under a name recover() only cleans up, locked, then renamed: another
+            # process's recover() never finds this segment unlocked under its .open name
+            staging = directory / (name + STAGING_SUFFIX)
+            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)  # personal data: the owner's only
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while open: recover() leaves it alone
+                os.rename(staging, path)
+            except (BlockingIOError, FileNotFoundError):
+                # a starting process's recover() took the empty staging file in the instant
+                # before it was locked, and removes it: start another
+                os.close(fd)
+                if attempt == 4:
+                    raise
+                continue
+            fsync_dir(directory)  # the open segment's name survives a crash
+            now = time.monotonic()
+            return _Segment(path, fd, now, 0, now)
+        raise AssertionError("unreachable")
 
     def append(self, source: str, lines: list[bytes]) -> int:
         """Write complete lines (each without its newline) for one request, in order; returns

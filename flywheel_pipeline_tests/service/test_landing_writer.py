@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -67,6 +68,17 @@ def test_recovery_leaves_a_live_writers_open_segment_alone(tmp_path):
     sealed = live.close()
     assert len(sealed) == 1 and sealed[0].read_text().splitlines() == ['{"event_id": "a"}', '{"event_id": "b"}']
     assert recover(tmp_path) == []
+    # a segment being created is locked before it gets its .open name; one a dead process left
+    # unnamed is empty and removed, one a live process holds is left to it
+    dead = tmp_path / "crm" / ".crm-00000000000000000002-dead0000.jsonl.open.new"
+    dead.touch()
+    held = tmp_path / "crm" / ".crm-00000000000000000003-live0000.jsonl.open.new"
+    fd = os.open(held, os.O_WRONLY | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        assert recover(tmp_path) == [] and not dead.exists() and held.exists()
+    finally:
+        os.close(fd)
 
 
 def test_kill_minus_nine_loses_no_acknowledged_event_and_duplicates_none(tmp_path):
