@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -115,8 +116,45 @@ def connect(database: str, data_path: str | None, *, read_only: bool = False, sn
     return con
 
 
+# A new catalog is created by the first ATTACH, and DuckLake's creation is not safe against
+# another process creating it at the same moment: the later one fails with "relation
+# ducklake_metadata already exists" (or PostgreSQL's duplicate key on pg_type) once the first
+# one's creating transaction committed. Attaching again then opens the catalog the other made.
+ATTACH_ATTEMPTS = 5
+ATTACH_RETRY_DELAY_S = 0.2
+
+
+class _LostCreationRace(Exception):
+    """The ATTACH lost the race to create a new DuckLake catalog to another process."""
+
+    def __init__(self, error: duckdb.Error):
+        super().__init__(str(error))
+        self.error = error
+
+
+def is_creation_race(exc: BaseException) -> bool:
+    """An ATTACH that lost the race to create a new DuckLake catalog to another process."""
+    text = str(exc).lower()
+    return "failed to initialize ducklake" in text and ("already exists" in text or "duplicate key" in text)
+
+
 def _open_instance(database: str, data_path: str | None, *, read_only: bool, snapshot: int | None,
                    memory_limit: str | None, threads: int | None) -> duckdb.DuckDBPyConnection:
+    """A new in-memory DuckDB with the lake attached (attached again, on a fresh instance, while it
+    lost the race to create a new catalog: at most ATTACH_ATTEMPTS times)."""
+    for attempt in range(1, ATTACH_ATTEMPTS + 1):
+        try:
+            return _attach_instance(database, data_path, read_only=read_only, snapshot=snapshot,
+                                    memory_limit=memory_limit, threads=threads)
+        except _LostCreationRace as lost:
+            if attempt == ATTACH_ATTEMPTS:
+                raise unreachable(database, data_path, lost.error) from None
+            time.sleep(ATTACH_RETRY_DELAY_S * attempt)
+    raise AssertionError("unreachable")
+
+
+def _attach_instance(database: str, data_path: str | None, *, read_only: bool, snapshot: int | None,
+                     memory_limit: str | None, threads: int | None) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(":memory:", config=dict(extensions.OFFLINE_CONFIG))
     try:
         extensions.load(con)
@@ -136,6 +174,8 @@ def _open_instance(database: str, data_path: str | None, *, read_only: bool, sna
         try:
             con.execute(f"ATTACH {_quote(database)} AS {ALIAS}" + (f" ({', '.join(options)})" if options else ""))
         except duckdb.Error as exc:
+            if is_creation_race(exc):
+                raise _LostCreationRace(exc) from None
             raise unreachable(database, data_path, exc) from None
         # the ENUM of email events lives in the memory database (DuckLake stores the column as
         # VARCHAR); the search path finds it, so `::sendgrid_event` casts still check values

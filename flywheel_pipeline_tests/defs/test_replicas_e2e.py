@@ -1,13 +1,25 @@
 """End to end on one S3 landing zone (moto's server on 127.0.0.1): two `flywheel serve` replicas
 take a stream of messages, SendGrid events and replies; one is killed with SIGKILL mid-stream and
 restarted (its clients fail over to the other meanwhile and retry what was not acknowledged); then
-`flywheel refresh` ingests and labels. Every acknowledged event is in the warehouse exactly once,
-every message is labelled once, and the labels equal those of a directory landing zone holding the
-same records.
+two `flywheel refresh` start at the same moment, both must succeed, and one more runs after them.
+Every acknowledged event is in the warehouse exactly once, every landed object ingested once,
+every message labelled once, the label runs a chain with no batch folded twice or skipped, and
+the labels equal those of a directory landing zone holding the same records, labelled in a
+DuckDB file.
 
-The warehouse backend is a parameter (``WAREHOUSES``): the default DuckDB file today. Once the
-DuckLake backend is merged, add it there (FLYWHEEL_WAREHOUSE=ducklake:...), and run two refreshes
-at once before the last one (the file backend serializes writers, so two at once only wait)."""
+It runs on both warehouse backends (``both_backends``; the ducklake one skips, with the reason,
+without PostgreSQL on 127.0.0.1:5432):
+
+* file (a DuckDB file): one host, so the two refreshes share the local Dagster instance under
+  FLYWHEEL_HOME, both creating it (instance.py creates its SQLite databases under a lock: two at
+  once left it unloadable). Its ``duckdb_warehouse`` pool (limit 1) lets one warehouse-writing
+  step run at a time, so the two runs' steps take turns (neither waits for the other run as a
+  whole; a connection that still finds the file locked waits for the lock,
+  WarehouseResource.connect) and both succeed; a step after its twin finds nothing new to do.
+* ducklake (a scratch PostgreSQL catalog and a data directory): the two refreshes are two hosts,
+  each with its own Dagster instance, so no pool serializes them and their transactions really
+  race on the lake, from creating the new catalog (warehouse/lake.py attaches again when it lost
+  that race) to ingesting and labelling (write conflicts retried, warehouse/concurrency.py)."""
 
 from __future__ import annotations
 
@@ -17,11 +29,9 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 
@@ -30,6 +40,7 @@ from flywheel_pipeline.warehouse.schema import connect
 from flywheel_pipeline_tests.conftest import T0, iso, message, reply, run_pipeline, sg
 from flywheel_pipeline_tests.fakes.http import REPO, free_port, start_flywheel_serve
 from flywheel_pipeline_tests.fakes.s3_server import s3_landing  # noqa: F401 (fixture)
+from flywheel_pipeline_tests.lake import Target
 from flywheel_pipeline_tests.warehouse.test_ingest import labels
 
 AS_OF = T0 + timedelta(days=30)
@@ -38,8 +49,31 @@ KEY = "key-one"
 SERVE_ENV = {"FLYWHEEL_API_KEYS": f"org-1={KEY}", "FLYWHEEL_SEGMENT_MAX_AGE_S": "0.5",
              "FLYWHEEL_SEGMENT_MAX_BYTES": "8192", "FLYWHEEL_RATE_LIMIT_PER_MINUTE": "0"}
 
-# backend name -> FLYWHEEL_WAREHOUSE for a test directory (the integrator adds "ducklake")
-WAREHOUSES: dict[str, Callable[[Path], str]] = {"file": lambda tmp: str(tmp / "warehouse.duckdb")}
+REFRESH_TIMEOUT_S = 240
+
+
+def dagster_home(home: Path, target: Target, index: int) -> Path:
+    """The Dagster instance of refresh ``index``: on the file backend the one local instance (one
+    host), on ducklake one per refresh (two hosts sharing the lake: no pool between them)."""
+    return home / "dagster" if target.backend == "file" else home / f"dagster-host-{index}"
+
+
+def start_refresh(env: dict[str, str], dagster: Path) -> subprocess.Popen:
+    """`flywheel refresh --as-of AS_OF` in a subprocess recording in the Dagster instance at ``dagster``."""
+    return subprocess.Popen([sys.executable, "-m", "flywheel_pipeline.cli", "refresh", "--as-of", iso(AS_OF)],
+                            env={**env, "DAGSTER_HOME": str(dagster)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, str]:
+    """Its exit code and output (killed past REFRESH_TIMEOUT_S)."""
+    try:
+        out, _ = proc.communicate(timeout=REFRESH_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        return -9, f"killed after {REFRESH_TIMEOUT_S} s: {out}"
+    return proc.returncode, out
 
 
 def unit(n: int) -> dict[str, list[dict]]:
@@ -80,8 +114,8 @@ def post_until_acknowledged(ports: list[int], path: str, body: list[dict]) -> in
     raise AssertionError(f"{path}: no replica acknowledged after 400 attempts")
 
 
-@pytest.mark.parametrize("backend", sorted(WAREHOUSES))
-def test_two_replicas_one_killed_then_refresh_labels_every_message_once(s3_landing, tmp_path, backend):
+@pytest.mark.both_backends
+def test_two_replicas_one_killed_then_refresh_labels_every_message_once(s3_landing, tmp_path, warehouse_target):
     home = tmp_path / "fw"
     ports = [free_port(), free_port()]
     procs = [start_flywheel_serve(home, port, **SERVE_ENV) for port in ports]
@@ -122,23 +156,44 @@ def test_two_replicas_one_killed_then_refresh_labels_every_message_once(s3_landi
     writers = {name.rsplit("-", 2)[-2] for name in s3_landing.objects("sendgrid")}
     assert len(writers) == 3, f"objects from the two replicas and the restarted one: {writers}"
 
-    warehouse = WAREHOUSES[backend](tmp_path)
-    env = dict(os.environ, FLYWHEEL_HOME=str(home), FLYWHEEL_WAREHOUSE=warehouse, PYTHONPATH=str(REPO))
-    done = subprocess.run([sys.executable, "-m", "flywheel_pipeline.cli", "refresh", "--as-of", iso(AS_OF)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+    # two refreshes at once, then one more
+    env = {**os.environ, "FLYWHEEL_HOME": str(home), "PYTHONPATH": str(REPO), **warehouse_target.env()}
+    at_once = [start_refresh(env, dagster_home(home, warehouse_target, i)) for i in (0, 1)]
+    for rc, out in [finish(proc) for proc in at_once]:
+        assert rc == 0, out[-4000:]
+    rc, out = finish(start_refresh(env, dagster_home(home, warehouse_target, 0)))
+    assert rc == 0, out[-4000:]
 
     expected = {source: [r for n in range(UNITS) for r in unit(n)[source]] for source in ROUTES}
-    con = duckdb.connect(warehouse, read_only=True)
+    landed = {source: len(s3_landing.objects(source)) for source in ROUTES}
+    con = connect(warehouse_target.database, data_path=warehouse_target.data_path, read_only=True)
     try:
         assert con.execute("SELECT count(*), count(DISTINCT message_id) FROM messages").fetchone() == (UNITS, UNITS)
         stored = con.execute("SELECT sg_event_id, count(*) FROM email_events GROUP BY 1").fetchall()
         assert sorted(stored) == sorted((e["sg_event_id"], 1) for e in expected["sendgrid"])
         replies = con.execute("SELECT reply_id, count(*) FROM replies GROUP BY 1").fetchall()
         assert sorted(replies) == sorted((r["reply_id"], 1) for r in expected["replies"])
+        assert con.execute("SELECT count(*), count(DISTINCT reply_id) FROM reply_intents").fetchone() == (
+            len(expected["replies"]), len(expected["replies"]))
+        ingested = con.execute("SELECT source, count(DISTINCT file_name) FROM landing_files GROUP BY 1").fetchall()
+        assert dict(ingested) == landed, "every landed object ingested"
+        assert con.execute("SELECT count(*) FROM landing_files").fetchone()[0] == sum(landed.values()), "and once"
+        assert con.execute("SELECT count(*) - count(DISTINCT batch_id) FROM ingest_batches").fetchone()[0] == 0
+        assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+        assert con.execute("SELECT count(*), count(DISTINCT message_key) FROM message_state").fetchone() == (
+            UNITS, UNITS)
         assert con.execute("SELECT count(*), count(DISTINCT message_id) FROM outcome_labels").fetchone() == (
             UNITS, UNITS)
-        assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+        # one label run per refresh: the first a full one, each later one folding the batches
+        # after the one before (none folded twice, none skipped), the last up to the newest batch
+        runs = con.execute("SELECT label_run_id, full_relabel, from_batch, to_batch, folded_events "
+                           "FROM label_runs ORDER BY label_run_id").fetchall()
+        assert [(run[0], run[1]) for run in runs] == [(1, True), (2, False), (3, False)], runs
+        assert [run[2] for run in runs] == [0] + [run[3] for run in runs[:-1]], runs
+        assert runs[-1][3] == con.execute("SELECT max(batch_id) FROM ingest_batches").fetchone()[0]
+        assert sum(run[4] for run in runs) == len(expected["sendgrid"]), runs
+        assert con.execute("SELECT count(*) FROM packed_labels WHERE label_run_id NOT IN "
+                           "(SELECT label_run_id FROM label_runs)").fetchone()[0] == 0
         s3_labels = labels(con)
     finally:
         con.close()

@@ -153,6 +153,38 @@ def test_sigterm_during_a_step_ends_the_run_and_the_process(world):
     assert nxt.returncode == 0 and "died with its process" not in out, out
 
 
+def test_processes_starting_on_a_new_home_at_once_leave_one_loadable_instance(tmp_path):
+    """Several `flywheel` processes on a new FLYWHEEL_HOME at one instant: the local instance's
+    SQLite databases are created once (created by each at once, alembic_version got two heads
+    and no later process could load the instance)."""
+    import sqlite3
+
+    home = tmp_path / "fw"
+    # each process imports Dagster first, then all set up the instance at one instant and load it
+    script = ("import sys, time; import dagster as dg; "
+              "from flywheel_pipeline.instance import ensure_local_dagster_home; "
+              "time.sleep(max(0.0, float(sys.argv[1]) - time.time())); ensure_local_dagster_home(); "
+              "dg.DagsterInstance.get().dispose()")
+    env = {**os.environ, "FLYWHEEL_HOME": str(home), "PYTHONPATH": str(REPO)}
+    env.pop("DAGSTER_HOME", None)
+    start_at = str(time.time() + 8)
+    starters = [subprocess.Popen([sys.executable, "-c", script, start_at], env=env, stderr=subprocess.PIPE,
+                                 text=True) for _ in range(3)]
+    for starter in starters:
+        _, err = starter.communicate(timeout=120)
+        assert starter.returncode == 0, err[-2000:]
+    databases = sorted((home / "dagster").rglob("*.db"))
+    assert databases
+    for database in databases:
+        con = sqlite3.connect(database)
+        try:
+            assert len(con.execute("SELECT * FROM alembic_version").fetchall()) == 1, database
+        finally:
+            con.close()
+    later = subprocess.run([sys.executable, "-c", script, "0"], env=env, capture_output=True, text=True, timeout=120)
+    assert later.returncode == 0, later.stderr[-2000:]
+
+
 @pytest.mark.parametrize("config", ["local", "production"])
 def test_run_monitoring_is_on_in_both_instance_configs(home, config):
     if config == "local":

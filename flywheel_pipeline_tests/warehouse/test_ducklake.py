@@ -9,6 +9,7 @@ import socket
 import os
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from flywheel_pipeline.warehouse import extensions, lake
 from flywheel_pipeline.warehouse.concurrency import WriteConflict, retry_on_conflict
 from flywheel_pipeline.warehouse.datasets import (PairConfig, SelectionConfig, build_preference_pairs,
                                                   build_training_examples, export_jsonl, redact_new_messages)
-from flywheel_pipeline.warehouse.schema import connect, take_ids, transaction
+from flywheel_pipeline.warehouse.schema import SCHEMA_VERSION, connect, take_ids, transaction
 from flywheel_pipeline_tests import lake as test_lake
 from flywheel_pipeline_tests.conftest import REPO, T0, message, run_pipeline, sg
 
@@ -244,6 +245,27 @@ def test_a_write_conflict_is_retried_and_then_reported(lake_target):
     assert first.execute("SELECT value FROM warehouse_counters WHERE name = 'batch_id'").fetchone()[0] == 5
     first.close()
     other.close()
+
+
+@needs_postgres
+def test_processes_creating_a_new_lake_at_once_all_open_it(lake_target):
+    """The first ATTACH of an empty catalog creates the lake; DuckLake's creation loses a race
+    with another process's ("relation ducklake_metadata already exists"), which attaches again."""
+    # each process loads its extensions first, then all attach the empty catalog at one instant
+    script = ("import sys, time; from flywheel_pipeline.warehouse import extensions, lake; import duckdb; "
+              "extensions.load(duckdb.connect()); "
+              "time.sleep(max(0.0, float(sys.argv[3]) - time.time())); "
+              "from flywheel_pipeline.warehouse.schema import connect; "
+              "con = connect(sys.argv[1], data_path=sys.argv[2]); "
+              "print(con.execute('SELECT value FROM schema_info WHERE key = ?', ['schema_version']).fetchone()[0])")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    start_at = str(time.time() + 6)
+    openers = [subprocess.Popen([sys.executable, "-c", script, lake_target.database, lake_target.data_path, start_at],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for opener in openers:
+        out, err = opener.communicate(timeout=120)
+        assert opener.returncode == 0, err[-2000:]
+        assert out.strip() == str(SCHEMA_VERSION)
 
 
 @needs_postgres
