@@ -39,6 +39,10 @@ from flywheel_pipeline.warehouse.schema import REBUILD_LABELS_KEY, max_batch, ta
 # Bits of message_state.signals: human signals whose presence, not count, the labels need.
 SIGNAL_BITS: dict[str, int] = {"human_open": 1, "spam_report": 2, "unsubscribe": 4}
 
+# Event names are compared as ``'open'::sendgrid_event``: against a bare string literal DuckDB
+# (1.5) casts the ENUM column to VARCHAR on every row, no longer a one-byte comparison (the
+# label run took 1.6x as long; docs/benchmarks.md). On DuckLake, where the column is VARCHAR, the
+# constant folds back to a string.
 # The fold: one pass over email events, one row per message. Every column merges with
 # least/greatest/bit_or/+ (see _MERGE_STATE), so new events fold in without rereading old
 # ones. It keeps five aggregates: with the perfect hash aggregate each aggregate over 10M
@@ -46,14 +50,16 @@ SIGNAL_BITS: dict[str, int] = {"human_open": 1, "spam_report": 2, "unsubscribe":
 # share one bit_or and the event count is taken from the batch range instead.
 _FOLD_SELECT = """
 SELECT message_key,
-       min(occurred_at) FILTER (event = 'delivered') AS delivered_first,
-       max(epoch_us(occurred_at) * 2 + (event <> 'delivered')::BIGINT)
-           FILTER (event IN ('delivered', 'bounce', 'dropped')) AS status_last,
-       bit_or(CASE WHEN event = 'open' AND machine_open IS NOT TRUE THEN {human_open}
-                   WHEN event = 'spamreport' THEN {spam_report}
-                   WHEN event IN ('unsubscribe', 'group_unsubscribe') THEN {unsubscribe}
+       min(occurred_at) FILTER (event = 'delivered'::sendgrid_event) AS delivered_first,
+       max(epoch_us(occurred_at) * 2 + (event <> 'delivered'::sendgrid_event)::BIGINT)
+           FILTER (event IN ('delivered'::sendgrid_event, 'bounce'::sendgrid_event,
+                             'dropped'::sendgrid_event)) AS status_last,
+       bit_or(CASE WHEN event = 'open'::sendgrid_event AND machine_open IS NOT TRUE THEN {human_open}
+                   WHEN event = 'spamreport'::sendgrid_event THEN {spam_report}
+                   WHEN event IN ('unsubscribe'::sendgrid_event, 'group_unsubscribe'::sendgrid_event)
+                       THEN {unsubscribe}
               END::UTINYINT) AS signals,
-       count(*) FILTER (event = 'open' AND machine_open IS TRUE) AS machine_opens,
+       count(*) FILTER (event = 'open'::sendgrid_event AND machine_open IS TRUE) AS machine_opens,
        max(occurred_at) AS last_at
 FROM email_events
 WHERE {where}
@@ -81,9 +87,10 @@ WITH m AS NOT MATERIALIZED (
     SELECT message_key, sent_at, tracked_links FROM messages {scope}
 ), s AS NOT MATERIALIZED (
     SELECT * FROM {state} {scope}
-), click_rows AS NOT MATERIALIZED (
+), click_rows AS MATERIALIZED (
     -- click detail is read from the events (clicks are a small share of them), so the scanner
-    -- rules see the delivery time even when the click arrived before the delivered event
+    -- rules see the delivery time even when the click arrived before the delivered event;
+    -- read once for its two uses (scanning decodes the whole url column: 0.1 s at 10M events)
     {click_rows}
 ), click_msgs AS (
     {click_msgs}
@@ -193,7 +200,8 @@ FROM staged
 _SCOPE = "SEMI JOIN _touched USING (message_key)"
 
 # The clicks (message_key, ts, url) of the messages in {scope}.
-_CLICK_ROWS = "SELECT e.message_key, e.occurred_at AS ts, e.url FROM email_events e {scope} WHERE e.event = 'click'"
+_CLICK_ROWS = ("SELECT e.message_key, e.occurred_at AS ts, e.url FROM email_events e {scope} "
+               "WHERE e.event = 'click'::sendgrid_event")
 
 # Per message, from its clicks (ts, url): enough to apply both scanner rules to most messages
 # (see _FAST_CLICKS). link_buckets: how many of 64 hash buckets the clicked URLs fall in, a
