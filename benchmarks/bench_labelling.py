@@ -142,7 +142,11 @@ def generate(db: Path, events: int) -> dict:
                               ("email_events", "batch_id", "batch_id, occurred_at, hash(sg_event_id)"),
                               ("reply_intents", "batch_id", "batch_id"),
                               ("crm_events", "attributed_batch_id", "attributed_batch_id")):
-        con.execute(f"INSERT INTO {table} SELECT * FROM _{table} WHERE {col} <= {HISTORY_DAYS} ORDER BY {order}")
+        # in slices of days (each sorted, in batch order): one sort of 100M events would not fit in memory
+        for first in range(1, HISTORY_DAYS + 1, 30):
+            last = min(first + 29, HISTORY_DAYS)
+            con.execute(f"INSERT INTO {table} SELECT * FROM _{table} WHERE {col} BETWEEN {first} AND {last} "
+                        f"ORDER BY {order}")
         con.execute(f"CREATE TABLE held_{table} AS SELECT * FROM _{table} WHERE {col} > {HISTORY_DAYS} "
                     f"ORDER BY {order}")
         con.execute(f"DROP TABLE _{table}")

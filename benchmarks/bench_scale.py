@@ -11,7 +11,8 @@
               seconds of each (the generated year copied into each lake first, not timed in the
               label run), the ratios lake / file and lake-s3 / file, each lake's data size and
               moto's peak RSS. moto is a Python test server: lake-s3 measures the warehouse's S3
-              path (HTTP range reads, uploads), not a real object store's speed
+              path (HTTP range reads, uploads), not a real object store's speed; so each lake's
+              email_events is also read whole (no labelling), the store's own baseline
   linear      (--linear) on the DuckDB file backend over N and over 10 N events (a year of
               history each, the same generator and bench_labelling's phases): a full label run
               (cost must grow linearly, 10 N <= 11x the N time), then one new day landing and its
@@ -141,7 +142,8 @@ def _label_in_lake(db: Path, target: test_lake.Target) -> dict:
     copy_into_lake(db, target.database, target.data_path)
     copy_s = round(time.perf_counter() - started, 1)
     run = run_phase(__file__, "label", "--database", target.database, "--data-path", target.data_path)
-    return {**run, "copy_into_lake_s": copy_s}
+    scan = run_phase(__file__, "scan", "--database", target.database, "--data-path", target.data_path)
+    return {**run, "copy_into_lake_s": copy_s, "scan_s": scan["seconds"]}
 
 
 def labelling(workdir: Path, events: int, targets: list[str]) -> dict:
@@ -176,6 +178,8 @@ def labelling(workdir: Path, events: int, targets: list[str]) -> dict:
         for name, key in (("lake", "ratio_lake_to_file"), ("lake-s3", "ratio_lake_s3_to_file")):
             if name in runs:
                 result[key] = round(runs[name]["seconds"] / runs["file"]["seconds"], 2)
+    if "lake" in runs and "lake-s3" in runs:  # the store's own share: reading the data, no labelling
+        result["ratio_scan_s3_to_local"] = round(runs["lake-s3"]["scan_s"] / max(runs["lake"]["scan_s"], 0.01), 2)
     return result
 
 
@@ -192,9 +196,14 @@ def print_labelling(events: int, result: dict) -> None:
             line += f"   {name} / file {result[ratio]:.2f}x"
         if "data_mb" in run:
             line += f"   data {run['data_mb']:.1f} MB"
+        if "scan_s" in run:
+            line += f"   email_events read whole {run['scan_s']:.2f} s"
         if "moto_peak_rss_mb" in run:
             line += f"   moto peak RSS {run['moto_peak_rss_mb']:.0f} MB"
         print(line, flush=True)
+    if "ratio_scan_s3_to_local" in result:
+        print(f"  reading email_events whole: lake-s3 / lake-local {result['ratio_scan_s3_to_local']:.2f}x "
+              "(the store's share: moto is a Python test server)", flush=True)
 
 
 def phase_label(database: str, data_path: str | None) -> dict:
@@ -206,6 +215,18 @@ def phase_label(database: str, data_path: str | None) -> dict:
     con.close()
     return {"seconds": round(seconds, 2), "labels": labels, "folded_events": run.folded_events,
             "peak_rss_mb": round(peak_rss_mb())}
+
+
+def phase_scan(database: str, data_path: str | None) -> dict:
+    """The baseline of a lake's storage: its largest table read whole (every column of every
+    Parquet file of email_events, through the same connection settings), nothing computed."""
+    con = connect(database, data_path=data_path)
+    started = time.perf_counter()
+    con.execute("CREATE TEMP TABLE _scan AS SELECT * FROM email_events")
+    seconds = time.perf_counter() - started
+    rows = con.execute("SELECT count(*) FROM _scan").fetchone()[0]
+    con.close()
+    return {"seconds": round(seconds, 2), "rows": rows}
 
 
 def phase_writer(database: str, data_path: str, landing: str) -> dict:
@@ -342,6 +363,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.phase == "label":
         print(json.dumps(phase_label(args.database, args.data_path or None)))
+        return 0
+    if args.phase == "scan":
+        print(json.dumps(phase_scan(args.database, args.data_path or None)))
         return 0
     if args.phase == "writer":
         print(json.dumps(phase_writer(args.database, args.data_path, args.landing)))

@@ -117,6 +117,8 @@ def test_bench_scale_labels_on_the_file_backend_and_both_lakes_and_counts_concur
     for target in ("file", "lake-local", "lake-s3"):
         assert re.search(rf"^  {target}\s+\d+\.\d+ s\s+peak RSS\s+\d+ MB", out, re.M), (target, out)
     assert re.search(r"lake-s3 / file \d+\.\d+x", out)
+    # each lake's email_events read whole, no labelling: the store's own share of the difference
+    assert labelling["ratio_scan_s3_to_local"] > 0 and labelling["ducklake_s3"]["scan_s"] > 0
     assert [(w["writers"], w["rows"]) for w in report["writers"]] == [(2, 100)]
     linear = report["linear"]  # 20k and 200k events: a full run and one new day's incremental run each
     assert (linear["small"]["events"], linear["large"]["events"]) == (20000, 200000)
