@@ -125,6 +125,7 @@ def test_bench_scale_labels_on_the_file_backend_and_both_lakes_and_counts_concur
     assert linear["large"]["labelled"] > 5 * linear["small"]["labelled"] > 0
     assert linear["large"]["incremental_events"] > linear["small"]["incremental_events"] > 0
     assert linear["ratio_10x_events"] > 0 and linear["met"] == (linear["ratio_10x_events"] <= 11)
+    assert linear["ratio_bare_10x"] > 0 and linear["large"]["bare_s"] > 0
     storage = report["storage"]  # the demo world's messages as stored
     assert storage["messages"] == 28 * 40 and storage["email_events"] > storage["messages"]
     assert storage["message_record_bytes"] > 500  # prompts and a body, not the generator's few bytes
