@@ -296,8 +296,8 @@ def linear(workdir: Path, events: int) -> dict:
         full = run_phase(labelling_script, "full", "--db", str(db))
         run_phase(labelling_script, "land_day", "--db", str(db))
         incremental = run_phase(labelling_script, "incremental", "--db", str(db))
-        runs[n] = {"seconds": round(full["seconds"], 2), "peak_rss_mb": round(full["peak_rss_mb"]),
-                   "bare_s": round(bare["seconds"], 2),
+        runs[n] = {"seconds": round(full["seconds"], 3), "peak_rss_mb": round(full["peak_rss_mb"]),
+                   "bare_s": round(bare["seconds"], 3),
                    "labelled": full["labelled"], "incremental_s": round(incremental["seconds"], 3),
                    "incremental_events": incremental["folded_events"], "relabelled": incremental["relabelled"],
                    "incremental_peak_rss_mb": round(incremental["peak_rss_mb"]),
@@ -305,9 +305,9 @@ def linear(workdir: Path, events: int) -> dict:
         print(json.dumps({"events": n, **runs[n]}), flush=True)
         db.unlink(missing_ok=True)
     small, large = runs[events], runs[10 * events]
-    ratio = large["seconds"] / small["seconds"]
+    ratio = large["seconds"] / max(small["seconds"], 0.001)
     return {"small": {"events": events, **small}, "large": {"events": 10 * events, **large},
-            "ratio_10x_events": round(ratio, 2), "ratio_bare_10x": round(large["bare_s"] / small["bare_s"], 2),
+            "ratio_10x_events": round(ratio, 2), "ratio_bare_10x": round(large["bare_s"] / max(small["bare_s"], 0.001), 2),
             "ratio_incremental_10x": round(large["incremental_s"] /
                                                                                small["incremental_s"], 2),
             "target": "<= 11", "met": ratio <= 11}
