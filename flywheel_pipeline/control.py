@@ -78,10 +78,6 @@ def _warehouse() -> Iterator[duckdb.DuckDBPyConnection]:
             con.close()
 
 
-def _warehouse_exists() -> bool:
-    return not paths.warehouse_is_file() or paths.warehouse_path().exists()
-
-
 def _act(actor: Actor, action: str, parameters: dict[str, Any],
          body: Callable[[duckdb.DuckDBPyConnection], Outcome]) -> Outcome:
     """Run ``body`` and its audit row in one transaction; a refusal or an error is recorded on its
@@ -262,7 +258,7 @@ def _iso(ts: float | None) -> str | None:
 def models(status: str | None = None, family: str | None = None) -> dict[str, Any]:
     """The registry's models with their roles, filtered by ``status`` (roles or registry statuses)."""
     wanted = status_filter(status)
-    if not _warehouse_exists():
+    if not paths.warehouse_exists():
         return {"models": []}
     with _warehouse() as con:
         rows = [m for m in wh.all_models(con) if (family is None or m.family == family)
@@ -412,7 +408,7 @@ def stats(recent_runs: int = 5, recent_actions: int = 10) -> dict[str, Any]:
                  "launched_by": r.dagster_run.tags.get("flywheel/launched_by")}
                 for r in instance.get_run_records(filters=dg.RunsFilter(job_name=RETRAIN_JOB), limit=recent_runs)]
     out: dict[str, Any] = {"models": {}, "families": [], "retrain_runs": runs, "actions": {}, "recent_actions": []}
-    if not _warehouse_exists():
+    if not paths.warehouse_exists():
         return out
     with _warehouse() as con:
         models_ = wh.all_models(con)

@@ -105,6 +105,12 @@ def warehouse_is_file(env: Mapping[str, str] | None = None) -> bool:
     return not (override and override.startswith(_WAREHOUSE_URIS))
 
 
+def warehouse_exists(env: Mapping[str, str] | None = None) -> bool:
+    """Whether there is a warehouse to read: a DuckDB file that exists (a MotherDuck or DuckLake
+    warehouse is assumed to: opening it says when it cannot be reached)."""
+    return not warehouse_is_file(env) or warehouse_path(env).exists()
+
+
 def warehouse_data_path(env: Mapping[str, str] | None = None) -> str | None:
     """Where a DuckLake warehouse keeps its Parquet files: ``FLYWHEEL_WAREHOUSE_DATA_PATH``, a
     directory (made absolute) or an ``s3://`` prefix given verbatim; None: the path the catalog

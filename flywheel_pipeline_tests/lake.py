@@ -1,6 +1,6 @@
 """The ducklake warehouse backend in tests: a scratch PostgreSQL database per test (created and
 dropped here) as the DuckLake catalog and a temporary data directory. Skips with the reason
-where no PostgreSQL server is usable (FLYWHEEL_TEST_PG_* as in defs/test_postgres_instance.py)."""
+where no PostgreSQL server is usable (FLYWHEEL_TEST_PG_HOST, _PORT, _USER, _DB below)."""
 
 from __future__ import annotations
 

@@ -67,12 +67,11 @@ def _open_warehouse(command: str):
     import duckdb
 
     from flywheel_pipeline import paths
+    from flywheel_pipeline.warehouse.lake import describe
     from flywheel_pipeline.warehouse.schema import open_configured
 
-    from flywheel_pipeline.warehouse.lake import describe
-
     database = describe(paths.warehouse_database())
-    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
+    if not paths.warehouse_exists():
         print(f"flywheel replies {command}: no warehouse at {database}: run `flywheel refresh` first", file=sys.stderr)
         return None
     try:

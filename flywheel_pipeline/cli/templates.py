@@ -60,7 +60,7 @@ def cmd_add(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     from flywheel_pipeline.warehouse import templates
 
-    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
+    if not paths.warehouse_exists():
         return _fail("list", f"no warehouse at {paths.warehouse_path()}", 1)
     with _connect(read_only=True) as con:
         rows = templates.list_templates(con)
@@ -81,7 +81,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from flywheel_pipeline.warehouse import templates
 
-    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
+    if not paths.warehouse_exists():
         return _fail("show", f"no warehouse at {paths.warehouse_path()}", 1)
     with _connect(read_only=True) as con:
         try:

@@ -14,7 +14,7 @@ from flywheel_pipeline.cli.output import say
 def cmd_summary(args: argparse.Namespace) -> int:
     from flywheel_pipeline.cli.summary import print_summary
 
-    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
+    if not paths.warehouse_exists():
         say(f"no warehouse at {paths.warehouse_path()}: run `flywheel demo` or `flywheel refresh` first")
         return 1
     print_summary(out=say)
@@ -29,12 +29,11 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
     import duckdb
 
+    from flywheel_pipeline.warehouse.lake import describe
     from flywheel_pipeline.warehouse.schema import open_configured
 
-    from flywheel_pipeline.warehouse.lake import describe
-
     database = describe(paths.warehouse_database())
-    if paths.warehouse_is_file() and not paths.warehouse_path().exists():
+    if not paths.warehouse_exists():
         print(f"flywheel sql: no warehouse at {database}: run `flywheel demo` or `flywheel refresh` first",
               file=sys.stderr)
         return 1

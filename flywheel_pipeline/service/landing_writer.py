@@ -38,6 +38,7 @@ from flywheel_pipeline.core.landing import fsync_dir
 
 OPEN_SUFFIX = ".jsonl.open"
 STAGING_SUFFIX = ".new"  # a segment being created: locked, then renamed to its .open name
+CREATE_ATTEMPTS = 5
 
 
 def _seal(open_path: Path) -> Path | None:
@@ -131,30 +132,35 @@ class SegmentWriter:
     def _open(self, source: str) -> _Segment:
         directory = self.landing / source
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for attempt in range(5):
-            # names sort in creation order (nanosecond clock, strictly increasing per writer), so
-            # readers that list files by name see segments in the order they were written
-            self._last_ns = max(time.time_ns(), self._last_ns + 1)
-            name = f".{source}-{self._last_ns:020d}-{self.tag or uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
-            path = directory / name
-            # created under a name recover() only cleans up, locked, then renamed: another
-            # process's recover() never finds this segment unlocked under its .open name
-            staging = directory / (name + STAGING_SUFFIX)
-            fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)  # personal data: the owner's only
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while open: recover() leaves it alone
-                os.rename(staging, path)
-            except (BlockingIOError, FileNotFoundError):
-                # a starting process's recover() took the empty staging file in the instant
-                # before it was locked, and removes it: start another
-                os.close(fd)
-                if attempt == 4:
-                    raise
-                continue
-            fsync_dir(directory)  # the open segment's name survives a crash
-            now = time.monotonic()
-            return _Segment(path, fd, now, 0, now)
-        raise AssertionError("unreachable")
+        for _ in range(CREATE_ATTEMPTS):
+            created = self._create_locked(directory, source)
+            if created is not None:
+                break
+        else:
+            raise OSError(f"could not create a landing segment in {directory}: another process's recovery "
+                          f"removed it {CREATE_ATTEMPTS} times")
+        fsync_dir(directory)  # the open segment's name survives a crash
+        now = time.monotonic()
+        return _Segment(created[0], created[1], now, 0, now)
+
+    def _create_locked(self, directory: Path, source: str) -> tuple[Path, int] | None:
+        """A new segment, locked, under its .open name: created under a staging name recover()
+        only cleans up, locked, then renamed, so another process's recover() never finds it
+        unlocked under its .open name. None when a starting process's recover() took the empty
+        staging file in the instant before it was locked (and removes it)."""
+        # names sort in creation order (nanosecond clock, strictly increasing per writer), so
+        # readers that list files by name see segments in the order they were written
+        self._last_ns = max(time.time_ns(), self._last_ns + 1)
+        path = directory / f".{source}-{self._last_ns:020d}-{self.tag or uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
+        staging = path.with_name(path.name + STAGING_SUFFIX)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)  # personal data: the owner's only
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while open: recover() leaves it alone
+            os.rename(staging, path)
+        except (BlockingIOError, FileNotFoundError):
+            os.close(fd)
+            return None
+        return path, fd
 
     def append(self, source: str, lines: list[bytes]) -> int:
         """Write complete lines (each without its newline) for one request, in order; returns

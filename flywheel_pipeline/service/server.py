@@ -88,9 +88,9 @@ class WorkerHttpProtocol(HeaderTimeout, _uvicorn_protocol()):  # type: ignore[mi
 
 
 def uvicorn_config(app, settings: ServiceSettings, *, host: str, port: int, log_level: str = "info",
-                   **options) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level,
-                          http=options.pop("http", None) or protocol_for(settings),
+                   http: type[asyncio.Protocol] | None = None, **options) -> uvicorn.Config:
+    """``options``: more of uvicorn.Config's (the worker supervisor's factory, workers, log_config)."""
+    return uvicorn.Config(app, host=host, port=port, log_level=log_level, http=http or protocol_for(settings),
                           limit_concurrency=settings.max_connections, timeout_keep_alive=5,
                           timeout_graceful_shutdown=10, **options)
 

@@ -40,9 +40,9 @@ from flywheel_pipeline.warehouse.schema import REBUILD_LABELS_KEY, max_batch, ta
 SIGNAL_BITS: dict[str, int] = {"human_open": 1, "spam_report": 2, "unsubscribe": 4}
 
 # Event names are compared as ``'open'::sendgrid_event``: against a bare string literal DuckDB
-# (1.5) casts the ENUM column to VARCHAR on every row, no longer a one-byte comparison (the
-# label run took 1.6x as long; docs/benchmarks.md). On DuckLake, where the column is VARCHAR, the
-# constant folds back to a string.
+# (1.5) casts the ENUM column to VARCHAR on every row, no longer a one-byte comparison (the fold
+# took 1.02-1.25 s instead of 0.76-0.81 s at 10M events; docs/benchmarks.md). On DuckLake, where
+# the column is VARCHAR, the constant folds back to a string.
 # The fold: one pass over email events, one row per message. Every column merges with
 # least/greatest/bit_or/+ (see _MERGE_STATE), so new events fold in without rereading old
 # ones. It keeps five aggregates: with the perfect hash aggregate each aggregate over 10M

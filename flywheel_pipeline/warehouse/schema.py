@@ -421,11 +421,6 @@ def open_configured(*, read_only: bool = True, snapshot: int | None = None) -> d
                    memory_limit=paths.duckdb_memory_limit(), snapshot=snapshot)
 
 
-def is_lake(con: duckdb.DuckDBPyConnection) -> bool:
-    """Whether ``con`` is a DuckLake warehouse (no keys, sequences or user types)."""
-    return lake.is_lake_connection(con)
-
-
 def _ddl(con: duckdb.DuckDBPyConnection, statement: str, on_lake: bool) -> None:
     statement = lake.lake_ddl(statement) if on_lake else statement
     if statement is not None:
@@ -465,7 +460,7 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
         if int(row[0]) == SCHEMA_VERSION:
             return
     migrating_from = int(row[0]) if row is not None else None
-    on_lake = is_lake(con)
+    on_lake = lake.is_lake_connection(con)  # no keys, sequences or user types
     with transaction(con):
         if migrating_from == 1:
             for statement in _MIGRATE_FROM_1:

@@ -103,8 +103,9 @@ def test_bench_scale_labels_on_the_file_backend_and_both_lakes_and_counts_concur
 
     from flywheel_pipeline_tests.lake import postgres_reason
 
-    if postgres_reason():
-        pytest.skip(postgres_reason())
+    reason = postgres_reason()
+    if reason:
+        pytest.skip(reason)
     out = run_benchmark("bench_scale.py", "--events", "20000", "--writers", "2", "--writer-files", "1",
                         "--writer-rows", "50", "--linear", "--storage", "40")
     report = json.loads(out[out.index('{\n  "events"'):])  # the full report, printed last
