@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -312,23 +314,47 @@ def _rebuild_required(con: duckdb.DuckDBPyConnection) -> bool:
     return con.execute(f"SELECT count(*) FROM schema_info WHERE key = '{REBUILD_LABELS_KEY}'").fetchone()[0] > 0
 
 
-# A perfect hash aggregate (one slot per key value, no hashing or probing) folded 1M dense
-# message keys in 0.35 s where DuckDB's hash aggregate took 0.44 s (docs/benchmarks.md). Each
-# thread allocates a table over the whole key range, so it is used only while threads x range
-# stays within this many slots; larger warehouses keep the hash aggregate.
-PERFECT_HASH_MAX_SLOTS = 1 << 22
+# A perfect hash aggregate (one slot per key value, no hashing or probing) folds dense message
+# keys faster than DuckDB's hash aggregate: 1M keys in 0.35 s instead of 0.44 s, 10M keys in
+# 5.8-6.0 s instead of 7.7-8.4 s (docs/benchmarks.md). Each thread allocates a table over the
+# whole key range, so it is used only while threads x range x slot size stays within a share of
+# DuckDB's memory_limit (the table cannot spill to disk as the hash aggregate can). A slot
+# takes about 100 bytes: 2 threads x 2^24 slots peaked at 4.1 GB where the hash aggregate
+# peaked at 3.1 GB, folding 10M messages' 99M events.
+PERFECT_HASH_SLOT_BYTES = 100
+PERFECT_HASH_MEMORY_SHARE = 0.25
+_SIZE = re.compile(r"^\s*([0-9.]+)\s*([KMGTP]?i?B|bytes)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"bytes": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15,
+               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40, "pib": 2**50}
+
+
+def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int | None:
+    """DuckDB's memory_limit of the connection in bytes (it reports e.g. ``18.8 GiB``), at most
+    the machine's memory (no limit reads as 16383.9 PiB); None when it cannot be read."""
+    text = str(con.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+    match = _SIZE.match(text)
+    if match is None:
+        return None
+    limit = int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    with contextlib.suppress(ValueError, OSError, AttributeError):
+        limit = min(limit, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return limit
 
 
 @contextlib.contextmanager
 def dense_key_grouping(con: duckdb.DuckDBPyConnection, *, enabled: bool) -> Iterator[None]:
-    """Let the fold group by message_key with a perfect hash table when the range is small."""
-    max_key = con.execute("SELECT max(message_key) FROM message_keys").fetchone()[0] if enabled else None
-    if max_key is None:
+    """Let the fold group by message_key with a perfect hash table when the key range is
+    small enough for the memory limit."""
+    low, high = (con.execute("SELECT min(message_key), max(message_key) FROM message_keys").fetchone()
+                 if enabled else (None, None))
+    limit = memory_limit_bytes(con) if high is not None else None
+    if high is None or limit is None:
         yield
         return
     threads = int(con.execute("SELECT current_setting('threads')").fetchone()[0])
-    bits = int(max_key).bit_length()
-    if threads * (1 << bits) > PERFECT_HASH_MAX_SLOTS:
+    # the key range plus one slot for NULL, in bits (as DuckDB sizes the table)
+    bits = (int(high) - int(low) + 2).bit_length()
+    if threads * (1 << bits) * PERFECT_HASH_SLOT_BYTES > PERFECT_HASH_MEMORY_SHARE * limit:
         yield
         return
     previous = con.execute("SELECT current_setting('perfect_ht_threshold')").fetchone()[0]

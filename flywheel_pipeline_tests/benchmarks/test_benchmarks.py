@@ -107,7 +107,7 @@ def test_bench_scale_labels_on_the_file_backend_and_both_lakes_and_counts_concur
     if reason:
         pytest.skip(reason)
     out = run_benchmark("bench_scale.py", "--events", "20000", "--writers", "2", "--writer-files", "1",
-                        "--writer-rows", "50", "--linear", "--storage", "40")
+                        "--writer-rows", "50", "--linear", "--rounds", "2", "--storage", "40")
     report = json.loads(out[out.index('{\n  "events"'):])  # the full report, printed last
     labelling = report["labelling"]
     runs = (labelling["file"], labelling["ducklake_local"], labelling["ducklake_s3"])
@@ -124,6 +124,7 @@ def test_bench_scale_labels_on_the_file_backend_and_both_lakes_and_counts_concur
     linear = report["linear"]  # 20k and 200k events: a full run and one new day's incremental run each
     assert (linear["small"]["events"], linear["large"]["events"]) == (20000, 200000)
     assert linear["large"]["labelled"] > 5 * linear["small"]["labelled"] > 0
+    assert len(linear["small"]["rounds_s"]) == 2 and linear["small"]["seconds"] == min(linear["small"]["rounds_s"])
     assert linear["large"]["incremental_events"] > linear["small"]["incremental_events"] > 0
     assert linear["ratio_10x_events"] > 0 and linear["met"] == (linear["ratio_10x_events"] <= 11)
     assert linear["ratio_bare_10x"] > 0 and linear["large"]["bare_s"] > 0
