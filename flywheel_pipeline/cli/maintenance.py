@@ -1,5 +1,5 @@
 """``flywheel maintain``: the warehouse's storage maintenance (warehouse/lake_maintenance.py) through
-the ``lake_maintenance`` job, which waits for the warehouse pool like every writing run; with
+the ``maintenance`` job, which waits for the warehouse pool like every writing run; with
 ``--dry-run`` only what it would do, read here without a run."""
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     if args.dry_run:
         return _dry_run(days, keep)
     from flywheel_pipeline.cli.jobs import run_job
-    from flywheel_pipeline.defs.maintenance.automation import LAKE_MAINTENANCE_JOB_NAME
+    from flywheel_pipeline.defs.maintenance.automation import MAINTENANCE_JOB_NAME
 
-    run = run_job(LAKE_MAINTENANCE_JOB_NAME, {"ops": {"lake_maintenance": {"config": {"retention_days": days}}}},
+    run = run_job(MAINTENANCE_JOB_NAME, {"ops": {"lake_maintenance": {"config": {"retention_days": days}}}},
                   verbose=args.verbose)
     if run:
-        say_maintenance(run.metadata.get("lake_maintenance") or {})
+        say_maintenance(run.outputs.get("lake_maintenance") or {})
     return 0 if run else 1
 
 

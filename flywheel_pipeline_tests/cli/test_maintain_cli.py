@@ -31,7 +31,7 @@ def test_maintain_on_the_file_backend_checkpoints_only(home, capsys):
     assert "would CHECKPOINT only; nothing changed (dry run)" in capsys.readouterr().out
     assert main(["maintain"]) == 0
     out = capsys.readouterr().out
-    assert "of job lake_maintenance (succeeded)" in out and "CHECKPOINT only" in out
+    assert "of job maintenance (succeeded)" in out and "CHECKPOINT only" in out
 
 
 def test_bad_retention_is_one_line(home, monkeypatch, capsys):
@@ -65,7 +65,7 @@ def test_maintain_on_a_lake_merges_and_keeps_what_exports_name(home, tmp_path, m
         assert "nothing changed (dry run)" in out
         assert main(["maintain", "--retention-days", "1"]) == 0
         out = capsys.readouterr().out
-        assert "of job lake_maintenance (succeeded)" in out
+        assert "of job maintenance (succeeded)" in out
         assert "data files 20 -> " in out and "20 small files merged; 0 snapshots expired" in out, out
         con = lake.connect(target.database, target.data_path)
         assert con.execute("SELECT count(*), sum(i) FROM events").fetchone() == (2000, 1999 * 1000)

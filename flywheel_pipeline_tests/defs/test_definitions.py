@@ -20,7 +20,7 @@ from flywheel_pipeline.defs.resources import LabelPolicyResource, LandingZoneRes
 from flywheel_pipeline_tests.conftest import REPO
 from flywheel_pipeline_tests.domains import only_assets_of
 
-DOMAINS = ("ingest", "outcomes", "datasets", "training", "experiments", "leaderboard", "learn", "maintenance")
+DOMAINS = ("ingest", "outcomes", "datasets", "training", "experiments", "leaderboard", "learn")
 
 
 @pytest.mark.parametrize("environment", ["local", "production"])
@@ -28,7 +28,7 @@ def test_the_definitions_load_in_every_environment(environment, home):
     repo = build_definitions(environment).get_repository_def()
     groups = {g for a in repo.assets_defs_by_key.values() for g in a.group_names_by_key.values()}
     assert groups == set(DOMAINS)
-    assert set(repo.job_names) >= {"refresh", "datasets", "retrain", "experiments", "learn", "lake_maintenance"}
+    assert set(repo.job_names) >= {"refresh", "datasets", "retrain", "experiments", "learn", "maintenance"}
     assert {s.name for s in repo.sensor_defs} == {"landing_sensor", "new_outcomes_sensor", "experiment_sensor",
                                                  "run_failure_sensor"}
     assert {s.name for s in repo.schedule_defs} == {"daily_label_refresh", "weekly_retrain", "daily_lake_maintenance"}
@@ -119,3 +119,5 @@ def test_every_asset_that_writes_the_warehouse_takes_the_pool(home):
                      if "warehouse" in asset.required_resource_keys
                      and asset.node_def.pool != WAREHOUSE_POOL)
     assert outside == ["fine_tuned_model", "message_llm_judgements", "offline_evaluation"]
+    # and the maintenance op, which merges files: never beside a writer (warehouse/lake_maintenance.py)
+    assert [node.definition.pool for node in repo.get_job("maintenance").graph.nodes] == [WAREHOUSE_POOL]
