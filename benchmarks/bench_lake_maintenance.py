@@ -90,7 +90,8 @@ def main() -> int:
         workdir = Path(tmp)
         started = time.perf_counter()
         landing, files = small_files(workdir, args.files, args.rows)
-        print(f"landing: {files} files of up to {args.rows} records (asked for about {args.files}) ({time.perf_counter() - started:.1f} s)")
+        print(f"landing: {files} files of up to {args.rows} records (asked for about {args.files}) "
+              f"({time.perf_counter() - started:.1f} s)")
         with test_lake.scratch_lake(workdir / "lake-data") as target:
             con = connect(target.database, data_path=target.data_path)
             started = time.perf_counter()
@@ -116,7 +117,8 @@ def main() -> int:
         print(f"maintenance: {first_s:.2f} s ({result.files_rewritten} files rewritten, {result.files_merged} "
               f"merged, {len(result.snapshots_expired)} snapshots expired), then {second_s:.2f} s "
               f"({second.files_deleted} files deleted, {second.orphans_deleted} orphaned)")
-        print(f"data files   {b.data_files:>7,} -> {a.data_files:>7,}  ({b.data_files / max(a.data_files, 1):.0f}x fewer)")
+        print(f"data files   {b.data_files:>7,} -> {a.data_files:>7,}  "
+              f"({b.data_files / max(a.data_files, 1):.0f}x fewer)")
         print(f"delete files {b.delete_files:>7,} -> {a.delete_files:>7,}")
         print(f"snapshots    {b.snapshots:>7,} -> {a.snapshots:>7,}")
         print(f"on disk      {before_disk:>7,} -> {after_disk:>7,} Parquet files; data "

@@ -27,7 +27,8 @@ from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
 __all__ = ["bind_refusal", "build_parser", "main"]
 
 # the order of `flywheel --help`
-COMMAND_GROUPS = (demo, simulate, jobs, maintenance, training, warehouse, templates, validate, replies, models, ui, serve)
+COMMAND_GROUPS = (demo, simulate, jobs, maintenance, training, warehouse, templates, validate, replies, models, ui,
+                  serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

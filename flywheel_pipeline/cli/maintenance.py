@@ -28,7 +28,8 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         complain("maintain", str(exc))
         return 2
     if not paths.warehouse_exists():
-        complain("maintain", f"no warehouse at {paths.warehouse_path()}: run `flywheel demo` or `flywheel refresh` first")
+        complain("maintain", f"no warehouse at {paths.warehouse_path()}: run `flywheel demo` or `flywheel refresh` "
+                             "first")
         return 1
     say(f"Warehouse {describe(paths.warehouse_database())}: snapshots older than {days} days expire, except the "
         f"{len(keep)} that exports name")

@@ -86,7 +86,8 @@ class MaintenanceResult:
         if self.after is not None:
             out.update({f"{k}_after": v for k, v in self.after.as_dict().items()})
         if self.backend == "ducklake":
-            out.update({"files_rewritten": self.files_rewritten, "files_merged": self.files_merged, "snapshots_expired": len(self.snapshots_expired),
+            out.update({"files_rewritten": self.files_rewritten, "files_merged": self.files_merged,
+                        "snapshots_expired": len(self.snapshots_expired),
                         "snapshots_kept_for_exports": list(self.snapshots_kept_for_exports),
                         "files_deleted": self.files_deleted, "orphans_deleted": self.orphans_deleted,
                         "conflicts_retried": self.conflicts_retried})
