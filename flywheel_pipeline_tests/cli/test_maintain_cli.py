@@ -23,7 +23,9 @@ def test_flywheel_help_lists_maintain():
     assert "--dry-run" in shown and "--retention-days" in shown and "FLYWHEEL_LAKE_SNAPSHOT_RETENTION_DAYS" in shown
 
 
-def test_maintain_on_the_file_backend_checkpoints_only(home, capsys):
+def test_maintain_on_the_file_backend_checkpoints_only(home, monkeypatch, capsys):
+    monkeypatch.delenv("FLYWHEEL_WAREHOUSE", raising=False)  # this test is the file backend's, whatever the run's
+    monkeypatch.delenv("FLYWHEEL_WAREHOUSE_DATA_PATH", raising=False)
     assert main(["maintain"]) == 1
     assert "no warehouse at" in capsys.readouterr().err
     connect(paths.warehouse_path()).close()
