@@ -126,6 +126,25 @@ def duckdb_memory_limit(env: Mapping[str, str] | None = None) -> str | None:
     return _setting(env, "FLYWHEEL_DUCKDB_MEMORY_LIMIT")
 
 
+DEFAULT_LAKE_SNAPSHOT_RETENTION_DAYS = 7
+
+
+def lake_snapshot_retention_days(env: Mapping[str, str] | None = None) -> int:
+    """How many days of DuckLake snapshots lake maintenance keeps (``FLYWHEEL_LAKE_SNAPSHOT_RETENTION_DAYS``,
+    default 7; snapshots an export's manifest names are kept longer)."""
+    raw = _setting(env, "FLYWHEEL_LAKE_SNAPSHOT_RETENTION_DAYS")
+    if raw is None:
+        return DEFAULT_LAKE_SNAPSHOT_RETENTION_DAYS
+    try:
+        days = int(raw.strip())
+    except ValueError:
+        days = 0
+    if days < 1:
+        raise ValueError(f"FLYWHEEL_LAKE_SNAPSHOT_RETENTION_DAYS must be a whole number of days of at least 1, "
+                         f"got {raw!r}")
+    return days
+
+
 def exports_dir(env: Mapping[str, str] | None = None) -> Path:
     override = _setting(env, "FLYWHEEL_EXPORTS")
     return _absolute(override) if override else flywheel_home(env) / "exports"

@@ -1,10 +1,10 @@
-"""`flywheel` command line: demo, simulate, refresh, datasets, summary, sql, templates, validate, replies, models,
-route, ui, serve, retrain, status, deploy, promote, rollback.
+"""`flywheel` command line: demo, simulate, refresh, datasets, maintain, summary, sql, templates, validate, replies,
+models, route, ui, serve, retrain, status, deploy, promote, rollback.
 
 One module per command group (``demo``, ``simulate``, ``jobs``: refresh and datasets,
-``warehouse``: summary and sql, ``validate``, ``replies``, ``models``: models and route, ``ui``, ``serve``,
-``training``: the control actions retrain, status, deploy, promote, rollback), each with an
-``add_parsers`` that registers its commands; ``options`` holds what the parsers share,
+``maintenance``: maintain, ``warehouse``: summary and sql, ``validate``, ``replies``, ``models``: models
+and route, ``ui``, ``serve``, ``training``: the control actions retrain, status, deploy, promote,
+rollback), each with an ``add_parsers`` that registers its commands; ``options`` holds what the parsers share,
 ``output`` how the command prints (the story on stdout, the libraries' logs in a file).
 """
 
@@ -14,8 +14,8 @@ import argparse
 import os
 import sys
 
-from flywheel_pipeline.cli import (demo, jobs, models, replies, serve, simulate, templates, training, ui, validate,
-                            warehouse)
+from flywheel_pipeline.cli import (demo, jobs, maintenance, models, replies, serve, simulate, templates, training, ui,
+                                   validate, warehouse)
 from flywheel_pipeline.cli.options import HelpFormatter
 from flywheel_pipeline.cli.serve import bind_refusal
 from flywheel_pipeline.landing_store import LandingUnavailable
@@ -27,7 +27,8 @@ from flywheel_pipeline.warehouse.schema import OutdatedWarehouse
 __all__ = ["bind_refusal", "build_parser", "main"]
 
 # the order of `flywheel --help`
-COMMAND_GROUPS = (demo, simulate, jobs, training, warehouse, templates, validate, replies, models, ui, serve)
+COMMAND_GROUPS = (demo, simulate, jobs, maintenance, training, warehouse, templates, validate, replies, models, ui,
+                  serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

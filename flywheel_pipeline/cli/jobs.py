@@ -19,6 +19,7 @@ class JobRun:
     run_id: str
     success: bool
     metadata: dict[str, dict[str, Any]] = field(default_factory=dict)  # asset key -> {key: raw value}
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # op (step) -> its output's {key: raw value}
 
     def __bool__(self) -> bool:
         return self.success
@@ -56,7 +57,9 @@ def run_job(job_name: str, run_config: dict | None = None, *, verbose: bool = Fa
             run = JobRun(job_name, result.run_id, result.success, {
                 event.asset_key.to_user_string(): {k: getattr(v, "value", v)
                                                    for k, v in event.materialization.metadata.items()}
-                for event in result.get_asset_materialization_events()})
+                for event in result.get_asset_materialization_events()},
+                {event.step_key: {k: getattr(v, "value", v) for k, v in event.step_output_data.metadata.items()}
+                 for event in result.all_events if event.is_successful_output})
             where = f", recorded in DAGSTER_HOME={home}" if name_home else ""
             say(f"Dagster run {result.run_id} of job {job_name} ({'succeeded' if result.success else 'FAILED'}){where}")
             if not result.success:

@@ -1,6 +1,7 @@
 """The switch that turns the unattended loop on or off: ``FLYWHEEL_AUTOMATION`` (``on`` by
-default; ``off`` starts the retrain schedule, the new-outcomes sensor and the experiment sensor
-stopped, so they run only when started in the UI). The landing sensor and the daily refresh
+default; ``off`` starts the retrain schedule, the new-outcomes sensor, the experiment sensor and
+the daily lake maintenance (which expires history) stopped, so they run only when started in the
+UI). The landing sensor and the daily refresh
 always start running: they only keep the warehouse current."""
 
 import os

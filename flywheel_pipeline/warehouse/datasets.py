@@ -359,3 +359,26 @@ def export_jsonl(con: duckdb.DuckDBPyConnection, exports_root: Path, formats: li
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ExportResult(version, final, {n: final / n for n in files}, rows, reused, snapshot)
+
+
+def exported_snapshots(exports_root: Path) -> set[int]:
+    """The warehouse snapshots the exports under ``exports_root`` were read from (their manifests'
+    ``warehouse_snapshot``; the file backend's manifests name none): lake maintenance keeps them,
+    so ``flywheel datasets --snapshot N`` keeps working. A manifest that cannot be read is an error
+    naming it (keeping too few snapshots would lose an export's source for good)."""
+    snapshots: set[int] = set()
+    if not exports_root.is_dir():
+        return snapshots
+    for path in sorted(exports_root.glob("*/manifest.json")):
+        if path.parent.name.startswith(".tmp-"):
+            continue  # an export being written: it records its snapshot once renamed
+        try:
+            snapshot = json.loads(path.read_text(encoding="utf-8")).get("warehouse_snapshot")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ValueError(f"cannot read the export manifest {path}: {exc}") from None
+        if snapshot is None:
+            continue
+        if isinstance(snapshot, bool) or not isinstance(snapshot, int) or snapshot < 0:
+            raise ValueError(f"the export manifest {path} names no valid warehouse_snapshot: {snapshot!r}")
+        snapshots.add(snapshot)
+    return snapshots

@@ -296,7 +296,7 @@ def test_dg_lists_the_definitions_once_dagster_home_is_set(home):
     asset_keys = {a["asset_key"] for a in defs["assets"]}
     assert {"messages", "email_events", "outcome_labels", "model_leaderboard"} <= asset_keys
     assert {j["name"] for j in defs["jobs"]} == {"refresh", "datasets", "retrain", "experiments", "learn",
-                                                 "propose_templates"}
+                                                 "propose_templates", "maintenance"}
     assert {"landing_sensor", "experiment_sensor"} <= {s["name"] for s in defs["sensors"]}
 
     del env["DAGSTER_HOME"]

@@ -28,10 +28,10 @@ def test_the_definitions_load_in_every_environment(environment, home):
     repo = build_definitions(environment).get_repository_def()
     groups = {g for a in repo.assets_defs_by_key.values() for g in a.group_names_by_key.values()}
     assert groups == set(DOMAINS)
-    assert set(repo.job_names) >= {"refresh", "datasets", "retrain", "experiments", "learn"}
+    assert set(repo.job_names) >= {"refresh", "datasets", "retrain", "experiments", "learn", "maintenance"}
     assert {s.name for s in repo.sensor_defs} == {"landing_sensor", "new_outcomes_sensor", "experiment_sensor",
                                                  "run_failure_sensor"}
-    assert {s.name for s in repo.schedule_defs} == {"daily_label_refresh", "weekly_retrain"}
+    assert {s.name for s in repo.schedule_defs} == {"daily_label_refresh", "weekly_retrain", "daily_lake_maintenance"}
     assert {k.name for k in repo.asset_checks_defs_by_key} == {
         "one_label_per_message", "quality_score_in_range", "funnel_flags_consistent", "maturity_consistent",
         "quarantine_rate", "email_events_reference_messages", "sft_export_is_valid", "dpo_export_is_valid",
@@ -58,7 +58,7 @@ def test_the_loop_turns_unattended_unless_switched_off():
     assert set(on.values()) == {"RUNNING"}, on
     off = _statuses("off")
     assert {name for name, status in off.items() if status == "STOPPED"} == {
-        "weekly_retrain", "new_outcomes_sensor", "experiment_sensor"}
+        "weekly_retrain", "new_outcomes_sensor", "experiment_sensor", "daily_lake_maintenance"}
     # what keeps the warehouse current keeps running
     assert off["landing_sensor"] == off["daily_label_refresh"] == off["run_failure_sensor"] == "RUNNING"
     env = {**os.environ, "FLYWHEEL_AUTOMATION": "sometimes"}
@@ -119,3 +119,5 @@ def test_every_asset_that_writes_the_warehouse_takes_the_pool(home):
                      if "warehouse" in asset.required_resource_keys
                      and asset.node_def.pool != WAREHOUSE_POOL)
     assert outside == ["fine_tuned_model", "message_llm_judgements", "offline_evaluation"]
+    # and the maintenance op, which merges files: never beside a writer (warehouse/lake_maintenance.py)
+    assert [node.definition.pool for node in repo.get_job("maintenance").graph.nodes] == [WAREHOUSE_POOL]

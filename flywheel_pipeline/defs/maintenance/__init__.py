@@ -1,0 +1,1 @@
+"""Maintenance: keeping the warehouse's storage healthy (DuckLake's small files and snapshots)."""

@@ -1,0 +1,75 @@
+"""`flywheel maintain`: through the lake_maintenance job on both backends, --dry-run, and bad input
+in one line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flywheel_pipeline import paths
+from flywheel_pipeline.cli import build_parser, main
+from flywheel_pipeline.warehouse import lake
+from flywheel_pipeline.warehouse.lake_maintenance import snapshot_ids
+from flywheel_pipeline.warehouse.schema import connect
+from flywheel_pipeline_tests import lake as test_lake
+
+_REASON = test_lake.postgres_reason()
+
+
+def test_flywheel_help_lists_maintain():
+    assert "maintain" in build_parser().format_help()
+    shown = build_parser()._subparsers._group_actions[0].choices["maintain"].format_help()
+    assert "--dry-run" in shown and "--retention-days" in shown and "FLYWHEEL_LAKE_SNAPSHOT_RETENTION_DAYS" in shown
+
+
+def test_maintain_on_the_file_backend_checkpoints_only(home, monkeypatch, capsys):
+    monkeypatch.delenv("FLYWHEEL_WAREHOUSE", raising=False)  # this test is the file backend's, whatever the run's
+    monkeypatch.delenv("FLYWHEEL_WAREHOUSE_DATA_PATH", raising=False)
+    assert main(["maintain"]) == 1
+    assert "no warehouse at" in capsys.readouterr().err
+    connect(paths.warehouse_path()).close()
+    assert main(["maintain", "--dry-run"]) == 0
+    assert "would CHECKPOINT only; nothing changed (dry run)" in capsys.readouterr().out
+    assert main(["maintain"]) == 0
+    out = capsys.readouterr().out
+    assert "of job maintenance (succeeded)" in out and "CHECKPOINT only" in out
+
+
+def test_bad_retention_is_one_line(home, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["maintain", "--retention-days", "0"])
+    assert exited.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    monkeypatch.setenv("FLYWHEEL_LAKE_SNAPSHOT_RETENTION_DAYS", "a week")
+    assert main(["maintain", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("flywheel maintain: FLYWHEEL_LAKE_SNAPSHOT_RETENTION_DAYS must be a whole number of days of at "
+                   "least 1, got 'a week'")
+
+
+def test_maintain_on_a_lake_merges_and_keeps_what_exports_name(home, tmp_path, monkeypatch, capsys):
+    if _REASON:
+        pytest.skip(_REASON)
+    with test_lake.scratch_lake(tmp_path / "lake-data") as target:
+        for name, value in target.env().items():
+            monkeypatch.setenv(name, value)
+        con = lake.connect(target.database, target.data_path)
+        con.execute("CREATE TABLE events (i INTEGER)")
+        for k in range(20):
+            con.execute("INSERT INTO events SELECT range FROM range(?, ?)", [k * 100, k * 100 + 100])
+        exported = snapshot_ids(con)[5]
+        con.close()
+        (paths.exports_dir() / "v1").mkdir(parents=True)
+        (paths.exports_dir() / "v1" / "manifest.json").write_text(json.dumps({"warehouse_snapshot": exported}))
+        assert main(["maintain", "--dry-run"]) == 0
+        out = capsys.readouterr().out
+        assert "except the 1 that exports name" in out and "would merge the small files of 1 tables (events)" in out
+        assert "nothing changed (dry run)" in out
+        assert main(["maintain", "--retention-days", "1"]) == 0
+        out = capsys.readouterr().out
+        assert "of job maintenance (succeeded)" in out
+        assert "data files 20 -> " in out and "20 small files merged; 0 snapshots expired" in out, out
+        con = lake.connect(target.database, target.data_path)
+        assert con.execute("SELECT count(*), sum(i) FROM events").fetchone() == (2000, 1999 * 1000)
+        assert exported in snapshot_ids(con)
+        con.close()
