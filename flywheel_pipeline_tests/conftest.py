@@ -77,6 +77,19 @@ def warehouse_target(warehouse_backend, tmp_path):
 
 
 @pytest.fixture
+def lake_target(tmp_path):
+    """A scratch DuckLake (PostgreSQL catalog created and dropped, data in tmp_path), whatever the
+    backend under test; skipped with the reason when PostgreSQL is absent."""
+    from flywheel_pipeline_tests import lake
+
+    reason = lake.postgres_reason()
+    if reason:
+        pytest.skip(reason)
+    with lake.scratch_lake(tmp_path / "lake-data") as target:
+        yield target
+
+
+@pytest.fixture
 def home(tmp_path, monkeypatch, warehouse_target) -> Path:
     """An isolated FLYWHEEL_HOME (and DAGSTER_HOME under it) for one test; on the ducklake
     backend FLYWHEEL_WAREHOUSE names the test's scratch lake."""

@@ -37,14 +37,6 @@ def _world(landing: Path, seed: int = 21, end: date = date(2026, 5, 1), *, days:
                                 messages_per_day=per_day))
 
 
-@pytest.fixture
-def lake_target(tmp_path):
-    if _REASON:
-        pytest.skip(_REASON)
-    with test_lake.scratch_lake(tmp_path / "lake-data") as target:
-        yield target
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

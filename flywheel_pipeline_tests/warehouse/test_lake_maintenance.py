@@ -16,19 +16,9 @@ from flywheel_pipeline.warehouse.datasets import (SelectionConfig, build_trainin
                                                   exported_snapshots, redact_new_messages)
 from flywheel_pipeline.warehouse.lake_maintenance import FILE_GRACE, maintain, snapshot_ids
 from flywheel_pipeline.warehouse.schema import connect
-from flywheel_pipeline_tests import lake as test_lake
 from flywheel_pipeline_tests.conftest import T0, run_pipeline
 
-_REASON = test_lake.postgres_reason()
 NOW_ALL_OLD = timedelta(0)  # a retention of nothing: every snapshot but the latest is old
-
-
-@pytest.fixture
-def lake_target(tmp_path):
-    if _REASON:
-        pytest.skip(_REASON)
-    with test_lake.scratch_lake(tmp_path / "lake-data") as target:
-        yield target
 
 
 def _now() -> datetime:
