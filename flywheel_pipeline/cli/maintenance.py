@@ -31,8 +31,11 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         complain("maintain", f"no warehouse at {paths.warehouse_path()}: run `flywheel demo` or `flywheel refresh` "
                              "first")
         return 1
-    say(f"Warehouse {describe(paths.warehouse_database())}: snapshots older than {days} days expire, except the "
-        f"{len(keep)} that exports name")
+    if paths.warehouse_is_file():
+        say(f"Warehouse {describe(paths.warehouse_database())} (a DuckDB file: no snapshots to expire)")
+    else:
+        say(f"Warehouse {describe(paths.warehouse_database())}: snapshots older than {days} days expire, except "
+            f"the {len(keep)} that exports name")
     if args.dry_run:
         return _dry_run(days, keep)
     from flywheel_pipeline.cli.jobs import run_job
