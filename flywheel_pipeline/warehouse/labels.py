@@ -316,12 +316,13 @@ def _rebuild_required(con: duckdb.DuckDBPyConnection) -> bool:
 
 # A perfect hash aggregate (one slot per key value, no hashing or probing) folds dense message
 # keys faster than DuckDB's hash aggregate: 1M keys in 0.35 s instead of 0.44 s, 10M keys in
-# 5.8-6.0 s instead of 7.7-8.4 s (docs/benchmarks.md). Each thread allocates a table over the
-# whole key range, so it is used only while threads x range x slot size stays within a share of
-# DuckDB's memory_limit (the table cannot spill to disk as the hash aggregate can). A slot
-# takes about 100 bytes: 2 threads x 2^24 slots peaked at 4.1 GB where the hash aggregate
-# peaked at 3.1 GB, folding 10M messages' 99M events.
-PERFECT_HASH_SLOT_BYTES = 100
+# 5.8-6.0 s instead of 7.7-8.4 s (docs/benchmarks.md). It builds one table over the whole key
+# range per thread plus one it combines them into, allocated outside DuckDB's buffer manager: on
+# top of memory_limit, never spilled. So it is used only while (threads + 1) x range x slot size
+# stays within a share of memory_limit. A slot of the fold's five aggregates takes about 62
+# bytes (DuckDB 1.5.5: 2^22 slots, 1/2/4 threads peaked 581/841/1,362 MB; 2 threads x 2^24 slots
+# 4.1 GB where the hash aggregate peaked at 3.1 GB, 10M messages' 99M events).
+PERFECT_HASH_SLOT_BYTES = 64
 PERFECT_HASH_MEMORY_SHARE = 0.25
 _SIZE = re.compile(r"^\s*([0-9.]+)\s*([KMGTP]?i?B|bytes)\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"bytes": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12, "pb": 10**15,
@@ -344,7 +345,9 @@ def memory_limit_bytes(con: duckdb.DuckDBPyConnection) -> int | None:
 @contextlib.contextmanager
 def dense_key_grouping(con: duckdb.DuckDBPyConnection, *, enabled: bool) -> Iterator[None]:
     """Let the fold group by message_key with a perfect hash table when the key range is
-    small enough for the memory limit."""
+    small enough for the memory limit. The setting is put back when the block succeeds; after a
+    failure inside a transaction DuckDB refuses every statement until ROLLBACK, so the caller puts
+    it back after the transaction (refresh_labels) and the block's own error is what it sees."""
     low, high = (con.execute("SELECT min(message_key), max(message_key) FROM message_keys").fetchone()
                  if enabled else (None, None))
     limit = memory_limit_bytes(con) if high is not None else None
@@ -354,15 +357,14 @@ def dense_key_grouping(con: duckdb.DuckDBPyConnection, *, enabled: bool) -> Iter
     threads = int(con.execute("SELECT current_setting('threads')").fetchone()[0])
     # the key range plus one slot for NULL, in bits (as DuckDB sizes the table)
     bits = (int(high) - int(low) + 2).bit_length()
-    if threads * (1 << bits) * PERFECT_HASH_SLOT_BYTES > PERFECT_HASH_MEMORY_SHARE * limit:
+    # DuckDB takes at most 32 bits (and refuses ranges of 2^31 or more)
+    if bits > 31 or (threads + 1) * (1 << bits) * PERFECT_HASH_SLOT_BYTES > PERFECT_HASH_MEMORY_SHARE * limit:
         yield
         return
-    previous = con.execute("SELECT current_setting('perfect_ht_threshold')").fetchone()[0]
-    con.execute(f"SET perfect_ht_threshold = {max(bits, int(previous))}")
-    try:
-        yield
-    finally:
-        con.execute(f"SET perfect_ht_threshold = {int(previous)}")
+    previous = int(con.execute("SELECT current_setting('perfect_ht_threshold')").fetchone()[0])
+    con.execute(f"SET perfect_ht_threshold = {max(bits, previous)}")
+    yield
+    con.execute(f"SET perfect_ht_threshold = {previous}")
 
 
 def _refold(con: duckdb.DuckDBPyConnection, from_batch: int, to_batch: int) -> None:
@@ -382,7 +384,11 @@ def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = 
     """Bring ``outcome_labels`` up to date with everything ingested so far. A label run that
     conflicts with another process's commit (DuckLake) is run again from the start: each batch
     is folded into message_state exactly once (see docs/scaling.md)."""
-    return retry_on_conflict(lambda: _refresh_labels_once(con, policy, as_of=as_of, full=full), "labelling")
+    threshold = int(con.execute("SELECT current_setting('perfect_ht_threshold')").fetchone()[0])
+    try:
+        return retry_on_conflict(lambda: _refresh_labels_once(con, policy, as_of=as_of, full=full), "labelling")
+    finally:  # after the commit or rollback: a failed fold leaves dense_key_grouping's setting raised
+        con.execute(f"SET perfect_ht_threshold = {threshold}")
 
 
 def _refresh_labels_once(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = None, *,

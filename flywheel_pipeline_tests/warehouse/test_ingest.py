@@ -222,8 +222,11 @@ def test_incremental_refreshes_equal_a_full_relabel(tmp_path):
 
 def test_the_fold_uses_a_perfect_hash_table_only_within_the_memory_budget(tmp_path, monkeypatch):
     """The full relabel's fold groups by message_key with DuckDB's perfect hash aggregate when
-    threads x key range x slot size fits a quarter of memory_limit, else with the hash
-    aggregate; the labels are the same either way."""
+    (threads + 1) x key range x slot size fits a quarter of memory_limit, else with the hash
+    aggregate; the labels are the same either way; a failed fold raises its own error and the
+    setting is put back."""
+    import duckdb
+
     from flywheel_pipeline.warehouse import labels as labelling
 
     con = connect(tmp_path / "w.duckdb")
@@ -234,29 +237,38 @@ def test_the_fold_uses_a_perfect_hash_table_only_within_the_memory_budget(tmp_pa
     con.execute("SET perfect_ht_threshold = 4")
     assert labelling.memory_limit_bytes(con) == int(953.6 * 2**20)  # DuckDB reports "953.6 MiB"
     keys = con.execute("SELECT max(message_key) - min(message_key) + 2 FROM message_keys").fetchone()[0]
-    threads = int(con.execute("SELECT current_setting('threads')").fetchone()[0])
+    tables = int(con.execute("SELECT current_setting('threads')").fetchone()[0]) + 1
     budget = labelling.PERFECT_HASH_MEMORY_SHARE * labelling.memory_limit_bytes(con)
+    fold = labelling.render_fold_sql(after_batch=0, up_to_batch=10**9)
+
+    def threshold() -> int:
+        return int(con.execute("SELECT current_setting('perfect_ht_threshold')").fetchone()[0])
+
+    def plan(enabled: bool = True) -> str:
+        with labelling.dense_key_grouping(con, enabled=enabled):
+            return con.execute("EXPLAIN " + fold).fetchall()[0][1]
 
     def plan_and_labels():
-        with labelling.dense_key_grouping(con, enabled=True):
-            plan = con.execute("EXPLAIN " + labelling.render_fold_sql(after_batch=0, up_to_batch=10**9)).fetchall()[0][1]
+        explained = plan()
         labelling.refresh_labels(con, as_of=as_of, full=True)
-        return plan, labels(con)
+        return explained, labels(con)
 
     roomy_plan, roomy_labels = plan_and_labels()
     # slots so large that the same key range no longer fits a quarter of the 1 GB limit
-    slot_bytes = int(budget / (threads * (1 << int(keys).bit_length()))) + 1
+    slot_bytes = int(budget / (tables * (1 << int(keys).bit_length()))) + 1
     monkeypatch.setattr(labelling, "PERFECT_HASH_SLOT_BYTES", slot_bytes)
     tight_plan, tight_labels = plan_and_labels()
     assert "PERFECT_HASH_GROUP_BY" in roomy_plan
     assert "PERFECT_HASH_GROUP_BY" not in tight_plan and "HASH_GROUP_BY" in tight_plan
     assert roomy_labels == tight_labels and len(roomy_labels) > 500
-    monkeypatch.setattr(labelling, "PERFECT_HASH_SLOT_BYTES", slot_bytes - 2)  # just within: perfect again
-    with labelling.dense_key_grouping(con, enabled=True):
-        assert "PERFECT" in con.execute("EXPLAIN " + labelling.render_fold_sql(after_batch=0, up_to_batch=10**9)).fetchall()[0][1]
-    with labelling.dense_key_grouping(con, enabled=False):  # incremental runs keep the hash aggregate
-        assert con.execute("SELECT current_setting('perfect_ht_threshold')").fetchone()[0] == 4
-        assert "PERFECT" not in con.execute("EXPLAIN " + labelling.render_fold_sql(after_batch=0, up_to_batch=10**9)).fetchall()[0][1]
+    monkeypatch.setattr(labelling, "PERFECT_HASH_SLOT_BYTES", slot_bytes - 1)  # just within: perfect again
+    assert "PERFECT" in plan() and threshold() == 4
+    assert "PERFECT" not in plan(enabled=False)  # incremental runs keep the hash aggregate
+    # a fold that fails inside the label run's transaction: its own error, the setting put back
+    monkeypatch.setattr(labelling, "render_fold_sql", lambda **_: "SELECT error('fold failed')")
+    with pytest.raises(duckdb.InvalidInputException, match="fold failed"):
+        labelling.refresh_labels(con, as_of=as_of, full=True)
+    assert threshold() == 4 and labels(con) == roomy_labels
 
 
 def test_a_warehouse_from_newer_code_is_refused(tmp_path):
