@@ -57,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from phase_runner import best_of, peak_rss_mb, run_phase, start_moto  # noqa: E402  (this directory)
 from flywheel_pipeline_tests import lake as test_lake  # noqa: E402
 from flywheel_pipeline_tests.fakes.http import free_port  # noqa: E402
+from flywheel_pipeline.cli.options import positive_int  # noqa: E402
 from flywheel_pipeline.core.landing import write_jsonl  # noqa: E402
 from flywheel_pipeline.warehouse.labels import refresh_labels  # noqa: E402
 from flywheel_pipeline.warehouse.schema import connect  # noqa: E402
@@ -361,7 +362,7 @@ def main() -> int:
     parser.add_argument("--skip-labelling", action="store_true")
     parser.add_argument("--linear", action="store_true",
                         help="also label N and 10 N events on the file backend (needs disk: ~40 bytes per event)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=positive_int, default=3,
                         help="--linear: full label runs (and bare group-bys) per size, the best counts (default 3)")
     parser.add_argument("--storage", type=int, nargs="?", const=5000, metavar="PER_DAY",
                         help="also measure bytes per message and event on the demo world (28 days, PER_DAY "

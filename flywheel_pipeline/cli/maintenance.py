@@ -74,8 +74,9 @@ def _dry_run(days: int, keep: set[int]) -> int:
     from flywheel_pipeline.warehouse.schema import open_configured
 
     # DuckLake's orphaned-file dry run writes a scratch table into the lake: it needs a writable
-    # attachment (nothing of the warehouse changes); the DuckDB file is opened read-only
-    con = open_configured(read_only=paths.warehouse_is_file())
+    # attachment (nothing of the warehouse changes, not even its schema: an outdated one is refused);
+    # the DuckDB file is opened read-only
+    con = open_configured(read_only=paths.warehouse_is_file(), migrate_schema=False)
     try:
         result = maintain(con, now=datetime.now(timezone.utc), snapshot_retention=timedelta(days=days),
                           keep_snapshots=keep, dry_run=True)

@@ -5,12 +5,15 @@ rows it touched) piles up small Parquet files, delete files, rows inlined in the
 snapshots. ``maintain`` runs DuckLake 1.5.5's own functions on the attached lake, in this order:
 
 1. ``ducklake_flush_inlined_data``: small inserts and deletes kept in the catalog go to Parquet;
-2. ``ducklake_rewrite_data_files``: files with at least ``REWRITE_DELETE_THRESHOLD`` of their rows
-   deleted are written again without them (the old files stay for the snapshots that read them);
-3. ``ducklake_merge_adjacent_files``: each table's small files become one (the merged file keeps
-   every row's snapshot, so time travel to any kept snapshot reads the same rows);
-4. ``ducklake_expire_snapshots``: snapshots older than the retention, except the latest and those
-   an export's manifest names (``flywheel datasets --snapshot N`` must keep working);
+2. ``ducklake_rewrite_data_files``, per table of ``POOL_WRITTEN_TABLES``: files with at least
+   ``REWRITE_DELETE_THRESHOLD`` of their rows deleted are written again without them (the old
+   files stay for the snapshots that read them);
+3. ``ducklake_merge_adjacent_files``, per table of ``POOL_WRITTEN_TABLES``: each table's small
+   files become one (the merged file keeps every row's snapshot, so time travel to any kept
+   snapshot reads the same rows);
+4. ``ducklake_expire_snapshots``: snapshots older than the retention whose successor is older than
+   ``file_grace``, except the latest and those an export's manifest names (``flywheel datasets
+   --snapshot N`` must keep working);
 5. ``ducklake_cleanup_old_files`` and ``ducklake_delete_orphaned_files``: files no snapshot needs
    any more, and files no commit recorded, once older than ``file_grace`` (a reader still scanning
    a snapshot it started on keeps its files that long).
@@ -20,7 +23,8 @@ counted; still conflicting after every attempt, the run raises ``WriteConflict``
 1.5.5: a merge conflicts with a concurrent delete written as a Parquet delete file (more than ten
 rows) and is retried, but a small delete kept inlined in the catalog (ten rows or fewer) that
 commits while a merge of the same table is in flight is lost without a conflict. So maintenance
-runs in the ``duckdb_warehouse`` pool like every writing asset, never beside a label run.
+runs in the ``duckdb_warehouse`` pool like every writing asset, never beside a label run, and
+merges only the tables no writer outside the pool touches (``POOL_WRITTEN_TABLES``).
 
 On the DuckDB file backend there are no snapshots or small files to merge: ``CHECKPOINT`` only.
 """
@@ -43,6 +47,17 @@ FILE_GRACE = timedelta(hours=1)
 # a file whose deleted rows are at least this share of it is rewritten without them (the merge
 # leaves files with deletes alone); DuckLake's own default, 0.95, would keep most such files
 REWRITE_DELETE_THRESHOLD = 0.05
+# The tables whose files are rewritten and merged: those only runs in the duckdb_warehouse pool
+# write (ingestion, labelling, classification, calibration), i.e. the large ones. DuckLake 1.5.5
+# loses a small delete or update committed during a merge of its table (see above), so tables
+# also written outside the pool are left as they are: model_registry and control_audit (the
+# control API and CLI), finetune_jobs and offline_evaluations (assets that hold no slot while they
+# wait on a backend), message_judgements (the LLM judge), prompt_templates and
+# template_deployments (`flywheel templates`), warehouse_counters (every writer). They are small.
+POOL_WRITTEN_TABLES = frozenset({
+    "ingest_batches", "landing_files", "quarantine", "message_keys", "messages", "email_events", "crm_events",
+    "replies", "reply_intents", "reply_labels", "message_state", "packed_labels", "message_refolds", "label_runs",
+    "redacted_messages", "feedback", "council_pairs", "judge_calibration", "judge_calibration_deciles"})
 FILE_BACKEND_NOTE = "DuckDB file backend: no snapshots or small files to maintain; CHECKPOINT only"
 
 
@@ -128,7 +143,8 @@ def maintain(con: duckdb.DuckDBPyConnection, *, now: datetime, snapshot_retentio
         return MaintenanceResult("duckdb", dry_run, note=FILE_BACKEND_NOTE if not dry_run
                                  else "DuckDB file backend: would CHECKPOINT only")
     result = MaintenanceResult("ducklake", dry_run, before=lake_counts(con))
-    result.tables_to_merge = [t for t, n in result.before.files_by_table.items() if n > 1]
+    result.tables_to_merge = [t for t, n in result.before.files_by_table.items()
+                              if n > 1 and t in POOL_WRITTEN_TABLES]
     attempts = 0
 
     def step(what: str, statement: str, params: list | None = None, *, in_transaction: bool = True) -> list[tuple]:
@@ -146,17 +162,25 @@ def maintain(con: duckdb.DuckDBPyConnection, *, now: datetime, snapshot_retentio
 
     if not dry_run:
         step("flushing inlined data", f"CALL ducklake_flush_inlined_data('{ALIAS}')")
-        rewritten = step("rewriting files with deleted rows",
-                         f"CALL ducklake_rewrite_data_files('{ALIAS}', delete_threshold => {REWRITE_DELETE_THRESHOLD})")
-        merged = step("merging small files", f"CALL ducklake_merge_adjacent_files('{ALIAS}')")
-        # each row: (schema, table, files processed, files created)
-        result.files_rewritten = sum(int(r[2]) for r in rewritten)
-        result.files_merged = sum(int(r[2]) for r in merged)
+        for table in result.tables_to_merge:
+            rewritten = step(f"rewriting {table}'s files with deleted rows",
+                             f"CALL ducklake_rewrite_data_files('{ALIAS}', ?, "
+                             f"delete_threshold => {REWRITE_DELETE_THRESHOLD})", [table])
+            merged = step(f"merging {table}'s small files", f"CALL ducklake_merge_adjacent_files('{ALIAS}', ?)",
+                          [table])
+            # each row: (schema, table, files processed, files created)
+            result.files_rewritten += sum(int(r[2]) for r in rewritten)
+            result.files_merged += sum(int(r[2]) for r in merged)
 
     cutoff = now - snapshot_retention
     keep = {int(s) for s in keep_snapshots}
-    rows = con.execute(f"SELECT snapshot_id, snapshot_time < ? FROM ducklake_snapshots('{ALIAS}') "
-                       "ORDER BY snapshot_id", [cutoff]).fetchall()
+    # a snapshot is old once it is older than the retention and its successor was committed more
+    # than the grace period ago: a transaction still reading it (opened before the successor) is
+    # given as long as a reader's files are (a lake idle for days has an old latest snapshot that
+    # this run's own commits turn into a predecessor of a moment ago)
+    rows = con.execute(f"SELECT snapshot_id, snapshot_time < ? AND lead(snapshot_time) OVER (ORDER BY snapshot_id) < ? "
+                       f"FROM ducklake_snapshots('{ALIAS}') ORDER BY snapshot_id",
+                       [cutoff, now - file_grace]).fetchall()
     latest = rows[-1][0]
     old = [int(s) for s, is_old in rows if is_old and s != latest]
     result.snapshots_kept_for_exports = [s for s in old if s in keep]

@@ -378,10 +378,10 @@ _COUNTER_SEEDS = {"batch_id": "SELECT coalesce(max(batch_id), 0) FROM ingest_bat
 
 def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | None = None,
             threads: int | None = None, data_path: str | None = None,
-            snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
-    """Open the warehouse (creating and migrating it unless read-only): a DuckDB file, or a
-    ``ducklake:`` URI with ``data_path`` (warehouse/lake.py; ``snapshot``: as of that DuckLake
-    snapshot, read-only)."""
+            snapshot: int | None = None, migrate_schema: bool = True) -> duckdb.DuckDBPyConnection:
+    """Open the warehouse (creating and migrating it unless read-only or ``migrate_schema`` is
+    False, which refuses an outdated one instead): a DuckDB file, or a ``ducklake:`` URI with
+    ``data_path`` (warehouse/lake.py; ``snapshot``: as of that DuckLake snapshot, read-only)."""
     database = str(path)
     if lake.is_lake(database):
         con = lake.connect(database, data_path, read_only=read_only, snapshot=snapshot,
@@ -403,7 +403,7 @@ def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | No
             con.execute(f"SET threads = {int(threads)}")
     con.execute("SET enable_progress_bar = false")
     try:
-        if not read_only and snapshot is None:
+        if not read_only and snapshot is None and migrate_schema:
             retry_on_conflict(lambda: migrate(con), "migrating the warehouse")
         else:
             _refuse_outdated(con, lake.describe(database))
@@ -413,12 +413,13 @@ def connect(path: str | Path, *, read_only: bool = False, memory_limit: str | No
     return con
 
 
-def open_configured(*, read_only: bool = True, snapshot: int | None = None) -> duckdb.DuckDBPyConnection:
+def open_configured(*, read_only: bool = True, snapshot: int | None = None,
+                    migrate_schema: bool = True) -> duckdb.DuckDBPyConnection:
     """The warehouse the environment names (paths.py: FLYWHEEL_WAREHOUSE, its data path and memory limit)."""
     from flywheel_pipeline import paths
 
     return connect(paths.warehouse_database(), read_only=read_only, data_path=paths.warehouse_data_path(),
-                   memory_limit=paths.duckdb_memory_limit(), snapshot=snapshot)
+                   memory_limit=paths.duckdb_memory_limit(), snapshot=snapshot, migrate_schema=migrate_schema)
 
 
 def _ddl(con: duckdb.DuckDBPyConnection, statement: str, on_lake: bool) -> None:

@@ -56,22 +56,38 @@ def test_maintain_on_a_lake_merges_and_keeps_what_exports_name(home, tmp_path, m
         for name, value in target.env().items():
             monkeypatch.setenv(name, value)
         con = lake.connect(target.database, target.data_path)
-        con.execute("CREATE TABLE events (i INTEGER)")
+        con.execute("CREATE TABLE email_events (i INTEGER)")
         for k in range(20):
-            con.execute("INSERT INTO events SELECT range FROM range(?, ?)", [k * 100, k * 100 + 100])
+            con.execute("INSERT INTO email_events SELECT range FROM range(?, ?)", [k * 100, k * 100 + 100])
         exported = snapshot_ids(con)[5]
         con.close()
         (paths.exports_dir() / "v1").mkdir(parents=True)
         (paths.exports_dir() / "v1" / "manifest.json").write_text(json.dumps({"warehouse_snapshot": exported}))
         assert main(["maintain", "--dry-run"]) == 0
         out = capsys.readouterr().out
-        assert "except the 1 that exports name" in out and "would merge the small files of 1 tables (events)" in out
+        assert "except the 1 that exports name" in out
+        assert "would merge the small files of 1 tables (email_events)" in out
         assert "nothing changed (dry run)" in out
         assert main(["maintain", "--retention-days", "1"]) == 0
         out = capsys.readouterr().out
         assert "of job maintenance (succeeded)" in out
         assert "data files 20 -> " in out and "20 small files merged; 0 snapshots expired" in out, out
         con = lake.connect(target.database, target.data_path)
-        assert con.execute("SELECT count(*), sum(i) FROM events").fetchone() == (2000, 1999 * 1000)
+        assert con.execute("SELECT count(*), sum(i) FROM email_events").fetchone() == (2000, 1999 * 1000)
         assert exported in snapshot_ids(con)
         con.close()
+
+
+def test_a_dry_run_refuses_an_outdated_lake_and_migrates_nothing(home, lake_target, monkeypatch, capsys):
+    """The dry run attaches the lake writable (DuckLake's orphan dry run needs it) but never
+    migrates: an outdated schema is one line, and stays as it was."""
+    for name, value in lake_target.env().items():
+        monkeypatch.setenv(name, value)
+    con = connect(lake_target.database, data_path=lake_target.data_path)
+    con.execute("UPDATE schema_info SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    assert main(["maintain", "--dry-run"]) != 0
+    assert "has schema 1" in capsys.readouterr().err
+    con = lake.connect(lake_target.database, lake_target.data_path)
+    assert con.execute("SELECT value FROM schema_info WHERE key = 'schema_version'").fetchone()[0] == "1"
+    con.close()

@@ -28,14 +28,14 @@ def _now() -> datetime:
 def _small_commits(con, n: int = 30, *, delete: bool = True) -> None:
     """``n`` small commits: 200-row inserts (a Parquet file each), a few inlined tiny inserts and
     a delete of a tenth of the rows, the shape of a warehouse fed every few seconds."""
-    con.execute("CREATE TABLE events (i INTEGER, s VARCHAR)")
-    con.execute("CREATE TABLE notes (k INTEGER)")
+    con.execute("CREATE TABLE email_events (i INTEGER, s VARCHAR)")
+    con.execute("CREATE TABLE feedback (k INTEGER)")
     for k in range(n - 6):
-        con.execute("INSERT INTO events SELECT range, 'e' || range FROM range(?, ?)", [k * 200, k * 200 + 200])
+        con.execute("INSERT INTO email_events SELECT range, 'e' || range FROM range(?, ?)", [k * 200, k * 200 + 200])
     for k in range(4):
-        con.execute("INSERT INTO notes VALUES (?)", [k])  # ten rows or fewer: kept in the catalog
+        con.execute("INSERT INTO feedback VALUES (?)", [k])  # ten rows or fewer: kept in the catalog
     if delete:
-        con.execute("DELETE FROM events WHERE i % 10 = 0")
+        con.execute("DELETE FROM email_events WHERE i % 10 = 0")
 
 
 def _contents(con) -> dict[str, list]:
@@ -64,6 +64,38 @@ def test_maintenance_merges_small_files_and_every_table_reads_the_same(lake_targ
     assert _contents(con) == before
     summary = again.summary()
     assert summary["data_files_after"] == again.after.data_files and "files_deleted" in summary
+    con.close()
+
+
+def test_a_snapshot_expires_only_once_its_successor_is_past_the_grace(lake_target):
+    """A transaction may still read a snapshot until its successor is older than the grace
+    period: a retention of nothing expires none of the snapshots committed a moment ago, the
+    same run a day later all but the latest."""
+    con = lake.connect(lake_target.database, lake_target.data_path)
+    _small_commits(con, n=10, delete=False)
+    snapshots = snapshot_ids(con)
+    dry = maintain(con, now=_now(), snapshot_retention=NOW_ALL_OLD, dry_run=True)
+    assert dry.snapshots_expired == [] and snapshot_ids(con) == snapshots
+    later = maintain(con, now=_now() + timedelta(days=1), snapshot_retention=NOW_ALL_OLD, dry_run=True)
+    assert later.snapshots_expired == snapshots[:-1]
+    con.close()
+
+
+def test_tables_written_outside_the_pool_are_not_merged(lake_target):
+    """model_registry (the control API writes it without the warehouse pool) keeps its files: a
+    merge racing one of its small updates would lose the update (the DuckLake 1.5.5 fault above)."""
+    from flywheel_pipeline.warehouse.lake_maintenance import POOL_WRITTEN_TABLES
+
+    assert "model_registry" not in POOL_WRITTEN_TABLES and "email_events" in POOL_WRITTEN_TABLES
+    con = lake.connect(lake_target.database, lake_target.data_path)
+    _small_commits(con, delete=False)
+    con.execute("CREATE TABLE model_registry (k INTEGER, status VARCHAR)")
+    for k in range(6):
+        con.execute("INSERT INTO model_registry SELECT range, 'ready' FROM range(?, ?)", [k * 100, k * 100 + 100])
+    result = maintain(con, now=_now(), snapshot_retention=NOW_ALL_OLD, file_grace=timedelta(0))
+    assert result.tables_to_merge == ["email_events"]
+    assert result.before.files_by_table["model_registry"] == result.after.files_by_table["model_registry"] == 6
+    assert result.after.files_by_table["email_events"] == 1 < result.before.files_by_table["email_events"]
     con.close()
 
 
@@ -127,8 +159,8 @@ def test_a_run_concurrent_with_a_writer_is_retried_not_lost(lake_target):
     writer = lake.connect(lake_target.database, lake_target.data_path)
     _small_commits(con)
     expected = _contents(con)
-    expected["events"] = [r for r in expected["events"] if r[0] >= 1000]
-    racing = _WriterCommitsFirst(con, writer, "DELETE FROM events WHERE i < 1000")  # a Parquet delete file
+    expected["email_events"] = [r for r in expected["email_events"] if r[0] >= 1000]
+    racing = _WriterCommitsFirst(con, writer, "DELETE FROM email_events WHERE i < 1000")  # a Parquet delete file
     result = maintain(racing, now=_now(), snapshot_retention=NOW_ALL_OLD, file_grace=timedelta(0),
                       sleep=lambda s: None)
     assert racing.writer_commits == 1 and result.conflicts_retried == 1, result.summary()
@@ -146,7 +178,7 @@ def test_a_dry_run_changes_nothing(lake_target):
     result = maintain(con, now=_now() + timedelta(days=1), snapshot_retention=NOW_ALL_OLD, dry_run=True,
                       file_grace=timedelta(0))
     assert result.dry_run and result.after is None and result.files_merged == 0
-    assert result.snapshots_expired == snapshots[:-1] and result.tables_to_merge == ["events"]
+    assert result.snapshots_expired == snapshots[:-1] and result.tables_to_merge == ["email_events"]
     assert snapshot_ids(con) == snapshots and _contents(con) == contents and _files_on_disk(lake_target) == on_disk
     assert con.execute(f"SELECT * FROM ducklake_table_info('{lake.ALIAS}') ORDER BY ALL").fetchall() == info
     con.close()
@@ -200,8 +232,8 @@ def test_ducklake_1_5_5_loses_a_small_delete_committed_during_a_merge(lake_targe
     _small_commits(con, delete=False)
     con.execute("BEGIN")
     con.execute(f"CALL ducklake_merge_adjacent_files('{lake.ALIAS}')")
-    writer.execute("DELETE FROM events WHERE i = 5")
+    writer.execute("DELETE FROM email_events WHERE i = 5")
     con.execute("COMMIT")  # no conflict
-    assert con.execute("SELECT count(*) FROM events WHERE i = 5").fetchone()[0] == 1
+    assert con.execute("SELECT count(*) FROM email_events WHERE i = 5").fetchone()[0] == 1
     writer.close()
     con.close()
