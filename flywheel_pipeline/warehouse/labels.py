@@ -388,7 +388,10 @@ def refresh_labels(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = 
     try:
         return retry_on_conflict(lambda: _refresh_labels_once(con, policy, as_of=as_of, full=full), "labelling")
     finally:  # after the commit or rollback: a failed fold leaves dense_key_grouping's setting raised
-        con.execute(f"SET perfect_ht_threshold = {threshold}")
+        # (inside a caller's transaction that a failure aborted, DuckDB refuses it: the error in
+        # flight is the one to see)
+        with contextlib.suppress(duckdb.TransactionException):
+            con.execute(f"SET perfect_ht_threshold = {threshold}")
 
 
 def _refresh_labels_once(con: duckdb.DuckDBPyConnection, policy: LabelPolicy | None = None, *,
