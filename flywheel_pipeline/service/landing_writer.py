@@ -153,7 +153,8 @@ class SegmentWriter:
         self._last_ns = max(time.time_ns(), self._last_ns + 1)
         path = directory / f".{source}-{self._last_ns:020d}-{self.tag or uuid.uuid4().hex[:8]}{OPEN_SUFFIX}"
         staging = path.with_name(path.name + STAGING_SUFFIX)
-        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)  # personal data: the owner's only
+        # personal data: the owner's only
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held while open: recover() leaves it alone
             os.rename(staging, path)
